@@ -1,0 +1,3 @@
+from featviz.cli import main
+
+main()

@@ -1,0 +1,134 @@
+"""Forward hooks that capture layer outputs, always removed, optionally stopping the forward early.
+
+Two modes:
+- capture (feature maps, forward under ``inference_mode``): each tapped output is kept as a copy,
+  because an in-place op right after the tap (alexnet's ``ReLU(inplace=True)`` after every conv)
+  would otherwise overwrite what we stored.
+- grad (CAM): the earliest tapped output is replaced by ``leaf.clone()`` where
+  ``leaf = output.detach().requires_grad_()``; later tapped outputs already depend on that leaf
+  and are kept as they are while the network gets a clone. ``torch.autograd.grad(score, taps)``
+  then computes only d(score)/d(tap): no parameter gradients, no backward through the layers
+  before the first tap, and in-place ops after a tap touch the clone, never the stored tensor.
+
+A module that runs several times in one forward (torchvision's BasicBlock reuses one ``relu``)
+fires its hook on every call; a tap keeps the LAST call's output, which is the one that leaves
+the enclosing block. ``calls`` (from ``layers.trace_model``) says how many calls to expect, so
+that an early stop waits for that last call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+class _StopForward(Exception):
+    """Raised inside a hook once every tapped layer has produced its final output."""
+
+
+class LayerTaps:
+    """Capture the outputs of named modules during ``run(x)``.
+
+    Args:
+        model: the network.
+        layers: tapped module names, in any order.
+        calls: expected calls per forward for each tapped name (default 1).
+        grad: CAM mode (see module docstring); otherwise capture mode.
+        stop_early: in capture mode, abort the forward right after the last tapped output.
+
+    After ``run``, ``outputs[name]`` is the (N, C, h, w) tensor (any shape the module returns).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: list[str],
+        *,
+        calls: Mapping[str, int] | None = None,
+        grad: bool = False,
+        stop_early: bool = False,
+    ) -> None:
+        self.model = model
+        self.layers = list(dict.fromkeys(layers))
+        self.expected_calls = {name: (calls or {}).get(name, 1) for name in self.layers}
+        self.grad = grad
+        self.stop_early = stop_early and not grad
+        self.outputs: dict[str, torch.Tensor] = {}
+        self._seen: dict[str, int] = {}
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> LayerTaps:
+        modules = dict(self.model.named_modules())
+        try:
+            for name in self.layers:
+                self._handles.append(modules[name].register_forward_hook(self._hook_for(name)))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def run(self, x: torch.Tensor) -> Any:
+        """Forward ``x``; returns the model output, or None when the forward was stopped early."""
+        self.outputs.clear()
+        self._seen.clear()
+        try:
+            return self.model(x)
+        except _StopForward:
+            return None
+
+    def _hook_for(self, name: str):
+        def hook(module: nn.Module, inputs: Any, output: Any) -> Any:
+            count = self._seen.get(name, 0) + 1
+            self._seen[name] = count
+            if count < self.expected_calls[name]:
+                return None
+            tensor = _first_tensor(output)
+            if tensor is None:
+                return None
+            replacement = None
+            if self.grad:
+                if not tensor.requires_grad:
+                    tensor = tensor.detach().requires_grad_()
+                replacement = tensor.clone()
+                self.outputs[name] = tensor
+            else:
+                self.outputs[name] = tensor.clone()
+            if self.stop_early and len(self.outputs) == len(self.layers):
+                raise _StopForward
+            if replacement is None or not _is_tensor(output):
+                # Only a plain tensor output can be swapped; tuple outputs keep their own graph.
+                return None
+            return replacement
+
+        return hook
+
+
+def _is_tensor(value: Any) -> bool:
+    import torch
+
+    return isinstance(value, torch.Tensor)
+
+
+def _first_tensor(value: Any) -> torch.Tensor | None:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)):
+        for item in value:
+            found = _first_tensor(item)
+            if found is not None:
+                return found
+    return None

@@ -1,0 +1,141 @@
+"""Everything that touches the disk: output names, atomic writes, per-image records, the manifest.
+
+Layout under ``--out`` (``<rel>`` mirrors the input's sub-folders, see images.ImageSource):
+
+    <rel>/maps/<layer>.png                      featviz maps (+ <layer>.npy with --save-raw)
+    <rel>/cam/<method>/<layer>/<class>.png      featviz cam overlay (<class> = index_label)
+    <rel>/cam/<method>/<layer>/<class>.heatmap.png / .npz
+    <rel>/<command>.json                         what the image produced (used by --skip-existing)
+    filters/<model>/<layer>.png                 featviz filters
+    manifest.json                                the whole run
+
+Every file is written under a temporary name in its own folder and renamed into place, so an
+interrupted run or a full disk never leaves a truncated PNG, NPZ or manifest behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path, PurePath
+from typing import TYPE_CHECKING, Any
+
+from featviz.errors import RunError, UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+PNG_COMPRESS_LEVEL = 1  # zlib level 1 writes ~3x faster than Pillow's 6, files ~15% larger
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe form of a layer or class name: keeps letters, digits, '.', '-', '_'."""
+    cleaned = re.sub(r"[^\w.-]+", "_", text.strip()).strip("_")
+    return cleaned or "_"
+
+
+def class_slug(index: int, label: str | None) -> str:
+    return f"{index}_{safe_name(label)}" if label else str(index)
+
+
+class OutputLayout:
+    """Where each output of a run goes."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def prepare(self) -> None:
+        """Create the output folder, or explain why it cannot be used (before any work)."""
+        if self.root.exists() and not self.root.is_dir():
+            raise UsageError(f"output path '{self.root}' exists and is not a folder",
+                             hint="pass a folder with --out")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunError(f"cannot create output folder '{self.root}': {exc.strerror}") from exc
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise RunError(f"output folder '{self.root}' is not writable",
+                           hint="choose another folder with --out")
+
+    def image_dir(self, relative: PurePath) -> Path:
+        return self.root / relative
+
+    def maps_png(self, relative: PurePath, layer: str) -> Path:
+        return self.image_dir(relative) / "maps" / f"{safe_name(layer)}.png"
+
+    def cam_stem(self, relative: PurePath, method: str, layer: str, target: str) -> Path:
+        """Common stem of a CAM's overlay, heatmap and raw files (suffixes added by caller)."""
+        return self.image_dir(relative) / "cam" / safe_name(method) / safe_name(layer) / target
+
+    def record(self, relative: PurePath, command: str) -> Path:
+        return self.image_dir(relative) / f"{command}.json"
+
+    def filters_png(self, model: str, layer: str, suffix: str = "") -> Path:
+        return self.root / "filters" / safe_name(model) / f"{safe_name(layer)}{suffix}.png"
+
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        reason = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+        raise RunError(f"cannot write '{path}': {reason}") from exc
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """(H, W, 3) or (H, W) uint8 → PNG bytes."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buffer.getvalue()
+
+
+def encode_npy(array: np.ndarray) -> bytes:
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def encode_npz(arrays: Mapping[str, np.ndarray]) -> bytes:
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def encode_json(data: Any) -> bytes:
+    return (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8", "surrogateescape")
+
+
+def finished_record(path: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The record of an earlier run of the same options whose outputs all still exist, or None."""
+    try:
+        record = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    if record.get("fingerprint") != fingerprint or record.get("error"):
+        return None
+    outputs = record.get("outputs", [])
+    if not all(os.path.exists(os.fsencode(name)) for name in outputs):
+        return None
+    return record

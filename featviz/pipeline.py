@@ -1,0 +1,193 @@
+"""Streams any number of images through decode → batch → compute → render/write, overlapped.
+
+Decoding runs in a small thread pool ahead of the model; images whose resized tensors have the
+same shape are batched together (photos from one camera share a shape); the model work runs on
+the calling thread; colour-mapping, PNG encoding and writing run in a second pool while the next
+batch computes. Every stage is bounded, so the number of images held in memory never exceeds
+``max_in_flight`` however long the input list is, and results are yielded as they complete.
+
+The command-specific work lives in a ``Job`` (maps.MapsJob, cam_job.CamJob): it says how to
+recognise an image already done, and turns a batch of loaded images into one write task each.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from featviz.errors import InputError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from featviz.images import ImageSource
+
+
+@dataclass
+class Prediction:
+    index: int
+    label: str
+    probability: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "label": self.label, "probability": round(self.probability, 6)}
+
+
+@dataclass
+class ImageResult:
+    """What happened to one input: its outputs, or why it failed, or that it was skipped."""
+
+    source: ImageSource
+    outputs: list[str] = field(default_factory=list)
+    predictions: list[Prediction] = field(default_factory=list)
+    error: str | None = None
+    skipped: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "input": self.source.display,
+            "outputs": self.outputs,
+            "predictions": [p.as_dict() for p in self.predictions],
+            "error": self.error,
+            "skipped": self.skipped,
+        }
+
+
+@dataclass
+class LoadedImage:
+    """A decoded input: the original pixels (H, W, 3) uint8 and the model's (3, h, w) tensor."""
+
+    source: ImageSource
+    original: np.ndarray
+    tensor: torch.Tensor
+
+
+class Job(Protocol):
+    def finished(self, source: ImageSource) -> ImageResult | None: ...
+
+    def load(self, source: ImageSource) -> LoadedImage: ...
+
+    def process(self, batch: list[LoadedImage]) -> list[Callable[[], ImageResult]]: ...
+
+
+@dataclass
+class PipelineStats:
+    """Counters the pipeline keeps about itself (tests assert on them, the CLI reports them)."""
+
+    in_flight: int = 0
+    max_in_flight: int = 0
+    batches: int = 0
+    largest_batch: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    def enter(self) -> None:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+
+
+@dataclass
+class PipelineConfig:
+    batch_size: int = 8
+    decode_workers: int = 2
+    write_workers: int = 2
+
+    @property
+    def max_in_flight(self) -> int:
+        """Images held at once: a batch being grouped, one being written, a few decoding ahead."""
+        return 3 * self.batch_size + self.decode_workers + self.write_workers
+
+
+def run(
+    job: Job,
+    sources: Iterable[ImageSource],
+    config: PipelineConfig,
+    stats: PipelineStats | None = None,
+) -> Iterator[ImageResult]:
+    """Yield one ImageResult per input. A RunError (disk full…) propagates and stops the stream; per-image
+    problems (InputError, a batch the model rejects) become failed results and the run goes on.
+    """
+    stats = stats or PipelineStats()
+    loads: deque[tuple[ImageSource, Future[LoadedImage]]] = deque()
+    writes: deque[tuple[ImageSource, Future[ImageResult]]] = deque()
+    groups: dict[tuple[int, ...], list[LoadedImage]] = {}
+    decode_ahead = config.batch_size + config.decode_workers
+    write_ahead = config.batch_size + config.write_workers
+    pending = iter(sources)
+    exhausted = False
+
+    def dispatch(batch: list[LoadedImage]) -> Iterator[ImageResult]:
+        stats.batches += 1
+        stats.largest_batch = max(stats.largest_batch, len(batch))
+        try:
+            tasks = job.process(batch)
+        except InputError as exc:
+            for item in batch:
+                stats.leave()
+                yield ImageResult(item.source, error=exc.message)
+            return
+        for item, task in zip(batch, tasks):
+            writes.append((item.source, writer.submit(task)))
+
+    def drain_writes(keep: int) -> Iterator[ImageResult]:
+        while writes and (len(writes) > keep or writes[0][1].done()):
+            source, future = writes.popleft()
+            stats.leave()
+            yield _result_of(source, future)
+
+    with ThreadPoolExecutor(config.decode_workers, "featviz-decode") as decoder, \
+            ThreadPoolExecutor(config.write_workers, "featviz-write") as writer:
+        try:
+            while True:
+                while not exhausted and len(loads) < decode_ahead:
+                    source = next(pending, None)
+                    if source is None:
+                        exhausted = True
+                        break
+                    done = job.finished(source)
+                    if done is not None:
+                        yield done
+                        continue
+                    stats.enter()
+                    loads.append((source, decoder.submit(job.load, source)))
+                if not loads:
+                    break
+                source, future = loads.popleft()
+                try:
+                    item = future.result()
+                except InputError as exc:
+                    stats.leave()
+                    yield ImageResult(source, error=exc.message)
+                    continue
+                group = groups.setdefault(tuple(item.tensor.shape), [])
+                group.append(item)
+                if len(group) >= config.batch_size:
+                    yield from dispatch(groups.pop(tuple(item.tensor.shape)))
+                elif sum(len(g) for g in groups.values()) >= 2 * config.batch_size:
+                    # Many shapes, none filling a batch: free memory with the largest group.
+                    largest = max(groups, key=lambda key: len(groups[key]))
+                    yield from dispatch(groups.pop(largest))
+                yield from drain_writes(write_ahead)
+            for key in list(groups):
+                yield from dispatch(groups.pop(key))
+            yield from drain_writes(0)
+        except BaseException:
+            # Interrupted or a fatal error: drop work not started; running writes finish (they
+            # are atomic) while the pools shut down.
+            for _, queued in (*loads, *writes):
+                queued.cancel()
+            raise
+
+
+def _result_of(source: ImageSource, future: Future[ImageResult]) -> ImageResult:
+    try:
+        return future.result()
+    except InputError as exc:
+        return ImageResult(source, error=exc.message)

@@ -1,0 +1,113 @@
+"""Pure rendering: arrays in, arrays out. Nothing here touches the disk or the model.
+
+Conventions: values to colour are float arrays in [0, 1]; images are uint8 (H, W, 3) RGB.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+from featviz.errors import UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+SEPARATOR_RGB = (255, 255, 255)
+
+
+@lru_cache(maxsize=16)
+def colormap_lut(name: str) -> np.ndarray:
+    """A matplotlib colormap as a (256, 3) uint8 lookup table."""
+    import matplotlib
+    import numpy as np
+
+    try:
+        cmap = matplotlib.colormaps[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(matplotlib.colormaps), n=3)
+        hint = f"closest: {', '.join(close)}; " if close else ""
+        raise UsageError(
+            f"unknown colormap '{name}'",
+            hint=hint + "any matplotlib colormap name works (gray, viridis, jet, magma…)",
+        ) from None
+    table = cmap(np.linspace(0.0, 1.0, 256))[:, :3]
+    return np.round(table * 255).astype(np.uint8)
+
+
+def apply_colormap(values: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """(…, H, W) floats in [0, 1] → (…, H, W, 3) uint8 through ``lut``."""
+    import numpy as np
+
+    index = np.clip(np.rint(values * 255.0), 0, 255).astype(np.uint8)
+    return lut[index]
+
+
+def scale_each(maps: np.ndarray) -> np.ndarray:
+    """Min-max scale each (h, w) map of a (C, h, w) stack on its own; a flat map becomes zeros."""
+    import numpy as np
+
+    low = maps.min(axis=(-2, -1), keepdims=True)
+    span = maps.max(axis=(-2, -1), keepdims=True) - low
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scaled = np.where(span > 0, (maps - low) / np.where(span > 0, span, 1.0), 0.0)
+    return scaled.astype(np.float32)
+
+
+def enlarge_factor(height: int, width: int, cell_size: int) -> int:
+    """Integer nearest-neighbour factor that brings the longer side up to about ``cell_size``."""
+    return max(1, math.ceil(cell_size / max(height, width)))
+
+
+def tile(cells: np.ndarray, *, nrow: int | None = None, padding: int = 1) -> np.ndarray:
+    """Tile (C, h, w, 3) uint8 cells into a near-square grid with thin separators.
+
+    ``nrow`` is the number of cells per row (torchvision's make_grid naming), by default
+    ceil(sqrt(C)). Unused cells at the end stay the separator colour.
+    """
+    import numpy as np
+
+    count, height, width, _ = cells.shape
+    per_row = nrow or math.ceil(math.sqrt(count))
+    rows = math.ceil(count / per_row)
+    grid = np.empty(
+        (rows * (height + padding) + padding, per_row * (width + padding) + padding, 3),
+        dtype=np.uint8,
+    )
+    grid[:] = SEPARATOR_RGB
+    for index in range(count):
+        top = padding + (index // per_row) * (height + padding)
+        left = padding + (index % per_row) * (width + padding)
+        grid[top : top + height, left : left + width] = cells[index]
+    return grid
+
+
+def enlarge(cells: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour enlargement of the two spatial axes of (C, h, w, …) by ``factor``."""
+    if factor == 1:
+        return cells
+    return cells.repeat(factor, axis=1).repeat(factor, axis=2)
+
+
+def channel_grid(
+    maps: np.ndarray, *, lut: np.ndarray, cell_size: int, padding: int = 1
+) -> np.ndarray:
+    """(C, h, w) activations → one RGB grid image, each channel scaled on its own."""
+    cells = apply_colormap(scale_each(maps), lut)
+    return tile(enlarge(cells, enlarge_factor(*maps.shape[-2:], cell_size)), padding=padding)
+
+
+def overlay(image: np.ndarray, heatmap: np.ndarray, *, lut: np.ndarray, alpha: float) -> np.ndarray:
+    """Blend a colour-mapped (H, W) heatmap in [0, 1] over an (H, W, 3) uint8 image.
+
+    ``alpha`` is the heatmap's opacity: 0 gives the image back unchanged, 1 the bare heatmap.
+    """
+    import numpy as np
+
+    if image.shape[:2] != heatmap.shape:
+        raise ValueError(f"heatmap {heatmap.shape} does not match image {image.shape[:2]}")
+    colours = apply_colormap(heatmap, lut).astype(np.float32)
+    blended = (1.0 - alpha) * image.astype(np.float32) + alpha * colours
+    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)

@@ -1,0 +1,110 @@
+"""Text a person reads: tables, per-image lines, the closing summary, the manifest. Pure strings
+and dicts; cli.py decides where they go."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from featviz import __version__
+
+if TYPE_CHECKING:
+    from featviz.layers import ModelTrace
+    from featviz.pipeline import ImageResult
+
+
+@dataclass
+class RunTally:
+    """Counts of a run, kept by the CLI as results arrive."""
+
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    failures: list[str] = field(default_factory=list)
+    results: list[dict[str, Any]] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+    def add(self, result: ImageResult) -> None:
+        self.results.append(result.as_dict())
+        if result.error:
+            self.failed += 1
+            self.failures.append(result.error)
+        elif result.skipped:
+            self.skipped += 1
+        else:
+            self.done += 1
+
+    def summary(self, out_dir: str, interrupted: bool = False) -> str:
+        elapsed = time.perf_counter() - self.started
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        head = "interrupted: " if interrupted else ""
+        return (f"{head}{self.done} done, {self.failed} failed, {self.skipped} skipped in "
+                f"{elapsed:.1f} s ({rate:.2f} images/s); outputs in {out_dir}")
+
+
+def image_line(result: ImageResult) -> str:
+    """One line per image: top-1 class and probability, and what was written where."""
+    if result.error:
+        return f"error: {result.error}"
+    where = os.path.commonpath(result.outputs) if result.outputs else "-"
+    files = f"{len(result.outputs)} file{'s' if len(result.outputs) != 1 else ''}"
+    status = "skipped (done earlier), " if result.skipped else ""
+    top = result.predictions[0] if result.predictions else None
+    guess = f"{top.label} ({top.probability:.2f}) " if top else ""
+    return f"{result.source.display}: {guess}→ {status}{files} in {where}"
+
+
+def layer_table(trace: ModelTrace, default_layer: str | None) -> str:
+    """Every module: name, type, output shape, parameters, and what featviz can do with it."""
+    rows = [("name", "type", "output shape", "params", "notes")]
+    for layer in trace.layers:
+        shape = "-" if layer.shape is None else "×".join(str(d) for d in layer.shape[1:])
+        notes = []
+        if layer.spatial:
+            notes.append("cam" + (" (pooled)" if layer.pooled else ""))
+        if layer.name == default_layer:
+            notes.append("← default cam layer")
+        if layer.calls > 1:
+            notes.append(f"runs {layer.calls}× per forward: a tap keeps the last call")
+        if layer.calls == 0:
+            notes.append("not run in forward")
+        rows.append((layer.name, layer.type_name, shape, f"{layer.params:,}", ", ".join(notes)))
+    return _columns(rows)
+
+
+def models_table(entries: list[tuple[str, list[str]]]) -> str:
+    rows = [("model", "weights")]
+    rows += [(name, ", ".join(weights) or "-") for name, weights in entries]
+    return _columns(rows)
+
+
+def _columns(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows
+    )
+
+
+def manifest(command: str, model: dict[str, Any], options: dict[str, Any],
+             tally: RunTally, interrupted: bool) -> dict[str, Any]:
+    import torch
+    import torchvision
+
+    return {
+        "command": command,
+        "versions": {
+            "featviz": __version__,
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "python": platform.python_version(),
+        },
+        "model": model,
+        "options": options,
+        "interrupted": interrupted,
+        "counts": {"done": tally.done, "failed": tally.failed, "skipped": tally.skipped},
+        "elapsed_s": round(time.perf_counter() - tally.started, 3),
+        "images": tally.results,
+    }

@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny seeded models, sample photos, an isolated torch cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "sample_images"
+LITE0_SPEC = str(ROOT / "examples" / "efficientnet_lite0.py") + ":build"
+
+TINY_MODEL_SOURCE = '''
+import torch
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    """conv → relu → conv → relu → global-average-pool → linear: small enough for any test."""
+
+    def __init__(self, num_classes: int = 5) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(4, 6, 3, stride=2, padding=1), nn.ReLU(inplace=True),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(6, num_classes)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def build(num_classes: int = 5) -> nn.Module:
+    torch.manual_seed(0)
+    return TinyNet(num_classes)
+'''
+
+
+@pytest.fixture
+def tiny_model_file(tmp_path: Path) -> Path:
+    """A user model file exposing ``build``; use as ``--model <path>:build``."""
+    path = tmp_path / "tiny_model.py"
+    path.write_text(TINY_MODEL_SOURCE)
+    return path
+
+
+@pytest.fixture
+def tiny_model(tiny_model_file: Path):
+    """The same TinyNet, seeded, eval mode, parameters frozen."""
+    namespace: dict = {}
+    exec(compile(TINY_MODEL_SOURCE, str(tiny_model_file), "exec"), namespace)
+    return namespace["build"]().eval().requires_grad_(False)
+
+
+@pytest.fixture
+def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty torch cache, so no test sees (or fills) the user's real one."""
+    home = tmp_path / "torch_home"
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    """The real ImageNet-pretrained EfficientNet-Lite0 from examples/, loaded once."""
+    from featviz.models import load_model
+
+    return load_model(LITE0_SPEC, device="cpu")
