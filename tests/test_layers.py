@@ -1,0 +1,80 @@
+"""Layer tracing, default CAM layer, name and glob resolution."""
+
+from __future__ import annotations
+
+import pytest
+import torchvision
+
+from featviz.errors import UsageError
+from featviz.layers import resolve_layers, trace_model
+
+
+def _trace(name: str, size: int = 224):
+    model = torchvision.models.get_model(name, weights=None).eval()
+    return trace_model(model, (1, 3, size, size))
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ("alexnet", "features.11"),  # not features.12 (max-pool) nor avgpool (6×6)
+        ("vgg16", "features.29"),
+        ("resnet50", "layer4"),
+        ("densenet121", "features"),  # = features.norm5, before the functional ReLU
+        ("mobilenet_v3_large", "features"),
+    ],
+)
+def test_default_cam_layer_is_the_last_convolutional_stage(model: str, expected: str) -> None:
+    assert _trace(model).default_cam_layer() == expected
+
+
+def test_default_cam_layer_of_the_real_example(lite0) -> None:
+    assert trace_model(lite0.module, (1, 3, 224, 224)).default_cam_layer() == "bn2"
+
+
+def test_trace_records_shapes_params_and_repeated_calls() -> None:
+    trace = _trace("resnet18")
+    layer4 = trace.get("layer4")
+    assert layer4.shape == (1, 512, 7, 7) and layer4.spatial and not layer4.pooled
+    assert trace.get("layer1.0.conv1").params == 64 * 64 * 3 * 3
+    assert trace.get("layer1.0.relu").calls == 2  # BasicBlock reuses its ReLU
+    assert trace.get("avgpool").pooled and not trace.get("avgpool").spatial
+    assert trace.get("fc").shape == (1, 1000) and not trace.get("fc").spatial
+
+
+def test_globs_match_within_one_name_part_and_double_star_across() -> None:
+    trace = _trace("resnet18")
+    assert resolve_layers(trace, ["layer4.*"], spatial_only=True) == ["layer4.0", "layer4.1"]
+    deep = resolve_layers(trace, ["layer4.**.conv1"], spatial_only=True)
+    assert deep == ["layer4.0.conv1", "layer4.1.conv1"]
+
+
+def test_resolved_layers_come_in_execution_order_without_duplicates() -> None:
+    trace = _trace("alexnet")
+    chosen = resolve_layers(trace, ["features.10", "features.0", "features.0"], spatial_only=True)
+    assert chosen == ["features.0", "features.10"]
+    assert len(resolve_layers(trace, ["features.*"], spatial_only=True)) == 13
+
+
+def test_unknown_layer_suggests_close_names_and_the_layers_command() -> None:
+    with pytest.raises(UsageError, match="unknown layer 'layer5'") as info:
+        resolve_layers(_trace("resnet18"), ["layer5"], spatial_only=True)
+    assert info.value.hint == (
+        "closest: layer4, layer3, layer2; list them all with `featviz layers --model MODEL`"
+    )
+
+
+def test_non_spatial_layer_explains_and_lists_candidates() -> None:
+    with pytest.raises(UsageError) as info:
+        resolve_layers(_trace("alexnet"), ["classifier.1"], spatial_only=True)
+    assert info.value.message == (
+        "layer 'classifier.1' (Linear, output shape [1, 4096]) has no spatial (N, C, H, W) "
+        "output to draw"
+    )
+    assert info.value.hint == "try one of the last spatial layers: features.9, features.10, " \
+        "features.11"
+
+
+def test_glob_matching_nothing_spatial_is_an_error() -> None:
+    with pytest.raises(UsageError, match="no spatial layer matches 'classifier.*'"):
+        resolve_layers(_trace("alexnet"), ["classifier.*"], spatial_only=True)
