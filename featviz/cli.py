@@ -155,16 +155,17 @@ def maps(
         _stream(run, json_lines=json_lines, quiet=quiet)
 
 
-def _methods_help() -> str:
-    lines = [f"{name}: {method_info(name).summary}" for name in method_names()]
-    return "CAM method, repeatable.\n\n" + "\n\n".join(lines)
+def _methods_epilog() -> str:
+    return "Methods (--method):\n\n" + "\n\n".join(
+        f"{name}: {method_info(name).summary}" for name in method_names())
 
 
-@app.command()
+@app.command(epilog=_methods_epilog())
 def cam(
     inputs: InputsArg,
-    method: Annotated[list[Method] | None, typer.Option("--method", "-M",
-                                                        help=_methods_help())] = None,
+    method: Annotated[list[Method] | None, typer.Option(
+        "--method", "-M", metavar="METHOD",
+        help="CAM method, repeatable (listed below) [default: gradcam].")] = None,
     layer: LayerOpt = None,
     target: Annotated[list[str] | None, typer.Option("--target", "-t", help=(
         "Class index or name (case-insensitive, unique prefix ok); repeatable "
@@ -209,19 +210,19 @@ def cam(
 
 @app.command()
 def layers(
-    model: ModelOpt = "alexnet", weights: WeightsOpt = "DEFAULT",
-    checkpoint: CheckpointOpt = None, num_classes: NumClassesOpt = None,
-    seed: SeedOpt = 0, device: DeviceOpt = Device.cpu, input_size: InputSizeOpt = None,
+    model: ModelOpt = "alexnet", num_classes: NumClassesOpt = None,
+    input_size: InputSizeOpt = None,
 ) -> None:
     """Every layer you can tap: name, type, output shape, parameters, CAM use.
+
+    Shapes are for one input of the model's size; no weights are needed or downloaded.
 
     Example: featviz layers -m resnet50
     """
     with _errors():
         from featviz.runner import describe_layers
 
-        typer.echo(describe_layers(_model(model, weights, checkpoint, num_classes, None, seed,
-                                          device, input_size)))
+        typer.echo(describe_layers(model, num_classes, input_size))
 
 
 @app.command()

@@ -48,7 +48,7 @@ class ImageJob:
     def load(self, source: ImageSource) -> LoadedImage:
         import numpy as np
 
-        from featviz.images import decode
+        from featviz.decode import decode
         from featviz.preprocess import to_tensor
 
         image = decode(source.path, max_pixels=self.max_pixels)

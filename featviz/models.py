@@ -98,6 +98,20 @@ def load_model(
     return loaded
 
 
+def load_architecture(spec: str, *, num_classes: int | None = None) -> LoadedModel:
+    """The model's structure only: torchvision models are built on the meta device (no weights
+    to download, no initialisation to pay), which is all ``featviz layers`` needs."""
+    import torch
+
+    if ":" in spec:
+        return load_model(spec, num_classes=num_classes, device="cpu")
+    with torch.device("meta"):
+        loaded = _load_torchvision_model(spec, "none", None, num_classes)
+    loaded.module.eval()
+    loaded.weights = "none (structure only)"
+    return loaded
+
+
 def resolve_device(device: str) -> torch.device:
     import torch
 

@@ -53,8 +53,8 @@ def image_line(result: ImageResult) -> str:
     files = f"{len(result.outputs)} file{'s' if len(result.outputs) != 1 else ''}"
     status = "skipped (done earlier), " if result.skipped else ""
     top = result.predictions[0] if result.predictions else None
-    guess = f"{top.label} ({top.probability:.2f}) " if top else ""
-    return f"{result.source.display}: {guess}→ {status}{files} in {where}"
+    guess = f": {top.label} ({top.probability:.2f})" if top else ""
+    return f"{result.source.display}{guess} → {status}{files} in {where}"
 
 
 def layer_table(trace: ModelTrace, default_layer: str | None) -> str:

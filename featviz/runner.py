@@ -145,7 +145,8 @@ def _prepare(command: str, choice: ModelChoice, inputs: InputChoice, model: Load
              options: MapsOptions | CamOptions, job_type: type) -> PreparedRun:
     import sys
 
-    from featviz.images import DEFAULT_MAX_PIXELS, discover
+    from featviz.decode import DEFAULT_MAX_PIXELS
+    from featviz.images import discover
     from featviz.jobs import fingerprint
 
     layout = OutputLayout(inputs.out)
@@ -172,10 +173,13 @@ def _prepare(command: str, choice: ModelChoice, inputs: InputChoice, model: Load
                        None if reads_stdin else len(sources))
 
 
-def describe_layers(choice: ModelChoice) -> str:
+def describe_layers(spec: str, num_classes: int | None, input_size: int | None) -> str:
+    from featviz.models import load_architecture
     from featviz.report import layer_table
 
-    model = choice.load()
+    model = load_architecture(spec, num_classes=num_classes)
+    if input_size is not None:
+        model.input_size = input_size
     trace = model_trace(model)
     try:
         default = trace.default_cam_layer()
