@@ -33,8 +33,8 @@ PNG_COMPRESS_LEVEL = 1  # zlib level 1 writes ~3x faster than Pillow's 6, files 
 
 
 def safe_name(text: str) -> str:
-    """A file-name-safe form of a layer or class name: keeps letters, digits, '.', '-', '_'."""
-    cleaned = re.sub(r"[^\w.-]+", "_", text.strip()).strip("_")
+    """A file-name-safe form of a layer or class name: keeps letters, digits, '.', '+', '-', '_'."""
+    cleaned = re.sub(r"[^\w.+-]+", "_", text.strip()).strip("_")
     return cleaned or "_"
 
 
