@@ -190,7 +190,7 @@ def test_skip_existing_resumes_without_rewriting(photos: Path, tmp_path: Path, t
 
 
 def test_target_names_and_errors(photos: Path, tmp_path: Path) -> None:
-    args = ["-m", "torchvision.models:resnet18", "--labels", "imagenet", "--input-size", "32",
+    args = ["-m", "torchvision.models:resnet18", "--labels", "imagenet", "--input-size", "64",
             photos / "a.png", "-o", tmp_path / "o"]
     ambiguous = invoke("cam", "-t", "bull", *args)
     assert ambiguous.exit_code == 2
