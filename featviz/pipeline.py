@@ -101,7 +101,8 @@ class PipelineConfig:
 
     @property
     def max_in_flight(self) -> int:
-        """Images held at once: a batch being grouped, one being written, a few decoding ahead."""
+        """The most images held at once, decoded or being decoded, grouped, or being written:
+        enough for two batches to group while one is written and the decoders run ahead."""
         return 3 * self.batch_size + self.decode_workers + self.write_workers
 
 
@@ -146,7 +147,9 @@ def run(
             ThreadPoolExecutor(config.write_workers, "featviz-write") as writer:
         try:
             while True:
-                while not exhausted and len(loads) < decode_ahead:
+                # Start decoding ahead, but never hold more than max_in_flight images.
+                while (not exhausted and len(loads) < decode_ahead
+                       and stats.in_flight < config.max_in_flight):
                     source = next(pending, None)
                     if source is None:
                         exhausted = True
@@ -157,33 +160,39 @@ def run(
                         continue
                     stats.enter()
                     loads.append((source, decoder.submit(job.load, source)))
-                if not loads:
+                if loads:
+                    source, future = loads.popleft()
+                    try:
+                        item = future.result()
+                    except InputError as exc:
+                        stats.leave()
+                        yield ImageResult(source, error=exc.message)
+                        continue
+                    shape = tuple(item.tensor.shape)
+                    groups.setdefault(shape, []).append(item)
+                    if len(groups[shape]) >= config.batch_size:
+                        yield from dispatch(groups.pop(shape))
+                    elif sum(len(g) for g in groups.values()) >= 2 * config.batch_size:
+                        # Many shapes, none filling a batch: free memory with the largest.
+                        yield from dispatch(groups.pop(_largest(groups)))
+                elif groups:
+                    # Nothing more to decode now (inputs exhausted or the cap reached).
+                    yield from dispatch(groups.pop(_largest(groups)))
+                elif writes:
+                    yield from drain_writes(len(writes) - 1)
+                else:
                     break
-                source, future = loads.popleft()
-                try:
-                    item = future.result()
-                except InputError as exc:
-                    stats.leave()
-                    yield ImageResult(source, error=exc.message)
-                    continue
-                group = groups.setdefault(tuple(item.tensor.shape), [])
-                group.append(item)
-                if len(group) >= config.batch_size:
-                    yield from dispatch(groups.pop(tuple(item.tensor.shape)))
-                elif sum(len(g) for g in groups.values()) >= 2 * config.batch_size:
-                    # Many shapes, none filling a batch: free memory with the largest group.
-                    largest = max(groups, key=lambda key: len(groups[key]))
-                    yield from dispatch(groups.pop(largest))
                 yield from drain_writes(write_ahead)
-            for key in list(groups):
-                yield from dispatch(groups.pop(key))
-            yield from drain_writes(0)
         except BaseException:
             # Interrupted or a fatal error: drop work not started; running writes finish (they
             # are atomic) while the pools shut down.
             for _, queued in (*loads, *writes):
                 queued.cancel()
             raise
+
+
+def _largest(groups: dict[tuple[int, ...], list[LoadedImage]]) -> tuple[int, ...]:
+    return max(groups, key=lambda key: len(groups[key]))
 
 
 def _result_of(source: ImageSource, future: Future[ImageResult]) -> ImageResult:

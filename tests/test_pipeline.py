@@ -1,0 +1,153 @@
+"""The streaming engine and the disk: bounded memory, batching, atomic writes, resumability."""
+
+from __future__ import annotations
+
+import errno
+import json
+import threading
+from pathlib import Path, PurePath
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from featviz.cli import app
+from featviz.errors import InputError, RunError
+from featviz.images import ImageSource
+from featviz.output import write_atomic
+from featviz.pipeline import ImageResult, LoadedImage, PipelineConfig, PipelineStats, run
+
+
+class FakeJob:
+    """Loads 'images' whose shape depends on their number; records every batch."""
+
+    def __init__(self, shapes: int = 3, fail_every: int = 0) -> None:
+        self.shapes = shapes
+        self.fail_every = fail_every
+        self.batches: list[list[str]] = []
+        self.lock = threading.Lock()
+
+    def finished(self, source: ImageSource) -> ImageResult | None:
+        return None
+
+    def load(self, source: ImageSource) -> LoadedImage:
+        number = int(source.path.name)
+        if self.fail_every and number % self.fail_every == 0:
+            raise InputError(f"{number}: broken")
+        return LoadedImage(source, np.zeros(1), np.zeros((3, 8, 8 + number % self.shapes)))
+
+    def process(self, batch: list[LoadedImage]):
+        assert len({item.tensor.shape for item in batch}) == 1  # one shape per batch
+        self.batches.append([item.source.path.name for item in batch])
+        return [lambda item=item: ImageResult(item.source, outputs=[item.source.path.name])
+                for item in batch]
+
+
+def _sources(count: int):
+    for number in range(count):
+        yield ImageSource(path=Path(str(number)), relative=PurePath(str(number)),
+                          display=str(number))
+
+
+@pytest.mark.parametrize("count", [50, 1000])
+def test_images_in_flight_stay_bounded_whatever_the_input_length(count: int) -> None:
+    config = PipelineConfig(batch_size=4)
+    stats = PipelineStats()
+    job = FakeJob()
+    results = list(run(job, _sources(count), config, stats))
+    assert sorted(int(r.source.path.name) for r in results) == list(range(count))
+    assert stats.max_in_flight <= config.max_in_flight
+    assert stats.in_flight == 0
+    assert stats.largest_batch == 4
+    assert sum(len(b) for b in job.batches) == count
+
+
+def test_failed_loads_are_results_and_the_rest_goes_on() -> None:
+    results = list(run(FakeJob(fail_every=5), _sources(20), PipelineConfig(batch_size=3)))
+    errors = sorted(r.error for r in results if r.error)
+    assert errors == sorted(f"{n}: broken" for n in range(0, 20, 5))
+    assert sum(1 for r in results if not r.error) == 16
+
+
+def test_the_stream_is_consumed_lazily() -> None:
+    pulled: list[int] = []
+
+    def counting():
+        for source in _sources(10_000):
+            pulled.append(1)
+            yield source
+
+    stream = run(FakeJob(), counting(), PipelineConfig(batch_size=2))
+    next(stream)
+    assert len(pulled) < 50
+    stream.close()
+
+
+def test_write_failure_leaves_no_partial_file(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "deep" / "out.png"
+    real_open = open
+
+    class FullDisk:
+        def __init__(self, *args: object) -> None:
+            self.handle = real_open(*args)  # noqa: SIM115
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.handle.close()
+
+        def write(self, data: bytes) -> None:
+            self.handle.write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("builtins.open", FullDisk)
+    with pytest.raises(RunError, match=f"cannot write '{target}': the disk is full"):
+        write_atomic(target, b"x" * 1000)
+    monkeypatch.undo()
+    assert list(target.parent.iterdir()) == []
+
+
+def test_disk_full_mid_run_stops_cleanly_with_a_valid_manifest(
+    tmp_path: Path, tiny_model_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for index in range(6):
+        Image.new("RGB", (40, 30), (index * 40, 0, 0)).save(folder / f"{index}.png")
+    out = tmp_path / "out"
+    import featviz.output as output
+
+    real = output.write_atomic
+
+    def fill_up(path: Path, data: bytes) -> None:
+        if path.relative_to(out).parts[0] == "2":
+            raise RunError(f"cannot write '{path}': the disk is full")
+        real(path, data)
+
+    monkeypatch.setattr("featviz.cam_job.write_atomic", fill_up)
+    result = CliRunner().invoke(app, ["cam", "-m", f"{tiny_model_file}:build", "--input-size",
+                                      "32", "--batch-size", "2", str(folder), "-o", str(out)])
+    assert result.exit_code == 1
+    assert "the disk is full" in result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["done"] == 2
+    assert not list(out.rglob("*.partial"))
+    for png in out.rglob("*.png"):
+        Image.open(png).load()  # every PNG that exists is complete
+
+
+def test_quiet_run_prints_nothing_and_non_tty_gets_no_progress_bar(
+    tmp_path: Path, tiny_model_file: Path
+) -> None:
+    Image.new("RGB", (40, 30)).save(tmp_path / "x.png")
+    args = ["maps", "-m", f"{tiny_model_file}:build", "--input-size", "32", str(tmp_path / "x.png"),
+            "-o", str(tmp_path / "out")]
+    quiet = CliRunner().invoke(app, [*args, "--quiet"])
+    assert quiet.exit_code == 0 and quiet.stdout == "" and quiet.stderr == ""
+    normal = CliRunner().invoke(app, args)
+    assert normal.stdout.startswith(f"{tmp_path / 'x.png'} → 2 files in ")
+    assert len(normal.stderr.splitlines()) == 1  # the summary, no progress bar
+    assert normal.stderr.startswith("1 done, 0 failed, 0 skipped in ")
