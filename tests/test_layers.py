@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import pytest
-import torchvision
-
 from featviz.errors import UsageError
 from featviz.layers import resolve_layers, trace_model
+from featviz.models import load_architecture
 
 
 def _trace(name: str, size: int = 224):
-    model = torchvision.models.get_model(name, weights=None).eval()
-    return trace_model(model, (1, 3, size, size))
+    """Traced on the meta device, as `featviz layers` does: no weights, no initialisation."""
+    return trace_model(load_architecture(name).module, (1, 3, size, size))
 
 
 @pytest.mark.parametrize(
@@ -34,6 +33,7 @@ def test_default_cam_layer_of_the_real_example(lite0) -> None:
 
 def test_trace_records_shapes_params_and_repeated_calls() -> None:
     trace = _trace("resnet18")
+    assert all(p.is_meta for p in load_architecture("resnet18").module.parameters())
     layer4 = trace.get("layer4")
     assert layer4.shape == (1, 512, 7, 7) and layer4.spatial and not layer4.pooled
     assert trace.get("layer1.0.conv1").params == 64 * 64 * 3 * 3
