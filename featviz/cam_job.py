@@ -40,6 +40,11 @@ class CamOptions:
     save_raw: bool = False
     cam_batch_size: int = 32
 
+    def __post_init__(self) -> None:
+        from featviz.render import colormap_lut
+
+        colormap_lut(self.cmap)  # an unknown name fails now, not once the first image is drawn
+
 
 @dataclass
 class _Map:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 import traceback
@@ -19,13 +20,33 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
 from featviz import __version__
 from featviz.cam.registry import method_info, method_names
 from featviz.errors import FeatvizError
 
+
+class _Commands(TyperGroup):
+    """Typer's command group, telling a bad option like every other error: one line, a hint.
+
+    Click would print a usage block and a boxed, wrapped message; a log or a shell loop wants the
+    same ``Error: …`` line that featviz's own usage errors give (exit 2 either way).
+    """
+
+    def invoke(self, ctx: typer.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except typer.TyperException as exc:  # the base of click's UsageError, BadParameter…
+            command = (getattr(exc, "ctx", None) or ctx).command_path
+            print(f"Error: {_one_line(exc.format_message())}", file=sys.stderr)
+            print(f"Hint: see `{command} --help`", file=sys.stderr)
+            raise typer.Exit(exc.exit_code) from None
+
+
 app = typer.Typer(
     name="featviz",
+    cls=_Commands,
     help="See what a convolutional network sees: feature-map grids and class-activation maps.",
     no_args_is_help=True,
     add_completion=False,
@@ -279,14 +300,24 @@ def _on_sigterm(signum: int, frame: object) -> None:
 def _stream(run, *, json_lines: bool, quiet: bool) -> None:
     """Consume the run's results: JSON lines or per-image lines, progress, summary, manifest.
 
-    Interrupts (SIGINT, SIGTERM) and fatal errors (disk full) still write the manifest of what
-    was done and print the summary before exiting.
+    Interrupts (SIGINT, SIGTERM) and fatal errors (disk full, a bug) still write the manifest of
+    what was done and print the summary before exiting; a manifest that cannot be written fails
+    the run.
     """
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        _consume(run, json_lines=json_lines, quiet=quiet)
+    finally:
+        # In-process callers (tests, notebooks) get their own SIGTERM handling back.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _consume(run, *, json_lines: bool, quiet: bool) -> None:
+    from featviz.images import printable
     from featviz.report import RunTally, image_line
 
     tally = RunTally()
     stopped: BaseException | None = None
-    signal.signal(signal.SIGTERM, _on_sigterm)
     progress = None if quiet or not sys.stderr.isatty() else _Progress(run.total)
     try:
         for result in run.results():
@@ -299,21 +330,22 @@ def _stream(run, *, json_lines: bool, quiet: bool) -> None:
                 _print(image_line(result), progress)
             if progress:
                 progress.advance()
-    except (KeyboardInterrupt, FeatvizError) as exc:
+    except (KeyboardInterrupt, Exception) as exc:
         stopped = exc
     finally:
         if progress:
             progress.stop()
     interrupted = isinstance(stopped, KeyboardInterrupt)
     try:
-        manifest = f"; manifest {run.write_manifest(tally, interrupted)}"
+        manifest = f"; manifest {printable(run.write_manifest(tally, interrupted))}"
     except FeatvizError as exc:
         manifest = f"; manifest not written ({exc.message})"
+        stopped = stopped or exc
     if json_lines:
         for failure in tally.failures:
             _print_err(f"error: {failure}")
     if not quiet:
-        _print_err(tally.summary(str(run.layout.root), interrupted) + manifest)
+        _print_err(tally.summary(printable(run.layout.root), interrupted) + manifest)
     if interrupted:
         raise typer.Exit(143 if isinstance(stopped, _Terminated) else 130)
     if stopped is not None:
@@ -372,6 +404,15 @@ def _emit(line: str) -> None:
     sys.stdout.flush()
 
 
+_TERMINAL_CODES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def _one_line(text: str) -> str:
+    """``text`` as one line: terminal colour codes dropped (torch puts some in its messages),
+    line breaks joined with a space."""
+    return re.sub(r"\s*[\r\n]+\s*", " ", _TERMINAL_CODES.sub("", text)).strip()
+
+
 @contextmanager
 def _errors() -> Iterator[None]:
     """The one error funnel: FeatvizError → 'Error: …' (+ hint) on stderr and its exit code;
@@ -381,16 +422,17 @@ def _errors() -> Iterator[None]:
     except FeatvizError as exc:
         if os.environ.get(DEBUG_ENV):
             traceback.print_exc()
-        print(f"Error: {exc.message}", file=sys.stderr)
+        print(f"Error: {_one_line(exc.message)}", file=sys.stderr)
         if exc.hint:
-            print(f"Hint: {exc.hint}", file=sys.stderr)
+            print(f"Hint: {_one_line(exc.hint)}", file=sys.stderr)
         raise typer.Exit(exc.exit_code) from None
     except (typer.Exit, typer.Abort, KeyboardInterrupt):
         raise
     except Exception as exc:
         if os.environ.get(DEBUG_ENV):
             traceback.print_exc()
-        print(f"Error: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"Error: internal error: {type(exc).__name__}: {_one_line(str(exc))}",
+              file=sys.stderr)
         print(f"Hint: rerun with {DEBUG_ENV}=1 for the traceback, and please report it",
               file=sys.stderr)
         raise typer.Exit(1) from None

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 from featviz.errors import UsageError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from torch import nn
 
 _POOLING = ("Pool",)
@@ -114,7 +116,7 @@ def trace_model(model: nn.Module, input_shape: tuple[int, ...]) -> ModelTrace:
 
     handles = [module.register_forward_hook(hook_for(name)) for name, module in named]
     try:
-        _forward_shapes(model, input_shape)
+        _forward_shapes(model, input_shape, restart=lambda: (records.clear(), produced.clear()))
     finally:
         for handle in handles:
             handle.remove()
@@ -137,8 +139,14 @@ def trace_model(model: nn.Module, input_shape: tuple[int, ...]) -> ModelTrace:
     return ModelTrace(tuple(layers))
 
 
-def _forward_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> None:
-    """Forward on the meta device when every op allows it, else a real forward of zeros."""
+def _forward_shapes(
+    model: nn.Module, input_shape: tuple[int, ...], restart: Callable[[], object]
+) -> None:
+    """Forward on the meta device when every op allows it, else a real forward of zeros.
+
+    ``restart()`` runs before the real forward: a meta forward that failed halfway has already
+    fired some hooks, whose records would otherwise count every call twice.
+    """
     import torch
     from torch.func import functional_call
 
@@ -152,6 +160,7 @@ def _forward_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> None:
         return
     except Exception:
         pass
+    restart()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     with torch.inference_mode():
         model(torch.zeros(input_shape, device=device))

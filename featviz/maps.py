@@ -34,6 +34,11 @@ class MapsOptions:
     cell_size: int = 64
     save_raw: bool = False
 
+    def __post_init__(self) -> None:
+        from featviz.render import colormap_lut
+
+        colormap_lut(self.cmap)  # an unknown name fails now, not once the first image is drawn
+
 
 def select_channels(maps: np.ndarray, max_channels: int, order: ChannelOrder) -> np.ndarray:
     """Indices of the channels to draw from (C, h, w): the first K, or the K with the highest

@@ -56,7 +56,8 @@ class OutputLayout:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise RunError(f"cannot create output folder '{self.root}': {exc.strerror}") from exc
+            raise RunError(f"cannot create output folder '{self.root}': {exc.strerror}",
+                           hint="choose another folder with --out") from exc
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise RunError(f"output folder '{self.root}' is not writable",
                            hint="choose another folder with --out")
@@ -124,7 +125,10 @@ def encode_npz(arrays: Mapping[str, np.ndarray]) -> bytes:
 
 
 def encode_json(data: Any) -> bytes:
-    return (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8", "surrogateescape")
+    """UTF-8 JSON; a path's bytes that are not UTF-8 (surrogate escapes) become \\udcXX escapes,
+    which read back as the same path, rather than bytes no JSON reader accepts."""
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    return text.encode("utf-8", "backslashreplace")
 
 
 def finished_record(path: Path, fingerprint: str) -> dict[str, Any] | None:

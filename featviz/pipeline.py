@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from featviz.errors import InputError
+from featviz.images import printable
 
 if TYPE_CHECKING:
     import numpy as np
@@ -49,9 +50,10 @@ class ImageResult:
     skipped: bool = False
 
     def as_dict(self) -> dict[str, Any]:
+        """The JSON form: paths printable like ``input`` (no bytes that are not UTF-8)."""
         return {
             "input": self.source.display,
-            "outputs": self.outputs,
+            "outputs": [printable(path) for path in self.outputs],
             "predictions": [p.as_dict() for p in self.predictions],
             "error": self.error,
             "skipped": self.skipped,
@@ -129,10 +131,10 @@ def run(
         stats.largest_batch = max(stats.largest_batch, len(batch))
         try:
             tasks = job.process(batch)
-        except InputError as exc:
+        except InputError as exc:  # about the batch: name each image, as decode errors do
             for item in batch:
                 stats.leave()
-                yield ImageResult(item.source, error=exc.message)
+                yield ImageResult(item.source, error=f"{item.source.display}: {exc.message}")
             return
         for item, task in zip(batch, tasks):
             writes.append((item.source, writer.submit(task)))

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from featviz import __version__
+from featviz.images import printable
 
 if TYPE_CHECKING:
     from featviz.layers import ModelTrace
@@ -49,7 +50,7 @@ def image_line(result: ImageResult) -> str:
     """One line per image: top-1 class and probability, and what was written where."""
     if result.error:
         return f"error: {result.error}"
-    where = os.path.commonpath(result.outputs) if result.outputs else "-"
+    where = printable(os.path.commonpath(result.outputs)) if result.outputs else "-"
     files = f"{len(result.outputs)} file{'s' if len(result.outputs) != 1 else ''}"
     status = "skipped (done earlier), " if result.skipped else ""
     top = result.predictions[0] if result.predictions else None

@@ -156,9 +156,10 @@ def _prepare(command: str, choice: ModelChoice, inputs: InputChoice, model: Load
     if not reads_stdin:
         sources = list(sources)  # paths are cheap to hold, and the progress bar gets a total
     layout.prepare()
+    checkpoint = None if choice.checkpoint is None else str(choice.checkpoint)  # JSON has no Path
     recorded = {
         **{key: value for key, value in asdict(options).items() if key != "calls"},
-        "model": choice.spec, "weights": model.weights, "checkpoint": choice.checkpoint,
+        "model": choice.spec, "weights": model.weights, "checkpoint": checkpoint,
         "num_classes": choice.num_classes, "labels": choice.labels, "seed": choice.seed,
         "input_size": model.input_size, "resize": inputs.resize,
     }

@@ -1,0 +1,323 @@
+"""Stopping a run: SIGINT, SIGTERM and a write that fails (disk full) stop it promptly and cleanly.
+
+Clean means: the summary is printed, the exit code says why (130, 143, 1), no ``*.partial``
+file is left, every PNG present decodes completely, and the manifest is valid JSON (or, when the
+disk refuses it too, the previous run's manifest is left as it was).
+"""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import TINY_MODEL_SOURCE
+from PIL import Image
+from typer.testing import CliRunner
+
+import featviz.output
+from featviz.cli import app
+
+# A model whose forward takes 0.1 s: the run lasts seconds whatever the machine, and the main
+# thread spends most of it inside the model, where an interrupt is most likely to land.
+SLOW_MODEL_SOURCE = TINY_MODEL_SOURCE.replace(
+    "    def forward(self, x):\n",
+    "    def forward(self, x):\n        import time\n\n        time.sleep(0.1)\n",
+)
+IMAGES = 40
+SUMMARY = (
+    r"(interrupted: )?(?P<done>\d+) done, (?P<failed>\d+) failed, 0 skipped in \d+\.\d s "
+    r"\(\d+\.\d\d images/s\); outputs in out; manifest "
+)
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder of small photos and the slow model, in the working folder."""
+    monkeypatch.chdir(tmp_path)
+    assert "time.sleep(0.1)" in SLOW_MODEL_SOURCE
+    Path("slow_model.py").write_text(SLOW_MODEL_SOURCE)
+    Path("tiny_model.py").write_text(TINY_MODEL_SOURCE)
+    Path("in").mkdir()
+    for index in range(IMAGES):
+        Image.new("RGB", (48, 36), (index * 6, 100, 200 - index * 5)).save(f"in/{index:02d}.png")
+    return tmp_path
+
+
+def assert_clean(out: Path) -> dict:
+    """No partial file, every PNG complete, every record's outputs there; returns the manifest."""
+    for folder, _, names in os.walk(out):
+        for name in names:
+            assert not name.endswith(".partial"), f"{folder}/{name}"
+            if name.endswith(".png"):
+                with Image.open(Path(folder) / name) as image:
+                    image.load()
+    for record in out.rglob("cam.json"):
+        assert all(Path(output).exists() for output in json.loads(record.read_text())["outputs"])
+    manifest = json.loads((out / "manifest.json").read_text())
+    for image in manifest["images"]:  # what the manifest says was done is on disk
+        assert (out / Path(image["input"]).stem / "cam.json").exists()
+    return manifest
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_the_run_promptly_and_cleanly(
+    workspace: Path, signum: signal.Signals, code: int
+) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "featviz",
+        "cam",
+        "-m",
+        "slow_model.py:build",
+        "--input-size",
+        "32",
+        "--batch-size",
+        "2",
+        "in",
+        "-o",
+        "out",
+    ]
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+    )
+    watchdog = threading.Timer(60, process.kill)  # never hang the test run
+    watchdog.start()
+    try:
+        first = process.stdout.readline()
+        assert first.startswith("in/00.png: class "), process.stderr.read()
+        process.send_signal(signum)
+        signalled = time.perf_counter()
+        process.wait(timeout=30)
+        stopped_after = time.perf_counter() - signalled
+        rest, stderr = process.stdout.read(), process.stderr.read()
+    finally:
+        watchdog.cancel()
+        process.kill()
+    assert process.returncode == code, stderr
+    assert stopped_after < 5, f"took {stopped_after:.1f} s to stop"
+    [summary] = stderr.splitlines()  # the summary and nothing else: no traceback
+    match = re.fullmatch(SUMMARY + r"out/manifest\.json", summary)
+    assert match and summary.startswith("interrupted: "), summary
+    done = int(match["done"])
+    printed = 1 + len(rest.splitlines())
+    assert printed <= done <= printed + 1 and done < IMAGES  # + 1: stopped mid-print
+    manifest = assert_clean(workspace / "out")
+    assert manifest["interrupted"] is True
+    assert manifest["counts"] == {"done": done, "failed": 0, "skipped": 0}
+
+
+def test_sigterm_while_waiting_for_decodes_stops_and_restores_the_handler(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In-process: the main thread waits in a future's result() for slow decodes when the
+    signal comes (sent from a decode thread, once the run is under way)."""
+    import featviz.decode
+
+    real_decode = featviz.decode.decode
+    decodes = iter(range(IMAGES))
+    signalled: list[float] = []
+
+    def slow_decode(*args: object, **kwargs: object):
+        if next(decodes) == 6:
+            signalled.append(time.perf_counter())
+            os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.3)
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(featviz.decode, "decode", slow_decode)
+    received: list[int] = []
+
+    def record(signum: int, frame: object) -> None:
+        received.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, record)
+    try:
+        result = CliRunner().invoke(
+            app,
+            [
+                "cam",
+                "-m",
+                "tiny_model.py:build",
+                "--input-size",
+                "32",
+                "--batch-size",
+                "2",
+                "in",
+                "-o",
+                "out",
+            ],
+        )
+        stopped_after = time.perf_counter() - signalled[0]
+        assert signal.getsignal(signal.SIGTERM) is record  # featviz gave it back
+        os.kill(os.getpid(), signal.SIGTERM)  # and it is the one that runs now
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert result.exit_code == 143, result.stderr
+    assert stopped_after < 3, f"took {stopped_after:.1f} s"  # 40 images take 6 s
+    assert re.fullmatch(SUMMARY + r"out/manifest\.json", result.stderr.strip())
+    assert result.stderr.startswith("interrupted: ")
+    assert received == [signal.SIGTERM]
+    assert assert_clean(workspace / "out")["interrupted"] is True
+
+
+# --- write errors ---------------------------------------------------------------------------
+
+
+class FailingDisk:
+    """``open`` for featviz.output: after ``allowed`` writes every file written fails halfway
+    with ``error``, as a full disk would (the first half of the bytes does reach the file)."""
+
+    def __init__(self, allowed: int, error: int) -> None:
+        self.allowed = allowed
+        self.error = error
+        self.lock = threading.Lock()
+
+    def __call__(self, file, mode: str = "r", *args, **kwargs):
+        handle = builtins.open(file, mode, *args, **kwargs)  # noqa: SIM115
+        if "w" not in mode:
+            return handle
+        with self.lock:
+            self.allowed -= 1
+            failing = self.allowed < 0
+        return _HalfWrite(handle, self.error) if failing else handle
+
+
+class _HalfWrite:
+    def __init__(self, handle, error: int) -> None:
+        self.handle = handle
+        self.error = error
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.close()
+
+    def write(self, data: bytes) -> int:
+        self.handle.write(data[: len(data) // 2])
+        self.handle.flush()
+        raise OSError(self.error, os.strerror(self.error))
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"), [(errno.ENOSPC, "the disk is full"), (errno.EIO, "Input/output error")]
+)
+def test_a_write_error_names_the_file_and_stops_cleanly(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch, error: int, reason: str
+) -> None:
+    args = [
+        "cam",
+        "-m",
+        "tiny_model.py:build",
+        "--input-size",
+        "32",
+        "--batch-size",
+        "2",
+        "in",
+        "-o",
+        "out",
+    ]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    before = Path("out/manifest.json").read_bytes()
+    with monkeypatch.context() as disk:
+        disk.setattr(featviz.output, "open", FailingDisk(allowed=9, error=error), raising=False)
+        result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)
+    summary, failure = result.stderr.splitlines()
+    match = re.fullmatch(
+        SUMMARY + rf"not written \(cannot write 'out/manifest\.json': {reason}\)", summary
+    )
+    assert match and int(match["done"]) < IMAGES, summary
+    assert re.fullmatch(
+        rf"Error: cannot write 'out/\d\d/(cam\.json|cam/gradcam/features/\d\.png)'"
+        rf": {reason}",
+        failure,
+    ), failure
+    assert Path("out/manifest.json").read_bytes() == before  # the last good one, untouched
+    assert_clean(workspace / "out")
+
+
+def test_a_manifest_that_cannot_be_written_fails_the_run(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 2 images × (overlay + record) = 4 writes succeed, the manifest fails
+    monkeypatch.setattr(
+        featviz.output, "open", FailingDisk(allowed=4, error=errno.ENOSPC), raising=False
+    )
+    result = CliRunner().invoke(
+        app,
+        [
+            "cam",
+            "-m",
+            "tiny_model.py:build",
+            "--input-size",
+            "32",
+            "in/00.png",
+            "in/01.png",
+            "-o",
+            "out",
+            "--quiet",
+        ],
+    )
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        "Error: cannot write 'out/manifest.json': the disk is full"
+    ]
+    assert not Path("out/manifest.json").exists()
+    assert not [name for name in os.listdir("out") if name.endswith(".partial")]
+
+
+def test_a_bug_mid_run_still_writes_the_manifest_and_the_summary(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from featviz.cam_job import CamJob
+
+    real_process = CamJob.process
+    batches = iter(range(IMAGES))
+
+    def failing_on_the_third_batch(self, batch):
+        if next(batches) == 2:
+            raise ValueError("a bug")
+        return real_process(self, batch)
+
+    monkeypatch.setattr(CamJob, "process", failing_on_the_third_batch)
+    result = CliRunner().invoke(
+        app,
+        [
+            "cam",
+            "-m",
+            "tiny_model.py:build",
+            "--input-size",
+            "32",
+            "--batch-size",
+            "2",
+            "in",
+            "-o",
+            "out",
+        ],
+    )
+    assert result.exit_code == 1
+    summary, error, hint = result.stderr.splitlines()
+    match = re.fullmatch(SUMMARY + r"out/manifest\.json", summary)
+    assert match and not summary.startswith("interrupted"), summary
+    assert error == "Error: internal error: ValueError: a bug"
+    assert hint == "Hint: rerun with FEATVIZ_DEBUG=1 for the traceback, and please report it"
+    manifest = assert_clean(workspace / "out")
+    assert manifest["counts"]["done"] == int(match["done"]) <= 4  # two batches of two went well
