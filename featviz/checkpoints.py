@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,7 +33,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as exc:
         raise RunError(
             f"checkpoint '{path}' needs arbitrary Python code to load, and featviz refuses to run "
-            f"code from a weights file ({_first_line(exc)})",
+            f"code from a weights file ({_unsafe_global(exc)})",
             hint="save the weights only: torch.save(model.state_dict(), 'weights.pt')",
         ) from exc
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
@@ -94,6 +95,12 @@ def _unwrap(loaded: object) -> dict[str, torch.Tensor] | None:
 def _few(items: list[str]) -> str:
     more = f", … {len(items) - _SHOWN} more" if len(items) > _SHOWN else ""
     return ", ".join(items[:_SHOWN]) + more
+
+
+def _unsafe_global(exc: BaseException) -> str:
+    """torch's line naming what the file wanted to call ("Unsupported global: GLOBAL print")."""
+    match = re.search(r"Unsupported global: GLOBAL [^ ]+", str(exc))
+    return match.group(0) if match else _first_line(exc)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -241,7 +241,7 @@ def test_checkpoint_that_would_run_code_is_refused_before_running_it() -> None:
     error, hint = result.stderr.splitlines()
     assert error.startswith(
         "Error: checkpoint 'evil.pt' needs arbitrary Python code to load, "
-        "and featviz refuses to run code from a weights file ("
+        "and featviz refuses to run code from a weights file (Unsupported global: GLOBAL "
     )
     assert error.endswith(")") and "\x1b" not in error  # torch's colour codes are dropped
     assert hint == "Hint: save the weights only: torch.save(model.state_dict(), 'weights.pt')"
