@@ -1,0 +1,155 @@
+"""The CAM methods featviz knows, by CLI name; answering "which methods?" never imports torch.
+
+Each entry says where its class lives, so ``featviz cam --help``, the ``--method`` choices and the
+tests all read this one table while the numeric code is imported only when a method is used.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from featviz.errors import UsageError
+
+if TYPE_CHECKING:
+    from featviz.cam.base import CamMethod
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """One registered method: its CLI name, where its class lives, and a one-line summary.
+
+    ``summary`` says what the method needs and what it costs, for help text.
+    """
+
+    name: str
+    module: str
+    class_name: str
+    summary: str
+    needs_gradients: bool
+    class_specific: bool
+
+
+_METHODS: dict[str, MethodInfo] = {}
+
+
+def register(
+    name: str,
+    *,
+    module: str,
+    class_name: str,
+    summary: str,
+    needs_gradients: bool,
+    class_specific: bool = True,
+) -> MethodInfo:
+    """Add a method; a name is registered once (a second registration is a bug, not an update)."""
+    if name in _METHODS:
+        existing = _METHODS[name]
+        raise ValueError(
+            f"CAM method '{name}' is already registered ({existing.module}.{existing.class_name})"
+        )
+    info = MethodInfo(name, module, class_name, summary, needs_gradients, class_specific)
+    _METHODS[name] = info
+    return info
+
+
+def method_names() -> list[str]:
+    """Registered names, in registration order (cheapest and best-known first)."""
+    return list(_METHODS)
+
+
+def method_info(name: str) -> MethodInfo:
+    """The entry for ``name``; an unknown name is a usage error with the closest names."""
+    try:
+        return _METHODS[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(_METHODS), n=1, cutoff=0.5)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise UsageError(
+            f"unknown method '{name}'",
+            hint=f"{hint}choose one of {', '.join(_METHODS)}",
+        ) from None
+
+
+def load_method(name: str, *, batch_size: int = 32) -> CamMethod:
+    """An instance of the method's class, importing its module now.
+
+    ``batch_size``: images per extra forward for the methods that run them (scorecam,
+    ablationcam); the others ignore it.
+    """
+    info = method_info(name)
+    cls = getattr(importlib.import_module(info.module), info.class_name)
+    return cls(batch_size=batch_size)
+
+
+_GRADIENT = "featviz.cam.gradient"
+_PERTURBATION = "featviz.cam.perturbation"
+_PROJECTION = "featviz.cam.projection"
+
+register(
+    "cam",
+    module=_GRADIENT,
+    class_name="ClassActivationMap",
+    summary="weights of the final Linear (nets ending in global-average-pool → Linear only); "
+    "1 forward",
+    needs_gradients=False,
+)
+register(
+    "gradcam",
+    module=_GRADIENT,
+    class_name="GradCam",
+    summary="gradients at the layer, averaged per channel; 1 forward + partial backward",
+    needs_gradients=True,
+)
+register(
+    "gradcam++",
+    module=_GRADIENT,
+    class_name="GradCamPlusPlus",
+    summary="gradients at the layer, 2nd/3rd-order weighted; 1 forward + partial backward",
+    needs_gradients=True,
+)
+register(
+    "xgradcam",
+    module=_GRADIENT,
+    class_name="XGradCam",
+    summary="gradients × normalised activations per channel; 1 forward + partial backward",
+    needs_gradients=True,
+)
+register(
+    "layercam",
+    module=_GRADIENT,
+    class_name="LayerCam",
+    summary="positive gradients × activations per position; 1 forward + partial backward",
+    needs_gradients=True,
+)
+register(
+    "hirescam",
+    module=_GRADIENT,
+    class_name="HiResCam",
+    summary="gradients × activations per position, signed; 1 forward + partial backward",
+    needs_gradients=True,
+)
+register(
+    "scorecam",
+    module=_PERTURBATION,
+    class_name="ScoreCam",
+    summary="no gradients; 1 forward + 1 full forward per channel of the layer (batched)",
+    needs_gradients=False,
+)
+register(
+    "ablationcam",
+    module=_PERTURBATION,
+    class_name="AblationCam",
+    summary="no gradients; 1 forward + 1 forward of the layers after the tap per channel (batched)",
+    needs_gradients=False,
+)
+register(
+    "eigencam",
+    module=_PROJECTION,
+    class_name="EigenCam",
+    summary="no gradients, not class-specific; 1 forward + one SVD of the activations",
+    needs_gradients=False,
+    class_specific=False,
+)
