@@ -28,6 +28,8 @@ def build() -> torch.nn.Module:
         raise ValueError(f"checkpoint has {len(source)} tensors, the model {len(target)}")
     for (src_key, src), (dst_key, dst) in zip(source.items(), target.items()):
         if src.shape != dst.shape:
-            raise ValueError(f"{src_key} {tuple(src.shape)} does not fit {dst_key} {tuple(dst.shape)}")
+            raise ValueError(
+                f"{src_key} {tuple(src.shape)} does not fit {dst_key} {tuple(dst.shape)}"
+            )
     model.load_state_dict(dict(zip(target, source.values())))
     return model

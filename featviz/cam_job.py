@@ -63,8 +63,10 @@ class CamJob(ImageJob):
     def __post_init__(self) -> None:
         from featviz.cam import load_method
 
-        self.methods = [load_method(name, batch_size=self.options.cam_batch_size)
-                        for name in self.options.methods]
+        self.methods = [
+            load_method(name, batch_size=self.options.cam_batch_size)
+            for name in self.options.methods
+        ]
 
     def process(self, batch: list[LoadedImage]) -> list[Callable[[], ImageResult]]:
         import torch
@@ -77,8 +79,10 @@ class CamJob(ImageJob):
             context = forward_for_cam(self.model.module, inputs, options.layers, options.calls)
         except RuntimeError as exc:
             height, width = inputs.shape[-2:]
-            raise InputError(f"the model cannot run on this input ({width}×{height} after "
-                             f"resizing): {str(exc).splitlines()[0]}") from exc
+            raise InputError(
+                f"the model cannot run on this input ({width}×{height} after "
+                f"resizing): {str(exc).splitlines()[0]}"
+            ) from exc
         probabilities = context.logits.detach().float().softmax(dim=1)
         if options.targets:
             targets = torch.tensor(options.targets, device=inputs.device).expand(len(batch), -1)
@@ -92,21 +96,27 @@ class CamJob(ImageJob):
                 for layer in options.layers:
                     maps = method.compute(context, layer, targets[:, column]).detach().float().cpu()
                     for i in range(len(batch)):
-                        target = (self._class_name(int(targets[i, column]))
-                                  if method.class_specific else ANY_CLASS)
+                        target = (
+                            self._class_name(int(targets[i, column]))
+                            if method.class_specific
+                            else ANY_CLASS
+                        )
                         per_image[i].append(_Map(method.name, layer, target, maps[i]))
         shown = probabilities.topk(min(SHOWN_PREDICTIONS, probabilities.shape[1]), dim=1)
         tasks = []
         for i, item in enumerate(batch):
-            predictions = [Prediction(int(index), self.model.label(int(index)), float(p))
-                           for p, index in zip(shown.values[i], shown.indices[i])]
+            predictions = [
+                Prediction(int(index), self.model.label(int(index)), float(p))
+                for p, index in zip(shown.values[i], shown.indices[i])
+            ]
             tasks.append(self._writer(item, per_image[i], predictions))
         return tasks
 
     def _class_name(self, index: int) -> str:
         categories = self.model.categories
-        return class_slug(index, categories[index] if categories and index < len(categories)
-                          else None)
+        return class_slug(
+            index, categories[index] if categories and index < len(categories) else None
+        )
 
     def _writer(self, item: LoadedImage, maps: list[_Map], predictions: list[Prediction]):
         def write() -> ImageResult:
@@ -129,18 +139,33 @@ class CamJob(ImageJob):
 
         return write
 
-    def _write_map(self, item: LoadedImage, entry: _Map, heatmap: torch.Tensor,
-                   lut: np.ndarray, result: ImageResult) -> None:
+    def _write_map(
+        self,
+        item: LoadedImage,
+        entry: _Map,
+        heatmap: torch.Tensor,
+        lut: np.ndarray,
+        result: ImageResult,
+    ) -> None:
         from featviz.render import apply_colormap, overlay
 
         values = heatmap.numpy()
         stem = self.layout.cam_stem(item.source.relative, entry.method, entry.layer, entry.target)
-        files = [(stem.with_name(stem.name + ".png"),
-                  lambda: encode_png(overlay(item.original, values, lut=lut,
-                                             alpha=self.options.alpha)))]
+        files = [
+            (
+                stem.with_name(stem.name + ".png"),
+                lambda: encode_png(
+                    overlay(item.original, values, lut=lut, alpha=self.options.alpha)
+                ),
+            )
+        ]
         if self.options.heatmap:
-            files.append((stem.with_name(stem.name + ".heatmap.png"),
-                          lambda: encode_png(apply_colormap(values, lut))))
+            files.append(
+                (
+                    stem.with_name(stem.name + ".heatmap.png"),
+                    lambda: encode_png(apply_colormap(values, lut)),
+                )
+            )
         if self.options.save_raw:
             arrays = {"heatmap": values.astype("float32")}
             if entry.layer_cam is not None:

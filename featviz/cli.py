@@ -78,45 +78,131 @@ Method = Enum("Method", {name: name for name in method_names()}, type=str)  # on
 
 MODEL = "Model"
 INPUT = "Input and output"
-ModelOpt = Annotated[str, typer.Option("--model", "-m", rich_help_panel=MODEL, help=(
-    "torchvision model name (see `featviz models`), or your own as file.py:callable or "
-    "package.module:callable."))]
-WeightsOpt = Annotated[str, typer.Option(rich_help_panel=MODEL, help=(
-    "DEFAULT, a weights name (IMAGENET1K_V1), or none for seeded random initialisation."))]
-CheckpointOpt = Annotated[Path | None, typer.Option(rich_help_panel=MODEL, help=(
-    "State-dict file to load (nested under state_dict/model and module. prefixes are fine)."))]
-NumClassesOpt = Annotated[int | None, typer.Option(min=1, rich_help_panel=MODEL,
-                                                   help="Classes of a fine-tuned head.")]
-LabelsOpt = Annotated[str | None, typer.Option(rich_help_panel=MODEL, help=(
-    "Class names: imagenet, or a text file with one name per line."))]
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        rich_help_panel=MODEL,
+        help=(
+            "torchvision model name (see `featviz models`), or your own as file.py:callable or "
+            "package.module:callable."
+        ),
+    ),
+]
+WeightsOpt = Annotated[
+    str,
+    typer.Option(
+        rich_help_panel=MODEL,
+        help=("DEFAULT, a weights name (IMAGENET1K_V1), or none for seeded random initialisation."),
+    ),
+]
+CheckpointOpt = Annotated[
+    Path | None,
+    typer.Option(
+        rich_help_panel=MODEL,
+        help=(
+            "State-dict file to load (nested under state_dict/model and module. prefixes are fine)."
+        ),
+    ),
+]
+NumClassesOpt = Annotated[
+    int | None, typer.Option(min=1, rich_help_panel=MODEL, help="Classes of a fine-tuned head.")
+]
+LabelsOpt = Annotated[
+    str | None,
+    typer.Option(
+        rich_help_panel=MODEL,
+        help=("Class names: imagenet, or a text file with one name per line."),
+    ),
+]
 SeedOpt = Annotated[int, typer.Option(rich_help_panel=MODEL, help="Seed of random init.")]
-DeviceOpt = Annotated[Device, typer.Option(rich_help_panel=MODEL, help=(
-    "auto = cuda when available, else cpu."))]
-InputSizeOpt = Annotated[int | None, typer.Option(min=8, rich_help_panel=MODEL, help=(
-    "Shorter side fed to the network [default: the weights' own size, or 224]."))]
-InputsArg = Annotated[list[str], typer.Argument(help=(
-    "Image files, folders, glob patterns, or - to read paths from stdin."), show_default=False)]
-RecursiveOpt = Annotated[bool, typer.Option("--recursive", "-r", rich_help_panel=INPUT,
-                                            help="Look into sub-folders.")]
-ResizeOpt = Annotated[Resize, typer.Option(rich_help_panel=INPUT, help=(
-    "keep: shorter side = input size, aspect kept; square: squash to input × input. "
-    "Never crops."))]
-MaxPixelsOpt = Annotated[int | None, typer.Option(min=1, rich_help_panel=INPUT, help=(
-    "Refuse images above this many pixels (decompression-bomb guard) [default: 178956970]."))]
-OutOpt = Annotated[Path, typer.Option("--out", "-o", rich_help_panel=INPUT,
-                                      help="Output folder.")]
-BatchOpt = Annotated[int | None, typer.Option(min=1, rich_help_panel=INPUT, help=(
-    "Images per forward [default: 8 on CPU, 32 on CUDA]."))]
-SkipOpt = Annotated[bool, typer.Option(rich_help_panel=INPUT, help=(
-    "Skip images whose outputs from the same options all exist (resume a run)."))]
-JsonOpt = Annotated[bool, typer.Option("--json", rich_help_panel=INPUT, help=(
-    "One JSON object per image on stdout, nothing else there."))]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", rich_help_panel=INPUT, help=(
-    "No progress bar, per-image lines or summary; errors still go to stderr."))]
-LayerOpt = Annotated[list[str] | None, typer.Option("--layer", "-l", help=(
-    "Layer name or glob (`*` within a name part, `**` across); repeatable."))]
-CellOpt = Annotated[int, typer.Option(min=1, help="Smallest cell side in pixels; small maps "
-                                                  "are enlarged nearest-neighbour.")]
+DeviceOpt = Annotated[
+    Device, typer.Option(rich_help_panel=MODEL, help=("auto = cuda when available, else cpu."))
+]
+InputSizeOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=8,
+        rich_help_panel=MODEL,
+        help=("Shorter side fed to the network [default: the weights' own size, or 224]."),
+    ),
+]
+InputsArg = Annotated[
+    list[str],
+    typer.Argument(
+        help=("Image files, folders, glob patterns, or - to read paths from stdin."),
+        show_default=False,
+    ),
+]
+RecursiveOpt = Annotated[
+    bool, typer.Option("--recursive", "-r", rich_help_panel=INPUT, help="Look into sub-folders.")
+]
+ResizeOpt = Annotated[
+    Resize,
+    typer.Option(
+        rich_help_panel=INPUT,
+        help=(
+            "keep: shorter side = input size, aspect kept; square: squash to input × input. "
+            "Never crops."
+        ),
+    ),
+]
+MaxPixelsOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        rich_help_panel=INPUT,
+        help=(
+            "Refuse images above this many pixels (decompression-bomb guard) [default: 178956970]."
+        ),
+    ),
+]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", rich_help_panel=INPUT, help="Output folder.")]
+BatchOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=1, rich_help_panel=INPUT, help=("Images per forward [default: 8 on CPU, 32 on CUDA].")
+    ),
+]
+SkipOpt = Annotated[
+    bool,
+    typer.Option(
+        rich_help_panel=INPUT,
+        help=("Skip images whose outputs from the same options all exist (resume a run)."),
+    ),
+]
+JsonOpt = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        rich_help_panel=INPUT,
+        help=("One JSON object per image on stdout, nothing else there."),
+    ),
+]
+QuietOpt = Annotated[
+    bool,
+    typer.Option(
+        "--quiet",
+        "-q",
+        rich_help_panel=INPUT,
+        help=("No progress bar, per-image lines or summary; errors still go to stderr."),
+    ),
+]
+LayerOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--layer",
+        "-l",
+        help=("Layer name or glob (`*` within a name part, `**` across); repeatable."),
+    ),
+]
+CellOpt = Annotated[
+    int,
+    typer.Option(
+        min=1, help="Smallest cell side in pixels; small maps are enlarged nearest-neighbour."
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -127,8 +213,12 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Show the version and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
 ) -> None:
     """See what a convolutional network sees."""
 
@@ -136,8 +226,9 @@ def _root(
 def _model(model, weights, checkpoint, num_classes, labels, seed, device, input_size):
     from featviz.runner import ModelChoice
 
-    return ModelChoice(model, weights, checkpoint, num_classes, labels, seed, device.value,
-                       input_size)
+    return ModelChoice(
+        model, weights, checkpoint, num_classes, labels, seed, device.value, input_size
+    )
 
 
 @app.command()
@@ -145,18 +236,33 @@ def maps(
     inputs: InputsArg,
     layer: LayerOpt = None,
     max_channels: Annotated[int, typer.Option(min=1, help="Channels drawn per layer.")] = 64,
-    order: Annotated[Order, typer.Option(help=(
-        "Which channels: the first ones, or those with the highest mean activation."))] = Order.index,
+    order: Annotated[
+        Order,
+        typer.Option(
+            help=("Which channels: the first ones, or those with the highest mean activation.")
+        ),
+    ] = Order.index,
     cmap: Annotated[str, typer.Option(help="matplotlib colormap.")] = "gray",
     cell_size: CellOpt = 64,
-    save_raw: Annotated[bool, typer.Option(help="Also write each layer's activations .npy.")] = False,
-    model: ModelOpt = "alexnet", weights: WeightsOpt = "DEFAULT",
-    checkpoint: CheckpointOpt = None, num_classes: NumClassesOpt = None,
-    labels: LabelsOpt = None, seed: SeedOpt = 0, device: DeviceOpt = Device.auto,
-    input_size: InputSizeOpt = None, recursive: RecursiveOpt = False,
-    resize: ResizeOpt = Resize.keep, max_pixels: MaxPixelsOpt = None,
-    out: OutOpt = Path("featviz-out"), batch_size: BatchOpt = None,
-    skip_existing: SkipOpt = False, json_lines: JsonOpt = False, quiet: QuietOpt = False,
+    save_raw: Annotated[
+        bool, typer.Option(help="Also write each layer's activations .npy.")
+    ] = False,
+    model: ModelOpt = "alexnet",
+    weights: WeightsOpt = "DEFAULT",
+    checkpoint: CheckpointOpt = None,
+    num_classes: NumClassesOpt = None,
+    labels: LabelsOpt = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = Device.auto,
+    input_size: InputSizeOpt = None,
+    recursive: RecursiveOpt = False,
+    resize: ResizeOpt = Resize.keep,
+    max_pixels: MaxPixelsOpt = None,
+    out: OutOpt = Path("featviz-out"),
+    batch_size: BatchOpt = None,
+    skip_existing: SkipOpt = False,
+    json_lines: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Feature-map grids: one PNG per image × layer (default: every Conv2d).
 
@@ -167,48 +273,88 @@ def maps(
 
         run = prepare_maps(
             _model(model, weights, checkpoint, num_classes, labels, seed, device, input_size),
-            InputChoice(inputs, recursive, resize.value, max_pixels, out, batch_size,
-                        skip_existing),
+            InputChoice(
+                inputs, recursive, resize.value, max_pixels, out, batch_size, skip_existing
+            ),
             layer or [],
-            {"max_channels": max_channels, "order": order.value, "cmap": cmap,
-             "cell_size": cell_size, "save_raw": save_raw},
+            {
+                "max_channels": max_channels,
+                "order": order.value,
+                "cmap": cmap,
+                "cell_size": cell_size,
+                "save_raw": save_raw,
+            },
         )
         _stream(run, json_lines=json_lines, quiet=quiet)
 
 
 def _methods_epilog() -> str:
     return "Methods (--method):\n\n" + "\n\n".join(
-        f"{name}: {method_info(name).summary}" for name in method_names())
+        f"{name}: {method_info(name).summary}" for name in method_names()
+    )
 
 
 @app.command(epilog=_methods_epilog())
 def cam(
     inputs: InputsArg,
-    method: Annotated[list[Method] | None, typer.Option(
-        "--method", "-M", metavar="METHOD",
-        help="CAM method, repeatable (listed below) [default: gradcam].")] = None,
+    method: Annotated[
+        list[Method] | None,
+        typer.Option(
+            "--method",
+            "-M",
+            metavar="METHOD",
+            help="CAM method, repeatable (listed below) [default: gradcam].",
+        ),
+    ] = None,
     layer: LayerOpt = None,
-    target: Annotated[list[str] | None, typer.Option("--target", "-t", help=(
-        "Class index or name (case-insensitive, unique prefix ok); repeatable "
-        "[default: top-1]."))] = None,
+    target: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--target",
+            "-t",
+            help=(
+                "Class index or name (case-insensitive, unique prefix ok); repeatable "
+                "[default: top-1]."
+            ),
+        ),
+    ] = None,
     top_k: Annotated[int, typer.Option(help="Explain the k most likely classes.")] = 1,
-    fuse: Annotated[bool, typer.Option(help=(
-        "With several layers, also their fusion (element-wise max).")) ] = False,
+    fuse: Annotated[
+        bool, typer.Option(help=("With several layers, also their fusion (element-wise max)."))
+    ] = False,
     cmap: Annotated[str, typer.Option(help="matplotlib colormap of the heatmap.")] = "jet",
-    alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help=(
-        "Heatmap opacity over the image: 0 = image only, 1 = heatmap only."))] = 0.5,
+    alpha: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help=("Heatmap opacity over the image: 0 = image only, 1 = heatmap only."),
+        ),
+    ] = 0.5,
     heatmap: Annotated[bool, typer.Option(help="Also write the bare heatmap PNG.")] = False,
-    save_raw: Annotated[bool, typer.Option(help=(
-        "Also write .npz: layer_cam (h, w) raw map, heatmap (H, W) in [0, 1]."))] = False,
-    cam_batch_size: Annotated[int, typer.Option(min=1, help=(
-        "Extra forwards per batch for scorecam/ablationcam."))] = 32,
-    model: ModelOpt = "alexnet", weights: WeightsOpt = "DEFAULT",
-    checkpoint: CheckpointOpt = None, num_classes: NumClassesOpt = None,
-    labels: LabelsOpt = None, seed: SeedOpt = 0, device: DeviceOpt = Device.auto,
-    input_size: InputSizeOpt = None, recursive: RecursiveOpt = False,
-    resize: ResizeOpt = Resize.keep, max_pixels: MaxPixelsOpt = None,
-    out: OutOpt = Path("featviz-out"), batch_size: BatchOpt = None,
-    skip_existing: SkipOpt = False, json_lines: JsonOpt = False, quiet: QuietOpt = False,
+    save_raw: Annotated[
+        bool,
+        typer.Option(help=("Also write .npz: layer_cam (h, w) raw map, heatmap (H, W) in [0, 1].")),
+    ] = False,
+    cam_batch_size: Annotated[
+        int, typer.Option(min=1, help=("Extra forwards per batch for scorecam/ablationcam."))
+    ] = 32,
+    model: ModelOpt = "alexnet",
+    weights: WeightsOpt = "DEFAULT",
+    checkpoint: CheckpointOpt = None,
+    num_classes: NumClassesOpt = None,
+    labels: LabelsOpt = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = Device.auto,
+    input_size: InputSizeOpt = None,
+    recursive: RecursiveOpt = False,
+    resize: ResizeOpt = Resize.keep,
+    max_pixels: MaxPixelsOpt = None,
+    out: OutOpt = Path("featviz-out"),
+    batch_size: BatchOpt = None,
+    skip_existing: SkipOpt = False,
+    json_lines: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Class-activation maps over the original image (default: Grad-CAM, top-1 class).
 
@@ -220,18 +366,29 @@ def cam(
         methods = list(dict.fromkeys(m.value for m in method)) if method else ["gradcam"]
         run = prepare_cam(
             _model(model, weights, checkpoint, num_classes, labels, seed, device, input_size),
-            InputChoice(inputs, recursive, resize.value, max_pixels, out, batch_size,
-                        skip_existing),
-            layer or [], target or [],
-            {"methods": methods, "top_k": top_k, "fuse": fuse, "cmap": cmap, "alpha": alpha,
-             "heatmap": heatmap, "save_raw": save_raw, "cam_batch_size": cam_batch_size},
+            InputChoice(
+                inputs, recursive, resize.value, max_pixels, out, batch_size, skip_existing
+            ),
+            layer or [],
+            target or [],
+            {
+                "methods": methods,
+                "top_k": top_k,
+                "fuse": fuse,
+                "cmap": cmap,
+                "alpha": alpha,
+                "heatmap": heatmap,
+                "save_raw": save_raw,
+                "cam_batch_size": cam_batch_size,
+            },
         )
         _stream(run, json_lines=json_lines, quiet=quiet)
 
 
 @app.command()
 def layers(
-    model: ModelOpt = "alexnet", num_classes: NumClassesOpt = None,
+    model: ModelOpt = "alexnet",
+    num_classes: NumClassesOpt = None,
     input_size: InputSizeOpt = None,
 ) -> None:
     """Every layer you can tap: name, type, output shape, parameters, CAM use.
@@ -248,8 +405,9 @@ def layers(
 
 @app.command()
 def models(
-    name_filter: Annotated[str | None, typer.Argument(
-        metavar="[FILTER]", help="Show only names containing this.")] = None,
+    name_filter: Annotated[
+        str | None, typer.Argument(metavar="[FILTER]", help="Show only names containing this.")
+    ] = None,
 ) -> None:
     """torchvision classification models and their weights.
 
@@ -268,13 +426,18 @@ def models(
 @app.command()
 def filters(
     layer: Annotated[str, typer.Option("--layer", "-l", help="A Conv2d layer.")],
-    all_inputs: Annotated[bool, typer.Option(help=(
-        "One tile per (output, input) kernel instead of the mean over inputs."))] = False,
+    all_inputs: Annotated[
+        bool,
+        typer.Option(help=("One tile per (output, input) kernel instead of the mean over inputs.")),
+    ] = False,
     cmap: Annotated[str, typer.Option(help="Colormap of grey tiles.")] = "gray",
     cell_size: CellOpt = 32,
-    model: ModelOpt = "alexnet", weights: WeightsOpt = "DEFAULT",
-    checkpoint: CheckpointOpt = None, num_classes: NumClassesOpt = None,
-    seed: SeedOpt = 0, out: OutOpt = Path("featviz-out"),
+    model: ModelOpt = "alexnet",
+    weights: WeightsOpt = "DEFAULT",
+    checkpoint: CheckpointOpt = None,
+    num_classes: NumClassesOpt = None,
+    seed: SeedOpt = 0,
+    out: OutOpt = Path("featviz-out"),
 ) -> None:
     """The learned Conv2d kernels of one layer as a grid.
 
@@ -285,7 +448,12 @@ def filters(
 
         path = render_filters(
             _model(model, weights, checkpoint, num_classes, None, seed, Device.cpu, None),
-            layer, out=out, all_inputs=all_inputs, cmap=cmap, cell_size=cell_size)
+            layer,
+            out=out,
+            all_inputs=all_inputs,
+            cmap=cmap,
+            cell_size=cell_size,
+        )
         typer.echo(f"wrote {path}")
 
 
@@ -368,10 +536,16 @@ class _Progress:
             TimeRemainingColumn,
         )
 
-        self.bar = Progress(TextColumn("images"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-                            TimeRemainingColumn(), console=Console(stderr=True),
-                            transient=True)
+        self.bar = Progress(
+            TextColumn("images"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
         self.task = self.bar.add_task("images", total=total, rate="")
         self.console = self.bar.console
         self.bar.start()
@@ -431,10 +605,13 @@ def _errors() -> Iterator[None]:
     except Exception as exc:
         if os.environ.get(DEBUG_ENV):
             traceback.print_exc()
-        print(f"Error: internal error: {type(exc).__name__}: {_one_line(str(exc))}",
-              file=sys.stderr)
-        print(f"Hint: rerun with {DEBUG_ENV}=1 for the traceback, and please report it",
-              file=sys.stderr)
+        print(
+            f"Error: internal error: {type(exc).__name__}: {_one_line(str(exc))}", file=sys.stderr
+        )
+        print(
+            f"Hint: rerun with {DEBUG_ENV}=1 for the traceback, and please report it",
+            file=sys.stderr,
+        )
         raise typer.Exit(1) from None
 
 

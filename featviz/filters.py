@@ -19,14 +19,17 @@ if TYPE_CHECKING:
     from torch import nn
 
 
-def filter_grid(module: nn.Module, name: str, *, all_inputs: bool, cmap: str,
-                cell_size: int) -> np.ndarray:
+def filter_grid(
+    module: nn.Module, name: str, *, all_inputs: bool, cmap: str, cell_size: int
+) -> np.ndarray:
     """Draw ``module``'s kernels; returns an (H, W, 3) uint8 grid."""
     from torch import nn
 
     if not isinstance(module, nn.Conv2d):
-        raise UsageError(f"layer '{name}' is a {type(module).__name__}, not a Conv2d: it has no "
-                         "kernels to draw", hint="pick a Conv2d layer; see `featviz layers`")
+        raise UsageError(
+            f"layer '{name}' is a {type(module).__name__}, not a Conv2d: it has no kernels to draw",
+            hint="pick a Conv2d layer; see `featviz layers`",
+        )
     weights = module.weight.detach().float().cpu().numpy()  # (out, in/groups, kh, kw)
     factor = enlarge_factor(*weights.shape[-2:], cell_size)
     if weights.shape[1] == 3 and not all_inputs:

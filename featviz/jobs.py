@@ -37,13 +37,13 @@ class ImageJob:
     def finished(self, source: ImageSource) -> ImageResult | None:
         if not self.skip_existing:
             return None
-        record = finished_record(self.layout.record(source.relative, self.command),
-                                 self.options_fingerprint)
+        record = finished_record(
+            self.layout.record(source.relative, self.command), self.options_fingerprint
+        )
         if record is None:
             return None
         predictions = [Prediction(**p) for p in record.get("predictions", [])]
-        return ImageResult(source, outputs=record["outputs"], predictions=predictions,
-                           skipped=True)
+        return ImageResult(source, outputs=record["outputs"], predictions=predictions, skipped=True)
 
     def load(self, source: ImageSource) -> LoadedImage:
         import numpy as np
@@ -52,8 +52,13 @@ class ImageJob:
         from featviz.preprocess import to_tensor
 
         image = decode(source.path, max_pixels=self.max_pixels)
-        tensor = to_tensor(image, input_size=self.model.input_size, resize=self.resize,
-                           mean=self.model.mean, std=self.model.std)
+        tensor = to_tensor(
+            image,
+            input_size=self.model.input_size,
+            resize=self.resize,
+            mean=self.model.mean,
+            std=self.model.std,
+        )
         return LoadedImage(source, np.asarray(image), tensor)
 
     def finish(self, result: ImageResult) -> ImageResult:

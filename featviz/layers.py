@@ -77,7 +77,7 @@ class ModelTrace:
         if not usable:
             raise UsageError(
                 "this model has no layer with a spatial (N, C, H, W) output to compute a CAM on",
-                hint="featviz works on convolutional networks; see `featviz layers` for what it has",
+                hint="featviz works on convolutional networks; `featviz layers` shows what it has",
             )
         return usable[-1].name
 

@@ -63,18 +63,21 @@ class MapsJob(ImageJob):
         options = self.options
         lut = colormap_lut(options.cmap)
         inputs = torch.stack([item.tensor for item in batch]).to(self.model.device)
-        taps = LayerTaps(self.model.module, options.layers, calls=options.calls,
-                         stop_early=True)
+        taps = LayerTaps(self.model.module, options.layers, calls=options.calls, stop_early=True)
         try:
             with torch.inference_mode(), taps:
                 taps.run(inputs)
         except RuntimeError as exc:
             height, width = inputs.shape[-2:]
-            raise InputError(f"the model cannot run on this input ({width}×{height} after "
-                             f"resizing): {str(exc).splitlines()[0]}") from exc
+            raise InputError(
+                f"the model cannot run on this input ({width}×{height} after "
+                f"resizing): {str(exc).splitlines()[0]}"
+            ) from exc
         activations = {name: taps.outputs[name].float().cpu().numpy() for name in options.layers}
-        return [self._writer(item, {name: acts[i] for name, acts in activations.items()}, lut)
-                for i, item in enumerate(batch)]
+        return [
+            self._writer(item, {name: acts[i] for name, acts in activations.items()}, lut)
+            for i, item in enumerate(batch)
+        ]
 
     def _writer(self, item: LoadedImage, maps: dict[str, np.ndarray], lut: np.ndarray):
         from featviz.render import channel_grid

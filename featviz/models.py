@@ -120,8 +120,9 @@ def resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA GPU is available here", hint="use --device cpu")
     if device == "mps" and not torch.backends.mps.is_available():
-        raise UsageError("--device mps: Apple's MPS backend is not available here",
-                         hint="use --device cpu")
+        raise UsageError(
+            "--device mps: Apple's MPS backend is not available here", hint="use --device cpu"
+        )
     if device not in ("cpu", "cuda", "mps"):
         raise UsageError(f"unknown device '{device}'", hint="choose auto, cpu, cuda or mps")
     return torch.device(device)
@@ -135,8 +136,10 @@ def read_labels(labels: str) -> list[str]:
     try:
         names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     except OSError as exc:
-        raise UsageError(f"--labels: cannot read '{labels}' ({exc.strerror})",
-                         hint="pass `imagenet` or a text file with one class name per line") from exc
+        raise UsageError(
+            f"--labels: cannot read '{labels}' ({exc.strerror})",
+            hint="pass `imagenet` or a text file with one class name per line",
+        ) from exc
     names = [name for name in names if name]
     if not names:
         raise UsageError(f"--labels: '{labels}' holds no class names")
@@ -184,7 +187,9 @@ def _load_torchvision_model(
     return LoadedModel(
         module=model,
         name=name,
-        weights=str(weights_enum.name) if weights_enum else (str(checkpoint) if checkpoint else "none"),
+        weights=str(weights_enum.name)
+        if weights_enum
+        else (str(checkpoint) if checkpoint else "none"),
         mean=tuple(transforms.mean),
         std=tuple(transforms.std),
         input_size=int(transforms.crop_size[0]),
@@ -278,8 +283,9 @@ def _load_factory_model(spec: str, checkpoint: Path | None, num_classes: int | N
     except Exception as exc:
         raise RunError(f"--model {spec}: the factory raised {type(exc).__name__}: {exc}") from exc
     if not isinstance(model, nn.Module):
-        raise UsageError(f"--model {spec}: the factory returned a {type(model).__name__}, "
-                         "not a torch.nn.Module")
+        raise UsageError(
+            f"--model {spec}: the factory returned a {type(model).__name__}, not a torch.nn.Module"
+        )
     if checkpoint is not None:
         load_into(model, read_state_dict(checkpoint), f"checkpoint '{checkpoint}'")
     # A factory's module may describe its inputs and classes with optional module-level
@@ -307,8 +313,9 @@ def _import_location(location: str, spec: str) -> Any:
         try:
             module_spec.loader.exec_module(module)
         except Exception as exc:
-            raise RunError(f"--model {spec}: importing '{location}' failed: "
-                           f"{type(exc).__name__}: {exc}") from exc
+            raise RunError(
+                f"--model {spec}: importing '{location}' failed: {type(exc).__name__}: {exc}"
+            ) from exc
         return module
     try:
         return importlib.import_module(location)

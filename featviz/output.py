@@ -51,16 +51,22 @@ class OutputLayout:
     def prepare(self) -> None:
         """Create the output folder, or explain why it cannot be used (before any work)."""
         if self.root.exists() and not self.root.is_dir():
-            raise UsageError(f"output path '{self.root}' exists and is not a folder",
-                             hint="pass a folder with --out")
+            raise UsageError(
+                f"output path '{self.root}' exists and is not a folder",
+                hint="pass a folder with --out",
+            )
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise RunError(f"cannot create output folder '{self.root}': {exc.strerror}",
-                           hint="choose another folder with --out") from exc
+            raise RunError(
+                f"cannot create output folder '{self.root}': {exc.strerror}",
+                hint="choose another folder with --out",
+            ) from exc
         if not os.access(self.root, os.W_OK | os.X_OK):
-            raise RunError(f"output folder '{self.root}' is not writable",
-                           hint="choose another folder with --out")
+            raise RunError(
+                f"output folder '{self.root}' is not writable",
+                hint="choose another folder with --out",
+            )
 
     def image_dir(self, relative: PurePath) -> Path:
         return self.root / relative

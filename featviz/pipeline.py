@@ -114,8 +114,10 @@ def run(
     config: PipelineConfig,
     stats: PipelineStats | None = None,
 ) -> Iterator[ImageResult]:
-    """Yield one ImageResult per input. A RunError (disk full…) propagates and stops the stream; per-image
-    problems (InputError, a batch the model rejects) become failed results and the run goes on.
+    """Yield one ImageResult per input.
+
+    A RunError (disk full…) propagates and stops the stream; per-image problems (InputError, a
+    batch the model rejects) become failed results and the run goes on.
     """
     stats = stats or PipelineStats()
     loads: deque[tuple[ImageSource, Future[LoadedImage]]] = deque()
@@ -145,13 +147,18 @@ def run(
             stats.leave()
             yield _result_of(source, future)
 
-    with ThreadPoolExecutor(config.decode_workers, "featviz-decode") as decoder, \
-            ThreadPoolExecutor(config.write_workers, "featviz-write") as writer:
+    with (
+        ThreadPoolExecutor(config.decode_workers, "featviz-decode") as decoder,
+        ThreadPoolExecutor(config.write_workers, "featviz-write") as writer,
+    ):
         try:
             while True:
                 # Start decoding ahead, but never hold more than max_in_flight images.
-                while (not exhausted and len(loads) < decode_ahead
-                       and stats.in_flight < config.max_in_flight):
+                while (
+                    not exhausted
+                    and len(loads) < decode_ahead
+                    and stats.in_flight < config.max_in_flight
+                ):
                     source = next(pending, None)
                     if source is None:
                         exhausted = True

@@ -42,8 +42,10 @@ class RunTally:
         elapsed = time.perf_counter() - self.started
         rate = self.done / elapsed if elapsed > 0 else 0.0
         head = "interrupted: " if interrupted else ""
-        return (f"{head}{self.done} done, {self.failed} failed, {self.skipped} skipped in "
-                f"{elapsed:.1f} s ({rate:.2f} images/s); outputs in {out_dir}")
+        return (
+            f"{head}{self.done} done, {self.failed} failed, {self.skipped} skipped in "
+            f"{elapsed:.1f} s ({rate:.2f} images/s); outputs in {out_dir}"
+        )
 
 
 def image_line(result: ImageResult) -> str:
@@ -89,8 +91,9 @@ def _columns(rows: list[tuple[str, ...]]) -> str:
     )
 
 
-def manifest(command: str, model: dict[str, Any], options: dict[str, Any],
-             tally: RunTally, interrupted: bool) -> dict[str, Any]:
+def manifest(
+    command: str, model: dict[str, Any], options: dict[str, Any], tally: RunTally, interrupted: bool
+) -> dict[str, Any]:
     import torch
     import torchvision
 

@@ -37,9 +37,16 @@ class ModelChoice:
     def load(self) -> LoadedModel:
         from featviz.models import load_model
 
-        return load_model(self.spec, weights=self.weights, checkpoint=self.checkpoint,
-                          num_classes=self.num_classes, labels=self.labels, seed=self.seed,
-                          device=self.device, input_size=self.input_size)
+        return load_model(
+            self.spec,
+            weights=self.weights,
+            checkpoint=self.checkpoint,
+            num_classes=self.num_classes,
+            labels=self.labels,
+            seed=self.seed,
+            device=self.device,
+            input_size=self.input_size,
+        )
 
 
 @dataclass
@@ -71,15 +78,18 @@ class PreparedRun:
         from featviz.pipeline import PipelineConfig, PipelineStats, run
 
         self.stats = PipelineStats()
-        return run(self.job, self.sources, PipelineConfig(batch_size=self.batch_size),
-                   self.stats)
+        return run(self.job, self.sources, PipelineConfig(batch_size=self.batch_size), self.stats)
 
     def write_manifest(self, tally: Any, interrupted: bool) -> Path:
         from featviz.output import encode_json
         from featviz.report import manifest
 
-        model = {"name": self.model.name, "weights": self.model.weights,
-                 "device": str(self.model.device), "input_size": self.model.input_size}
+        model = {
+            "name": self.model.name,
+            "weights": self.model.weights,
+            "device": str(self.model.device),
+            "input_size": self.model.input_size,
+        }
         data = manifest(self.command, model, self.options, tally, interrupted)
         path = self.layout.manifest()
         write_atomic(path, encode_json(data))
@@ -98,29 +108,41 @@ def default_map_layers(model: LoadedModel, trace: ModelTrace) -> list[str]:
     from torch import nn
 
     modules = dict(model.module.named_modules())
-    convs = [layer.name for layer in trace.cam_candidates()
-             if isinstance(modules[layer.name], nn.Conv2d)]
+    convs = [
+        layer.name for layer in trace.cam_candidates() if isinstance(modules[layer.name], nn.Conv2d)
+    ]
     if not convs:
-        raise UsageError("this model has no Conv2d layer to draw",
-                         hint="pick layers with --layer; see `featviz layers`")
+        raise UsageError(
+            "this model has no Conv2d layer to draw",
+            hint="pick layers with --layer; see `featviz layers`",
+        )
     return convs
 
 
-def prepare_maps(choice: ModelChoice, inputs: InputChoice, layers: list[str],
-                 options: dict[str, Any]) -> PreparedRun:
+def prepare_maps(
+    choice: ModelChoice, inputs: InputChoice, layers: list[str], options: dict[str, Any]
+) -> PreparedRun:
     from featviz.layers import resolve_layers
     from featviz.maps import MapsJob, MapsOptions
 
     model = choice.load()
     trace = model_trace(model)
-    names = (resolve_layers(trace, layers, spatial_only=True) if layers
-             else default_map_layers(model, trace))
+    names = (
+        resolve_layers(trace, layers, spatial_only=True)
+        if layers
+        else default_map_layers(model, trace)
+    )
     maps_options = MapsOptions(layers=names, calls=trace.calls(), **options)
     return _prepare("maps", choice, inputs, model, maps_options, MapsJob)
 
 
-def prepare_cam(choice: ModelChoice, inputs: InputChoice, layers: list[str],
-                targets: list[str], options: dict[str, Any]) -> PreparedRun:
+def prepare_cam(
+    choice: ModelChoice,
+    inputs: InputChoice,
+    layers: list[str],
+    targets: list[str],
+    options: dict[str, Any],
+) -> PreparedRun:
     from featviz.cam_job import CamJob, CamOptions
     from featviz.layers import resolve_layers
     from featviz.models import model_output_classes
@@ -128,21 +150,31 @@ def prepare_cam(choice: ModelChoice, inputs: InputChoice, layers: list[str],
 
     model = choice.load()
     trace = model_trace(model)
-    names = (resolve_layers(trace, layers, spatial_only=True) if layers
-             else [trace.default_cam_layer()])
+    names = (
+        resolve_layers(trace, layers, spatial_only=True) if layers else [trace.default_cam_layer()]
+    )
     classes = model_output_classes(model.module) or (
-        len(model.categories) if model.categories else None)
+        len(model.categories) if model.categories else None
+    )
     indices = [resolve_target(text, model.categories, classes) for text in targets]
     if indices and options.get("top_k", 1) != 1:
-        raise UsageError("--target and --top-k exclude each other",
-                         hint="explain given classes with --target, or the k best with --top-k")
+        raise UsageError(
+            "--target and --top-k exclude each other",
+            hint="explain given classes with --target, or the k best with --top-k",
+        )
     check_top_k(options.get("top_k", 1), classes)
     cam_options = CamOptions(layers=names, calls=trace.calls(), targets=indices, **options)
     return _prepare("cam", choice, inputs, model, cam_options, CamJob)
 
 
-def _prepare(command: str, choice: ModelChoice, inputs: InputChoice, model: LoadedModel,
-             options: MapsOptions | CamOptions, job_type: type) -> PreparedRun:
+def _prepare(
+    command: str,
+    choice: ModelChoice,
+    inputs: InputChoice,
+    model: LoadedModel,
+    options: MapsOptions | CamOptions,
+    job_type: type,
+) -> PreparedRun:
     import sys
 
     from featviz.decode import DEFAULT_MAX_PIXELS
@@ -151,27 +183,51 @@ def _prepare(command: str, choice: ModelChoice, inputs: InputChoice, model: Load
 
     layout = OutputLayout(inputs.out)
     reads_stdin = "-" in inputs.inputs
-    sources = discover(inputs.inputs, recursive=inputs.recursive,
-                       stdin=sys.stdin if reads_stdin else None)
+    sources = discover(
+        inputs.inputs, recursive=inputs.recursive, stdin=sys.stdin if reads_stdin else None
+    )
     if not reads_stdin:
         sources = list(sources)  # paths are cheap to hold, and the progress bar gets a total
     layout.prepare()
     checkpoint = None if choice.checkpoint is None else str(choice.checkpoint)  # JSON has no Path
     recorded = {
         **{key: value for key, value in asdict(options).items() if key != "calls"},
-        "model": choice.spec, "weights": model.weights, "checkpoint": checkpoint,
-        "num_classes": choice.num_classes, "labels": choice.labels, "seed": choice.seed,
-        "input_size": model.input_size, "resize": inputs.resize,
+        "model": choice.spec,
+        "weights": model.weights,
+        "checkpoint": checkpoint,
+        "num_classes": choice.num_classes,
+        "labels": choice.labels,
+        "seed": choice.seed,
+        "input_size": model.input_size,
+        "resize": inputs.resize,
     }
-    job = job_type(model=model, layout=layout, command=command,
-                   options_fingerprint=fingerprint(recorded), resize=inputs.resize,
-                   max_pixels=inputs.max_pixels or DEFAULT_MAX_PIXELS,
-                   skip_existing=inputs.skip_existing, options=options)
+    job = job_type(
+        model=model,
+        layout=layout,
+        command=command,
+        options_fingerprint=fingerprint(recorded),
+        resize=inputs.resize,
+        max_pixels=inputs.max_pixels or DEFAULT_MAX_PIXELS,
+        skip_existing=inputs.skip_existing,
+        options=options,
+    )
     batch_size = inputs.batch_size or (32 if model.device.type == "cuda" else 8)
-    return PreparedRun(command, model, layout, job, sources, batch_size,
-                       {**recorded, "inputs": inputs.inputs, "recursive": inputs.recursive,
-                        "batch_size": batch_size, "out": str(inputs.out)},
-                       None if reads_stdin else len(sources))
+    return PreparedRun(
+        command,
+        model,
+        layout,
+        job,
+        sources,
+        batch_size,
+        {
+            **recorded,
+            "inputs": inputs.inputs,
+            "recursive": inputs.recursive,
+            "batch_size": batch_size,
+            "out": str(inputs.out),
+        },
+        None if reads_stdin else len(sources),
+    )
 
 
 def describe_layers(spec: str, num_classes: int | None, input_size: int | None) -> str:
@@ -192,13 +248,17 @@ def describe_layers(spec: str, num_classes: int | None, input_size: int | None) 
 def list_models(name_filter: str | None) -> list[tuple[str, list[str]]]:
     from featviz.models import classification_models, model_weights_names
 
-    names = [name for name in classification_models()
-             if not name_filter or name_filter.lower() in name.lower()]
+    names = [
+        name
+        for name in classification_models()
+        if not name_filter or name_filter.lower() in name.lower()
+    ]
     return [(name, model_weights_names(name)) for name in names]
 
 
-def render_filters(choice: ModelChoice, layer: str, *, out: Path, all_inputs: bool,
-                   cmap: str, cell_size: int) -> Path:
+def render_filters(
+    choice: ModelChoice, layer: str, *, out: Path, all_inputs: bool, cmap: str, cell_size: int
+) -> Path:
     from featviz.filters import filter_grid
     from featviz.output import encode_png
 
@@ -208,11 +268,13 @@ def render_filters(choice: ModelChoice, layer: str, *, out: Path, all_inputs: bo
         from featviz.layers import resolve_layers
 
         resolve_layers(model_trace(model), [layer], spatial_only=False)
-    grid = filter_grid(modules[layer], layer, all_inputs=all_inputs, cmap=cmap,
-                       cell_size=cell_size)
+    grid = filter_grid(modules[layer], layer, all_inputs=all_inputs, cmap=cmap, cell_size=cell_size)
     layout = OutputLayout(out)
     layout.prepare()
-    path = layout.filters_png(model.name.rpartition(":")[2] if ":" in model.name else model.name,
-                              layer, "-all-inputs" if all_inputs else "")
+    path = layout.filters_png(
+        model.name.rpartition(":")[2] if ":" in model.name else model.name,
+        layer,
+        "-all-inputs" if all_inputs else "",
+    )
     write_atomic(path, encode_png(grid))
     return path

@@ -13,12 +13,17 @@ def resolve_target(text: str, categories: list[str] | None, num_classes: int | N
     if text.strip().lstrip("-").isdigit():
         index = int(text)
         if index < 0 or (num_classes is not None and index >= num_classes):
-            raise UsageError(f"--target {text}: the model has classes 0 to {num_classes - 1}"
-                             if num_classes else f"--target {text}: not a valid class index")
+            raise UsageError(
+                f"--target {text}: the model has classes 0 to {num_classes - 1}"
+                if num_classes
+                else f"--target {text}: not a valid class index"
+            )
         return index
     if not categories:
-        raise UsageError(f"--target '{text}': this model has no class names",
-                         hint="pass a class index, or names with --labels imagenet|FILE")
+        raise UsageError(
+            f"--target '{text}': this model has no class names",
+            hint="pass a class index, or names with --labels imagenet|FILE",
+        )
     wanted = text.strip().lower()
     lowered = [name.lower() for name in categories]
     if wanted in lowered:
@@ -29,11 +34,16 @@ def resolve_target(text: str, categories: list[str] | None, num_classes: int | N
     if prefixed:
         shown = ", ".join(f"'{categories[i]}'" for i in prefixed[:5])
         more = f" and {len(prefixed) - 5} more" if len(prefixed) > 5 else ""
-        raise UsageError(f"--target '{text}' is ambiguous: {shown}{more}",
-                         hint="give more of the name, or the class index")
+        raise UsageError(
+            f"--target '{text}' is ambiguous: {shown}{more}",
+            hint="give more of the name, or the class index",
+        )
     close = difflib.get_close_matches(wanted, lowered, n=3, cutoff=0.6)
-    hint = ("closest: " + ", ".join(f"'{categories[lowered.index(c)]}'" for c in close)
-            if close else "pass a class index, or see the class names with --labels")
+    hint = (
+        "closest: " + ", ".join(f"'{categories[lowered.index(c)]}'" for c in close)
+        if close
+        else "pass a class index, or see the class names with --labels"
+    )
     raise UsageError(f"--target '{text}': no such class", hint=hint)
 
 

@@ -31,7 +31,8 @@ def photos(tmp_path: Path) -> Path:
     rng = np.random.default_rng(0)
     for name, size in [("a.png", (40, 30)), ("b.jpg", (40, 30)), ("sub/c.png", (30, 45))]:
         Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(
-            folder / name)
+            folder / name
+        )
     return folder
 
 
@@ -46,11 +47,14 @@ def test_version() -> None:
 
 
 def test_help_does_not_import_torch() -> None:
-    code = ("import sys; from typer.testing import CliRunner; from featviz.cli import app; "
-            "r = CliRunner().invoke(app, ['cam', '--help']); "
-            "print(r.exit_code, 'torch' in sys.modules, 'gradcam++' in r.stdout)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.split()
+    code = (
+        "import sys; from typer.testing import CliRunner; from featviz.cli import app; "
+        "r = CliRunner().invoke(app, ['cam', '--help']); "
+        "print(r.exit_code, 'torch' in sys.modules, 'gradcam++' in r.stdout)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert out == ["0", "False", "True"]
 
 
@@ -89,8 +93,9 @@ def test_output_path_that_is_a_file_exits_2(photos: Path, tmp_path: Path, tiny) 
     target.write_text("x")
     result = invoke("maps", *tiny, photos, "-o", target)
     assert result.exit_code == 2
-    assert result.stderr.splitlines()[0] == f"Error: output path '{target}' exists and is not " \
-        "a folder"
+    assert (
+        result.stderr.splitlines()[0] == f"Error: output path '{target}' exists and is not a folder"
+    )
 
 
 def test_pretrained_weights_offline_exit_1_without_traceback(
@@ -102,13 +107,16 @@ def test_pretrained_weights_offline_exit_1_without_traceback(
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     result = invoke("maps", "-m", "resnet18", photos)
     assert result.exit_code == 1
-    assert result.stderr.startswith("Error: pretrained weights ResNet18_Weights.IMAGENET1K_V1 "
-                                    "are not cached and cannot be downloaded")
+    assert result.stderr.startswith(
+        "Error: pretrained weights ResNet18_Weights.IMAGENET1K_V1 "
+        "are not cached and cannot be downloaded"
+    )
     assert "Traceback" not in result.stderr
 
 
-def test_maps_writes_one_grid_per_layer_mirroring_folders(photos: Path, tmp_path: Path,
-                                                          tiny) -> None:
+def test_maps_writes_one_grid_per_layer_mirroring_folders(
+    photos: Path, tmp_path: Path, tiny
+) -> None:
     out = tmp_path / "out"
     result = invoke("maps", *tiny, "--recursive", photos, "-o", out, "--cell-size", "8")
     assert result.exit_code == 0, result.stderr
@@ -137,8 +145,19 @@ def test_cam_overlay_has_the_original_size_and_alpha_zero_is_the_original(
     photos: Path, tmp_path: Path, tiny
 ) -> None:
     out = tmp_path / "out"
-    result = invoke("cam", *tiny, photos / "sub" / "c.png", "--alpha", "0", "-t", "3",
-                    "--heatmap", "--save-raw", "-o", out)
+    result = invoke(
+        "cam",
+        *tiny,
+        photos / "sub" / "c.png",
+        "--alpha",
+        "0",
+        "-t",
+        "3",
+        "--heatmap",
+        "--save-raw",
+        "-o",
+        out,
+    )
     assert result.exit_code == 0, result.stderr
     stem = out / "c" / "cam" / "gradcam" / "features" / "3"
     original = np.asarray(Image.open(photos / "sub" / "c.png"))
@@ -146,7 +165,7 @@ def test_cam_overlay_has_the_original_size_and_alpha_zero_is_the_original(
     assert Image.open(f"{stem}.heatmap.png").size == (30, 45)
     raw = np.load(f"{stem}.npz")
     assert raw["heatmap"].shape == (45, 30) and raw["layer_cam"].shape == (24, 16)
-    assert 0.0 <= raw["heatmap"].min() and raw["heatmap"].max() <= 1.0
+    assert raw["heatmap"].min() >= 0.0 and raw["heatmap"].max() <= 1.0
 
 
 def test_cam_json_lines_are_the_only_stdout(photos: Path, tmp_path: Path, tiny) -> None:
@@ -154,17 +173,18 @@ def test_cam_json_lines_are_the_only_stdout(photos: Path, tmp_path: Path, tiny) 
     assert result.exit_code == 0, result.stderr
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert sorted(r["input"] for r in records) == sorted(
-        str(photos / name) for name in ["a.png", "b.jpg", "sub/c.png"])
+        str(photos / name) for name in ["a.png", "b.jpg", "sub/c.png"]
+    )
     for record in records:
         assert set(record) == {"input", "outputs", "predictions", "error", "skipped"}
         assert record["error"] is None and len(record["outputs"]) == 2
         assert [p["index"] for p in record["predictions"]][:2] == [
-            int(Path(o).name.split(".")[0]) for o in record["outputs"]]
+            int(Path(o).name.split(".")[0]) for o in record["outputs"]
+        ]
         assert abs(sum(p["probability"] for p in record["predictions"]) - 1.0) < 1e-4
 
 
-def test_a_bad_file_fails_alone_and_the_run_exits_1(photos: Path, tmp_path: Path,
-                                                    tiny) -> None:
+def test_a_bad_file_fails_alone_and_the_run_exits_1(photos: Path, tmp_path: Path, tiny) -> None:
     (photos / "broken.png").write_bytes(b"not a png at all")
     out = tmp_path / "out"
     result = invoke("cam", *tiny, photos, "-o", out)
@@ -190,21 +210,32 @@ def test_skip_existing_resumes_without_rewriting(photos: Path, tmp_path: Path, t
 
 
 def test_target_names_and_errors(photos: Path, tmp_path: Path) -> None:
-    args = ["-m", "torchvision.models:resnet18", "--labels", "imagenet", "--input-size", "64",
-            photos / "a.png", "-o", tmp_path / "o"]
+    args = [
+        "-m",
+        "torchvision.models:resnet18",
+        "--labels",
+        "imagenet",
+        "--input-size",
+        "64",
+        photos / "a.png",
+        "-o",
+        tmp_path / "o",
+    ]
     ambiguous = invoke("cam", "-t", "bull", *args)
     assert ambiguous.exit_code == 2
     assert ambiguous.stderr.splitlines() == [
         "Error: --target 'bull' is ambiguous: 'bullfrog', 'bull mastiff', 'bulletproof vest', "
         "'bullet train'",
-        "Hint: give more of the name, or the class index"]
+        "Hint: give more of the name, or the class index",
+    ]
     unknown = invoke("cam", "-t", "tabbby", *args)
     assert unknown.exit_code == 2
-    assert unknown.stderr.splitlines() == ["Error: --target 'tabbby': no such class",
-                                           "Hint: closest: 'tabby', 'tray'"]
+    assert unknown.stderr.splitlines() == [
+        "Error: --target 'tabbby': no such class",
+        "Hint: closest: 'tabby', 'tray'",
+    ]
     too_many = invoke("cam", "--top-k", "1001", *args)
-    assert too_many.stderr.splitlines()[0] == "Error: --top-k 1001: the model has only 1000 " \
-        "classes"
+    assert too_many.stderr.splitlines()[0] == "Error: --top-k 1001: the model has only 1000 classes"
     ok = invoke("cam", "-t", "TABBY", "-t", "Egyptian", *args)
     assert ok.exit_code == 0, ok.stderr
     names = sorted(p.name for p in (tmp_path / "o" / "a" / "cam" / "gradcam" / "layer4").iterdir())
@@ -233,13 +264,15 @@ def test_layers_and_models_commands() -> None:
 
 
 def test_filters_command_draws_rgb_kernels(tmp_path: Path) -> None:
-    result = invoke("filters", "-m", "alexnet", "--weights", "none", "-l", "features.0",
-                    "-o", tmp_path)
+    result = invoke(
+        "filters", "-m", "alexnet", "--weights", "none", "-l", "features.0", "-o", tmp_path
+    )
     assert result.exit_code == 0
     grid = Image.open(tmp_path / "filters" / "alexnet" / "features.0.png")
     # 64 kernels of 11×11 enlarged ×3 (32 px cells) in an 8×8 grid.
     assert grid.size == (8 * 34 + 1, 8 * 34 + 1) and grid.mode == "RGB"
     wrong = invoke("filters", "-m", "alexnet", "--weights", "none", "-l", "features.1")
     assert wrong.exit_code == 2
-    assert wrong.stderr.splitlines()[0] == ("Error: layer 'features.1' is a ReLU, not a Conv2d: "
-                                            "it has no kernels to draw")
+    assert wrong.stderr.splitlines()[0] == (
+        "Error: layer 'features.1' is a ReLU, not a Conv2d: it has no kernels to draw"
+    )

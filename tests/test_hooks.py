@@ -50,8 +50,10 @@ def test_a_module_called_twice_keeps_its_last_call() -> None:
     model = torchvision.models.resnet18(weights=None).eval()
     calls = trace_model(model, (1, 3, 64, 64)).calls()
     x = torch.randn(2, 3, 64, 64)
-    with torch.inference_mode(), LayerTaps(model, ["layer1.0.relu", "layer1.0"],
-                                           calls=calls, stop_early=True) as taps:
+    with (
+        torch.inference_mode(),
+        LayerTaps(model, ["layer1.0.relu", "layer1.0"], calls=calls, stop_early=True) as taps,
+    ):
         taps.run(x)
     assert torch.equal(taps.outputs["layer1.0.relu"], taps.outputs["layer1.0"])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from featviz.errors import UsageError
 from featviz.layers import resolve_layers, trace_model
 from featviz.models import load_architecture
@@ -71,10 +72,12 @@ def test_non_spatial_layer_explains_and_lists_candidates() -> None:
         "layer 'classifier.1' (Linear, output shape [1, 4096]) has no spatial (N, C, H, W) "
         "output to draw"
     )
-    assert info.value.hint == "try one of the last spatial layers: features.9, features.10, " \
+    assert (
+        info.value.hint == "try one of the last spatial layers: features.9, features.10, "
         "features.11"
+    )
 
 
 def test_glob_matching_nothing_spatial_is_an_error() -> None:
-    with pytest.raises(UsageError, match="no spatial layer matches 'classifier.*'"):
+    with pytest.raises(UsageError, match=r"no spatial layer matches 'classifier\.\*'"):
         resolve_layers(_trace("alexnet"), ["classifier.*"], spatial_only=True)

@@ -33,8 +33,7 @@ def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("convnext_tiny", "features.3"),
     ],
 )
-def test_grid_geometry_across_families(model: str, layer: str, photo: Path,
-                                       tmp_path: Path) -> None:
+def test_grid_geometry_across_families(model: str, layer: str, photo: Path, tmp_path: Path) -> None:
     run = prepare_maps(
         ModelChoice(model, weights="none", device="cpu", input_size=96),
         InputChoice([str(photo)], out=tmp_path),
@@ -57,10 +56,19 @@ def test_grid_geometry_across_families(model: str, layer: str, photo: Path,
 
 
 def test_the_default_taps_are_every_conv2d(photo: Path, tmp_path: Path) -> None:
-    run = prepare_maps(ModelChoice("alexnet", weights="none", device="cpu"),
-                       InputChoice([str(photo)], out=tmp_path), [], {})
-    assert run.job.options.layers == ["features.0", "features.3", "features.6", "features.8",
-                                      "features.10"]
+    run = prepare_maps(
+        ModelChoice("alexnet", weights="none", device="cpu"),
+        InputChoice([str(photo)], out=tmp_path),
+        [],
+        {},
+    )
+    assert run.job.options.layers == [
+        "features.0",
+        "features.3",
+        "features.6",
+        "features.8",
+        "features.10",
+    ]
 
 
 def test_channels_by_index_or_by_mean_activation() -> None:
@@ -71,8 +79,7 @@ def test_channels_by_index_or_by_mean_activation() -> None:
     assert select_channels(maps, 10, "activation").tolist() == [1, 3, 2, 0, 4]
 
 
-def test_activation_order_draws_the_strongest_channels_first(photo: Path,
-                                                             tmp_path: Path) -> None:
+def test_activation_order_draws_the_strongest_channels_first(photo: Path, tmp_path: Path) -> None:
     run = prepare_maps(
         ModelChoice("alexnet", weights="none", device="cpu", input_size=64),
         InputChoice([str(photo)], out=tmp_path),

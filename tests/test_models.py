@@ -134,8 +134,11 @@ def test_checkpoint_for_another_head_lists_the_mismatch(tmp_path: Path) -> None:
 def test_checkpoint_for_another_architecture_lists_missing_and_unexpected(tmp_path: Path) -> None:
     path = tmp_path / "alexnet.pt"
     torch.save(torchvision.models.alexnet().state_dict(), path)
-    with pytest.raises(RunError, match=r"keys 122 missing \(conv1.weight, bn1.weight, .*; "
-                                       r"16 unexpected \(features.0.weight"):
+    with pytest.raises(
+        RunError,
+        match=r"keys 122 missing \(conv1.weight, bn1.weight, .*; "
+        r"16 unexpected \(features.0.weight",
+    ):
         load_model("resnet18", checkpoint=path, device="cpu")
 
 
@@ -147,8 +150,11 @@ class _Payload:
 def test_checkpoint_that_runs_code_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "evil.pt"
     torch.save({"state_dict": _Payload()}, path)
-    with pytest.raises(RunError, match="needs arbitrary Python code to load, and featviz "
-                                       "refuses to run code from a weights file") as info:
+    with pytest.raises(
+        RunError,
+        match="needs arbitrary Python code to load, and featviz "
+        "refuses to run code from a weights file",
+    ) as info:
         load_model("resnet18", checkpoint=path, device="cpu")
     assert "state_dict()" in info.value.hint
 
@@ -157,8 +163,11 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "cut.pt"
     torch.save(torchvision.models.resnet18().state_dict(), path)
     path.write_bytes(path.read_bytes()[:5000])
-    with pytest.raises(RunError, match=r"checkpoint '.*cut.pt' cannot be read: it is truncated "
-                                       r"or not a PyTorch file"):
+    with pytest.raises(
+        RunError,
+        match=r"checkpoint '.*cut.pt' cannot be read: it is truncated "
+        r"or not a PyTorch file",
+    ):
         load_model("resnet18", checkpoint=path, device="cpu")
 
 
@@ -180,7 +189,7 @@ def test_factory_in_a_package() -> None:
 def test_factory_errors_are_usage_errors(tiny_model_file: Path) -> None:
     with pytest.raises(UsageError, match="has no callable 'nope'"):
         load_model(f"{tiny_model_file}:nope")
-    with pytest.raises(UsageError, match="file 'missing.py' does not exist"):
+    with pytest.raises(UsageError, match=r"file 'missing\.py' does not exist"):
         load_model("missing.py:build")
     with pytest.raises(UsageError, match="cannot import 'no_such_package_xyz'"):
         load_model("no_such_package_xyz:build")
@@ -206,8 +215,9 @@ def test_lite0_example_predicts_a_cat(lite0) -> None:
     from featviz.preprocess import to_tensor
 
     image = Image.open(Path(__file__).parent.parent / "sample_images" / "chelsea.png")
-    x = to_tensor(image.convert("RGB"), input_size=224, resize="keep", mean=lite0.mean,
-                  std=lite0.std)
+    x = to_tensor(
+        image.convert("RGB"), input_size=224, resize="keep", mean=lite0.mean, std=lite0.std
+    )
     with torch.inference_mode():
         top = lite0.module(x[None]).softmax(1)[0].argmax().item()
     assert lite0.label(top) in {"tabby", "tiger cat", "Egyptian cat"}
@@ -217,6 +227,7 @@ def test_importing_featviz_does_not_import_torch() -> None:
     import subprocess
 
     code = "import sys, featviz, featviz.cli; print('torch' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "False"

@@ -40,14 +40,17 @@ class FakeJob:
     def process(self, batch: list[LoadedImage]):
         assert len({item.tensor.shape for item in batch}) == 1  # one shape per batch
         self.batches.append([item.source.path.name for item in batch])
-        return [lambda item=item: ImageResult(item.source, outputs=[item.source.path.name])
-                for item in batch]
+        return [
+            lambda item=item: ImageResult(item.source, outputs=[item.source.path.name])
+            for item in batch
+        ]
 
 
 def _sources(count: int):
     for number in range(count):
-        yield ImageSource(path=Path(str(number)), relative=PurePath(str(number)),
-                          display=str(number))
+        yield ImageSource(
+            path=Path(str(number)), relative=PurePath(str(number)), display=str(number)
+        )
 
 
 @pytest.mark.parametrize("count", [50, 1000])
@@ -84,14 +87,15 @@ def test_the_stream_is_consumed_lazily() -> None:
     stream.close()
 
 
-def test_write_failure_leaves_no_partial_file(tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_write_failure_leaves_no_partial_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     target = tmp_path / "deep" / "out.png"
     real_open = open
 
     class FullDisk:
         def __init__(self, *args: object) -> None:
-            self.handle = real_open(*args)  # noqa: SIM115
+            self.handle = real_open(*args)
 
         def __enter__(self):
             return self
@@ -128,8 +132,21 @@ def test_disk_full_mid_run_stops_cleanly_with_a_valid_manifest(
         real(path, data)
 
     monkeypatch.setattr("featviz.cam_job.write_atomic", fill_up)
-    result = CliRunner().invoke(app, ["cam", "-m", f"{tiny_model_file}:build", "--input-size",
-                                      "32", "--batch-size", "2", str(folder), "-o", str(out)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "cam",
+            "-m",
+            f"{tiny_model_file}:build",
+            "--input-size",
+            "32",
+            "--batch-size",
+            "2",
+            str(folder),
+            "-o",
+            str(out),
+        ],
+    )
     assert result.exit_code == 1
     assert "the disk is full" in result.stderr
     manifest = json.loads((out / "manifest.json").read_text())
@@ -143,8 +160,16 @@ def test_quiet_run_prints_nothing_and_non_tty_gets_no_progress_bar(
     tmp_path: Path, tiny_model_file: Path
 ) -> None:
     Image.new("RGB", (40, 30)).save(tmp_path / "x.png")
-    args = ["maps", "-m", f"{tiny_model_file}:build", "--input-size", "32", str(tmp_path / "x.png"),
-            "-o", str(tmp_path / "out")]
+    args = [
+        "maps",
+        "-m",
+        f"{tiny_model_file}:build",
+        "--input-size",
+        "32",
+        str(tmp_path / "x.png"),
+        "-o",
+        str(tmp_path / "out"),
+    ]
     quiet = CliRunner().invoke(app, [*args, "--quiet"])
     assert quiet.exit_code == 0 and quiet.stdout == "" and quiet.stderr == ""
     normal = CliRunner().invoke(app, args)

@@ -19,11 +19,13 @@ from featviz.render import (
 
 
 def test_each_channel_is_scaled_on_its_own_and_a_flat_one_becomes_zeros() -> None:
-    maps = np.stack([
-        np.array([[0.0, 1.0], [2.0, 4.0]]),
-        np.array([[-10.0, -10.0], [-10.0, -10.0]]),
-        np.array([[100.0, 300.0], [200.0, 500.0]]),
-    ]).astype(np.float32)
+    maps = np.stack(
+        [
+            np.array([[0.0, 1.0], [2.0, 4.0]]),
+            np.array([[-10.0, -10.0], [-10.0, -10.0]]),
+            np.array([[100.0, 300.0], [200.0, 500.0]]),
+        ]
+    ).astype(np.float32)
     scaled = scale_each(maps)
     np.testing.assert_allclose(scaled[0], [[0.0, 0.25], [0.5, 1.0]])
     np.testing.assert_array_equal(scaled[1], np.zeros((2, 2)))
@@ -54,8 +56,9 @@ def test_tile_honours_nrow() -> None:
 
 def test_gray_colormap_is_identity_and_jet_ends_are_blue_and_red() -> None:
     values = np.array([[0.0, 0.5, 1.0]])
-    np.testing.assert_array_equal(apply_colormap(values, colormap_lut("gray"))[0, :, 0],
-                                  [0, 128, 255])
+    np.testing.assert_array_equal(
+        apply_colormap(values, colormap_lut("gray"))[0, :, 0], [0, 128, 255]
+    )
     jet = apply_colormap(values, colormap_lut("jet"))[0]
     assert jet[0].argmax() == 2 and jet[2].argmax() == 0
 
@@ -72,8 +75,9 @@ def test_overlay_alpha_zero_is_the_image_and_one_the_heatmap() -> None:
     heat = rng.random((7, 9)).astype(np.float32)
     lut = colormap_lut("jet")
     np.testing.assert_array_equal(overlay(image, heat, lut=lut, alpha=0.0), image)
-    np.testing.assert_array_equal(overlay(image, heat, lut=lut, alpha=1.0),
-                                  apply_colormap(heat, lut))
+    np.testing.assert_array_equal(
+        overlay(image, heat, lut=lut, alpha=1.0), apply_colormap(heat, lut)
+    )
     half = overlay(image, heat, lut=lut, alpha=0.5).astype(int)
     expected = (image.astype(int) + apply_colormap(heat, lut).astype(int)) / 2
     assert np.abs(half - expected).max() <= 0.5
