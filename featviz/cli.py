@@ -13,6 +13,7 @@ import re
 import signal
 import sys
 import traceback
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
@@ -587,12 +588,19 @@ def _one_line(text: str) -> str:
     return re.sub(r"\s*[\r\n]+\s*", " ", _TERMINAL_CODES.sub("", text)).strip()
 
 
+def _show_warning(message: Warning | str, *args: object, **kwargs: object) -> None:
+    """A warning from the core or a library, as one line like the errors (no source excerpt)."""
+    print(f"Warning: {_one_line(str(message))}", file=sys.stderr)
+
+
 @contextmanager
 def _errors() -> Iterator[None]:
     """The one error funnel: FeatvizError → 'Error: …' (+ hint) on stderr and its exit code;
     anything unexpected → one line and exit 1 (the traceback with FEATVIZ_DEBUG=1)."""
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            yield
     except FeatvizError as exc:
         if os.environ.get(DEBUG_ENV):
             traceback.print_exc()

@@ -276,3 +276,54 @@ def test_filters_command_draws_rgb_kernels(tmp_path: Path) -> None:
     assert wrong.stderr.splitlines()[0] == (
         "Error: layer 'features.1' is a ReLU, not a Conv2d: it has no kernels to draw"
     )
+
+
+GATED_MODEL = """
+import torch
+from torch import nn
+
+
+class Gated(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        a = self.features(x)
+        if a.amax() > 1e6:  # data-dependent: torch.fx cannot trace this
+            a = a / a.amax()
+        return self.fc(a.mean(dim=(2, 3)))
+
+
+def build():
+    torch.manual_seed(0)
+    return Gated()
+"""
+
+
+def test_library_warnings_are_one_line(photos: Path, tmp_path: Path) -> None:
+    model = tmp_path / "gated.py"
+    model.write_text(GATED_MODEL)
+    result = invoke(
+        "cam",
+        "-m",
+        f"{model}:build",
+        "--input-size",
+        "16",
+        "-M",
+        "ablationcam",
+        "-r",
+        photos,
+        "-o",
+        tmp_path / "out",
+    )
+    assert result.exit_code == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("Warning: ")]
+    assert warnings == [
+        "Warning: ablationcam: cannot run only the layers after 'features' (torch.fx cannot "
+        "trace the model: TraceError: symbolically traced variables cannot be used as inputs "
+        "to control flow); re-running the whole network for every chunk of ablated channels "
+        "instead, which is slower"
+    ]
+    assert "perturbation.py" not in result.stderr
