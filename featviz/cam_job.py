@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from featviz.errors import InputError
 from featviz.jobs import ImageJob
@@ -56,6 +56,17 @@ class _Map:
     layer_cam: torch.Tensor | None  # None for a fused map, which has no single layer
 
 
+def _compute(method: Any, context: Any, layer: str, targets: torch.Tensor) -> torch.Tensor:
+    """One method's (N, h, w) maps on the CPU; a failure of the extra forwards that scorecam and
+    ablationcam run fails this batch's images, not the whole run."""
+    try:
+        return method.compute(context, layer, targets).detach().float().cpu()
+    except RuntimeError as exc:
+        raise InputError(
+            f"{method.name} at layer '{layer}' failed on this input: {str(exc).splitlines()[0]}"
+        ) from exc
+
+
 @dataclass(kw_only=True)
 class CamJob(ImageJob):
     options: CamOptions
@@ -94,7 +105,7 @@ class CamJob(ImageJob):
             columns = range(targets.shape[1]) if method.class_specific else range(1)
             for column in columns:
                 for layer in options.layers:
-                    maps = method.compute(context, layer, targets[:, column]).detach().float().cpu()
+                    maps = _compute(method, context, layer, targets[:, column])
                     for i in range(len(batch)):
                         target = (
                             self._class_name(int(targets[i, column]))

@@ -327,3 +327,28 @@ def test_library_warnings_are_one_line(photos: Path, tmp_path: Path) -> None:
         "instead, which is slower"
     ]
     assert "perturbation.py" not in result.stderr
+
+
+def test_a_method_failing_on_a_batch_fails_those_images_only(
+    photos: Path, tmp_path: Path, tiny, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from featviz.cam.gradient import GradCam
+
+    real = GradCam._weights
+    calls: list[int] = []
+
+    def fail_first_batch(self, ctx, layer, targets):
+        calls.append(len(targets))
+        if len(calls) == 1:
+            raise RuntimeError("out of memory\nsecond line")
+        return real(self, ctx, layer, targets)
+
+    monkeypatch.setattr(GradCam, "_weights", fail_first_batch)
+    result = invoke("cam", *tiny, "-r", photos, "-o", tmp_path / "out", "--batch-size", "2")
+    assert result.exit_code == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [
+        f"error: {photos / name}: gradcam at layer 'features' failed on this input: out of memory"
+        for name in ["a.png", "b.jpg"]
+    ]
+    assert (tmp_path / "out" / "sub" / "c" / "cam.json").exists()
