@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from featviz.errors import InputError
-from featviz.jobs import ImageJob
+from featviz.jobs import ImageJob, model_failure
 from featviz.output import class_slug, encode_npz, encode_png, write_atomic
 from featviz.pipeline import ImageResult, LoadedImage, Prediction
 
@@ -85,15 +85,11 @@ class CamJob(ImageJob):
         from featviz.cam import forward_for_cam
 
         options = self.options
-        inputs = torch.stack([item.tensor for item in batch]).to(self.model.device)
+        inputs = self.model.batch([item.tensor for item in batch])
         try:
             context = forward_for_cam(self.model.module, inputs, options.layers, options.calls)
         except RuntimeError as exc:
-            height, width = inputs.shape[-2:]
-            raise InputError(
-                f"the model cannot run on this input ({width}×{height} after "
-                f"resizing): {str(exc).splitlines()[0]}"
-            ) from exc
+            raise model_failure(inputs, exc) from exc
         probabilities = context.logits.detach().float().softmax(dim=1)
         if options.targets:
             targets = torch.tensor(options.targets, device=inputs.device).expand(len(batch), -1)

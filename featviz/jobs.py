@@ -7,13 +7,26 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from featviz.errors import InputError
 from featviz.output import OutputLayout, encode_json, finished_record, write_atomic
 from featviz.pipeline import ImageResult, LoadedImage, Prediction
 
 if TYPE_CHECKING:
+    import torch
+
     from featviz.images import ImageSource
     from featviz.models import LoadedModel
     from featviz.preprocess import ResizeMode
+
+
+def model_failure(inputs: torch.Tensor, error: RuntimeError) -> InputError:
+    """The model rejected a batch (too small for its pooling, out of memory…): its images fail
+    with this one line, and the run goes on."""
+    height, width = inputs.shape[-2:]
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return InputError(
+        f"the model cannot run on this input ({width}×{height} after resizing): {reason}"
+    )
 
 
 def fingerprint(options: dict[str, Any]) -> str:

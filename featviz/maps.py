@@ -12,9 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from featviz.errors import InputError
 from featviz.hooks import LayerTaps
-from featviz.jobs import ImageJob
+from featviz.jobs import ImageJob, model_failure
 from featviz.output import encode_npy, encode_png, write_atomic
 from featviz.pipeline import ImageResult, LoadedImage
 
@@ -62,17 +61,13 @@ class MapsJob(ImageJob):
 
         options = self.options
         lut = colormap_lut(options.cmap)
-        inputs = torch.stack([item.tensor for item in batch]).to(self.model.device)
+        inputs = self.model.batch([item.tensor for item in batch])
         taps = LayerTaps(self.model.module, options.layers, calls=options.calls, stop_early=True)
         try:
             with torch.inference_mode(), taps:
                 taps.run(inputs)
         except RuntimeError as exc:
-            height, width = inputs.shape[-2:]
-            raise InputError(
-                f"the model cannot run on this input ({width}×{height} after "
-                f"resizing): {str(exc).splitlines()[0]}"
-            ) from exc
+            raise model_failure(inputs, exc) from exc
         activations = {name: taps.outputs[name].float().cpu().numpy() for name in options.layers}
         return [
             self._writer(item, {name: acts[i] for name, acts in activations.items()}, lut)

@@ -39,6 +39,17 @@ class LoadedModel:
     input_size: int
     categories: list[str] | None
     device: torch.device
+    channels_last: bool = False
+
+    def batch(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """Stack (3, h, w) inputs into the (N, 3, h, w) batch the model expects: on its device,
+        in the memory layout of its weights."""
+        import torch
+
+        stacked = torch.stack(tensors).to(self.device)
+        if self.channels_last:
+            return stacked.contiguous(memory_format=torch.channels_last)
+        return stacked
 
     def label(self, index: int) -> str:
         if self.categories and 0 <= index < len(self.categories):
@@ -89,7 +100,13 @@ def load_model(
     module = loaded.module
     module.eval()
     module.requires_grad_(False)
-    loaded.module = module.to(target)
+    # Channels-last convolutions run ~20% faster on CPU (oneDNN's native layout; resnet50's
+    # compute floor here: 121 → 91 ms/image) with the same results up to float rounding. Only
+    # for torchvision's models: a user's forward may .view() a tensor, which needs the default
+    # layout.
+    loaded.channels_last = ":" not in spec
+    layout = torch.channels_last if loaded.channels_last else torch.contiguous_format
+    loaded.module = module.to(target, memory_format=layout)
     loaded.device = target
     if labels is not None:
         loaded.categories = read_labels(labels)

@@ -231,3 +231,16 @@ def test_importing_featviz_does_not_import_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def test_torchvision_models_run_channels_last_and_user_models_keep_their_layout(
+    tiny_model_file: Path,
+) -> None:
+    torchvision_model = load_model("resnet18", weights="none", device="cpu")
+    assert torchvision_model.module.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    batch = torchvision_model.batch([torch.zeros(3, 8, 10), torch.ones(3, 8, 10)])
+    assert batch.shape == (2, 3, 8, 10)
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+    user = load_model(f"{tiny_model_file}:build", device="cpu")
+    assert user.module.features[0].weight.is_contiguous()
+    assert user.batch([torch.zeros(3, 8, 10)]).is_contiguous()

@@ -176,3 +176,17 @@ def test_quiet_run_prints_nothing_and_non_tty_gets_no_progress_bar(
     assert normal.stdout.startswith(f"{tmp_path / 'x.png'} → 2 files in ")
     assert len(normal.stderr.splitlines()) == 1  # the summary, no progress bar
     assert normal.stderr.startswith("1 done, 0 failed, 0 skipped in ")
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (7, 5, 3), (480, 640, 3), (3, 9)])
+def test_png_writer_round_trips_exactly_through_pillow(shape: tuple[int, ...]) -> None:
+    import io
+
+    from featviz.output import encode_png
+
+    pixels = np.random.default_rng(len(shape)).integers(0, 256, shape, dtype=np.uint8)
+    decoded = Image.open(io.BytesIO(encode_png(pixels)))
+    assert decoded.mode == ("RGB" if len(shape) == 3 else "L")
+    np.testing.assert_array_equal(np.asarray(decoded), pixels)
+    with pytest.raises(ValueError, match=r"expected \(H, W\) or \(H, W, 3\) uint8"):
+        encode_png(pixels.astype(np.float32))
