@@ -77,11 +77,15 @@ class MapsJob(ImageJob):
     def _writer(self, item: LoadedImage, maps: dict[str, np.ndarray], lut: np.ndarray):
         from featviz.render import channel_grid
 
+        grey = bool((lut[:, 0] == lut[:, 1]).all() and (lut[:, 1] == lut[:, 2]).all())
+
         def write() -> ImageResult:
             result = ImageResult(item.source)
             for layer, layer_maps in maps.items():
                 chosen = select_channels(layer_maps, self.options.max_channels, self.options.order)
                 grid = channel_grid(layer_maps[chosen], lut=lut, cell_size=self.options.cell_size)
+                if grey:
+                    grid = grid[..., 0]  # a grey PNG: a third of the bytes to encode and store
                 path = self.layout.maps_png(item.source.relative, layer)
                 write_atomic(path, encode_png(grid))
                 result.outputs.append(str(path))
