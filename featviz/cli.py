@@ -1,21 +1,14 @@
 """The ``featviz`` command line: parse options, call one runner function, report, exit.
 
-This is the only module that imports typer or prints. Exit codes: 0 all done · 1 some inputs
-failed or the run failed · 2 usage error · 130/143 interrupted by SIGINT/SIGTERM. Nothing here
-imports torch at module level: ``featviz --help`` and shell loops stay cheap.
+Only this module and terminal.py (streaming, progress, the error funnel) import typer or print.
+Exit codes: 0 all done · 1 some inputs failed or the run failed · 2 usage error · 130/143
+interrupted by SIGINT/SIGTERM. Nothing here imports torch at module level: ``featviz --help``
+and shell loops stay cheap.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import signal
 import sys
-import traceback
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -26,6 +19,7 @@ from typer.core import TyperGroup
 from featviz import __version__
 from featviz.cam.registry import method_info, method_names
 from featviz.errors import FeatvizError
+from featviz.terminal import errors, one_line, stream
 
 
 class _Commands(TyperGroup):
@@ -40,7 +34,7 @@ class _Commands(TyperGroup):
             return super().invoke(ctx)
         except typer.TyperException as exc:  # the base of click's UsageError, BadParameter…
             command = (getattr(exc, "ctx", None) or ctx).command_path
-            print(f"Error: {_one_line(exc.format_message())}", file=sys.stderr)
+            print(f"Error: {one_line(exc.format_message())}", file=sys.stderr)
             print(f"Hint: see `{command} --help`", file=sys.stderr)
             raise typer.Exit(exc.exit_code) from None
 
@@ -54,8 +48,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-DEBUG_ENV = "FEATVIZ_DEBUG"
 
 
 class Resize(str, Enum):
@@ -269,7 +261,7 @@ def maps(
 
     Example: featviz maps -m resnet50 -l layer1 -l 'layer4.*' photos/cat.jpg -o out/
     """
-    with _errors():
+    with errors():
         from featviz.runner import InputChoice, prepare_maps
 
         run = prepare_maps(
@@ -286,7 +278,7 @@ def maps(
                 "save_raw": save_raw,
             },
         )
-        _stream(run, json_lines=json_lines, quiet=quiet)
+        stream(run, json_lines=json_lines, quiet=quiet)
 
 
 def _methods_epilog() -> str:
@@ -361,7 +353,7 @@ def cam(
 
     Example: featviz cam -m resnet50 -M gradcam++ -t tabby -t 'tiger cat' cat.jpg
     """
-    with _errors():
+    with errors():
         from featviz.runner import InputChoice, prepare_cam
 
         methods = list(dict.fromkeys(m.value for m in method)) if method else ["gradcam"]
@@ -383,7 +375,7 @@ def cam(
                 "cam_batch_size": cam_batch_size,
             },
         )
-        _stream(run, json_lines=json_lines, quiet=quiet)
+        stream(run, json_lines=json_lines, quiet=quiet)
 
 
 @app.command()
@@ -398,7 +390,7 @@ def layers(
 
     Example: featviz layers -m resnet50
     """
-    with _errors():
+    with errors():
         from featviz.runner import describe_layers
 
         typer.echo(describe_layers(model, num_classes, input_size))
@@ -414,7 +406,7 @@ def models(
 
     Example: featviz models resnet
     """
-    with _errors():
+    with errors():
         from featviz.report import models_table
         from featviz.runner import list_models
 
@@ -444,7 +436,7 @@ def filters(
 
     Example: featviz filters -m alexnet -l features.0
     """
-    with _errors():
+    with errors():
         from featviz.runner import render_filters
 
         path = render_filters(
@@ -456,171 +448,6 @@ def filters(
             cell_size=cell_size,
         )
         typer.echo(f"wrote {path}")
-
-
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread like Ctrl-C so both stop the same way."""
-
-
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise _Terminated
-
-
-def _stream(run, *, json_lines: bool, quiet: bool) -> None:
-    """Consume the run's results: JSON lines or per-image lines, progress, summary, manifest.
-
-    Interrupts (SIGINT, SIGTERM) and fatal errors (disk full, a bug) still write the manifest of
-    what was done and print the summary before exiting; a manifest that cannot be written fails
-    the run.
-    """
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        _consume(run, json_lines=json_lines, quiet=quiet)
-    finally:
-        # In-process callers (tests, notebooks) get their own SIGTERM handling back.
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
-
-
-def _consume(run, *, json_lines: bool, quiet: bool) -> None:
-    from featviz.images import printable
-    from featviz.report import RunTally, image_line
-
-    tally = RunTally()
-    stopped: BaseException | None = None
-    progress = None if quiet or not sys.stderr.isatty() else _Progress(run.total)
-    try:
-        for result in run.results():
-            tally.add(result)
-            if json_lines:
-                _emit(json.dumps(result.as_dict(), ensure_ascii=False))
-            elif result.error:
-                _print_err(f"error: {result.error}", progress)
-            elif not quiet:
-                _print(image_line(result), progress)
-            if progress:
-                progress.advance()
-    except (KeyboardInterrupt, Exception) as exc:
-        stopped = exc
-    finally:
-        if progress:
-            progress.stop()
-    interrupted = isinstance(stopped, KeyboardInterrupt)
-    try:
-        manifest = f"; manifest {printable(run.write_manifest(tally, interrupted))}"
-    except FeatvizError as exc:
-        manifest = f"; manifest not written ({exc.message})"
-        stopped = stopped or exc
-    if json_lines:
-        for failure in tally.failures:
-            _print_err(f"error: {failure}")
-    if not quiet:
-        _print_err(tally.summary(printable(run.layout.root), interrupted) + manifest)
-    if interrupted:
-        raise typer.Exit(143 if isinstance(stopped, _Terminated) else 130)
-    if stopped is not None:
-        raise stopped
-    if tally.failed:
-        raise typer.Exit(1)
-
-
-class _Progress:
-    """A rich progress bar on stderr: images done, images/s, ETA when the total is known."""
-
-    def __init__(self, total: int | None) -> None:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.bar = Progress(
-            TextColumn("images"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=True,
-        )
-        self.task = self.bar.add_task("images", total=total, rate="")
-        self.console = self.bar.console
-        self.bar.start()
-
-    def advance(self) -> None:
-        self.bar.advance(self.task)
-        speed = self.bar.tasks[0].speed
-        self.bar.update(self.task, rate=f"{speed:.1f} img/s" if speed else "")
-
-    def stop(self) -> None:
-        self.bar.stop()
-
-
-def _print(line: str, progress=None) -> None:
-    if progress:
-        progress.console.print(line, highlight=False, markup=False, soft_wrap=True)
-    else:
-        _emit(line)
-
-
-def _print_err(line: str, progress=None) -> None:
-    if progress:
-        progress.console.print(line, highlight=False, markup=False, soft_wrap=True)
-    else:
-        print(line, file=sys.stderr, flush=True)
-
-
-def _emit(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
-_TERMINAL_CODES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-
-def _one_line(text: str) -> str:
-    """``text`` as one line: terminal colour codes dropped (torch puts some in its messages),
-    line breaks joined with a space."""
-    return re.sub(r"\s*[\r\n]+\s*", " ", _TERMINAL_CODES.sub("", text)).strip()
-
-
-def _show_warning(message: Warning | str, *args: object, **kwargs: object) -> None:
-    """A warning from the core or a library, as one line like the errors (no source excerpt)."""
-    print(f"Warning: {_one_line(str(message))}", file=sys.stderr)
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    """The one error funnel: FeatvizError → 'Error: …' (+ hint) on stderr and its exit code;
-    anything unexpected → one line and exit 1 (the traceback with FEATVIZ_DEBUG=1)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.showwarning = _show_warning
-            yield
-    except FeatvizError as exc:
-        if os.environ.get(DEBUG_ENV):
-            traceback.print_exc()
-        print(f"Error: {_one_line(exc.message)}", file=sys.stderr)
-        if exc.hint:
-            print(f"Hint: {_one_line(exc.hint)}", file=sys.stderr)
-        raise typer.Exit(exc.exit_code) from None
-    except (typer.Exit, typer.Abort, KeyboardInterrupt):
-        raise
-    except Exception as exc:
-        if os.environ.get(DEBUG_ENV):
-            traceback.print_exc()
-        print(
-            f"Error: internal error: {type(exc).__name__}: {_one_line(str(exc))}", file=sys.stderr
-        )
-        print(
-            f"Hint: rerun with {DEBUG_ENV}=1 for the traceback, and please report it",
-            file=sys.stderr,
-        )
-        raise typer.Exit(1) from None
 
 
 def main() -> None:

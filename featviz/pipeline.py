@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from featviz.errors import InputError
 from featviz.images import printable
+from featviz.interrupts import shielded
 
 if TYPE_CHECKING:
     import numpy as np
@@ -139,10 +140,11 @@ def run(
                 yield ImageResult(item.source, error=f"{item.source.display}: {exc.message}")
             return
         for item, task in zip(batch, tasks):
-            writes.append((item.source, writer.submit(task)))
+            with shielded():  # a signal inside submit() would leave the pool's lock held
+                writes.append((item.source, writer.submit(task)))
 
     def drain_writes(keep: int) -> Iterator[ImageResult]:
-        while writes and (len(writes) > keep or writes[0][1].done()):
+        while writes and (len(writes) > keep or _finished(writes[0][1])):
             source, future = writes.popleft()
             stats.leave()
             yield _result_of(source, future)
@@ -168,7 +170,8 @@ def run(
                         yield done
                         continue
                     stats.enter()
-                    loads.append((source, decoder.submit(job.load, source)))
+                    with shielded():
+                        loads.append((source, decoder.submit(job.load, source)))
                 if loads:
                     source, future = loads.popleft()
                     try:
@@ -198,6 +201,11 @@ def run(
             for _, queued in (*loads, *writes):
                 queued.cancel()
             raise
+
+
+def _finished(future: Future[ImageResult]) -> bool:
+    with shielded():  # done() takes the future's lock, which the writer thread needs too
+        return future.done()
 
 
 def _largest(groups: dict[tuple[int, ...], list[LoadedImage]]) -> tuple[int, ...]:

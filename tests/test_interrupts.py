@@ -321,3 +321,17 @@ def test_a_bug_mid_run_still_writes_the_manifest_and_the_summary(
     assert hint == "Hint: rerun with FEATVIZ_DEBUG=1 for the traceback, and please report it"
     manifest = assert_clean(workspace / "out")
     assert manifest["counts"]["done"] == int(match["done"]) <= 4  # two batches of two went well
+
+
+def test_a_signal_inside_a_shielded_block_waits_for_its_end() -> None:
+    from featviz.interrupts import Terminated, handled, shielded
+
+    reached_end = False
+    with handled(), pytest.raises(Terminated), shielded():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # the handler has run by now, and only noted the signal
+        reached_end = True
+    assert reached_end
+    with handled(), pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)  # outside a shield the signal raises at once

@@ -1,0 +1,174 @@
+"""The command line's terminal side: streaming results to stdout/stderr, the progress bar,
+signals, warnings, and the one error funnel that turns exceptions into exit codes.
+
+Together with cli.py (the commands and their options) this is the only code that prints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import traceback
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import typer
+
+from featviz.errors import FeatvizError
+from featviz.interrupts import Terminated, handled
+
+DEBUG_ENV = "FEATVIZ_DEBUG"
+
+
+def stream(run, *, json_lines: bool, quiet: bool) -> None:
+    """Consume the run's results: JSON lines or per-image lines, progress, summary, manifest.
+
+    Interrupts (SIGINT, SIGTERM) and fatal errors (disk full, a bug) still write the manifest of
+    what was done and print the summary before exiting; a manifest that cannot be written fails
+    the run.
+    """
+    with handled():  # in-process callers (tests, notebooks) get their own handlers back after
+        _consume(run, json_lines=json_lines, quiet=quiet)
+
+
+def _consume(run, *, json_lines: bool, quiet: bool) -> None:
+    from featviz.images import printable
+    from featviz.report import RunTally, image_line
+
+    tally = RunTally()
+    stopped: BaseException | None = None
+    progress = None if quiet or not sys.stderr.isatty() else _Progress(run.total)
+    try:
+        for result in run.results():
+            tally.add(result)
+            if json_lines:
+                _emit(json.dumps(result.as_dict(), ensure_ascii=False))
+            elif result.error:
+                _print_err(f"error: {result.error}", progress)
+            elif not quiet:
+                _print(image_line(result), progress)
+            if progress:
+                progress.advance()
+    except (KeyboardInterrupt, Exception) as exc:
+        stopped = exc
+    finally:
+        if progress:
+            progress.stop()
+    interrupted = isinstance(stopped, KeyboardInterrupt)
+    try:
+        manifest = f"; manifest {printable(run.write_manifest(tally, interrupted))}"
+    except FeatvizError as exc:
+        manifest = f"; manifest not written ({exc.message})"
+        stopped = stopped or exc
+    if json_lines:
+        for failure in tally.failures:
+            _print_err(f"error: {failure}")
+    if not quiet:
+        _print_err(tally.summary(printable(run.layout.root), interrupted) + manifest)
+    if interrupted:
+        raise typer.Exit(143 if isinstance(stopped, Terminated) else 130)
+    if stopped is not None:
+        raise stopped
+    if tally.failed:
+        raise typer.Exit(1)
+
+
+class _Progress:
+    """A rich progress bar on stderr: images done, images/s, ETA when the total is known."""
+
+    def __init__(self, total: int | None) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.bar = Progress(
+            TextColumn("images"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        self.task = self.bar.add_task("images", total=total, rate="")
+        self.console = self.bar.console
+        self.bar.start()
+
+    def advance(self) -> None:
+        self.bar.advance(self.task)
+        speed = self.bar.tasks[0].speed
+        self.bar.update(self.task, rate=f"{speed:.1f} img/s" if speed else "")
+
+    def stop(self) -> None:
+        self.bar.stop()
+
+
+def _print(line: str, progress=None) -> None:
+    if progress:
+        progress.console.print(line, highlight=False, markup=False, soft_wrap=True)
+    else:
+        _emit(line)
+
+
+def _print_err(line: str, progress=None) -> None:
+    if progress:
+        progress.console.print(line, highlight=False, markup=False, soft_wrap=True)
+    else:
+        print(line, file=sys.stderr, flush=True)
+
+
+def _emit(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+_TERMINAL_CODES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def one_line(text: str) -> str:
+    """``text`` as one line: terminal colour codes dropped (torch puts some in its messages),
+    line breaks joined with a space."""
+    return re.sub(r"\s*[\r\n]+\s*", " ", _TERMINAL_CODES.sub("", text)).strip()
+
+
+def _show_warning(message: Warning | str, *args: object, **kwargs: object) -> None:
+    """A warning from the core or a library, as one line like the errors (no source excerpt)."""
+    print(f"Warning: {one_line(str(message))}", file=sys.stderr)
+
+
+@contextmanager
+def errors() -> Iterator[None]:
+    """The one error funnel: FeatvizError → 'Error: …' (+ hint) on stderr and its exit code;
+    anything unexpected → one line and exit 1 (the traceback with FEATVIZ_DEBUG=1)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            yield
+    except FeatvizError as exc:
+        if os.environ.get(DEBUG_ENV):
+            traceback.print_exc()
+        print(f"Error: {one_line(exc.message)}", file=sys.stderr)
+        if exc.hint:
+            print(f"Hint: {one_line(exc.hint)}", file=sys.stderr)
+        raise typer.Exit(exc.exit_code) from None
+    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        if os.environ.get(DEBUG_ENV):
+            traceback.print_exc()
+        print(f"Error: internal error: {type(exc).__name__}: {one_line(str(exc))}", file=sys.stderr)
+        print(
+            f"Hint: rerun with {DEBUG_ENV}=1 for the traceback, and please report it",
+            file=sys.stderr,
+        )
+        raise typer.Exit(1) from None
