@@ -8,6 +8,8 @@ and shell loops stay cheap.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -451,4 +453,17 @@ def filters(
 
 
 def main() -> None:
-    app()
+    """The console script. Leaves through ``os._exit`` once everything is written and flushed:
+    the interpreter's normal exit tears torch down for about 1 s, which every call of a shell
+    loop would pay (one-image ``featviz cam``: 5.7 → 4.4 s). featviz registers no atexit work,
+    and every file is closed and renamed by then."""
+    try:
+        app()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    for stream_ in (sys.stdout, sys.stderr):
+        # A closed pipe (`featviz … | head`) has nothing left to flush.
+        with contextlib.suppress(OSError, ValueError):
+            stream_.flush()
+    os._exit(code)

@@ -352,3 +352,17 @@ def test_a_method_failing_on_a_batch_fails_those_images_only(
         for name in ["a.png", "b.jpg"]
     ]
     assert (tmp_path / "out" / "sub" / "c" / "cam.json").exists()
+
+
+def test_console_script_exit_codes_and_flushed_output(tmp_path: Path) -> None:
+    """main() leaves through os._exit: the exit code and everything printed must survive."""
+    script = [sys.executable, "-c", "from featviz.cli import main; main()"]
+    version = subprocess.run([*script, "--version"], capture_output=True, text=True)
+    assert (version.returncode, version.stdout) == (0, f"featviz {__version__}\n")
+    usage = subprocess.run(
+        [*script, "cam", "--alpha", "2", str(tmp_path)], capture_output=True, text=True
+    )
+    assert usage.returncode == 2
+    assert usage.stderr.splitlines()[0] == (
+        "Error: Invalid value for '--alpha': Input should be less than or equal to 1"
+    )
