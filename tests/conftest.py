@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_images"
@@ -35,6 +36,23 @@ def build(num_classes: int = 5) -> nn.Module:
     torch.manual_seed(0)
     return TinyNet(num_classes)
 '''
+
+
+def mutate_bytes(draw, data: bytearray, steps: int) -> bytes:
+    """Apply ``steps`` hypothesis-drawn edits to ``data``: flip a bit, cut the tail, insert or
+    delete a few bytes (the fuzz tests' way of damaging a valid image file)."""
+    for _ in range(steps):
+        where = draw(st.integers(0, len(data)))
+        action = draw(st.sampled_from(["flip", "cut", "insert", "delete"]))
+        if action == "flip" and where < len(data):
+            data[where] ^= 1 << draw(st.integers(0, 7))
+        elif action == "cut":
+            del data[where:]
+        elif action == "insert":
+            data[where:where] = draw(st.binary(min_size=1, max_size=16))
+        else:
+            del data[where : where + draw(st.integers(1, 16))]
+    return bytes(data)
 
 
 @pytest.fixture

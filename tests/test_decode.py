@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import mutate_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -399,18 +400,7 @@ def hostile_bytes(draw: st.DrawFn) -> bytes:
     if draw(st.booleans()):
         return draw(st.binary(max_size=256))
     data = bytearray(draw(st.sampled_from(SEEDS)))
-    for _ in range(draw(st.integers(1, 4))):
-        where = draw(st.integers(0, len(data)))
-        action = draw(st.sampled_from(["flip", "truncate", "insert", "delete"]))
-        if action == "flip" and where < len(data):
-            data[where] ^= 1 << draw(st.integers(0, 7))
-        elif action == "truncate":
-            del data[where:]
-        elif action == "insert":
-            data[where:where] = draw(st.binary(min_size=1, max_size=16))
-        else:
-            del data[where : where + draw(st.integers(1, 16))]
-    return bytes(data)
+    return mutate_bytes(draw, data, draw(st.integers(1, 4)))
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_MODEL_SOURCE
+from conftest import TINY_MODEL_SOURCE, mutate_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -68,18 +68,7 @@ def image_bytes(draw: st.DrawFn) -> bytes:
     if data.startswith(b"\x89PNG") and draw(st.booleans()):
         size = st.integers(0, 5000)
         data = bytearray(_with_declared_size(bytes(data), draw(size), draw(size)))
-    for _ in range(draw(st.integers(0, 3))):
-        where = draw(st.integers(0, len(data)))
-        action = draw(st.sampled_from(["flip", "cut", "insert", "delete"]))
-        if action == "flip" and where < len(data):
-            data[where] ^= 1 << draw(st.integers(0, 7))
-        elif action == "cut":
-            del data[where:]
-        elif action == "insert":
-            data[where:where] = draw(st.binary(min_size=1, max_size=16))
-        else:
-            del data[where : where + draw(st.integers(1, 16))]
-    return bytes(data)
+    return mutate_bytes(draw, data, draw(st.integers(0, 3)))
 
 
 @pytest.fixture(scope="module")
