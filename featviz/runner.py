@@ -6,7 +6,7 @@ here raises FeatvizError subclasses and never prints.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +16,7 @@ from featviz.output import OutputLayout, write_atomic
 
 if TYPE_CHECKING:
     from featviz.cam_job import CamOptions
+    from featviz.images import ImageSource
     from featviz.layers import ModelTrace
     from featviz.maps import MapsOptions
     from featviz.models import LoadedModel
@@ -125,6 +126,7 @@ def prepare_maps(
     from featviz.layers import resolve_layers
     from featviz.maps import MapsJob, MapsOptions
 
+    sources = _discover(inputs)  # a typo in an input fails before the model is built
     model = choice.load()
     trace = model_trace(model)
     names = (
@@ -133,7 +135,7 @@ def prepare_maps(
         else default_map_layers(model, trace)
     )
     maps_options = MapsOptions(layers=names, calls=trace.calls(), **options)
-    return _prepare("maps", choice, inputs, model, maps_options, MapsJob)
+    return _prepare("maps", choice, inputs, sources, model, maps_options, MapsJob)
 
 
 def prepare_cam(
@@ -148,6 +150,7 @@ def prepare_cam(
     from featviz.models import model_output_classes
     from featviz.targets import check_top_k, resolve_target
 
+    sources = _discover(inputs)
     model = choice.load()
     trace = model_trace(model)
     names = (
@@ -164,30 +167,36 @@ def prepare_cam(
         )
     check_top_k(options.get("top_k", 1), classes)
     cam_options = CamOptions(layers=names, calls=trace.calls(), targets=indices, **options)
-    return _prepare("cam", choice, inputs, model, cam_options, CamJob)
+    return _prepare("cam", choice, inputs, sources, model, cam_options, CamJob)
+
+
+def _discover(inputs: InputChoice) -> Iterable[ImageSource]:
+    """The inputs, validated now; a list (cheap to hold, and the progress bar gets a total)
+    unless paths stream in on stdin."""
+    import sys
+
+    from featviz.images import discover
+
+    reads_stdin = "-" in inputs.inputs
+    sources = discover(
+        inputs.inputs, recursive=inputs.recursive, stdin=sys.stdin if reads_stdin else None
+    )
+    return sources if reads_stdin else list(sources)
 
 
 def _prepare(
     command: str,
     choice: ModelChoice,
     inputs: InputChoice,
+    sources: Iterable[ImageSource],
     model: LoadedModel,
     options: MapsOptions | CamOptions,
     job_type: type,
 ) -> PreparedRun:
-    import sys
-
     from featviz.decode import DEFAULT_MAX_PIXELS
-    from featviz.images import discover
     from featviz.jobs import fingerprint
 
     layout = OutputLayout(inputs.out)
-    reads_stdin = "-" in inputs.inputs
-    sources = discover(
-        inputs.inputs, recursive=inputs.recursive, stdin=sys.stdin if reads_stdin else None
-    )
-    if not reads_stdin:
-        sources = list(sources)  # paths are cheap to hold, and the progress bar gets a total
     layout.prepare()
     checkpoint = None if choice.checkpoint is None else str(choice.checkpoint)  # JSON has no Path
     recorded = {
@@ -226,7 +235,7 @@ def _prepare(
             "batch_size": batch_size,
             "out": str(inputs.out),
         },
-        None if reads_stdin else len(sources),
+        len(sources) if isinstance(sources, list) else None,
     )
 
 

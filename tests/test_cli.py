@@ -366,3 +366,9 @@ def test_console_script_exit_codes_and_flushed_output(tmp_path: Path) -> None:
     assert usage.stderr.splitlines()[0] == (
         "Error: Invalid value for '--alpha': Input should be less than or equal to 1"
     )
+
+
+def test_inputs_are_checked_before_the_model_is_built(tmp_path: Path) -> None:
+    result = invoke("cam", "-m", "resnet5", tmp_path / "nope.jpg")
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"Error: input '{tmp_path / 'nope.jpg'}' does not exist")
