@@ -182,12 +182,9 @@ def torchcam_loop(
 def preload(photos: list[Path]) -> list[torch.Tensor]:
     """The photos as featviz feeds them to the network, in batches of BATCH."""
     from featviz.decode import decode
-    from featviz.preprocess import to_tensor
+    from featviz.preprocess import Preprocessing, to_tensor
 
-    tensors = [
-        to_tensor(decode(path), input_size=INPUT_SIZE, resize="keep", mean=MEAN, std=STD)
-        for path in photos
-    ]
+    tensors = [to_tensor(decode(path), Preprocessing(MEAN, STD, INPUT_SIZE)) for path in photos]
     return [torch.stack(tensors[i : i + BATCH]) for i in range(0, len(tensors), BATCH)]
 
 
@@ -217,14 +214,13 @@ def compute_floor(module: nn.Module, layer: str, batches: list[torch.Tensor]) ->
 
 def prepare_featviz(model: str, layer: str, folder: Path, out: Path):
     """featviz's library path, model built and layers traced (not timed)."""
-    from featviz.runner import InputChoice, ModelChoice, prepare_cam
+    from featviz.requests import CamRequest, ModelRequest, RunRequest
+    from featviz.runner import prepare_cam
 
     return prepare_cam(
-        ModelChoice(model, weights="none", seed=SEED, device="cpu"),
-        InputChoice([str(folder)], out=out),
-        [layer],
-        [],
-        {"methods": ["gradcam"]},
+        ModelRequest(model, weights="none", seed=SEED, device="cpu"),
+        RunRequest((str(folder),), out=out),
+        CamRequest(layers=(layer,)),
     )
 
 
@@ -294,7 +290,7 @@ def bench_model(
     for path in outs.values():
         path.mkdir(parents=True, exist_ok=True)
     run = prepare_featviz(model, layer, folder, outs["featviz"])
-    assert run.batch_size == BATCH, run.batch_size
+    assert run.config.batch_size == BATCH, run.config.batch_size
     peer_model = build_model(model)
     batches = preload(photos)
     contenders: dict[str, Callable[[], object]] = {

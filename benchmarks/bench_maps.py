@@ -56,15 +56,15 @@ BATCH = 8
 
 
 def prepare_featviz(folder: Path, out: Path):
-    from featviz.runner import InputChoice, ModelChoice, prepare_maps
+    from featviz.requests import MapsRequest, ModelRequest, RunRequest
+    from featviz.runner import prepare_maps
 
     run = prepare_maps(
-        ModelChoice(MODEL, weights="none", device="cpu"),
-        InputChoice([str(folder)], out=out),
-        [],
-        {},
+        ModelRequest(MODEL, weights="none", device="cpu"),
+        RunRequest((str(folder),), out=out),
+        MapsRequest(),
     )
-    assert run.job.options.layers == LAYERS, run.job.options.layers
+    assert run.job.layers == LAYERS, run.job.layers
     return run
 
 
@@ -125,12 +125,9 @@ def compute_floor(module: nn.Module, batches: list[torch.Tensor]) -> None:
 
 def preload(photos: list[Path]) -> list[torch.Tensor]:
     from featviz.decode import decode
-    from featviz.preprocess import to_tensor
+    from featviz.preprocess import Preprocessing, to_tensor
 
-    tensors = [
-        to_tensor(decode(path), input_size=INPUT_SIZE, resize="keep", mean=MEAN, std=STD)
-        for path in photos
-    ]
+    tensors = [to_tensor(decode(path), Preprocessing(MEAN, STD, INPUT_SIZE)) for path in photos]
     return [torch.stack(tensors[i : i + BATCH]) for i in range(0, len(tensors), BATCH)]
 
 
@@ -143,7 +140,7 @@ def stage_breakdown(run, photos: list[Path], work: Path) -> list[list[str]]:
     from featviz.preprocess import to_tensor
     from featviz.render import channel_grid, colormap_lut
 
-    model, options = run.model, run.job.options
+    model, options = run.model, run.job.request
     lut = colormap_lut(options.cmap)
     n = len(photos)
     state: dict[str, object] = {}
@@ -152,12 +149,7 @@ def stage_breakdown(run, photos: list[Path], work: Path) -> list[list[str]]:
         state["images"] = [decode(path) for path in photos]
 
     def stage_tensor() -> None:
-        state["tensors"] = [
-            to_tensor(
-                image, input_size=model.input_size, resize="keep", mean=model.mean, std=model.std
-            )
-            for image in state["images"]
-        ]
+        state["tensors"] = [to_tensor(image, model.preprocessing) for image in state["images"]]
 
     def stage_forward() -> None:
         activations = []

@@ -81,10 +81,10 @@ import featviz.cli; mark("import featviz.cli (typer; what --help pays, less rend
 import torch; mark("import torch")
 import torchvision; mark("import torchvision (its ops import torch._dynamo)")
 from featviz.render import colormap_lut; colormap_lut("jet"); mark("import matplotlib, jet LUT")
-from featviz.runner import InputChoice, ModelChoice, prepare_cam
-run = prepare_cam(ModelChoice("resnet50", weights="none", device="cpu"),
-                  InputChoice([sys.argv[1]], out=Path(sys.argv[2])), [], [],
-                  {"methods": ["gradcam"]})
+from featviz.requests import CamRequest, ModelRequest, RunRequest
+from featviz.runner import prepare_cam
+run = prepare_cam(ModelRequest("resnet50", weights="none", device="cpu"),
+                  RunRequest((sys.argv[1],), out=Path(sys.argv[2])), CamRequest())
 mark("prepare_cam: build resnet50 (random init), trace, set up")
 results = list(run.results()); mark("the image, cold: decode, forward, backward, overlay, PNG")
 results = list(run.results()); mark("(for scale) the same image again, warm")

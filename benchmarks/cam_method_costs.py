@@ -28,7 +28,8 @@ from PIL import Image
 from featviz.cam import forward_for_cam, load_method, method_names
 from featviz.layers import trace_model
 from featviz.models import load_model
-from featviz.preprocess import to_tensor
+from featviz.preprocess import Preprocessing, to_tensor
+from featviz.requests import ModelRequest
 
 SLOW = {"scorecam"}  # K full forwards: timed once
 
@@ -39,8 +40,9 @@ def build(name: str) -> tuple[torch.nn.Module, str, tuple, tuple]:
         torch.manual_seed(0)
         model = torchvision.models.resnet18(weights=None).eval().requires_grad_(False)
         return model, "layer4", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    loaded = load_model(str(REPO / "examples" / "efficientnet_lite0.py") + ":build", device="cpu")
-    return loaded.module, "bn2", loaded.mean, loaded.std
+    spec = str(REPO / "examples" / "efficientnet_lite0.py") + ":build"
+    loaded = load_model(ModelRequest(spec, device="cpu"))
+    return loaded.module, "bn2", loaded.preprocessing.mean, loaded.preprocessing.std
 
 
 def one_image(model, layer, calls, x, method) -> Callable[[], object]:
@@ -66,7 +68,7 @@ def main() -> None:
     seconds: dict[str, dict[str, float]] = {}
     for name in models:
         model, layer, mean, std = build(name)
-        x = to_tensor(image, input_size=args.size, resize="square", mean=mean, std=std)[None]
+        x = to_tensor(image, Preprocessing(mean, std, args.size, "square"))[None]
         calls = trace_model(model, tuple(x.shape)).calls()
         runs = {
             method: one_image(

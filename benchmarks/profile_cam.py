@@ -59,16 +59,15 @@ def stage_breakdown(model: str, layer: str, photos: list[Path], work: Path) -> l
     from featviz.output import encode_json, encode_png, write_atomic
     from featviz.preprocess import to_tensor
     from featviz.render import colormap_lut, overlay
-    from featviz.runner import InputChoice, ModelChoice, prepare_cam
+    from featviz.requests import CamRequest, ModelRequest, RunRequest
+    from featviz.runner import prepare_cam
 
     run = prepare_cam(
-        ModelChoice(model, weights="none", device="cpu"),
-        InputChoice([str(photos[0])], out=work),
-        [layer],
-        [],
-        {"methods": ["gradcam"]},
+        ModelRequest(model, weights="none", device="cpu"),
+        RunRequest((str(photos[0]),), out=work),
+        CamRequest(layers=(layer,)),
     )
-    module, calls, size = run.model.module, run.job.options.calls, run.model.input_size
+    module, calls = run.model.module, run.model.trace.calls()
     gradcam = load_method("gradcam")
     lut = colormap_lut("jet")
     state: dict[str, object] = {}
@@ -78,14 +77,14 @@ def stage_breakdown(model: str, layer: str, photos: list[Path], work: Path) -> l
         state["images"] = [decode(path) for path in photos]
 
     def stage_tensor() -> None:
-        state["tensors"] = [
-            to_tensor(image, input_size=size, resize="keep", mean=run.model.mean, std=run.model.std)
-            for image in state["images"]
-        ]
+        state["tensors"] = [to_tensor(image, run.model.preprocessing) for image in state["images"]]
 
     def batches() -> list[torch.Tensor]:
         tensors = state["tensors"]
-        return [torch.stack(tensors[i : i + run.batch_size]) for i in range(0, n, run.batch_size)]
+        return [
+            torch.stack(tensors[i : i + run.config.batch_size])
+            for i in range(0, n, run.config.batch_size)
+        ]
 
     def stage_forward() -> None:
         state["contexts"] = [forward_for_cam(module, batch, [layer], calls) for batch in batches()]
@@ -177,16 +176,15 @@ def _child(model: str, layer: str, folder: Path, out: Path, runs: int, threads: 
     """What py-spy watches: one warm-up, then ``runs`` timed runs; prints seconds per run."""
     import torch
 
-    from featviz.runner import InputChoice, ModelChoice, prepare_cam
+    from featviz.requests import CamRequest, ModelRequest, RunRequest
+    from featviz.runner import prepare_cam
 
     if threads:
         torch.set_num_threads(threads)
     run = prepare_cam(
-        ModelChoice(model, weights="none", device="cpu"),
-        InputChoice([str(folder)], out=out),
-        [layer],
-        [],
-        {"methods": ["gradcam"]},
+        ModelRequest(model, weights="none", device="cpu"),
+        RunRequest((str(folder),), out=out),
+        CamRequest(layers=(layer,)),
     )
     list(run.results())
     times = []

@@ -8,7 +8,7 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from featviz.errors import RunError
+from featviz.errors import RunError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -39,7 +39,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
         raise RunError(
             f"checkpoint '{path}' cannot be read: it is truncated or not a PyTorch file "
-            f"({_first_line(exc)})"
+            f"({first_line(exc)})"
         ) from exc
     state = _unwrap(loaded)
     if state is None:
@@ -100,9 +100,4 @@ def _few(items: list[str]) -> str:
 def _unsafe_global(exc: BaseException) -> str:
     """torch's line naming what the file wanted to call ("Unsupported global: GLOBAL print")."""
     match = re.search(r"Unsupported global: GLOBAL [^ ]+", str(exc))
-    return match.group(0) if match else _first_line(exc)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    return match.group(0) if match else first_line(exc)

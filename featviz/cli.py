@@ -1,9 +1,9 @@
 """The ``featviz`` command line: parse options, call one runner function, report, exit.
 
-Only this module and terminal.py (streaming, progress, the error funnel) import typer or print.
-Exit codes: 0 all done · 1 some inputs failed or the run failed · 2 usage error · 130/143
-interrupted by SIGINT/SIGTERM. Nothing here imports torch at module level: ``featviz --help``
-and shell loops stay cheap.
+Only this module, cli_options.py (the shared options) and terminal.py (streaming, progress, the
+error funnel) import typer or print. Exit codes: 0 all done · 1 some inputs failed or the run
+failed · 2 usage error · 130/143 interrupted by SIGINT/SIGTERM. Nothing here imports torch at
+module level: ``featviz --help`` and shell loops stay cheap.
 """
 
 from __future__ import annotations
@@ -20,7 +20,15 @@ from typer.core import TyperGroup
 
 from featviz import __version__
 from featviz.cam.registry import method_info, method_names
+from featviz.cli_options import Report, shared_options
 from featviz.errors import FeatvizError
+from featviz.requests import (
+    CamRequest,
+    FiltersRequest,
+    MapsRequest,
+    ModelRequest,
+    RunRequest,
+)
 from featviz.terminal import errors, one_line, stream
 
 
@@ -52,152 +60,21 @@ app = typer.Typer(
 )
 
 
-class Resize(str, Enum):
-    keep = "keep"
-    square = "square"
-
-
 class Order(str, Enum):
     index = "index"
     activation = "activation"
 
 
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-    mps = "mps"
-
-
 Method = Enum("Method", {name: name for name in method_names()}, type=str)  # one registry
 
-MODEL = "Model"
-INPUT = "Input and output"
-ModelOpt = Annotated[
-    str,
-    typer.Option(
-        "--model",
-        "-m",
-        rich_help_panel=MODEL,
-        help=(
-            "torchvision model name (see `featviz models`), or your own as file.py:callable or "
-            "package.module:callable."
-        ),
-    ),
-]
-WeightsOpt = Annotated[
-    str,
-    typer.Option(
-        rich_help_panel=MODEL,
-        help=("DEFAULT, a weights name (IMAGENET1K_V1), or none for seeded random initialisation."),
-    ),
-]
-CheckpointOpt = Annotated[
-    Path | None,
-    typer.Option(
-        rich_help_panel=MODEL,
-        help=(
-            "State-dict file to load (nested under state_dict/model and module. prefixes are fine)."
-        ),
-    ),
-]
-NumClassesOpt = Annotated[
-    int | None, typer.Option(min=1, rich_help_panel=MODEL, help="Classes of a fine-tuned head.")
-]
-LabelsOpt = Annotated[
-    str | None,
-    typer.Option(
-        rich_help_panel=MODEL,
-        help=("Class names: imagenet, or a text file with one name per line."),
-    ),
-]
-SeedOpt = Annotated[int, typer.Option(rich_help_panel=MODEL, help="Seed of random init.")]
-DeviceOpt = Annotated[
-    Device, typer.Option(rich_help_panel=MODEL, help=("auto = cuda when available, else cpu."))
-]
-InputSizeOpt = Annotated[
-    int | None,
-    typer.Option(
-        min=8,
-        rich_help_panel=MODEL,
-        help=("Shorter side fed to the network [default: the weights' own size, or 224]."),
-    ),
-]
-InputsArg = Annotated[
-    list[str],
-    typer.Argument(
-        help=("Image files, folders, glob patterns, or - to read paths from stdin."),
-        show_default=False,
-    ),
-]
-RecursiveOpt = Annotated[
-    bool, typer.Option("--recursive", "-r", rich_help_panel=INPUT, help="Look into sub-folders.")
-]
-ResizeOpt = Annotated[
-    Resize,
-    typer.Option(
-        rich_help_panel=INPUT,
-        help=(
-            "keep: shorter side = input size, aspect kept; square: squash to input × input. "
-            "Never crops."
-        ),
-    ),
-]
-MaxPixelsOpt = Annotated[
-    int | None,
-    typer.Option(
-        min=1,
-        rich_help_panel=INPUT,
-        help=(
-            "Refuse images above this many pixels (decompression-bomb guard) [default: 178956970]."
-        ),
-    ),
-]
-OutOpt = Annotated[Path, typer.Option("--out", "-o", rich_help_panel=INPUT, help="Output folder.")]
-BatchOpt = Annotated[
-    int | None,
-    typer.Option(
-        min=1, rich_help_panel=INPUT, help=("Images per forward [default: 8 on CPU, 32 on CUDA].")
-    ),
-]
-SkipOpt = Annotated[
-    bool,
-    typer.Option(
-        rich_help_panel=INPUT,
-        help=("Skip images whose outputs from the same options all exist (resume a run)."),
-    ),
-]
-JsonOpt = Annotated[
-    bool,
-    typer.Option(
-        "--json",
-        rich_help_panel=INPUT,
-        help=("One JSON object per image on stdout, nothing else there."),
-    ),
-]
-QuietOpt = Annotated[
-    bool,
-    typer.Option(
-        "--quiet",
-        "-q",
-        rich_help_panel=INPUT,
-        help=("No progress bar, per-image lines or summary; errors still go to stderr."),
-    ),
-]
-LayerOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--layer",
-        "-l",
-        help=("Layer name or glob (`*` within a name part, `**` across); repeatable."),
-    ),
-]
 CellOpt = Annotated[
     int,
     typer.Option(
         min=1, help="Smallest cell side in pixels; small maps are enlarged nearest-neighbour."
     ),
 ]
+_LAYER_HELP = "Layer name or glob (`*` within a name part, `**` across); repeatable."
+_STRUCTURE_ONLY = "the structure is built on the meta device, without weights"
 
 
 def _version(value: bool) -> None:
@@ -218,23 +95,19 @@ def _root(
     """See what a convolutional network sees."""
 
 
-def _model(model, weights, checkpoint, num_classes, labels, seed, device, input_size):
-    from featviz.runner import ModelChoice
-
-    return ModelChoice(
-        model, weights, checkpoint, num_classes, labels, seed, device.value, input_size
-    )
-
-
 @app.command()
+@shared_options()
 def maps(
-    inputs: InputsArg,
-    layer: LayerOpt = None,
+    run: RunRequest,
+    layer: Annotated[
+        list[str] | None,
+        typer.Option("--layer", "-l", help=_LAYER_HELP, show_default="every Conv2d"),
+    ] = None,
     max_channels: Annotated[int, typer.Option(min=1, help="Channels drawn per layer.")] = 64,
     order: Annotated[
         Order,
         typer.Option(
-            help=("Which channels: the first ones, or those with the highest mean activation.")
+            help="Which channels: the first ones, or those with the highest mean activation."
         ),
     ] = Order.index,
     cmap: Annotated[str, typer.Option(help="matplotlib colormap.")] = "gray",
@@ -242,45 +115,25 @@ def maps(
     save_raw: Annotated[
         bool, typer.Option(help="Also write each layer's activations .npy.")
     ] = False,
-    model: ModelOpt = "alexnet",
-    weights: WeightsOpt = "DEFAULT",
-    checkpoint: CheckpointOpt = None,
-    num_classes: NumClassesOpt = None,
-    labels: LabelsOpt = None,
-    seed: SeedOpt = 0,
-    device: DeviceOpt = Device.auto,
-    input_size: InputSizeOpt = None,
-    recursive: RecursiveOpt = False,
-    resize: ResizeOpt = Resize.keep,
-    max_pixels: MaxPixelsOpt = None,
-    out: OutOpt = Path("featviz-out"),
-    batch_size: BatchOpt = None,
-    skip_existing: SkipOpt = False,
-    json_lines: JsonOpt = False,
-    quiet: QuietOpt = False,
+    model: ModelRequest = None,
+    report: Report = None,
 ) -> None:
     """Feature-map grids: one PNG per image × layer (default: every Conv2d).
 
     Example: featviz maps -m resnet50 -l layer1 -l 'layer4.*' photos/cat.jpg -o out/
     """
     with errors():
-        from featviz.runner import InputChoice, prepare_maps
+        from featviz.runner import prepare_maps
 
-        run = prepare_maps(
-            _model(model, weights, checkpoint, num_classes, labels, seed, device, input_size),
-            InputChoice(
-                inputs, recursive, resize.value, max_pixels, out, batch_size, skip_existing
-            ),
-            layer or [],
-            {
-                "max_channels": max_channels,
-                "order": order.value,
-                "cmap": cmap,
-                "cell_size": cell_size,
-                "save_raw": save_raw,
-            },
+        request = MapsRequest(
+            layers=tuple(layer or ()),
+            max_channels=max_channels,
+            order=order.value,
+            cmap=cmap,
+            cell_size=cell_size,
+            save_raw=save_raw,
         )
-        stream(run, json_lines=json_lines, quiet=quiet)
+        stream(prepare_maps(model, run, request), report)
 
 
 def _methods_epilog() -> str:
@@ -290,32 +143,37 @@ def _methods_epilog() -> str:
 
 
 @app.command(epilog=_methods_epilog())
+@shared_options()
 def cam(
-    inputs: InputsArg,
+    run: RunRequest,
     method: Annotated[
         list[Method] | None,
         typer.Option(
             "--method",
             "-M",
             metavar="METHOD",
-            help="CAM method, repeatable (listed below) [default: gradcam].",
+            show_default="gradcam",
+            help="CAM method, repeatable (listed below).",
         ),
     ] = None,
-    layer: LayerOpt = None,
+    layer: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--layer", "-l", help=_LAYER_HELP, show_default="the last convolutional stage"
+        ),
+    ] = None,
     target: Annotated[
         list[str] | None,
         typer.Option(
             "--target",
             "-t",
-            help=(
-                "Class index or name (case-insensitive, unique prefix ok); repeatable "
-                "[default: top-1]."
-            ),
+            show_default="the top-1 class",
+            help="Class index or name (case-insensitive, unique prefix ok); repeatable.",
         ),
     ] = None,
     top_k: Annotated[int, typer.Option(help="Explain the k most likely classes.")] = 1,
     fuse: Annotated[
-        bool, typer.Option(help=("With several layers, also their fusion (element-wise max)."))
+        bool, typer.Option(help="With several layers, also their fusion (element-wise max).")
     ] = False,
     cmap: Annotated[str, typer.Option(help="matplotlib colormap of the heatmap.")] = "jet",
     alpha: Annotated[
@@ -323,69 +181,54 @@ def cam(
         typer.Option(
             min=0.0,
             max=1.0,
-            help=("Heatmap opacity over the image: 0 = image only, 1 = heatmap only."),
+            help="Heatmap opacity over the image: 0 = image only, 1 = heatmap only.",
         ),
     ] = 0.5,
     heatmap: Annotated[bool, typer.Option(help="Also write the bare heatmap PNG.")] = False,
     save_raw: Annotated[
         bool,
-        typer.Option(help=("Also write .npz: layer_cam (h, w) raw map, heatmap (H, W) in [0, 1].")),
+        typer.Option(help="Also write .npz: layer_cam (h, w) raw map, heatmap (H, W) in [0, 1]."),
     ] = False,
     cam_batch_size: Annotated[
-        int, typer.Option(min=1, help=("Extra forwards per batch for scorecam/ablationcam."))
+        int, typer.Option(min=1, help="Extra forwards per batch for scorecam/ablationcam.")
     ] = 32,
-    model: ModelOpt = "alexnet",
-    weights: WeightsOpt = "DEFAULT",
-    checkpoint: CheckpointOpt = None,
-    num_classes: NumClassesOpt = None,
-    labels: LabelsOpt = None,
-    seed: SeedOpt = 0,
-    device: DeviceOpt = Device.auto,
-    input_size: InputSizeOpt = None,
-    recursive: RecursiveOpt = False,
-    resize: ResizeOpt = Resize.keep,
-    max_pixels: MaxPixelsOpt = None,
-    out: OutOpt = Path("featviz-out"),
-    batch_size: BatchOpt = None,
-    skip_existing: SkipOpt = False,
-    json_lines: JsonOpt = False,
-    quiet: QuietOpt = False,
+    model: ModelRequest = None,
+    report: Report = None,
 ) -> None:
     """Class-activation maps over the original image (default: Grad-CAM, top-1 class).
 
     Example: featviz cam -m resnet50 -M gradcam++ -t tabby -t 'tiger cat' cat.jpg
     """
     with errors():
-        from featviz.runner import InputChoice, prepare_cam
+        from featviz.runner import prepare_cam
 
-        methods = list(dict.fromkeys(m.value for m in method)) if method else ["gradcam"]
-        run = prepare_cam(
-            _model(model, weights, checkpoint, num_classes, labels, seed, device, input_size),
-            InputChoice(
-                inputs, recursive, resize.value, max_pixels, out, batch_size, skip_existing
-            ),
-            layer or [],
-            target or [],
-            {
-                "methods": methods,
-                "top_k": top_k,
-                "fuse": fuse,
-                "cmap": cmap,
-                "alpha": alpha,
-                "heatmap": heatmap,
-                "save_raw": save_raw,
-                "cam_batch_size": cam_batch_size,
-            },
+        request = CamRequest(
+            methods=tuple(dict.fromkeys(m.value for m in method)) if method else ("gradcam",),
+            layers=tuple(layer or ()),
+            targets=tuple(target or ()),
+            top_k=top_k,
+            fuse=fuse,
+            cmap=cmap,
+            alpha=alpha,
+            heatmap=heatmap,
+            save_raw=save_raw,
+            cam_batch_size=cam_batch_size,
         )
-        stream(run, json_lines=json_lines, quiet=quiet)
+        stream(prepare_cam(model, run, request), report)
 
 
 @app.command()
-def layers(
-    model: ModelOpt = "alexnet",
-    num_classes: NumClassesOpt = None,
-    input_size: InputSizeOpt = None,
-) -> None:
+@shared_options(
+    ignored={
+        "weights": _STRUCTURE_ONLY,
+        "checkpoint": _STRUCTURE_ONLY,
+        "labels": "no classes are named",
+        "seed": _STRUCTURE_ONLY,
+        "device": "nothing runs for real",
+        "resize": "shapes are for a square input",
+    }
+)
+def layers(model: ModelRequest = None) -> None:
     """Every layer you can tap: name, type, output shape, parameters, CAM use.
 
     Shapes are for one input of the model's size; no weights are needed or downloaded.
@@ -395,7 +238,7 @@ def layers(
     with errors():
         from featviz.runner import describe_layers
 
-        typer.echo(describe_layers(model, num_classes, input_size))
+        typer.echo(describe_layers(model))
 
 
 @app.command()
@@ -419,37 +262,51 @@ def models(
 
 
 @app.command()
+@shared_options(
+    ignored={
+        "labels": "kernels have no classes",
+        "device": "kernels are read on the CPU",
+        "input_size": "no image is fed",
+        "resize": "no image is fed",
+    }
+)
 def filters(
-    layer: Annotated[str, typer.Option("--layer", "-l", help="A Conv2d layer.")],
+    layer: Annotated[
+        list[str],
+        typer.Option(
+            "--layer", "-l", help="A Conv2d layer, or a glob (its Conv2d matches); repeatable."
+        ),
+    ],
     all_inputs: Annotated[
         bool,
-        typer.Option(help=("One tile per (output, input) kernel instead of the mean over inputs.")),
+        typer.Option(help="One tile per (output, input) kernel instead of the mean over inputs."),
     ] = False,
     cmap: Annotated[str, typer.Option(help="Colormap of grey tiles.")] = "gray",
     cell_size: CellOpt = 32,
-    model: ModelOpt = "alexnet",
-    weights: WeightsOpt = "DEFAULT",
-    checkpoint: CheckpointOpt = None,
-    num_classes: NumClassesOpt = None,
-    seed: SeedOpt = 0,
-    out: OutOpt = Path("featviz-out"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("featviz-out"),
+    model: ModelRequest = None,
 ) -> None:
-    """The learned Conv2d kernels of one layer as a grid.
+    """The learned Conv2d kernels of some layers, one grid per layer.
 
     Example: featviz filters -m alexnet -l features.0
     """
     with errors():
+        from featviz.images import printable
         from featviz.runner import render_filters
 
-        path = render_filters(
-            _model(model, weights, checkpoint, num_classes, None, seed, Device.cpu, None),
-            layer,
-            out=out,
-            all_inputs=all_inputs,
-            cmap=cmap,
-            cell_size=cell_size,
+        request = FiltersRequest(
+            layers=tuple(layer), all_inputs=all_inputs, cmap=cmap, cell_size=cell_size, out=out
         )
-        typer.echo(f"wrote {path}")
+        result = render_filters(model, request)
+        for path in result.written:
+            typer.echo(f"wrote {printable(path)}")
+        if result.skipped:
+            shown = ", ".join(result.skipped[:5]) + (", …" if len(result.skipped) > 5 else "")
+            print(
+                f"Note: skipped {len(result.skipped)} matching layers that are not Conv2d "
+                f"({shown})",
+                file=sys.stderr,
+            )
 
 
 def main() -> None:

@@ -44,13 +44,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from featviz.errors import InputError, UsageError
 from featviz.images import printable
+from featviz.requests import DEFAULT_MAX_PIXELS
 
 BACKGROUND: tuple[int, int, int] = (255, 255, 255)
 """What transparent pixels become: white, as browsers and image viewers show them."""
-
-DEFAULT_MAX_PIXELS = 178_956_970
-"""Pillow's own default refusal point (about 13,400 × 13,400; 537 MB as 8-bit RGB): it opens
-every photo a 108-megapixel phone takes, and refuses nothing Pillow would open by default."""
 
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")
 """Pillow formats featviz decodes, judged by content (multi-picture JPEGs, MPO, count as JPEG)."""

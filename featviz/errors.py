@@ -6,6 +6,8 @@ wrong and, where there is a likely fix, a hint that says what to do.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 
 class FeatvizError(Exception):
     """Base class. ``exit_code`` is what the CLI exits with when this ends the run."""
@@ -30,3 +32,32 @@ class RunError(FeatvizError):
 
 class InputError(FeatvizError):
     """One input file cannot be used; the run goes on with the others and exits 1 at the end."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its type name when it has none
+    (``RuntimeError()`` has an empty message, and ``"".splitlines()`` is empty)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def closest(
+    wrong: str,
+    choices: list[str],
+    *,
+    count: int = 3,
+    shown: Callable[[str], str] = str,
+) -> str | None:
+    """``closest: 'a', 'b'`` — the hint naming the choices nearest to ``wrong``, or None.
+
+    One cutoff and one wording for every "did you mean" in featviz (models, layers, methods,
+    classes, colormaps, input paths); case is ignored when comparing. ``shown`` turns a choice
+    into what the hint prints (a file name into its path).
+    """
+    import difflib
+
+    lowered = {choice.lower(): choice for choice in choices}
+    matches = difflib.get_close_matches(wrong.lower(), list(lowered), n=count, cutoff=0.6)
+    if not matches:
+        return None
+    return "closest: " + ", ".join(f"'{shown(lowered[match])}'" for match in matches)

@@ -12,11 +12,45 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from featviz.errors import UsageError
+from featviz.layers import resolve_layers
 from featviz.render import apply_colormap, colormap_lut, enlarge, enlarge_factor, scale_each, tile
 
 if TYPE_CHECKING:
     import numpy as np
     from torch import nn
+
+    from featviz.layers import ModelTrace
+
+
+def conv_layers(
+    trace: ModelTrace, modules: dict[str, nn.Module], patterns: list[str]
+) -> tuple[list[str], list[str]]:
+    """The Conv2d layers that names and globs select, and the other layers the globs matched.
+
+    A glob expands as in ``featviz maps`` (``features.*``) and keeps its Conv2d matches; a glob
+    with none, or an exact name that is not a Conv2d, is a usage error.
+    """
+    from torch import nn
+
+    chosen: list[str] = []
+    skipped: list[str] = []
+    for pattern in patterns:
+        matches = resolve_layers(trace, [pattern], spatial_only=False)
+        if pattern in modules:
+            chosen.extend(matches)  # an exact name: filter_grid says if it has no kernels
+            continue
+        convs = [name for name in matches if isinstance(modules[name], nn.Conv2d)]
+        if not convs:
+            raise UsageError(
+                f"no Conv2d layer matches '{pattern}'",
+                hint="filters draws convolution kernels; `featviz layers --model MODEL` lists "
+                "the layers",
+            )
+        chosen.extend(convs)
+        skipped.extend(name for name in matches if name not in convs)
+    return list(dict.fromkeys(chosen)), [
+        name for name in dict.fromkeys(skipped) if name not in chosen
+    ]
 
 
 def filter_grid(
@@ -33,11 +67,9 @@ def filter_grid(
     weights = module.weight.detach().float().cpu().numpy()  # (out, in/groups, kh, kw)
     factor = enlarge_factor(*weights.shape[-2:], cell_size)
     if weights.shape[1] == 3 and not all_inputs:
-        low = weights.min(axis=(1, 2, 3), keepdims=True)
-        span = weights.max(axis=(1, 2, 3), keepdims=True) - low
-        span[span == 0] = 1.0
-        patches = ((weights - low) / span * 255).round().astype("uint8").transpose(0, 2, 3, 1)
-        return tile(enlarge(patches, factor))
+        # The three colour channels of a kernel are scaled together: the patch keeps its hue.
+        patches = (scale_each(weights, axes=(1, 2, 3)) * 255).round().astype("uint8")
+        return tile(enlarge(patches.transpose(0, 2, 3, 1), factor))
     lut = colormap_lut(cmap)
     if all_inputs:
         in_channels = weights.shape[1]

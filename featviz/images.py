@@ -32,7 +32,6 @@ same bytes; ``display`` is the printable form for messages and JSON (see ``print
 
 from __future__ import annotations
 
-import difflib
 import glob
 import itertools
 import os
@@ -45,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import BinaryIO, TextIO
 
-from featviz.errors import UsageError
+from featviz.errors import UsageError, closest
 
 IMAGE_EXTENSIONS = frozenset({".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"})
 
@@ -159,15 +158,14 @@ def _stem(name: str) -> str:
 
 
 def _close_match(argument: str) -> str | None:
-    """'did you mean …?' from the names beside a missing path, when one is close."""
+    """The name beside a missing path that is closest to it, as a hint, if one is close."""
     parent, name = os.path.split(argument)
     try:
         with os.scandir(parent or ".") as entries:
             names = [entry.name for entry in itertools.islice(entries, _MAX_NAMES_FOR_SUGGESTION)]
     except OSError:
         return None
-    matches = difflib.get_close_matches(name, names, n=1)
-    return f"did you mean '{printable(os.path.join(parent, matches[0]))}'?" if matches else None
+    return closest(name, names, count=1, shown=lambda near: printable(os.path.join(parent, near)))
 
 
 def _folder_images(argument: str, recursive: bool) -> Iterable[tuple[Path, PurePath]]:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from featviz.errors import InputError
+from featviz.errors import InputError, first_line
 from featviz.output import OutputLayout, encode_json, finished_record, write_atomic
 from featviz.pipeline import ImageResult, LoadedImage, Prediction
 
@@ -16,34 +17,55 @@ if TYPE_CHECKING:
 
     from featviz.images import ImageSource
     from featviz.models import LoadedModel
-    from featviz.preprocess import ResizeMode
 
 
 def model_failure(inputs: torch.Tensor, error: RuntimeError) -> InputError:
     """The model rejected a batch (too small for its pooling, out of memory…): its images fail
     with this one line, and the run goes on."""
     height, width = inputs.shape[-2:]
-    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
     return InputError(
-        f"the model cannot run on this input ({width}×{height} after resizing): {reason}"
+        f"the model cannot run on this input ({width}×{height} after resizing): {first_line(error)}"
     )
 
 
-def fingerprint(options: dict[str, Any]) -> str:
+def not_finite(values: torch.Tensor) -> torch.Tensor:
+    """(N, …) → (N,) bool: which rows hold a NaN or an infinity."""
+    import torch
+
+    return ~torch.isfinite(values.flatten(1)).all(dim=1)
+
+
+def nan_or_infinite(values: torch.Tensor) -> str:
+    """How to name what is wrong with a row that is not finite."""
+    import torch
+
+    return "NaN" if bool(torch.isnan(values).any()) else "infinite"
+
+
+def failure(item: LoadedImage, reason: str) -> Callable[[], ImageResult]:
+    """The write task of an image that failed in the model's thread: it writes nothing."""
+    return lambda: ImageResult(item.source, error=f"{item.source.display}: {reason}")
+
+
+def fingerprint(settings: dict[str, Any]) -> str:
     """A short stable hash of everything that changes an image's outputs."""
-    text = json.dumps(options, sort_keys=True, default=str)
+    text = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass(kw_only=True)
 class ImageJob:
-    """Base for maps.MapsJob and cam_job.CamJob (see pipeline.Job)."""
+    """Base for maps.MapsJob and cam_job.CamJob (see pipeline.Job).
+
+    ``fingerprint`` hashes everything that decides an image's outputs (the model, its
+    preprocessing, the resolved layers and classes, the command's options), so that
+    ``--skip-existing`` skips only images done with the very same settings.
+    """
 
     model: LoadedModel
     layout: OutputLayout
     command: str
-    options_fingerprint: str
-    resize: ResizeMode
+    fingerprint: str
     max_pixels: int
     skip_existing: bool
 
@@ -51,7 +73,7 @@ class ImageJob:
         if not self.skip_existing:
             return None
         record = finished_record(
-            self.layout.record(source.relative, self.command), self.options_fingerprint
+            self.layout.record(source.relative, self.command), self.fingerprint
         )
         if record is None:
             return None
@@ -65,17 +87,10 @@ class ImageJob:
         from featviz.preprocess import to_tensor
 
         image = decode(source.path, max_pixels=self.max_pixels)
-        tensor = to_tensor(
-            image,
-            input_size=self.model.input_size,
-            resize=self.resize,
-            mean=self.model.mean,
-            std=self.model.std,
-        )
-        return LoadedImage(source, np.asarray(image), tensor)
+        return LoadedImage(source, np.asarray(image), to_tensor(image, self.model.preprocessing))
 
     def finish(self, result: ImageResult) -> ImageResult:
         """Write the image's record last: its presence means every output above is complete."""
-        record = {**result.as_dict(), "fingerprint": self.options_fingerprint}
+        record = {**result.as_dict(), "fingerprint": self.fingerprint}
         write_atomic(self.layout.record(result.source.relative, self.command), encode_json(record))
         return result

@@ -7,12 +7,11 @@ produced, their shapes and how often each module runs. Everything else here read
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from featviz.errors import UsageError
+from featviz.errors import UsageError, closest
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -27,8 +26,8 @@ class LayerInfo:
     """One module as seen in a traced forward.
 
     ``shape`` is the output shape (batch of one) of the module's last call, or None when the
-    module did not run or did not return a tensor; ``same_as`` names an inner module whose output
-    is this very tensor (a container that returns its last child's output).
+    module did not run or did not return a tensor; ``pooled``: the output comes from a pooling
+    layer, or is the very tensor a pooling layer inside this module returned.
     """
 
     name: str
@@ -38,7 +37,6 @@ class LayerInfo:
     calls: int
     order: int
     pooled: bool
-    same_as: str | None = None
 
     @property
     def spatial(self) -> bool:
@@ -48,9 +46,14 @@ class LayerInfo:
 
 @dataclass(frozen=True)
 class ModelTrace:
-    """All modules of a model, in ``named_modules`` order, with their traced outputs."""
+    """All modules of a model, in ``named_modules`` order, with their traced outputs.
+
+    ``num_classes``: the width of the model's (N, classes) scores, None when its output is not
+    one (see scores.logits_of).
+    """
 
     layers: tuple[LayerInfo, ...]
+    num_classes: int | None
 
     def get(self, name: str) -> LayerInfo:
         return next(layer for layer in self.layers if layer.name == name)
@@ -88,7 +91,7 @@ def trace_model(model: nn.Module, input_shape: tuple[int, ...]) -> ModelTrace:
 
     named = [(name, module) for name, module in model.named_modules() if name]
     records: dict[str, dict] = {}
-    produced: dict[int, tuple[str, bool]] = {}
+    produced: dict[int, bool] = {}  # id of an output tensor → whether a pooling made it
     keep_alive: list[torch.Tensor] = []
     counter = iter(range(1 << 30))
 
@@ -98,25 +101,22 @@ def trace_model(model: nn.Module, input_shape: tuple[int, ...]) -> ModelTrace:
             record["calls"] += 1
             record["order"] = next(counter)
             if not isinstance(output, torch.Tensor):
-                record.update(shape=None, pooled=False, same_as=None)
+                record.update(shape=None, pooled=False)
                 return
             is_pool = any(word in type(module).__name__ for word in _POOLING)
-            inner = produced.get(id(output))
-            pooled = is_pool or (inner is not None and inner[1])
-            record.update(
-                shape=tuple(output.shape),
-                pooled=pooled,
-                same_as=inner[0] if inner is not None else None,
-            )
+            # A container returning its last child's output returns the same tensor object.
+            pooled = is_pool or produced.get(id(output), False)
+            record.update(shape=tuple(output.shape), pooled=pooled)
             keep_alive.append(output)  # ids stay unique while the trace runs
-            if inner is None:
-                produced[id(output)] = (name, pooled)
+            produced.setdefault(id(output), pooled)
 
         return hook
 
     handles = [module.register_forward_hook(hook_for(name)) for name, module in named]
     try:
-        _forward_shapes(model, input_shape, restart=lambda: (records.clear(), produced.clear()))
+        output = _forward_shapes(
+            model, input_shape, restart=lambda: (records.clear(), produced.clear())
+        )
     finally:
         for handle in handles:
             handle.remove()
@@ -133,16 +133,27 @@ def trace_model(model: nn.Module, input_shape: tuple[int, ...]) -> ModelTrace:
                 calls=record.get("calls", 0),
                 order=record.get("order", -1),
                 pooled=record.get("pooled", False),
-                same_as=record.get("same_as"),
             )
         )
-    return ModelTrace(tuple(layers))
+    return ModelTrace(tuple(layers), _classes_of(output))
+
+
+def _classes_of(output: object) -> int | None:
+    from featviz.errors import RunError
+    from featviz.scores import logits_of
+
+    try:
+        scores, _ = logits_of(output)
+    except RunError:
+        return None
+    return int(scores.shape[1]) if scores.ndim == 2 else None
 
 
 def _forward_shapes(
     model: nn.Module, input_shape: tuple[int, ...], restart: Callable[[], object]
-) -> None:
-    """Forward on the meta device when every op allows it, else a real forward of zeros.
+) -> object:
+    """The model's output for a zero input: on the meta device when every op allows it, else a
+    real forward of zeros.
 
     ``restart()`` runs before the real forward: a meta forward that failed halfway has already
     fired some hooks, whose records would otherwise count every call twice.
@@ -156,14 +167,13 @@ def _forward_shapes(
     }
     try:
         with torch.no_grad():
-            functional_call(model, meta_state, (torch.zeros(input_shape, device="meta"),))
-        return
+            return functional_call(model, meta_state, (torch.zeros(input_shape, device="meta"),))
     except Exception:
         pass
     restart()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     with torch.inference_mode():
-        model(torch.zeros(input_shape, device=device))
+        return model(torch.zeros(input_shape, device=device))
 
 
 def resolve_layers(trace: ModelTrace, patterns: list[str], *, spatial_only: bool) -> list[str]:
@@ -208,10 +218,9 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
 
 
 def _layers_hint(trace: ModelTrace, wrong: str) -> str:
-    close = difflib.get_close_matches(wrong, trace.names, n=3, cutoff=0.3)
-    if not close:
-        return "list the model's layers with `featviz layers --model MODEL`"
-    return f"closest: {', '.join(close)}; list them all with `featviz layers --model MODEL`"
+    near = closest(wrong, trace.names)
+    listing = "`featviz layers --model MODEL`"
+    return f"{near}; list them all with {listing}" if near else f"list the layers with {listing}"
 
 
 def _not_spatial(trace: ModelTrace, info: LayerInfo) -> UsageError:

@@ -10,33 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from featviz.hooks import LayerTaps
-from featviz.jobs import ImageJob, model_failure
+from featviz.jobs import ImageJob, failure, model_failure, nan_or_infinite, not_finite
 from featviz.output import encode_npy, encode_png, write_atomic
 from featviz.pipeline import ImageResult, LoadedImage
 
 if TYPE_CHECKING:
     import numpy as np
 
-ChannelOrder = Literal["index", "activation"]
-
-
-@dataclass
-class MapsOptions:
-    layers: list[str]
-    calls: dict[str, int]
-    max_channels: int = 64
-    order: ChannelOrder = "index"
-    cmap: str = "gray"
-    cell_size: int = 64
-    save_raw: bool = False
-
-    def __post_init__(self) -> None:
-        from featviz.render import colormap_lut
-
-        colormap_lut(self.cmap)  # an unknown name fails now, not once the first image is drawn
+    from featviz.requests import ChannelOrder, MapsRequest
 
 
 def select_channels(maps: np.ndarray, max_channels: int, order: ChannelOrder) -> np.ndarray:
@@ -52,45 +36,57 @@ def select_channels(maps: np.ndarray, max_channels: int, order: ChannelOrder) ->
 
 @dataclass(kw_only=True)
 class MapsJob(ImageJob):
-    options: MapsOptions
+    request: MapsRequest
+    layers: list[str]  # resolved module names, in execution order
+
+    def __post_init__(self) -> None:
+        from featviz.render import colormap_lut
+
+        self.lut = colormap_lut(self.request.cmap)  # an unknown name fails before any image
 
     def process(self, batch: list[LoadedImage]) -> list[Callable[[], ImageResult]]:
         import torch
 
-        from featviz.render import colormap_lut
-
-        options = self.options
-        lut = colormap_lut(options.cmap)
         inputs = self.model.batch([item.tensor for item in batch])
-        taps = LayerTaps(self.model.module, options.layers, calls=options.calls, stop_early=True)
+        calls = self.model.trace.calls()
+        taps = LayerTaps(self.model.module, self.layers, calls=calls, stop_early=True)
         try:
             with torch.inference_mode(), taps:
                 taps.run(inputs)
         except RuntimeError as exc:
             raise model_failure(inputs, exc) from exc
-        activations = {name: taps.outputs[name].float().cpu().numpy() for name in options.layers}
+        outputs = {name: taps.outputs[name].float() for name in self.layers}
+        broken: dict[int, str] = {}
+        for name, values in outputs.items():
+            for i in not_finite(values).nonzero().flatten().tolist():
+                broken.setdefault(i, f"layer '{name}' has {nan_or_infinite(values[i])} activations")
+        activations = {name: values.cpu().numpy() for name, values in outputs.items()}
         return [
-            self._writer(item, {name: acts[i] for name, acts in activations.items()}, lut)
+            failure(item, broken[i])
+            if i in broken
+            else self._writer(item, {name: acts[i] for name, acts in activations.items()})
             for i, item in enumerate(batch)
         ]
 
-    def _writer(self, item: LoadedImage, maps: dict[str, np.ndarray], lut: np.ndarray):
-        from featviz.render import channel_grid
+    def _writer(self, item: LoadedImage, maps: dict[str, np.ndarray]):
+        from featviz.render import channel_grid, is_grey
 
-        grey = bool((lut[:, 0] == lut[:, 1]).all() and (lut[:, 1] == lut[:, 2]).all())
+        grey = is_grey(self.lut)
 
         def write() -> ImageResult:
             result = ImageResult(item.source)
             for layer, layer_maps in maps.items():
-                chosen = select_channels(layer_maps, self.options.max_channels, self.options.order)
-                grid = channel_grid(layer_maps[chosen], lut=lut, cell_size=self.options.cell_size)
+                chosen = select_channels(layer_maps, self.request.max_channels, self.request.order)
+                grid = channel_grid(
+                    layer_maps[chosen], lut=self.lut, cell_size=self.request.cell_size
+                )
                 if grey:
                     grid = grid[..., 0]  # a grey PNG: a third of the bytes to encode and store
                 path = self.layout.maps_png(item.source.relative, layer)
                 write_atomic(path, encode_png(grid))
                 result.outputs.append(str(path))
-                if self.options.save_raw:
-                    raw = path.with_suffix(".npy")
+                if self.request.save_raw:
+                    raw = self.layout.maps_raw(item.source.relative, layer)
                     write_atomic(raw, encode_npy(layer_maps))
                     result.outputs.append(str(raw))
             return self.finish(result)

@@ -23,6 +23,7 @@ import re
 import struct
 import zlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +43,13 @@ def safe_name(text: str) -> str:
 
 def class_slug(index: int, label: str | None) -> str:
     return f"{index}_{safe_name(label)}" if label else str(index)
+
+
+@dataclass(frozen=True)
+class CamFiles:
+    overlay: Path
+    heatmap: Path
+    raw: Path
 
 
 class OutputLayout:
@@ -76,9 +84,17 @@ class OutputLayout:
     def maps_png(self, relative: PurePath, layer: str) -> Path:
         return self.image_dir(relative) / "maps" / f"{safe_name(layer)}.png"
 
-    def cam_stem(self, relative: PurePath, method: str, layer: str, target: str) -> Path:
-        """Common stem of a CAM's overlay, heatmap and raw files (suffixes added by caller)."""
-        return self.image_dir(relative) / "cam" / safe_name(method) / safe_name(layer) / target
+    def maps_raw(self, relative: PurePath, layer: str) -> Path:
+        return self.maps_png(relative, layer).with_suffix(".npy")
+
+    def cam_files(self, relative: PurePath, method: str, layer: str, target: str) -> CamFiles:
+        """The overlay, bare heatmap and raw arrays of one map (``target``: a class slug)."""
+        stem = self.image_dir(relative) / "cam" / safe_name(method) / safe_name(layer) / target
+        return CamFiles(
+            overlay=Path(f"{stem}.png"),
+            heatmap=Path(f"{stem}.heatmap.png"),
+            raw=Path(f"{stem}.npz"),
+        )
 
     def record(self, relative: PurePath, command: str) -> Path:
         return self.image_dir(relative) / f"{command}.json"

@@ -12,7 +12,6 @@ recognise an image already done, and turns a batch of loaded images into one wri
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -80,13 +79,12 @@ class Job(Protocol):
 
 @dataclass
 class PipelineStats:
-    """Counters the pipeline keeps about itself (tests assert on them, the CLI reports them)."""
+    """Counters the pipeline keeps about itself: what bounded memory means, checkable."""
 
     in_flight: int = 0
     max_in_flight: int = 0
     batches: int = 0
     largest_batch: int = 0
-    started: float = field(default_factory=time.perf_counter)
 
     def enter(self) -> None:
         self.in_flight += 1

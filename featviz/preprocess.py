@@ -14,14 +14,26 @@ needed, and its heatmap still covers the whole original.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from featviz.requests import ResizeMode
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-ResizeMode = Literal["keep", "square"]
 MAX_ASPECT = 4
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a model wants its input: normalisation per RGB channel, shorter side, resize mode."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    input_size: int
+    resize: ResizeMode = "keep"
 
 
 def resized_shape(width: int, height: int, input_size: int, resize: ResizeMode) -> tuple[int, int]:
@@ -33,22 +45,17 @@ def resized_shape(width: int, height: int, input_size: int, resize: ResizeMode) 
     return min(longest, max(1, round(height * scale))), min(longest, max(1, round(width * scale)))
 
 
-def to_tensor(
-    image: Image.Image,
-    *,
-    input_size: int,
-    resize: ResizeMode,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-) -> torch.Tensor:
+def to_tensor(image: Image.Image, preprocessing: Preprocessing) -> torch.Tensor:
     """RGB PIL image → float32 (3, h, w) tensor, resized (antialiased bilinear) and normalised."""
     import numpy as np
     import torch
     from PIL import Image
 
-    height, width = resized_shape(image.width, image.height, input_size, resize)
+    height, width = resized_shape(
+        image.width, image.height, preprocessing.input_size, preprocessing.resize
+    )
     resized = image.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=None)
     array = torch.from_numpy(np.asarray(resized, dtype=np.float32)).permute(2, 0, 1) / 255.0
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    return (array - mean_t) / std_t
+    mean = torch.tensor(preprocessing.mean, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(preprocessing.std, dtype=torch.float32).view(3, 1, 1)
+    return (array - mean) / std

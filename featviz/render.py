@@ -5,12 +5,11 @@ Conventions: values to colour are float arrays in [0, 1]; images are uint8 (H, W
 
 from __future__ import annotations
 
-import difflib
 import math
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from featviz.errors import UsageError
+from featviz.errors import UsageError, closest
 
 if TYPE_CHECKING:
     import numpy as np
@@ -27,14 +26,19 @@ def colormap_lut(name: str) -> np.ndarray:
     try:
         cmap = matplotlib.colormaps[name]
     except KeyError:
-        close = difflib.get_close_matches(name, list(matplotlib.colormaps), n=3)
-        hint = f"closest: {', '.join(close)}; " if close else ""
+        near = closest(name, list(matplotlib.colormaps))
         raise UsageError(
             f"unknown colormap '{name}'",
-            hint=hint + "any matplotlib colormap name works (gray, viridis, jet, magma…)",
+            hint=(f"{near}; " if near else "")
+            + "any matplotlib colormap name works (gray, viridis, jet, magma…)",
         ) from None
     table = cmap(np.linspace(0.0, 1.0, 256))[:, :3]
     return np.round(table * 255).astype(np.uint8)
+
+
+def is_grey(lut: np.ndarray) -> bool:
+    """Whether a (256, 3) lookup table has R = G = B everywhere (a one-channel PNG will do)."""
+    return bool((lut[:, 0] == lut[:, 1]).all() and (lut[:, 1] == lut[:, 2]).all())
 
 
 def apply_colormap(values: np.ndarray, lut: np.ndarray) -> np.ndarray:
@@ -45,12 +49,13 @@ def apply_colormap(values: np.ndarray, lut: np.ndarray) -> np.ndarray:
     return lut[index]
 
 
-def scale_each(maps: np.ndarray) -> np.ndarray:
-    """Min-max scale each (h, w) map of a (C, h, w) stack on its own; a flat map becomes zeros."""
+def scale_each(maps: np.ndarray, axes: tuple[int, ...] = (-2, -1)) -> np.ndarray:
+    """Min-max scale each map of a stack on its own, over ``axes`` (default: each (h, w) map
+    of a (C, h, w) stack); a flat map becomes zeros."""
     import numpy as np
 
-    low = maps.min(axis=(-2, -1), keepdims=True)
-    span = maps.max(axis=(-2, -1), keepdims=True) - low
+    low = maps.min(axis=axes, keepdims=True)
+    span = maps.max(axis=axes, keepdims=True) - low
     with np.errstate(invalid="ignore", divide="ignore"):
         scaled = np.where(span > 0, (maps - low) / np.where(span > 0, span, 1.0), 0.0)
     return scaled.astype(np.float32)

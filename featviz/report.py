@@ -92,8 +92,10 @@ def _columns(rows: list[tuple[str, ...]]) -> str:
 
 
 def manifest(
-    command: str, model: dict[str, Any], options: dict[str, Any], tally: RunTally, interrupted: bool
+    command: str, model: dict[str, Any], record: dict[str, Any], tally: RunTally, interrupted: bool
 ) -> dict[str, Any]:
+    """The whole run: versions, the model loaded, ``record`` (the requests as given and what was
+    resolved from them), counts, and every image's result."""
     import torch
     import torchvision
 
@@ -106,7 +108,7 @@ def manifest(
             "python": platform.python_version(),
         },
         "model": model,
-        "options": options,
+        **record,
         "interrupted": interrupted,
         "counts": {"done": tally.done, "failed": tally.failed, "skipped": tally.skipped},
         "elapsed_s": round(time.perf_counter() - tally.started, 3),

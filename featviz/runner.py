@@ -1,87 +1,62 @@
 """The library entry points behind each command: build what a run needs, then stream it.
 
-cli.py parses options into these dataclasses and calls one function per command; everything
-here raises FeatvizError subclasses and never prints.
+cli.py turns options into frozen requests (featviz.requests) and calls one function per command;
+everything here raises FeatvizError subclasses and never prints. What is resolved from a request
+(layer globs → names, class names → indices) goes into the job and into the manifest's
+``resolved`` section, next to the request exactly as given.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from featviz.errors import UsageError
 from featviz.output import OutputLayout, write_atomic
+from featviz.requests import plain
 
 if TYPE_CHECKING:
-    from featviz.cam_job import CamOptions
+    from featviz.cam_job import CamJob
     from featviz.images import ImageSource
-    from featviz.layers import ModelTrace
-    from featviz.maps import MapsOptions
+    from featviz.maps import MapsJob
     from featviz.models import LoadedModel
-    from featviz.pipeline import ImageResult, PipelineStats
-    from featviz.preprocess import ResizeMode
+    from featviz.pipeline import ImageResult, PipelineConfig
+    from featviz.report import RunTally
+    from featviz.requests import (
+        CamRequest,
+        FiltersRequest,
+        MapsRequest,
+        ModelRequest,
+        RunRequest,
+    )
 
 
-@dataclass
-class ModelChoice:
-    spec: str = "alexnet"
-    weights: str = "DEFAULT"
-    checkpoint: Path | None = None
-    num_classes: int | None = None
-    labels: str | None = None
-    seed: int = 0
-    device: str = "auto"
-    input_size: int | None = None
-
-    def load(self) -> LoadedModel:
-        from featviz.models import load_model
-
-        return load_model(
-            self.spec,
-            weights=self.weights,
-            checkpoint=self.checkpoint,
-            num_classes=self.num_classes,
-            labels=self.labels,
-            seed=self.seed,
-            device=self.device,
-            input_size=self.input_size,
-        )
-
-
-@dataclass
-class InputChoice:
-    inputs: list[str]
-    recursive: bool = False
-    resize: ResizeMode = "keep"
-    max_pixels: int | None = None
-    out: Path = Path("featviz-out")
-    batch_size: int | None = None
-    skip_existing: bool = False
-
-
-@dataclass
+@dataclass(frozen=True)
 class PreparedRun:
-    """A run ready to stream: call ``results()`` once, then ``write_manifest``."""
+    """A run ready to stream: iterate ``results()`` once, then ``write_manifest``.
+
+    ``record`` is what the manifest says about the run besides its images: the requests as
+    given and what was resolved from them. ``total`` is the number of inputs when known (not for
+    paths streamed on stdin).
+    """
 
     command: str
     model: LoadedModel
     layout: OutputLayout
-    job: Any
-    sources: Any
-    batch_size: int
-    options: dict[str, Any]
+    job: MapsJob | CamJob
+    sources: Iterable[ImageSource]
+    config: PipelineConfig
+    record: dict[str, Any]
     total: int | None
-    stats: PipelineStats = field(init=False)
 
     def results(self) -> Iterator[ImageResult]:
-        from featviz.pipeline import PipelineConfig, PipelineStats, run
+        from featviz.pipeline import run
 
-        self.stats = PipelineStats()
-        return run(self.job, self.sources, PipelineConfig(batch_size=self.batch_size), self.stats)
+        return run(self.job, self.sources, self.config)
 
-    def write_manifest(self, tally: Any, interrupted: bool) -> Path:
+    def write_manifest(self, tally: RunTally, interrupted: bool) -> Path:
         from featviz.output import encode_json
         from featviz.report import manifest
 
@@ -89,28 +64,23 @@ class PreparedRun:
             "name": self.model.name,
             "weights": self.model.weights,
             "device": str(self.model.device),
-            "input_size": self.model.input_size,
+            "input_size": self.model.preprocessing.input_size,
         }
-        data = manifest(self.command, model, self.options, tally, interrupted)
+        data = manifest(self.command, model, self.record, tally, interrupted)
         path = self.layout.manifest()
         write_atomic(path, encode_json(data))
         return path
 
 
-def model_trace(model: LoadedModel) -> ModelTrace:
-    from featviz.layers import trace_model
-
-    size = model.input_size
-    return trace_model(model.module, (1, 3, size, size))
-
-
-def default_map_layers(model: LoadedModel, trace: ModelTrace) -> list[str]:
+def default_map_layers(model: LoadedModel) -> list[str]:
     """Every Conv2d that runs in the forward, as in the classic hook tutorial."""
     from torch import nn
 
     modules = dict(model.module.named_modules())
     convs = [
-        layer.name for layer in trace.cam_candidates() if isinstance(modules[layer.name], nn.Conv2d)
+        layer.name
+        for layer in model.trace.cam_candidates()
+        if isinstance(modules[layer.name], nn.Conv2d)
     ]
     if not convs:
         raise UsageError(
@@ -120,142 +90,146 @@ def default_map_layers(model: LoadedModel, trace: ModelTrace) -> list[str]:
     return convs
 
 
-def prepare_maps(
-    choice: ModelChoice, inputs: InputChoice, layers: list[str], options: dict[str, Any]
-) -> PreparedRun:
+def prepare_maps(model: ModelRequest, run: RunRequest, maps: MapsRequest) -> PreparedRun:
     from featviz.layers import resolve_layers
-    from featviz.maps import MapsJob, MapsOptions
+    from featviz.maps import MapsJob
+    from featviz.models import load_model
 
-    sources = _discover(inputs)  # a typo in an input fails before the model is built
-    model = choice.load()
-    trace = model_trace(model)
-    names = (
-        resolve_layers(trace, layers, spatial_only=True)
-        if layers
-        else default_map_layers(model, trace)
+    sources = _discover(run)  # a typo in an input fails before the model is built
+    loaded = load_model(model)
+    layers = (
+        resolve_layers(loaded.trace, list(maps.layers), spatial_only=True)
+        if maps.layers
+        else default_map_layers(loaded)
     )
-    maps_options = MapsOptions(layers=names, calls=trace.calls(), **options)
-    return _prepare("maps", choice, inputs, sources, model, maps_options, MapsJob)
+    resolved = {"layers": layers}
+    return _prepare(
+        "maps",
+        model,
+        run,
+        maps,
+        resolved,
+        sources,
+        loaded,
+        lambda **common: MapsJob(request=maps, layers=layers, **common),
+    )
 
 
-def prepare_cam(
-    choice: ModelChoice,
-    inputs: InputChoice,
-    layers: list[str],
-    targets: list[str],
-    options: dict[str, Any],
-) -> PreparedRun:
-    from featviz.cam_job import CamJob, CamOptions
+def prepare_cam(model: ModelRequest, run: RunRequest, cam: CamRequest) -> PreparedRun:
+    from featviz.cam_job import CamJob
     from featviz.layers import resolve_layers
-    from featviz.models import model_output_classes
+    from featviz.models import load_model
     from featviz.targets import check_top_k, resolve_target
 
-    sources = _discover(inputs)
-    model = choice.load()
-    trace = model_trace(model)
-    names = (
-        resolve_layers(trace, layers, spatial_only=True) if layers else [trace.default_cam_layer()]
+    sources = _discover(run)
+    loaded = load_model(model)
+    trace = loaded.trace
+    layers = (
+        resolve_layers(trace, list(cam.layers), spatial_only=True)
+        if cam.layers
+        else [trace.default_cam_layer()]
     )
-    classes = model_output_classes(model.module) or (
-        len(model.categories) if model.categories else None
-    )
-    indices = [resolve_target(text, model.categories, classes) for text in targets]
-    if indices and options.get("top_k", 1) != 1:
+    classes = loaded.num_classes
+    targets = [resolve_target(text, loaded.categories, classes) for text in cam.targets]
+    if targets and cam.top_k != 1:
         raise UsageError(
             "--target and --top-k exclude each other",
             hint="explain given classes with --target, or the k best with --top-k",
         )
-    check_top_k(options.get("top_k", 1), classes)
-    cam_options = CamOptions(layers=names, calls=trace.calls(), targets=indices, **options)
-    return _prepare("cam", choice, inputs, sources, model, cam_options, CamJob)
+    check_top_k(cam.top_k, classes)
+    resolved = {"layers": layers, "targets": targets}
+    return _prepare(
+        "cam",
+        model,
+        run,
+        cam,
+        resolved,
+        sources,
+        loaded,
+        lambda **common: CamJob(request=cam, layers=layers, targets=targets, **common),
+    )
 
 
-def _discover(inputs: InputChoice) -> Iterable[ImageSource]:
+def _discover(run: RunRequest) -> Iterable[ImageSource]:
     """The inputs, validated now; a list (cheap to hold, and the progress bar gets a total)
     unless paths stream in on stdin."""
     import sys
 
     from featviz.images import discover
 
-    reads_stdin = "-" in inputs.inputs
+    reads_stdin = "-" in run.inputs
     sources = discover(
-        inputs.inputs, recursive=inputs.recursive, stdin=sys.stdin if reads_stdin else None
+        run.inputs, recursive=run.recursive, stdin=sys.stdin if reads_stdin else None
     )
     return sources if reads_stdin else list(sources)
 
 
 def _prepare(
     command: str,
-    choice: ModelChoice,
-    inputs: InputChoice,
+    model: ModelRequest,
+    run: RunRequest,
+    options: MapsRequest | CamRequest,
+    resolved: dict[str, Any],
     sources: Iterable[ImageSource],
-    model: LoadedModel,
-    options: MapsOptions | CamOptions,
-    job_type: type,
+    loaded: LoadedModel,
+    make_job: Callable[..., MapsJob | CamJob],
 ) -> PreparedRun:
-    from featviz.decode import DEFAULT_MAX_PIXELS
     from featviz.jobs import fingerprint
+    from featviz.pipeline import PipelineConfig
 
-    layout = OutputLayout(inputs.out)
-    layout.prepare()
-    checkpoint = None if choice.checkpoint is None else str(choice.checkpoint)  # JSON has no Path
-    recorded = {
-        **{key: value for key, value in asdict(options).items() if key != "calls"},
-        "model": choice.spec,
-        "weights": model.weights,
-        "checkpoint": checkpoint,
-        "num_classes": choice.num_classes,
-        "labels": choice.labels,
-        "seed": choice.seed,
-        "input_size": model.input_size,
-        "resize": inputs.resize,
+    layout = OutputLayout(run.out)
+    # What decides an image's outputs: not the device, the batch size or where inputs live.
+    settings = {
+        "command": command,
+        "model": {
+            **plain(model),
+            "weights": loaded.weights,
+            "input_size": loaded.preprocessing.input_size,
+            "device": None,
+        },
+        "options": plain(options),
+        "resolved": resolved,
     }
-    job = job_type(
-        model=model,
+    job = make_job(
+        model=loaded,
         layout=layout,
         command=command,
-        options_fingerprint=fingerprint(recorded),
-        resize=inputs.resize,
-        max_pixels=inputs.max_pixels or DEFAULT_MAX_PIXELS,
-        skip_existing=inputs.skip_existing,
-        options=options,
+        fingerprint=fingerprint(settings),
+        max_pixels=run.max_pixels,
+        skip_existing=run.skip_existing,
     )
-    batch_size = inputs.batch_size or (32 if model.device.type == "cuda" else 8)
+    layout.prepare()  # after the job checked its options: a typo leaves no folder behind
+    batch_size = run.batch_size or (32 if loaded.device.type == "cuda" else 8)
+    record = {
+        "request": {"model": plain(model), "run": plain(run), "options": plain(options)},
+        "resolved": {**resolved, "batch_size": batch_size},
+    }
     return PreparedRun(
-        command,
-        model,
-        layout,
-        job,
-        sources,
-        batch_size,
-        {
-            **recorded,
-            "inputs": inputs.inputs,
-            "recursive": inputs.recursive,
-            "batch_size": batch_size,
-            "out": str(inputs.out),
-        },
-        len(sources) if isinstance(sources, list) else None,
+        command=command,
+        model=loaded,
+        layout=layout,
+        job=job,
+        sources=sources,
+        config=PipelineConfig(batch_size=batch_size),
+        record=record,
+        total=len(sources) if isinstance(sources, list) else None,
     )
 
 
-def describe_layers(spec: str, num_classes: int | None, input_size: int | None) -> str:
-    from featviz.models import load_architecture
+def describe_layers(model: ModelRequest) -> str:
+    from featviz.models import load_model
     from featviz.report import layer_table
 
-    model = load_architecture(spec, num_classes=num_classes)
-    if input_size is not None:
-        model.input_size = input_size
-    trace = model_trace(model)
+    loaded = load_model(model, structure_only=True)
     try:
-        default = trace.default_cam_layer()
+        default = loaded.trace.default_cam_layer()
     except UsageError:
         default = None
-    return layer_table(trace, default)
+    return layer_table(loaded.trace, default)
 
 
 def list_models(name_filter: str | None) -> list[tuple[str, list[str]]]:
-    from featviz.models import classification_models, model_weights_names
+    from featviz.sources.torchvision_models import classification_models, model_weights_names
 
     names = [
         name
@@ -265,25 +239,35 @@ def list_models(name_filter: str | None) -> list[tuple[str, list[str]]]:
     return [(name, model_weights_names(name)) for name in names]
 
 
-def render_filters(
-    choice: ModelChoice, layer: str, *, out: Path, all_inputs: bool, cmap: str, cell_size: int
-) -> Path:
-    from featviz.filters import filter_grid
+@dataclass(frozen=True)
+class FiltersResult:
+    """The grids written, and the layers a glob matched that have no kernels to draw."""
+
+    written: list[Path]
+    skipped: list[str]
+
+
+def render_filters(model: ModelRequest, request: FiltersRequest) -> FiltersResult:
+    from featviz.filters import conv_layers, filter_grid
+    from featviz.models import load_model
     from featviz.output import encode_png
 
-    model = choice.load()
-    modules = dict(model.module.named_modules())
-    if layer not in modules:
-        from featviz.layers import resolve_layers
-
-        resolve_layers(model_trace(model), [layer], spatial_only=False)
-    grid = filter_grid(modules[layer], layer, all_inputs=all_inputs, cmap=cmap, cell_size=cell_size)
-    layout = OutputLayout(out)
+    loaded = load_model(model)
+    modules = dict(loaded.module.named_modules())
+    layers, skipped = conv_layers(loaded.trace, modules, list(request.layers))
+    layout = OutputLayout(request.out)
     layout.prepare()
-    path = layout.filters_png(
-        model.name.rpartition(":")[2] if ":" in model.name else model.name,
-        layer,
-        "-all-inputs" if all_inputs else "",
-    )
-    write_atomic(path, encode_png(grid))
-    return path
+    name = loaded.name.rpartition(":")[2]  # a factory's callable, not its file's path
+    written = []
+    for layer in layers:
+        grid = filter_grid(
+            modules[layer],
+            layer,
+            all_inputs=request.all_inputs,
+            cmap=request.cmap,
+            cell_size=request.cell_size,
+        )
+        path = layout.filters_png(name, layer, "-all-inputs" if request.all_inputs else "")
+        write_atomic(path, encode_png(grid))
+        written.append(path)
+    return FiltersResult(written, skipped)

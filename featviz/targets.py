@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import difflib
-
-from featviz.errors import UsageError
+from featviz.errors import UsageError, closest
 
 
 def resolve_target(text: str, categories: list[str] | None, num_classes: int | None) -> int:
@@ -38,11 +36,9 @@ def resolve_target(text: str, categories: list[str] | None, num_classes: int | N
             f"--target '{text}' is ambiguous: {shown}{more}",
             hint="give more of the name, or the class index",
         )
-    close = difflib.get_close_matches(wanted, lowered, n=3, cutoff=0.6)
     hint = (
-        "closest: " + ", ".join(f"'{categories[lowered.index(c)]}'" for c in close)
-        if close
-        else "pass a class index, or see the class names with --labels"
+        closest(text.strip(), categories)
+        or "pass a class index, or see the class names with --labels"
     )
     raise UsageError(f"--target '{text}': no such class", hint=hint)
 

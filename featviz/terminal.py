@@ -23,7 +23,7 @@ from featviz.interrupts import Terminated, handled
 DEBUG_ENV = "FEATVIZ_DEBUG"
 
 
-def stream(run, *, json_lines: bool, quiet: bool) -> None:
+def stream(run, report) -> None:
     """Consume the run's results: JSON lines or per-image lines, progress, summary, manifest.
 
     Interrupts (SIGINT, SIGTERM) and fatal errors (disk full, a bug) still write the manifest of
@@ -31,7 +31,7 @@ def stream(run, *, json_lines: bool, quiet: bool) -> None:
     the run.
     """
     with handled():  # in-process callers (tests, notebooks) get their own handlers back after
-        _consume(run, json_lines=json_lines, quiet=quiet)
+        _consume(run, json_lines=report.json_lines, quiet=report.quiet)
 
 
 def _consume(run, *, json_lines: bool, quiet: bool) -> None:

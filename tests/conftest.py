@@ -83,5 +83,6 @@ def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def lite0():
     """The real ImageNet-pretrained EfficientNet-Lite0 from examples/, loaded once."""
     from featviz.models import load_model
+    from featviz.requests import ModelRequest
 
-    return load_model(LITE0_SPEC, device="cpu")
+    return load_model(ModelRequest(LITE0_SPEC, device="cpu"))

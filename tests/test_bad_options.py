@@ -52,13 +52,13 @@ def assert_error(result, code: int, error: str, hint: str | None = None) -> None
         (
             ["-m", "resnet5"],
             "Error: unknown model 'resnet5'",
-            "Hint: closest: resnet50, resnet152, resnet34; list them with `featviz models`, or "
-            "pass your own as file.py:callable",
+            "Hint: closest: 'resnet50', 'resnet152', 'resnet34'; list them with "
+            "`featviz models`, or pass your own as file.py:callable",
         ),
         (
             [*TINY, "-l", "feature"],
             "Error: unknown layer 'feature'",
-            "Hint: closest: features, features.3, features.2; list them all with "
+            "Hint: closest: 'features', 'features.3', 'features.2'; list them all with "
             "`featviz layers --model MODEL`",
         ),
         (
@@ -90,7 +90,7 @@ def assert_error(result, code: int, error: str, hint: str | None = None) -> None
         (
             [*TINY, "--cmap", "jett"],
             "Error: unknown colormap 'jett'",
-            "Hint: closest: jet, jet_r; any matplotlib colormap name works "
+            "Hint: closest: 'jet', 'jet_r'; any matplotlib colormap name works "
             "(gray, viridis, jet, magma…)",
         ),
     ],
@@ -153,7 +153,7 @@ def test_unknown_option_and_missing_input_exit_2_on_one_line() -> None:
         (
             ["photos/cta.png"],
             "Error: input 'photos/cta.png' does not exist",
-            "Hint: did you mean 'photos/cat.png'?",
+            "Hint: closest: 'photos/cat.png'",
         ),
         (
             ["photos/*.webp"],
@@ -275,7 +275,10 @@ def test_a_fitting_checkpoint_runs_and_is_recorded_in_the_manifest() -> None:
     torch.save({"model": _tiny_state()}, "good.pt")
     result = invoke("cam", *TINY, "--checkpoint", "good.pt", PHOTO, "-o", "out")
     assert result.exit_code == 0, result.stderr
-    assert json.loads(Path("out/manifest.json").read_text())["options"]["checkpoint"] == "good.pt"
+    assert (
+        json.loads(Path("out/manifest.json").read_text())["request"]["model"]["checkpoint"]
+        == "good.pt"
+    )
 
 
 # --- tracebacks -----------------------------------------------------------------------------

@@ -9,9 +9,11 @@ import torchvision
 from torch import nn
 
 from featviz.cam import forward_for_cam, load_method, method_names, normalise, upsample
-from featviz.cam.base import logits_of
 from featviz.errors import RunError, UsageError
 from featviz.layers import trace_model
+from featviz.models import load_model
+from featviz.requests import ModelRequest
+from featviz.scores import logits_of
 
 
 def _no_hooks(model: nn.Module) -> bool:
@@ -35,7 +37,6 @@ def test_context_holds_one_forward(resnet):
     assert ctx.activations["layer4"].shape == (2, 512, 2, 3)
     assert ctx.activations["layer3"].shape == (2, 256, 4, 6)
     assert ctx.logits.shape == (2, 1000)
-    assert ctx.logits_from == "output"
     with torch.no_grad():
         torch.testing.assert_close(ctx.logits.detach(), model(x), rtol=1e-5, atol=1e-6)
     assert _no_hooks(model)
@@ -117,9 +118,15 @@ class _TupleOut(nn.Module):
 )
 def test_non_tensor_outputs(tiny_model, as_dict, source):
     wrapped = _TupleOut(tiny_model, as_dict)
-    ctx = forward_for_cam(wrapped, torch.randn(2, 3, 8, 8), ["inner.features"])
-    assert ctx.logits_from == source
-    assert ctx.logits.shape == (2, 5)
+    kind = "tuple" if as_dict is None else "dict"
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.warns(UserWarning) as caught:
+        ctx = forward_for_cam(wrapped, x, ["inner.features"])
+    assert [str(w.message) for w in caught] == [
+        f"the model returns a {kind}: featviz explains {source}"
+    ]
+    expected = tiny_model(x) * (0 if source == "output['aux']" else 1)
+    torch.testing.assert_close(ctx.logits.detach(), expected)
 
 
 def test_output_without_tensor_is_a_run_error():
@@ -251,9 +258,8 @@ def test_channels_last_models_give_the_same_maps_as_nchw() -> None:
     import copy
 
     from featviz.cam import forward_for_cam, load_method
-    from featviz.models import load_model
 
-    loaded = load_model("resnet18", weights="none", device="cpu")  # channels-last
+    loaded = load_model(ModelRequest("resnet18", weights="none", device="cpu"))  # channels-last
     nchw = copy.deepcopy(loaded.module).to(memory_format=torch.contiguous_format)
     torch.manual_seed(0)
     images = [torch.randn(3, 64, 80) for _ in range(2)]

@@ -6,6 +6,8 @@ Each class's map, upsampled onto the network's input, must put its mass on its o
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from conftest import SAMPLES
@@ -21,7 +23,7 @@ CAT_WIDTH, IMAGE_WIDTH = 451, 901
 
 def _context(lite0, input_size: int):
     image = Image.open(SAMPLES / "cat_and_coffee.png").convert("RGB")
-    x = to_tensor(image, input_size=input_size, resize="keep", mean=lite0.mean, std=lite0.std)
+    x = to_tensor(image, replace(lite0.preprocessing, input_size=input_size))
     calls = trace_model(lite0.module, (1, 3, input_size, input_size)).calls()
     return forward_for_cam(lite0.module, x[None], ["bn2"], calls)
 

@@ -35,8 +35,7 @@ def test_every_method_loads_and_agrees_with_its_entry(name):
     assert type(method).__name__ == info.class_name
     assert type(method).__module__ == info.module
     assert method.name == name
-    assert method.needs_gradients is info.needs_gradients
-    assert method.class_specific is info.class_specific
+    assert method.info is info  # its flags are the entry's: said once
 
 
 @pytest.mark.parametrize("name", method_names())
@@ -87,7 +86,10 @@ def test_register_adds_a_new_entry(monkeypatch):
 def test_unknown_method_suggests_the_closest():
     with pytest.raises(UsageError, match=r"^unknown method 'gradcamm'$") as caught:
         method_info("gradcamm")
-    assert caught.value.hint == f"did you mean 'gradcam'? choose one of {', '.join(EXPECTED_ORDER)}"
+    assert (
+        caught.value.hint
+        == f"closest: 'gradcam', 'xgradcam', 'gradcam++'; choose one of {', '.join(EXPECTED_ORDER)}"
+    )
     assert caught.value.exit_code == 2
 
 

@@ -63,7 +63,7 @@ def test_unknown_model_exits_2_with_suggestions(photos: Path) -> None:
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [
         "Error: unknown model 'resnet5'",
-        "Hint: closest: resnet50, resnet152, resnet34; list them with `featviz models`, or "
+        "Hint: closest: 'resnet50', 'resnet152', 'resnet34'; list them with `featviz models`, or "
         "pass your own as file.py:callable",
     ]
 

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from featviz.decode import decode
-from featviz.runner import InputChoice, ModelChoice, PreparedRun, prepare_cam
+from featviz.requests import CamRequest, ModelRequest, RunRequest
+from featviz.runner import PreparedRun, prepare_cam
 
 NAMES = ["a.png", "b.jpg", "c.png", "d.jpg"]
 MAX_PIXELS = 1_000_000  # a mutated header may declare any size: keep refusals cheap
@@ -80,11 +81,9 @@ def fuzz_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Prepare
     for name in NAMES:
         (root / "in" / name).write_bytes(SEEDS[0])
     run = prepare_cam(
-        ModelChoice(f"{root / 'tiny_model.py'}:build", input_size=32, device="cpu"),
-        InputChoice([str(root / "in")], max_pixels=MAX_PIXELS, out=root / "out", batch_size=2),
-        [],
-        [],
-        {"methods": ["gradcam", "eigencam"], "heatmap": True},
+        ModelRequest(f"{root / 'tiny_model.py'}:build", input_size=32, device="cpu"),
+        RunRequest((str(root / "in"),), max_pixels=MAX_PIXELS, out=root / "out", batch_size=2),
+        CamRequest(methods=("gradcam", "eigencam"), heatmap=True),
     )
     assert [source.path.name for source in run.sources] == sorted(NAMES)
     yield run, root

@@ -399,7 +399,8 @@ def test_arguments_that_are_not_utf8_give_a_valid_manifest(
     ), result.stdout
     manifest = json.loads(Path(out, "manifest.json").read_bytes().decode("utf-8"))
     # the arguments read back as the very same paths
-    assert manifest["options"]["inputs"] == [folder] and manifest["options"]["out"] == out
+    run = manifest["request"]["run"]
+    assert run["inputs"] == [folder] and run["out"] == out
     assert manifest["images"][0]["input"] == "f\\xf6to/cat.png"
     assert re.fullmatch(
         r"1 done, 0 failed, 0 skipped in .*; outputs in \\xff-out; "

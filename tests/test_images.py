@@ -286,7 +286,7 @@ def test_missing_input_suggests_a_close_name() -> None:
     make("photos/cat.jpg", "photos/dog.jpg")
     error = usage_error(["photos/cta.jpg"])
     assert error.message == "input 'photos/cta.jpg' does not exist"
-    assert error.hint == "did you mean 'photos/cat.jpg'?"
+    assert error.hint == "closest: 'photos/cat.jpg'"
     assert usage_error(["nowhere/x.jpg"]).hint is None
 
 

@@ -6,12 +6,13 @@ import pytest
 
 from featviz.errors import UsageError
 from featviz.layers import resolve_layers, trace_model
-from featviz.models import load_architecture
+from featviz.models import load_model
+from featviz.requests import ModelRequest
 
 
 def _trace(name: str, size: int = 224):
     """Traced on the meta device, as `featviz layers` does: no weights, no initialisation."""
-    return trace_model(load_architecture(name).module, (1, 3, size, size))
+    return load_model(ModelRequest(name, input_size=size), structure_only=True).trace
 
 
 @pytest.mark.parametrize(
@@ -34,7 +35,8 @@ def test_default_cam_layer_of_the_real_example(lite0) -> None:
 
 def test_trace_records_shapes_params_and_repeated_calls() -> None:
     trace = _trace("resnet18")
-    assert all(p.is_meta for p in load_architecture("resnet18").module.parameters())
+    structure = load_model(ModelRequest("resnet18"), structure_only=True).module
+    assert all(p.is_meta for p in structure.parameters())
     layer4 = trace.get("layer4")
     assert layer4.shape == (1, 512, 7, 7) and layer4.spatial and not layer4.pooled
     assert trace.get("layer1.0.conv1").params == 64 * 64 * 3 * 3
@@ -61,7 +63,7 @@ def test_unknown_layer_suggests_close_names_and_the_layers_command() -> None:
     with pytest.raises(UsageError, match="unknown layer 'layer5'") as info:
         resolve_layers(_trace("resnet18"), ["layer5"], spatial_only=True)
     assert info.value.hint == (
-        "closest: layer4, layer3, layer2; list them all with `featviz layers --model MODEL`"
+        "closest: 'layer4', 'layer3', 'layer2'; list them all with `featviz layers --model MODEL`"
     )
 
 

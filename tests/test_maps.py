@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from featviz.maps import select_channels
-from featviz.runner import InputChoice, ModelChoice, model_trace, prepare_maps
+from featviz.requests import MapsRequest, ModelRequest, RunRequest
+from featviz.runner import prepare_maps
 
 
 @pytest.fixture(scope="module")
@@ -35,16 +36,15 @@ def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 )
 def test_grid_geometry_across_families(model: str, layer: str, photo: Path, tmp_path: Path) -> None:
     run = prepare_maps(
-        ModelChoice(model, weights="none", device="cpu", input_size=96),
-        InputChoice([str(photo)], out=tmp_path),
-        [layer],
-        {"max_channels": 20, "cell_size": 10, "save_raw": True},
+        ModelRequest(model, weights="none", device="cpu", input_size=96),
+        RunRequest((str(photo),), out=tmp_path),
+        MapsRequest(layers=(layer,), max_channels=20, cell_size=10, save_raw=True),
     )
     [result] = list(run.results())
     assert result.error is None
     raw = np.load(tmp_path / "photo" / "maps" / f"{layer}.npy")
     channels, height, width = raw.shape
-    expected = model_trace(run.model).get(layer).shape
+    expected = run.model.trace.get(layer).shape
     assert channels == expected[1]
     drawn = min(20, channels)
     per_row = math.ceil(math.sqrt(drawn))
@@ -57,12 +57,11 @@ def test_grid_geometry_across_families(model: str, layer: str, photo: Path, tmp_
 
 def test_the_default_taps_are_every_conv2d(photo: Path, tmp_path: Path) -> None:
     run = prepare_maps(
-        ModelChoice("alexnet", weights="none", device="cpu"),
-        InputChoice([str(photo)], out=tmp_path),
-        [],
-        {},
+        ModelRequest("alexnet", weights="none", device="cpu"),
+        RunRequest((str(photo),), out=tmp_path),
+        MapsRequest(),
     )
-    assert run.job.options.layers == [
+    assert run.job.layers == [
         "features.0",
         "features.3",
         "features.6",
@@ -81,10 +80,11 @@ def test_channels_by_index_or_by_mean_activation() -> None:
 
 def test_activation_order_draws_the_strongest_channels_first(photo: Path, tmp_path: Path) -> None:
     run = prepare_maps(
-        ModelChoice("alexnet", weights="none", device="cpu", input_size=64),
-        InputChoice([str(photo)], out=tmp_path),
-        ["features.0"],
-        {"max_channels": 4, "order": "activation", "cell_size": 1, "save_raw": True},
+        ModelRequest("alexnet", weights="none", device="cpu", input_size=64),
+        RunRequest((str(photo),), out=tmp_path),
+        MapsRequest(
+            layers=("features.0",), max_channels=4, order="activation", cell_size=1, save_raw=True
+        ),
     )
     list(run.results())
     raw = np.load(tmp_path / "photo" / "maps" / "features.0.npy")

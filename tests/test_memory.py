@@ -7,6 +7,7 @@ import gc
 import os
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path, PurePath
 
 import numpy as np
@@ -16,7 +17,10 @@ from conftest import TINY_MODEL_SOURCE
 from PIL import Image
 
 from featviz.images import ImageSource
-from featviz.runner import InputChoice, ModelChoice, PreparedRun, prepare_cam, prepare_maps
+from featviz.pipeline import PipelineStats
+from featviz.pipeline import run as run_pipeline
+from featviz.requests import CamRequest, MapsRequest, ModelRequest, RunRequest
+from featviz.runner import PreparedRun, prepare_cam, prepare_maps
 
 SHAPES = [(40, 30), (30, 40), (48, 24), (40, 30)]  # several shapes: several batch groups
 
@@ -38,11 +42,11 @@ def photos(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
 def prepare(
     command: str, input_size: int = 32, methods: tuple[str, ...] = ("gradcam",)
 ) -> PreparedRun:
-    model = ModelChoice("tiny_model.py:build", input_size=input_size, device="cpu")
-    inputs = InputChoice(["in"], out=Path("out"), batch_size=4)
+    model = ModelRequest("tiny_model.py:build", input_size=input_size, device="cpu")
+    inputs = RunRequest(("in",), out=Path("out"), batch_size=4)
     if command == "maps":
-        return prepare_maps(model, inputs, [], {"cell_size": 8})
-    return prepare_cam(model, inputs, [], [], {"methods": list(methods)})
+        return prepare_maps(model, inputs, MapsRequest(cell_size=8))
+    return prepare_cam(model, inputs, CamRequest(methods=methods))
 
 
 def many(photos: list[Path], start: int, count: int) -> Iterator[ImageSource]:
@@ -65,11 +69,13 @@ def live_tensors() -> int:
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux's /proc")
 def test_memory_stays_flat_over_a_long_run(photos: list[Path]) -> None:
     run = prepare("cam", input_size=64)
-    run.sources = many(photos, 0, 20)  # warm up: imports, caches, thread stacks
-    assert all(result.error is None for result in run.results())
+    stats = PipelineStats()
+    warm_up = run_pipeline(run.job, many(photos, 0, 20), run.config, stats)  # imports, caches…
+    assert all(result.error is None for result in warm_up)
     tensors_before = live_tensors()
-    run.sources = many(photos, 20, 300)
-    for count, result in enumerate(run.results(), 1):
+    for count, result in enumerate(
+        run_pipeline(run.job, many(photos, 20, 300), run.config, stats), 1
+    ):
         assert result.error is None, result.error
         if count == 50:
             gc.collect()
@@ -80,7 +86,7 @@ def test_memory_stays_flat_over_a_long_run(photos: list[Path]) -> None:
     # allocator's own drift over this run is a few MB.
     assert after_300 - after_50 < 16 * 2**20, f"grew {(after_300 - after_50) / 2**20:.1f} MB"
     assert live_tensors() <= tensors_before
-    assert run.stats.in_flight == 0
+    assert stats.in_flight == 0 and stats.max_in_flight <= run.config.max_in_flight
 
 
 def hooks_left(model: torch.nn.Module) -> list[str]:
@@ -121,8 +127,7 @@ def test_a_batch_the_model_fails_on_fails_alone_and_leaves_no_hook(
 ) -> None:
     run = prepare(command)
     break_on_call(run.model.module.features[2], 3, RuntimeError("boom"))
-    run.sources = many(photos, 0, 16)
-    results = list(run.results())
+    results = list(replace(run, sources=many(photos, 0, 16)).results())
     failed = [result for result in results if result.error]
     assert len(results) == 16 and len(failed) == 4  # the third batch of four
     for result in failed:  # one line that names the file and the reason
@@ -142,7 +147,6 @@ def test_a_run_stopped_inside_the_forward_leaves_no_hook(
     run = prepare(command)
     assert hooks_left(run.model.module) == []
     break_on_call(run.model.module.features[2], 3, error)
-    run.sources = many(photos, 0, 16)
     with pytest.raises(type(error)):
-        list(run.results())
+        list(replace(run, sources=many(photos, 0, 16)).results())
     assert hooks_left(run.model.module) == []

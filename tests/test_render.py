@@ -66,7 +66,7 @@ def test_gray_colormap_is_identity_and_jet_ends_are_blue_and_red() -> None:
 def test_unknown_colormap_suggests_names() -> None:
     with pytest.raises(UsageError, match="unknown colormap 'viridiss'") as info:
         colormap_lut("viridiss")
-    assert info.value.hint.startswith("closest: viridis")
+    assert info.value.hint.startswith("closest: 'viridis'")
 
 
 def test_overlay_alpha_zero_is_the_image_and_one_the_heatmap() -> None:

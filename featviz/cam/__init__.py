@@ -15,6 +15,8 @@ __all__ = [
     "CamMethod",
     "MethodInfo",
     "forward_for_cam",
+    "fuse",
+    "heatmap",
     "load_method",
     "method_info",
     "method_names",
@@ -23,7 +25,15 @@ __all__ = [
     "upsample",
 ]
 
-_FROM_BASE = {"CamContext", "CamMethod", "forward_for_cam", "normalise", "upsample"}
+_FROM_BASE = {
+    "CamContext",
+    "CamMethod",
+    "forward_for_cam",
+    "fuse",
+    "heatmap",
+    "normalise",
+    "upsample",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -10,6 +10,7 @@ Parameters stay frozen (the caller freezes them), so no weight gradient is ever 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
@@ -18,8 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from featviz.cam.registry import MethodInfo, method_info
 from featviz.errors import RunError, UsageError
 from featviz.hooks import LayerTaps
+from featviz.scores import logits_of
 
 T = TypeVar("T")
 
@@ -30,9 +33,8 @@ class CamContext:
 
     ``inputs`` (N, 3, H, W) as the network saw them; ``logits`` (N, classes) pre-softmax scores,
     still attached to the graph; ``activations[layer]`` (N, K, h, w) autograd leaves (or tensors
-    that depend on an earlier tapped leaf); ``logits_from`` says which part of the model's output
-    was taken as the scores ("output", "output['logits']", "output[0]"…). Drop the context when
-    the batch is done: it keeps the graph from the taps to the logits alive.
+    that depend on an earlier tapped leaf). Drop the context when the batch is done: it keeps
+    the graph from the taps to the logits alive.
     """
 
     model: nn.Module
@@ -41,7 +43,6 @@ class CamContext:
     activations: dict[str, torch.Tensor]
     layers: list[str]
     calls: Mapping[str, int] | None = None
-    logits_from: str = "output"
     _memo: dict[Hashable, Any] = field(default_factory=dict, init=False, repr=False)
 
     @property
@@ -95,6 +96,8 @@ class CamContext:
         with torch.inference_mode(False), torch.enable_grad():
             if targets.is_inference():
                 targets = targets.clone()
+            if not self.activations or not next(iter(self.activations.values())).requires_grad:
+                raise ValueError("this context was built with gradients=False")
             if self.logits.requires_grad:
                 rows = torch.arange(len(targets), device=targets.device)
                 grads = torch.autograd.grad(
@@ -120,19 +123,29 @@ def forward_for_cam(
     x: torch.Tensor,
     layers: list[str],
     calls: Mapping[str, int] | None = None,
+    *,
+    gradients: bool = True,
 ) -> CamContext:
     """Forward ``x`` (N, 3, H, W) once with gradients reaching ``layers``; hooks are gone after.
 
     ``calls`` (from ``ModelTrace.calls()``) says how often each layer runs per forward, so a
-    module that runs several times is tapped at its last call.
+    module that runs several times is tapped at its last call. ``gradients=False``: no graph is
+    kept, for methods that never ask for gradients (their memory then stays that of inference).
+    When the scores are not the model's whole output (a tuple, a dict's ``logits``), a warning
+    says which part was taken.
     """
     # Grad mode even when the caller is under inference_mode: CAM needs the graph after the taps.
-    with torch.inference_mode(False), torch.enable_grad():
+    with torch.inference_mode(False), torch.set_grad_enabled(gradients):
         if x.is_inference():
             x = x.clone()
-        with LayerTaps(model, layers, calls=calls, grad=True) as taps:
+        with LayerTaps(model, layers, calls=calls, grad=gradients) as taps:
             output = taps.run(x)
     logits, source = logits_of(output)
+    if source != "output":
+        warnings.warn(
+            f"the model returns a {type(output).__name__}: featviz explains {source}",
+            stacklevel=2,
+        )
     if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
         raise RunError(
             f"the model's {source} has shape {list(logits.shape)}; a CAM needs class scores of "
@@ -154,29 +167,6 @@ def forward_for_cam(
         activations=dict(taps.outputs),
         layers=list(taps.layers),
         calls=calls,
-        logits_from=source,
-    )
-
-
-def logits_of(output: Any) -> tuple[torch.Tensor, str]:
-    """The class scores in a model's output and where they were found.
-
-    A tensor is taken as is; a mapping's ``logits`` entry, else its first tensor; a tuple or
-    list's first tensor (torchvision's GoogLeNet/Inception return named tuples in train mode).
-    """
-    if isinstance(output, torch.Tensor):
-        return output, "output"
-    if isinstance(output, Mapping) and isinstance(output.get("logits"), torch.Tensor):
-        return output["logits"], "output['logits']"
-    items = output.items() if isinstance(output, Mapping) else None
-    if items is None and isinstance(output, (tuple, list)):
-        items = enumerate(output)
-    for key, value in items or ():
-        if isinstance(value, torch.Tensor):
-            return value, f"output[{key!r}]"
-    raise RunError(
-        f"the model returned a {type(output).__name__} with no tensor in it; a CAM needs class "
-        "scores of shape [N, classes]"
     )
 
 
@@ -202,17 +192,20 @@ def safe_divide(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Ten
 
 
 class CamMethod:
-    """A CAM method: a class sets ``name`` and its flags and overrides ``_weights`` or ``_map``.
+    """A CAM method: a class sets ``name`` and overrides ``_weights`` or ``_map``.
 
     ``_weights`` returns (N, K) channel weights and the base sums Σ_k w_k A_k; methods whose map
     is not a channel-weighted sum override ``_map`` instead. The base applies the method's ReLU
-    (``relu = False`` keeps the signed map, hirescam) and returns float32.
+    (``relu = False`` keeps the signed map, hirescam) and returns float32. What a method needs
+    and whether it is class-specific is said once, in its registry entry (``info``).
     """
 
     name: ClassVar[str]
-    needs_gradients: ClassVar[bool] = False
-    class_specific: ClassVar[bool] = True
     relu: ClassVar[bool] = True
+
+    @property
+    def info(self) -> MethodInfo:
+        return method_info(self.name)
 
     def __init__(self, *, batch_size: int = 32) -> None:
         if batch_size < 1:
@@ -257,3 +250,15 @@ def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(
         maps[:, None].float(), size=tuple(size), mode="bilinear", align_corners=False
     )[:, 0]
+
+
+def heatmap(layer_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """One (h, w) map at layer resolution → the (H, W) heatmap in [0, 1] over an image of
+    ``size`` = (H, W): upsampled bilinearly first, then normalised, so the colours use the
+    whole range at the image's own resolution."""
+    return normalise(upsample(layer_map[None], size))[0]
+
+
+def fuse(heatmaps: list[torch.Tensor]) -> torch.Tensor:
+    """Several layers' (H, W) heatmaps of one image and class → their element-wise maximum."""
+    return torch.stack(heatmaps).amax(dim=0)

@@ -61,8 +61,6 @@ def _last_linear(model: nn.Module) -> nn.Linear | None:
 
 
 class _GradientMethod(CamMethod):
-    needs_gradients = True
-
     @staticmethod
     def _gradient(ctx: CamContext, layer: str, targets: torch.Tensor) -> torch.Tensor:
         return ctx.gradients(targets)[layer].float()

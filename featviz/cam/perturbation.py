@@ -24,6 +24,7 @@ import torch.fx as fx
 from torch import nn
 
 from featviz.cam.base import CamContext, CamMethod, logits_match, logits_of, safe_divide, upsample
+from featviz.errors import first_line
 
 # Score-CAM's mask denominator max − min + ε: a constant channel gives an all-zero mask.
 _MASK_EPS = 1e-8
@@ -123,7 +124,7 @@ class AblationCam(CamMethod):
                 self._give_up(
                     model,
                     layer,
-                    f"torch.fx cannot trace the model: {type(exc).__name__}: {_first_line(exc)}",
+                    f"torch.fx cannot trace the model: {type(exc).__name__}: {first_line(exc)}",
                 )
         return per_model[layer]
 
@@ -153,10 +154,6 @@ def _pick(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """(N, R, classes) scores → (N, R), each image's own target class."""
     index = targets.view(-1, 1, 1).expand(-1, scores.shape[1], 1)
     return scores.gather(2, index).squeeze(2)
-
-
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [""])[0]
 
 
 class _TapAsLeaf(fx.Tracer):

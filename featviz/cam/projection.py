@@ -16,7 +16,6 @@ class EigenCam(CamMethod):
     """
 
     name = "eigencam"
-    class_specific = False
 
     def _map(self, ctx: CamContext, layer: str, targets: torch.Tensor) -> torch.Tensor:
         return ctx.cached(("eigencam", layer), lambda: _principal_projection(ctx.activation(layer)))

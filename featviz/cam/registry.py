@@ -6,12 +6,11 @@ tests all read this one table while the numeric code is imported only when a met
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from featviz.errors import UsageError
+from featviz.errors import UsageError, closest
 
 if TYPE_CHECKING:
     from featviz.cam.base import CamMethod
@@ -65,11 +64,10 @@ def method_info(name: str) -> MethodInfo:
     try:
         return _METHODS[name]
     except KeyError:
-        close = difflib.get_close_matches(name, list(_METHODS), n=1, cutoff=0.5)
-        hint = f"did you mean '{close[0]}'? " if close else ""
+        near = closest(name, list(_METHODS))
         raise UsageError(
             f"unknown method '{name}'",
-            hint=f"{hint}choose one of {', '.join(_METHODS)}",
+            hint=(f"{near}; " if near else "") + f"choose one of {', '.join(_METHODS)}",
         ) from None
 
 

@@ -1,0 +1,315 @@
+"""The options every command shares, declared once, and the decorator that adds them.
+
+A command asks for ``model: ModelRequest``, ``run: RunRequest`` or ``report: Report`` in its
+signature; ``shared_options`` replaces each such parameter with the options it is made of (so
+Typer shows them in ``--help`` under their own panel) and packs them back into the frozen value
+before the command runs. Every command thus accepts the same model options: users paste the
+same options across commands and scripts. An option a command does not use is still accepted,
+and its help says it is ignored there and why.
+
+Defaults that are not a plain value are spelled out with ``show_default`` text: a literal
+``[default: …]`` inside a help string would be read as rich markup and vanish.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from featviz.requests import DEFAULT_MAX_PIXELS, ModelRequest, RunRequest
+
+MODEL_PANEL = "Model"
+INPUT_PANEL = "Input and output"
+
+
+class Resize(str, Enum):
+    keep = "keep"
+    square = "square"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+@dataclass(frozen=True)
+class Report:
+    """How results are shown on the terminal (not part of any request: outputs do not change)."""
+
+    json_lines: bool = False
+    quiet: bool = False
+
+
+def _option(*names: str, panel: str, **kwargs: Any) -> Any:
+    return typer.Option(*names, rich_help_panel=panel, **kwargs)
+
+
+# name → (annotation, default); the order is the order in --help.
+_MODEL_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "model": (
+        Annotated[
+            str,
+            _option(
+                "--model",
+                "-m",
+                panel=MODEL_PANEL,
+                help="torchvision model name (see `featviz models`), or your own as "
+                "file.py:callable or package.module:callable.",
+            ),
+        ],
+        "alexnet",
+    ),
+    "weights": (
+        Annotated[
+            str,
+            _option(
+                panel=MODEL_PANEL,
+                help="DEFAULT, a weights name (IMAGENET1K_V1), or none for seeded random "
+                "initialisation.",
+            ),
+        ],
+        "DEFAULT",
+    ),
+    "checkpoint": (
+        Annotated[
+            Path | None,
+            _option(
+                panel=MODEL_PANEL,
+                show_default="none",
+                help="State-dict file to load (nested under state_dict/model and module. "
+                "prefixes are fine).",
+            ),
+        ],
+        None,
+    ),
+    "num_classes": (
+        Annotated[
+            int | None,
+            _option(
+                min=1,
+                panel=MODEL_PANEL,
+                show_default="the model's own",
+                help="Classes of a fine-tuned head.",
+            ),
+        ],
+        None,
+    ),
+    "labels": (
+        Annotated[
+            str | None,
+            _option(
+                panel=MODEL_PANEL,
+                show_default="the weights' own names",
+                help="Class names: imagenet, or a text file with one name per line.",
+            ),
+        ],
+        None,
+    ),
+    "seed": (Annotated[int, _option(panel=MODEL_PANEL, help="Seed of random init.")], 0),
+    "device": (
+        Annotated[Device, _option(panel=MODEL_PANEL, help="auto = cuda when available, else cpu.")],
+        Device.auto,
+    ),
+    "input_size": (
+        Annotated[
+            int | None,
+            _option(
+                min=8,
+                panel=MODEL_PANEL,
+                show_default="the weights' own size, or 224",
+                help="Shorter side fed to the network.",
+            ),
+        ],
+        None,
+    ),
+    "resize": (
+        Annotated[
+            Resize,
+            _option(
+                panel=MODEL_PANEL,
+                help="keep: shorter side = input size, aspect kept; square: squash to "
+                "input × input. Never crops.",
+            ),
+        ],
+        Resize.keep,
+    ),
+}
+
+_RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "inputs": (
+        Annotated[
+            list[str],
+            typer.Argument(
+                help="Image files, folders, glob patterns, or - to read paths from stdin.",
+                show_default=False,
+            ),
+        ],
+        inspect.Parameter.empty,
+    ),
+    "recursive": (
+        Annotated[
+            bool, _option("--recursive", "-r", panel=INPUT_PANEL, help="Look into sub-folders.")
+        ],
+        False,
+    ),
+    "max_pixels": (
+        Annotated[
+            int,
+            _option(
+                min=1,
+                panel=INPUT_PANEL,
+                help="Refuse images above this many pixels (decompression-bomb guard).",
+            ),
+        ],
+        DEFAULT_MAX_PIXELS,
+    ),
+    "out": (
+        Annotated[Path, _option("--out", "-o", panel=INPUT_PANEL, help="Output folder.")],
+        Path("featviz-out"),
+    ),
+    "batch_size": (
+        Annotated[
+            int | None,
+            _option(
+                min=1,
+                panel=INPUT_PANEL,
+                show_default="8 on CPU, 32 on CUDA",
+                help="Images per forward.",
+            ),
+        ],
+        None,
+    ),
+    "skip_existing": (
+        Annotated[
+            bool,
+            _option(
+                panel=INPUT_PANEL,
+                help="Skip images whose outputs from the same options all exist (resume a run).",
+            ),
+        ],
+        False,
+    ),
+}
+
+_REPORT_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "json_lines": (
+        Annotated[
+            bool,
+            _option(
+                "--json",
+                panel=INPUT_PANEL,
+                help="One JSON object per image on stdout, nothing else there.",
+            ),
+        ],
+        False,
+    ),
+    "quiet": (
+        Annotated[
+            bool,
+            _option(
+                "--quiet",
+                "-q",
+                panel=INPUT_PANEL,
+                help="No progress bar, per-image lines or summary; errors still go to stderr.",
+            ),
+        ],
+        False,
+    ),
+}
+
+
+def _model_request(values: dict[str, Any]) -> ModelRequest:
+    return ModelRequest(
+        spec=values["model"],
+        weights=values["weights"],
+        checkpoint=values["checkpoint"],
+        num_classes=values["num_classes"],
+        labels=values["labels"],
+        seed=values["seed"],
+        device=values["device"].value,
+        input_size=values["input_size"],
+        resize=values["resize"].value,
+    )
+
+
+def _run_request(values: dict[str, Any]) -> RunRequest:
+    return RunRequest(
+        inputs=tuple(values["inputs"]),
+        recursive=values["recursive"],
+        max_pixels=values["max_pixels"],
+        out=values["out"],
+        batch_size=values["batch_size"],
+        skip_existing=values["skip_existing"],
+    )
+
+
+def _report(values: dict[str, Any]) -> Report:
+    return Report(json_lines=values["json_lines"], quiet=values["quiet"])
+
+
+_GROUPS: dict[type, tuple[dict[str, tuple[Any, Any]], Callable[[dict[str, Any]], Any]]] = {
+    ModelRequest: (_MODEL_OPTIONS, _model_request),
+    RunRequest: (_RUN_OPTIONS, _run_request),
+    Report: (_REPORT_OPTIONS, _report),
+}
+
+
+def shared_options(*, ignored: dict[str, str] | None = None) -> Callable[[Callable], Callable]:
+    """Replace a command's ``ModelRequest`` / ``RunRequest`` / ``Report`` parameters by their
+    options. ``ignored`` maps option names this command accepts but does not use to why."""
+    ignored = ignored or {}
+
+    def decorate(command: Callable) -> Callable:
+        signature = inspect.signature(command, eval_str=True)
+        arguments: list[inspect.Parameter] = []
+        options: list[inspect.Parameter] = []
+        packed: dict[str, type] = {}
+        for parameter in signature.parameters.values():
+            group = _GROUPS.get(parameter.annotation)
+            if group is None:
+                # Typer passes everything by keyword; keyword-only lets arguments come first.
+                options.append(parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+                continue
+            packed[parameter.name] = parameter.annotation
+            for name, (annotation, default) in group[0].items():
+                if name in ignored:
+                    annotation = _ignored(annotation, ignored[name])
+                added = inspect.Parameter(
+                    name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
+                )
+                target = arguments if default is inspect.Parameter.empty else options
+                target.append(added)
+        unknown = set(ignored) - {p.name for p in arguments + options}
+        if unknown:
+            raise ValueError(f"{command.__name__}: no option {', '.join(sorted(unknown))}")
+
+        @functools.wraps(command)
+        def run(**values: Any) -> Any:
+            for name, kind in packed.items():
+                fields, pack = _GROUPS[kind]
+                values[name] = pack({key: values.pop(key) for key in fields})
+            return command(**values)
+
+        parameters = arguments + options
+        run.__signature__ = signature.replace(parameters=parameters)
+        run.__annotations__ = {p.name: p.annotation for p in parameters}
+        return run
+
+    return decorate
+
+
+def _ignored(annotation: Any, why: str) -> Any:
+    """The same option, its help saying that this command ignores it."""
+    base, info = annotation.__origin__, copy.copy(annotation.__metadata__[0])
+    info.help = f"{info.help} Ignored by this command: {why}."
+    return Annotated[base, info]

@@ -1,0 +1,94 @@
+"""What a command asks for, as frozen values built once by the CLI and passed down unchanged.
+
+``ModelRequest`` (which network, which weights, how to feed it) is shared by every command;
+``RunRequest`` says which images to read and where outputs go; each command adds its own
+options (``MapsRequest``, ``CamRequest``, ``FiltersRequest``). What the library resolves from
+them (layer names from globs, class indices from names) lives in the job, never back in here:
+a request is exactly what the user said, which is what the manifest records.
+
+No torch here: the CLI builds these before deciding whether torch is needed at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+ResizeMode = Literal["keep", "square"]
+
+DEFAULT_MAX_PIXELS = 178_956_970
+"""Pillow's own default refusal point (about 13,400 × 13,400; 537 MB as 8-bit RGB): it opens
+every photo a 108-megapixel phone takes, and refuses nothing Pillow would open by default."""
+ChannelOrder = Literal["index", "activation"]
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """The network and its inputs' preparation (every command's "Model options")."""
+
+    spec: str = "alexnet"
+    weights: str = "DEFAULT"
+    checkpoint: Path | None = None
+    num_classes: int | None = None
+    labels: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    input_size: int | None = None
+    resize: ResizeMode = "keep"
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """The images a per-image command reads and what it does with its outputs."""
+
+    inputs: tuple[str, ...]
+    recursive: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    out: Path = Path("featviz-out")
+    batch_size: int | None = None
+    skip_existing: bool = False
+
+
+@dataclass(frozen=True)
+class MapsRequest:
+    layers: tuple[str, ...] = ()
+    max_channels: int = 64
+    order: ChannelOrder = "index"
+    cmap: str = "gray"
+    cell_size: int = 64
+    save_raw: bool = False
+
+
+@dataclass(frozen=True)
+class CamRequest:
+    methods: tuple[str, ...] = ("gradcam",)
+    layers: tuple[str, ...] = ()
+    targets: tuple[str, ...] = ()  # class indices or names as typed; empty → the top-k
+    top_k: int = 1
+    fuse: bool = False
+    cmap: str = "jet"
+    alpha: float = 0.5
+    heatmap: bool = False
+    save_raw: bool = False
+    cam_batch_size: int = 32
+
+
+@dataclass(frozen=True)
+class FiltersRequest:
+    layers: tuple[str, ...]
+    all_inputs: bool = False
+    cmap: str = "gray"
+    cell_size: int = 32
+    out: Path = Path("featviz-out")
+
+
+def plain(value: Any) -> Any:
+    """A request (or anything in one) as JSON-ready values: paths as text, tuples as lists."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {field.name: plain(getattr(value, field.name)) for field in fields(value)}
+    if isinstance(value, (tuple, list)):
+        return [plain(item) for item in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value

@@ -1,0 +1,63 @@
+"""Where networks come from: one module per kind of ``--model`` spec, behind one interface.
+
+A source turns a ``ModelRequest`` into a ``BuiltModel``: the module (with real weights, or on
+the meta device when only its structure is wanted), how to feed it and how to name its classes.
+models.py picks the source from the spec's form and does what every model needs after that
+(eval mode, frozen parameters, device, trace). A new source is one module and one line in
+``source_for``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from featviz.requests import ModelRequest
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class BuiltModel:
+    """What a source hands back.
+
+    ``weights`` describes the weights for people ("IMAGENET1K_V1", "none", a checkpoint path);
+    ``categories_from`` says where ``categories`` came from, for messages ("LABELS in
+    mynet.py"), and ``categories_given`` whether a person wrote them (then a count that does
+    not fit the model is their mistake to hear about); ``fixed_layout`` is True when featviz
+    may not change the module's memory layout (a user's forward may ``.view()`` a tensor).
+    """
+
+    module: nn.Module
+    name: str
+    weights: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    input_size: int
+    categories: list[str] | None
+    categories_from: str | None
+    categories_given: bool = False
+    fixed_layout: bool = True
+
+
+class ModelSource(Protocol):
+    def build(self, request: ModelRequest, *, structure_only: bool) -> BuiltModel:
+        """The network of ``request``; with ``structure_only`` its parameters may stay on the
+        meta device (nothing downloaded, no initialisation paid)."""
+        ...
+
+
+def source_for(spec: str) -> ModelSource:
+    """The source that understands ``spec``: ``file.py:callable`` / ``pkg.mod:callable`` for a
+    user's factory, anything else a torchvision model name."""
+    if ":" in spec:
+        from featviz.sources.factory import FactorySource
+
+        return FactorySource()
+    from featviz.sources.torchvision_models import TorchvisionSource
+
+    return TorchvisionSource()

@@ -1,0 +1,99 @@
+"""A user's own network: ``path/to/file.py:callable`` or ``package.module:callable``.
+
+The factory returns an ``nn.Module``; optional module-level constants next to it describe its
+inputs and classes (``LABELS`` = "imagenet" or a list of names, ``INPUT_SIZE``, ``MEAN``,
+``STD``). Without them featviz assumes ImageNet normalisation at 224 and no class names.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from featviz.checkpoints import load_into, read_state_dict
+from featviz.errors import RunError, UsageError
+from featviz.sources import IMAGENET_MEAN, IMAGENET_STD, BuiltModel
+from featviz.sources.meta import parameters_on_meta
+
+if TYPE_CHECKING:
+    from featviz.requests import ModelRequest
+
+
+class FactorySource:
+    def build(self, request: ModelRequest, *, structure_only: bool) -> BuiltModel:
+        from torch import nn
+
+        spec = request.spec
+        location, _, attribute = spec.rpartition(":")
+        source = _import_location(location, spec)
+        factory = getattr(source, attribute, None)
+        if factory is None or not callable(factory):
+            raise UsageError(f"--model {spec}: '{location}' has no callable '{attribute}'")
+        kwargs = {} if request.num_classes is None else {"num_classes": request.num_classes}
+        model = _structure(factory, kwargs) if structure_only else None
+        if model is None:
+            try:
+                model = factory(**kwargs)
+            except Exception as exc:
+                raise RunError(
+                    f"--model {spec}: the factory raised {type(exc).__name__}: {exc}"
+                ) from exc
+        if not isinstance(model, nn.Module):
+            raise UsageError(
+                f"--model {spec}: the factory returned a {type(model).__name__}, not a "
+                "torch.nn.Module"
+            )
+        if request.checkpoint is not None and not structure_only:
+            load_into(
+                model, read_state_dict(request.checkpoint), f"checkpoint '{request.checkpoint}'"
+            )
+        labels = getattr(source, "LABELS", None)
+        if isinstance(labels, str):
+            from featviz.models import read_labels
+
+            labels = read_labels(labels)
+        return BuiltModel(
+            module=model,
+            name=spec,
+            weights="none (structure only)"
+            if structure_only
+            else (str(request.checkpoint) if request.checkpoint else "factory"),
+            mean=tuple(getattr(source, "MEAN", IMAGENET_MEAN)),
+            std=tuple(getattr(source, "STD", IMAGENET_STD)),
+            input_size=int(getattr(source, "INPUT_SIZE", 224)),
+            categories=list(labels) if labels is not None else None,
+            categories_from=f"LABELS in {location}",
+            categories_given=True,
+        )
+
+
+def _structure(factory: Any, kwargs: dict[str, Any]) -> Any:
+    """The factory's module with parameters on meta, or None when its code needs real tensors
+    (it computes with its weights, say): the caller then builds it for real."""
+    try:
+        with parameters_on_meta():
+            return factory(**kwargs)
+    except Exception:
+        return None
+
+
+def _import_location(location: str, spec: str) -> Any:
+    if location.endswith(".py") or "/" in location or "\\" in location:
+        path = Path(location)
+        if not path.is_file():
+            raise UsageError(f"--model {spec}: file '{location}' does not exist")
+        module_spec = importlib.util.spec_from_file_location(f"featviz_user_{path.stem}", path)
+        module = importlib.util.module_from_spec(module_spec)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as exc:
+            raise RunError(
+                f"--model {spec}: importing '{location}' failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        return module
+    try:
+        return importlib.import_module(location)
+    except ImportError as exc:
+        raise UsageError(f"--model {spec}: cannot import '{location}' ({exc})") from exc
