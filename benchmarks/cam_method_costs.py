@@ -26,7 +26,7 @@ from _common import REPO, SAMPLES, TIMES_NOTE, machine_line, round_robin, say, t
 from PIL import Image
 
 from featviz.cam import forward_for_cam, load_method, method_names
-from featviz.layers import trace_model
+from featviz.tracing import trace_model
 from featviz.models import load_model
 from featviz.preprocess import Preprocessing, to_tensor
 from featviz.requests import ModelRequest

@@ -8,10 +8,12 @@ the ORIGINAL image: preprocessing never crops, so the layer's grid covers the wh
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from featviz.cam.registry import ATTENTION
 from featviz.errors import InputError, first_line
 from featviz.jobs import ImageJob, failure, model_failure, nan_or_infinite, not_finite
 from featviz.output import class_slug, encode_npz, encode_png, write_atomic
@@ -63,6 +65,15 @@ class CamJob(ImageJob):
             load_method(name, batch_size=self.request.cam_batch_size)
             for name in self.request.methods
         ]
+        self.attention = any(method.info.needs_attention for method in self.methods)
+        # Attention methods on a model without readable global attention: refused now.
+        self.token_prefix = self.model.trace.attention_prefix() if self.attention else 0
+        self.class_token = (
+            bool(self.token_prefix) if self.model.class_token is None else self.model.class_token
+        )
+
+    def _layers_of(self, method: Any) -> list[str]:
+        return [ATTENTION] if method.info.needs_attention else self.layers
 
     def process(self, batch: list[LoadedImage]) -> list[Callable[[], ImageResult]]:
         import torch
@@ -71,12 +82,22 @@ class CamJob(ImageJob):
 
         inputs = self.model.batch([item.tensor for item in batch])
         try:
+            trace = self.model.trace
             context = forward_for_cam(
                 self.model.module,
                 inputs,
-                self.layers,
-                self.model.trace.calls(),
+                [
+                    layer
+                    for method in self.methods
+                    for layer in self._layers_of(method)
+                    if layer != ATTENTION
+                ],
+                trace.calls(),
+                layouts=trace.layouts(),
                 gradients=any(method.info.needs_gradients for method in self.methods),
+                attention=self.attention,
+                token_prefix=self.token_prefix,
+                class_token=self.class_token,
             )
         except RuntimeError as exc:
             raise model_failure(inputs, exc) from exc
@@ -85,17 +106,27 @@ class CamJob(ImageJob):
             i: f"the model's scores are {nan_or_infinite(scores[i])}: there is nothing to explain"
             for i in not_finite(scores).nonzero().flatten().tolist()
         }
+        if bool((scores.amax(dim=1) == scores.amin(dim=1)).any()):
+            warnings.warn(
+                "the model gives every class the same score on some images (a zero-initialised "
+                "head, as torchvision's ViTs have with --weights none?): their maps are zeros",
+                stacklevel=1,
+            )
         probabilities = scores.softmax(dim=1)
+        # One ranking for the targets and the predictions shown: ties break the same way.
+        ranked = probabilities.topk(
+            min(max(SHOWN_PREDICTIONS, self.request.top_k), probabilities.shape[1]), dim=1
+        )
         if self.targets:
             targets = torch.tensor(self.targets, device=inputs.device).expand(len(batch), -1)
         else:
-            targets = probabilities.topk(self.request.top_k, dim=1).indices
+            targets = ranked.indices[:, : self.request.top_k]
 
         per_image: list[list[_Map]] = [[] for _ in batch]
         for method in self.methods:
             class_specific = method.info.class_specific
             for column in range(targets.shape[1] if class_specific else 1):
-                for layer in self.layers:
+                for layer in self._layers_of(method):
                     maps = _compute(method, context, layer, targets[:, column])
                     for i in not_finite(maps).nonzero().flatten().tolist():
                         broken.setdefault(
@@ -110,7 +141,6 @@ class CamJob(ImageJob):
                             else ANY_CLASS
                         )
                         per_image[i].append(_Map(method.name, layer, target, maps[i]))
-        shown = probabilities.topk(min(SHOWN_PREDICTIONS, probabilities.shape[1]), dim=1)
         tasks = []
         for i, item in enumerate(batch):
             if i in broken:
@@ -118,7 +148,9 @@ class CamJob(ImageJob):
                 continue
             predictions = [
                 Prediction(int(index), self.model.label(int(index)), float(p))
-                for p, index in zip(shown.values[i], shown.indices[i])
+                for p, index in zip(
+                    ranked.values[i, :SHOWN_PREDICTIONS], ranked.indices[i, :SHOWN_PREDICTIONS]
+                )
             ]
             tasks.append(self._writer(item, per_image[i], predictions))
         return tasks

@@ -241,23 +241,31 @@ def layers(model: ModelRequest = None) -> None:
         typer.echo(describe_layers(model))
 
 
+class Source(str, Enum):
+    torchvision = "torchvision"
+    timm = "timm"
+
+
 @app.command()
 def models(
     name_filter: Annotated[
         str | None, typer.Argument(metavar="[FILTER]", help="Show only names containing this.")
     ] = None,
+    source: Annotated[
+        Source, typer.Option(help="Whose models: torchvision's, or timm's (as timm/NAME).")
+    ] = Source.torchvision,
 ) -> None:
-    """torchvision classification models and their weights.
+    """Model names to pass to --model, with their pretrained weights (or timm's tags).
 
-    Example: featviz models resnet
+    Example: featviz models resnet · featviz models --source timm vit_small
     """
     with errors():
         from featviz.report import models_table
         from featviz.runner import list_models
 
-        entries = list_models(name_filter)
+        entries = list_models(name_filter, source.value)
         if not entries:
-            raise FeatvizError(f"no torchvision model name contains '{name_filter}'")
+            raise FeatvizError(f"no {source.value} model name contains '{name_filter}'")
         typer.echo(models_table(entries))
 
 

@@ -63,8 +63,9 @@ _MODEL_OPTIONS: dict[str, tuple[Any, Any]] = {
                 "--model",
                 "-m",
                 panel=MODEL_PANEL,
-                help="torchvision model name (see `featviz models`), or your own as "
-                "file.py:callable or package.module:callable.",
+                help="torchvision model name (see `featviz models`), timm/NAME[.TAG], "
+                "hf:REPO_ID or hf:DIR, or your own as file.py:callable or "
+                "package.module:callable.",
             ),
         ],
         "alexnet",

@@ -12,7 +12,7 @@ Two modes:
 
 A module that runs several times in one forward (torchvision's BasicBlock reuses one ``relu``)
 fires its hook on every call; a tap keeps the LAST call's output, which is the one that leaves
-the enclosing block. ``calls`` (from ``layers.trace_model``) says how many calls to expect, so
+the enclosing block. ``calls`` (from ``tracing.trace_model``) says how many calls to expect, so
 that an early stop waits for that last call.
 """
 
@@ -94,7 +94,7 @@ class LayerTaps:
             self._seen[name] = count
             if count < self.expected_calls[name]:
                 return None
-            tensor = _first_tensor(output)
+            tensor = first_tensor(output)
             if tensor is None:
                 return None
             replacement = None
@@ -107,28 +107,32 @@ class LayerTaps:
                 self.outputs[name] = tensor.clone()
             if self.stop_early and len(self.outputs) == len(self.layers):
                 raise _StopForward
-            if replacement is None or not _is_tensor(output):
-                # Only a plain tensor output can be swapped; tuple outputs keep their own graph.
-                return None
-            return replacement
+            return None if replacement is None else with_first_tensor(output, replacement)
 
         return hook
 
 
-def _is_tensor(value: Any) -> bool:
-    import torch
-
-    return isinstance(value, torch.Tensor)
-
-
-def _first_tensor(value: Any) -> torch.Tensor | None:
+def first_tensor(value: Any) -> torch.Tensor | None:
+    """A module's output tensor: the output itself, or the first tensor of a tuple or list
+    (Hugging Face layers return ``(hidden_states, attention)``)."""
     import torch
 
     if isinstance(value, torch.Tensor):
         return value
     if isinstance(value, (tuple, list)):
-        for item in value:
-            found = _first_tensor(item)
-            if found is not None:
-                return found
+        return next((item for item in value if isinstance(item, torch.Tensor)), None)
     return None
+
+
+def with_first_tensor(value: Any, replacement: torch.Tensor) -> Any:
+    """``value`` with its first tensor (see ``first_tensor``) swapped for ``replacement``."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return replacement
+    items = list(value)
+    index = next(i for i, item in enumerate(items) if isinstance(item, torch.Tensor))
+    items[index] = replacement
+    if isinstance(value, list):
+        return items
+    return type(value)(*items) if hasattr(value, "_fields") else tuple(items)

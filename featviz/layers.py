@@ -1,24 +1,16 @@
 """Which layers a model has, what they output, and which one a CAM should use by default.
 
-``trace_model`` runs one forward on the meta device (shapes only, a few milliseconds, no real
-arithmetic) with a hook on every module, and records the order in which module outputs are
-produced, their shapes and how often each module runs. Everything else here reads that trace.
+A ``ModelTrace`` (made by tracing.trace_model, one shapes-only forward) lists every module with
+its output shape and layout; everything here reads it.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from featviz.errors import UsageError, closest
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from torch import nn
-
-_POOLING = ("Pool",)
+from featviz.layouts import Layout
 
 
 @dataclass(frozen=True)
@@ -26,8 +18,10 @@ class LayerInfo:
     """One module as seen in a traced forward.
 
     ``shape`` is the output shape (batch of one) of the module's last call, or None when the
-    module did not run or did not return a tensor; ``pooled``: the output comes from a pooling
-    layer, or is the very tensor a pooling layer inside this module returned.
+    module did not run or did not return a tensor (a tuple's first tensor counts); ``pooled``:
+    the output comes from a pooling layer, or is the very tensor a pooling layer inside this
+    module returned; ``layout``: how the output becomes (N, C, h, w) maps, None when it is not
+    a map of the image (class scores, attention matrices).
     """
 
     name: str
@@ -37,11 +31,13 @@ class LayerInfo:
     calls: int
     order: int
     pooled: bool
+    layout: Layout | None = None
+    grid: tuple[int, int] | None = None
 
     @property
     def spatial(self) -> bool:
-        """Usable for feature maps and CAM: a 4-D output with more than one spatial position."""
-        return self.shape is not None and len(self.shape) == 4 and self.shape[2] * self.shape[3] > 1
+        """Usable for feature maps and CAM: a map with more than one position."""
+        return self.grid is not None and self.grid[0] * self.grid[1] > 1
 
 
 @dataclass(frozen=True)
@@ -49,11 +45,17 @@ class ModelTrace:
     """All modules of a model, in ``named_modules`` order, with their traced outputs.
 
     ``num_classes``: the width of the model's (N, classes) scores, None when its output is not
-    one (see scores.logits_of).
+    one (see scores.logits_of). ``input_hw``: the traced input size. ``size_step``: the model
+    also runs at the traced height × (width + step), so at multiples of ``size_step`` (any size
+    when it is tracing.FREE_STEP); None: at the traced size only. ``attention_inputs``: for each
+    attention module call, in order, the module whose output it read.
     """
 
     layers: tuple[LayerInfo, ...]
     num_classes: int | None
+    input_hw: tuple[int, int]
+    size_step: int | None
+    attention_inputs: tuple[str, ...]
 
     def get(self, name: str) -> LayerInfo:
         return next(layer for layer in self.layers if layer.name == name)
@@ -65,115 +67,63 @@ class ModelTrace:
     def calls(self) -> dict[str, int]:
         return {layer.name: layer.calls for layer in self.layers}
 
+    def layouts(self) -> dict[str, Layout]:
+        return {layer.name: layer.layout for layer in self.layers if layer.layout is not None}
+
+    @property
+    def patch_stride(self) -> int:
+        """Input pixels per token of the first token layer (a ViT's patch size), else 1."""
+        for layer in self.cam_candidates():
+            if layer.layout.kind == "tokens" and self.input_hw[0] % layer.grid[0] == 0:
+                return self.input_hw[0] // layer.grid[0]
+        return 1
+
+    def attention_prefix(self) -> int:
+        """The prefix tokens in front of the patch tokens that every attention module reads.
+
+        Raises UsageError unless every attention reads tokens laid on the patch grid (the
+        rollout methods need global self-attention: a ViT's, not a CNN's or Swin's windows).
+        """
+        feeding = [self.get(name) for name in self.attention_inputs]
+        if not feeding or any(f.layout is None or f.layout.kind != "tokens" for f in feeding):
+            raise UsageError(
+                "the attention methods need global self-attention over the patch tokens (ViT, "
+                "DeiT, BEiT…); this model has none featviz can read (a CNN has none, Swin's "
+                "is windowed)",
+                hint="use --method gradcam, which works on any layer",
+            )
+        return feeding[-1].layout.prefix
+
     def cam_candidates(self) -> list[LayerInfo]:
         """Spatial layers in execution order."""
         ran = [layer for layer in self.layers if layer.spatial]
         return sorted(ran, key=lambda layer: layer.order)
 
-    def default_cam_layer(self) -> str:
-        """The output of the last convolutional stage: the last spatial output that is not pooled.
+    def default_cam_layer(self, class_token: bool | None = None) -> str:
+        """The layer whose map explains the class best, by default.
 
-        Among modules producing that very tensor (``layer4.2.relu`` → ``layer4.2`` → ``layer4``)
-        the outermost is named, because it is the name a user reads in the model's structure.
+        The output of the last stage: the last spatial output that is not pooled (the
+        outermost of the modules producing that very tensor, ``layer4.2.relu`` → ``layer4.2``
+        → ``layer4``: the name a user reads in the model's structure). Except when that is a
+        token layer whose head reads a class token (``class_token``; None: assumed when there
+        are prefix tokens): the class token depends on the patch tokens of the last block's
+        output not at all (their gradients are zero); the input of the last attention, where
+        the class token gathers from the patches, is taken instead.
         """
         usable = [layer for layer in self.cam_candidates() if not layer.pooled]
         if not usable:
             raise UsageError(
-                "this model has no layer with a spatial (N, C, H, W) output to compute a CAM on",
-                hint="featviz works on convolutional networks; `featviz layers` shows what it has",
+                "this model has no layer with a spatial output (feature maps or patch tokens) "
+                "to compute a CAM on",
+                hint="`featviz layers --model MODEL` shows what it has",
             )
-        return usable[-1].name
-
-
-def trace_model(model: nn.Module, input_shape: tuple[int, ...]) -> ModelTrace:
-    """Trace one forward of a zero input of ``input_shape`` (N, C, H, W)."""
-    import torch
-
-    named = [(name, module) for name, module in model.named_modules() if name]
-    records: dict[str, dict] = {}
-    produced: dict[int, bool] = {}  # id of an output tensor → whether a pooling made it
-    keep_alive: list[torch.Tensor] = []
-    counter = iter(range(1 << 30))
-
-    def hook_for(name: str):
-        def hook(module: nn.Module, inputs: object, output: object) -> None:
-            record = records.setdefault(name, {"calls": 0})
-            record["calls"] += 1
-            record["order"] = next(counter)
-            if not isinstance(output, torch.Tensor):
-                record.update(shape=None, pooled=False)
-                return
-            is_pool = any(word in type(module).__name__ for word in _POOLING)
-            # A container returning its last child's output returns the same tensor object.
-            pooled = is_pool or produced.get(id(output), False)
-            record.update(shape=tuple(output.shape), pooled=pooled)
-            keep_alive.append(output)  # ids stay unique while the trace runs
-            produced.setdefault(id(output), pooled)
-
-        return hook
-
-    handles = [module.register_forward_hook(hook_for(name)) for name, module in named]
-    try:
-        output = _forward_shapes(
-            model, input_shape, restart=lambda: (records.clear(), produced.clear())
-        )
-    finally:
-        for handle in handles:
-            handle.remove()
-
-    layers = []
-    for name, module in named:
-        record = records.get(name, {})
-        layers.append(
-            LayerInfo(
-                name=name,
-                type_name=type(module).__name__,
-                shape=record.get("shape"),
-                params=sum(p.numel() for p in module.parameters()),
-                calls=record.get("calls", 0),
-                order=record.get("order", -1),
-                pooled=record.get("pooled", False),
-            )
-        )
-    return ModelTrace(tuple(layers), _classes_of(output))
-
-
-def _classes_of(output: object) -> int | None:
-    from featviz.errors import RunError
-    from featviz.scores import logits_of
-
-    try:
-        scores, _ = logits_of(output)
-    except RunError:
-        return None
-    return int(scores.shape[1]) if scores.ndim == 2 else None
-
-
-def _forward_shapes(
-    model: nn.Module, input_shape: tuple[int, ...], restart: Callable[[], object]
-) -> object:
-    """The model's output for a zero input: on the meta device when every op allows it, else a
-    real forward of zeros.
-
-    ``restart()`` runs before the real forward: a meta forward that failed halfway has already
-    fired some hooks, whose records would otherwise count every call twice.
-    """
-    import torch
-    from torch.func import functional_call
-
-    meta_state = {
-        name: torch.empty_like(tensor, device="meta")
-        for name, tensor in [*model.named_parameters(), *model.named_buffers()]
-    }
-    try:
-        with torch.no_grad():
-            return functional_call(model, meta_state, (torch.zeros(input_shape, device="meta"),))
-    except Exception:
-        pass
-    restart()
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    with torch.inference_mode():
-        return model(torch.zeros(input_shape, device=device))
+        last = usable[-1]
+        reads_class = bool(last.layout.prefix) if class_token is None else class_token
+        if last.layout.kind == "tokens" and reads_class and self.attention_inputs:
+            feeding = self.get(self.attention_inputs[-1])
+            if feeding.spatial:
+                return feeding.name
+        return last.name
 
 
 def resolve_layers(trace: ModelTrace, patterns: list[str], *, spatial_only: bool) -> list[str]:
@@ -227,7 +177,7 @@ def _not_spatial(trace: ModelTrace, info: LayerInfo) -> UsageError:
     shape = "no tensor output" if info.shape is None else f"output shape {list(info.shape)}"
     candidates = [layer.name for layer in trace.cam_candidates() if not layer.pooled][-3:]
     return UsageError(
-        f"layer '{info.name}' ({info.type_name}, {shape}) has no spatial (N, C, H, W) output "
-        "to draw",
+        f"layer '{info.name}' ({info.type_name}, {shape}) has no spatial output (feature maps "
+        "or patch tokens) to draw",
         hint=f"try one of the last spatial layers: {', '.join(candidates)}",
     )

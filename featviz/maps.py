@@ -55,7 +55,11 @@ class MapsJob(ImageJob):
                 taps.run(inputs)
         except RuntimeError as exc:
             raise model_failure(inputs, exc) from exc
-        outputs = {name: taps.outputs[name].float() for name in self.layers}
+        layouts = self.model.trace.layouts()
+        outputs = {
+            name: layouts[name].to_nchw(taps.outputs[name].float(), tuple(inputs.shape[-2:]))
+            for name in self.layers
+        }
         broken: dict[int, str] = {}
         for name, values in outputs.items():
             for i in not_finite(values).nonzero().flatten().tolist():

@@ -28,8 +28,12 @@ if TYPE_CHECKING:
 class LoadedModel:
     """A ready network and what it takes to feed it and read its output.
 
-    ``trace`` is one shapes-only forward at ``preprocessing.input_size`` (see layers.py).
+    ``trace`` is one shapes-only forward at ``preprocessing.input_size`` (see tracing.py);
+    ``class_token`` whether a transformer's head reads its first token (sources.BuiltModel).
     """
+
+    def default_cam_layer(self) -> str:
+        return self.trace.default_cam_layer(class_token=self.class_token)
 
     module: nn.Module
     name: str
@@ -39,6 +43,7 @@ class LoadedModel:
     device: torch.device
     channels_last: bool
     trace: ModelTrace
+    class_token: bool | None = None
 
     @property
     def num_classes(self) -> int | None:
@@ -72,7 +77,7 @@ def load_model(request: ModelRequest, *, structure_only: bool = False) -> Loaded
     """
     import torch
 
-    from featviz.layers import trace_model
+    from featviz.tracing import TraceError, size_multiple, trace_model
 
     device = torch.device("cpu") if structure_only else resolve_device(request.device)
     torch.manual_seed(request.seed)
@@ -82,14 +87,24 @@ def load_model(request: ModelRequest, *, structure_only: bool = False) -> Loaded
     if not structure_only:
         layout = torch.channels_last if channels_last else torch.contiguous_format
         module = module.to(device, memory_format=layout)
+    size = request.input_size or built.input_size
+    try:
+        trace = trace_model(module, (1, 3, size, size))
+    except TraceError as exc:
+        if request.input_size is None:
+            raise
+        raise UsageError(
+            f"--input-size {size}: {exc.message}",
+            hint=f"the model's own size is {built.input_size}: leave --input-size out",
+        ) from exc
     preprocessing = Preprocessing(
         mean=built.mean,
         std=built.std,
-        input_size=request.input_size or built.input_size,
+        input_size=size,
         resize=request.resize,
+        multiple=size_multiple(trace),
+        interpolation=built.interpolation,
     )
-    size = preprocessing.input_size
-    trace = trace_model(module, (1, 3, size, size))
     categories, origin, given = built.categories, built.categories_from, built.categories_given
     if request.labels is not None:
         categories, origin, given = read_labels(request.labels), f"--labels {request.labels}", True
@@ -103,6 +118,7 @@ def load_model(request: ModelRequest, *, structure_only: bool = False) -> Loaded
         device=device,
         channels_last=channels_last,
         trace=trace,
+        class_token=built.class_token,
     )
 
 

@@ -10,6 +10,17 @@ drawn over the whole photo would no longer line up. featviz resizes instead:
 In ``keep`` mode the longer side is capped at ``MAX_ASPECT`` × ``input_size``: a 10000×10 strip
 would otherwise become a 224×224000 tensor. Past that ratio the image is squashed only as much as
 needed, and its heatmap still covers the whole original.
+
+Models that accept only some sizes (found by tracing.trace_model) are fed the nearest size they
+accept, squashed, never cropped and never padded:
+- one size only (torchvision's ViTs assert 224 × 224; timm's ViTs by default): the photo is
+  squashed to it, like ``square``;
+- multiples of a step (MaxViT's 7 × 7 windows at stride 32: multiples of 224; a ViT's patch
+  size, so no pixel falls outside the patch grid): each side is rounded to the nearest
+  multiple after the aspect-keeping resize.
+Squashing rather than letterboxing: every pixel of the photo reaches the network and the map
+covers the photo exactly, with no padded border for attention to pick up; networks trained
+with random-resized crops have seen aspect changes of 3:4 to 4:3 throughout training.
 """
 
 from __future__ import annotations
@@ -34,27 +45,31 @@ class Preprocessing:
     std: tuple[float, ...]
     input_size: int
     resize: ResizeMode = "keep"
+    multiple: int | None = 1  # every side a multiple of this; None: input_size × input_size only
+    interpolation: str = "bilinear"  # as the weights were trained: timm's ViTs use bicubic
 
 
-def resized_shape(width: int, height: int, input_size: int, resize: ResizeMode) -> tuple[int, int]:
+def resized_shape(width: int, height: int, preprocessing: Preprocessing) -> tuple[int, int]:
     """(height, width) the network sees for an original of ``width`` × ``height`` pixels."""
-    if resize == "square":
-        return input_size, input_size
-    scale = input_size / min(width, height)
-    longest = MAX_ASPECT * input_size
-    return min(longest, max(1, round(height * scale))), min(longest, max(1, round(width * scale)))
+    size, multiple = preprocessing.input_size, preprocessing.multiple
+    if preprocessing.resize == "square" or multiple is None:
+        return size, size
+    scale = size / min(width, height)
+    longest = MAX_ASPECT * size
+    sides = (min(longest, max(1, round(side * scale))) for side in (height, width))
+    return tuple(max(multiple, round(side / multiple) * multiple) for side in sides)
 
 
 def to_tensor(image: Image.Image, preprocessing: Preprocessing) -> torch.Tensor:
-    """RGB PIL image → float32 (3, h, w) tensor, resized (antialiased bilinear) and normalised."""
+    """RGB PIL image → float32 (3, h, w) tensor, resized (antialiased, with the weights' own
+    interpolation) and normalised."""
     import numpy as np
     import torch
     from PIL import Image
 
-    height, width = resized_shape(
-        image.width, image.height, preprocessing.input_size, preprocessing.resize
-    )
-    resized = image.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=None)
+    height, width = resized_shape(image.width, image.height, preprocessing)
+    resample = Image.Resampling[preprocessing.interpolation.upper()]
+    resized = image.resize((width, height), resample, reducing_gap=None)
     array = torch.from_numpy(np.asarray(resized, dtype=np.float32)).permute(2, 0, 1) / 255.0
     mean = torch.tensor(preprocessing.mean, dtype=torch.float32).view(3, 1, 1)
     std = torch.tensor(preprocessing.std, dtype=torch.float32).view(3, 1, 1)

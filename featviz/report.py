@@ -60,22 +60,37 @@ def image_line(result: ImageResult) -> str:
     return f"{result.source.display}{guess} → {status}{files} in {where}"
 
 
-def layer_table(trace: ModelTrace, default_layer: str | None) -> str:
-    """Every module: name, type, output shape, parameters, and what featviz can do with it."""
+def layer_table(trace: ModelTrace, default_layer: str | None, multiple: int | None) -> str:
+    """Every module: name, type, output shape (and how it becomes maps), parameters, and what
+    featviz can do with it; a first line says which input sizes the model takes."""
+    height, width = trace.input_hw
+    if multiple is None:
+        sizes = f"{width}×{height} only (photos are squashed to it, never cropped)"
+    elif multiple > 1:
+        sizes = f"sides that are multiples of {multiple} (shorter side {height} by default)"
+    else:
+        sizes = f"any size (shorter side {height} by default); shapes below for {width}×{height}"
     rows = [("name", "type", "output shape", "params", "notes")]
+    attention_input = trace.attention_inputs[-1] if trace.attention_inputs else None
     for layer in trace.layers:
-        shape = "-" if layer.shape is None else "×".join(str(d) for d in layer.shape[1:])
+        if layer.shape is None:
+            shape = "-"
+        elif layer.layout is None:
+            shape = "×".join(str(d) for d in layer.shape[1:])
+        else:
+            shape = layer.layout.describe(layer.shape, trace.input_hw)
         notes = []
         if layer.spatial:
             notes.append("cam" + (" (pooled)" if layer.pooled else ""))
         if layer.name == default_layer:
-            notes.append("← default cam layer")
+            why = " (the last attention's input)" if layer.name == attention_input else ""
+            notes.append(f"← default cam layer{why}")
         if layer.calls > 1:
             notes.append(f"runs {layer.calls}× per forward: a tap keeps the last call")
         if layer.calls == 0:
             notes.append("not run in forward")
         rows.append((layer.name, layer.type_name, shape, f"{layer.params:,}", ", ".join(notes)))
-    return _columns(rows)
+    return f"input: {sizes}\n" + _columns(rows)
 
 
 def models_table(entries: list[tuple[str, list[str]]]) -> str:

@@ -127,7 +127,7 @@ def prepare_cam(model: ModelRequest, run: RunRequest, cam: CamRequest) -> Prepar
     layers = (
         resolve_layers(trace, list(cam.layers), spatial_only=True)
         if cam.layers
-        else [trace.default_cam_layer()]
+        else [loaded.default_cam_layer()]
     )
     classes = loaded.num_classes
     targets = [resolve_target(text, loaded.categories, classes) for text in cam.targets]
@@ -222,13 +222,20 @@ def describe_layers(model: ModelRequest) -> str:
 
     loaded = load_model(model, structure_only=True)
     try:
-        default = loaded.trace.default_cam_layer()
+        default = loaded.default_cam_layer()
     except UsageError:
         default = None
-    return layer_table(loaded.trace, default)
+    return layer_table(loaded.trace, default, loaded.preprocessing.multiple)
 
 
-def list_models(name_filter: str | None) -> list[tuple[str, list[str]]]:
+def list_models(
+    name_filter: str | None, source: str = "torchvision"
+) -> list[tuple[str, list[str]]]:
+    """(name for --model, its weights) of the source's models whose name contains the filter."""
+    if source == "timm":
+        from featviz.sources.timm_models import timm_models
+
+        return timm_models(name_filter)
     from featviz.sources.torchvision_models import classification_models, model_weights_names
 
     names = [

@@ -63,8 +63,8 @@ def assert_error(result, code: int, error: str, hint: str | None = None) -> None
         ),
         (
             [*TINY, "-l", "fc"],
-            "Error: layer 'fc' (Linear, output shape [1, 5]) has no spatial (N, C, H, W) output "
-            "to draw",
+            "Error: layer 'fc' (Linear, output shape [1, 5]) has no spatial output "
+            "(feature maps or patch tokens) to draw",
             "Hint: try one of the last spatial layers: features.2, features.3, features",
         ),
         (

@@ -8,12 +8,15 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from featviz.cam import forward_for_cam, load_method, method_names, normalise, upsample
+from featviz.cam import forward_for_cam, load_method, method_info, method_names, normalise, upsample
 from featviz.errors import RunError, UsageError
-from featviz.layers import trace_model
+from featviz.tracing import trace_model
 from featviz.models import load_model
 from featviz.requests import ModelRequest
 from featviz.scores import logits_of
+
+# Methods that read one layer (the rollout methods read attention: tests/test_transformers.py).
+LAYER_METHODS = [name for name in method_names() if not method_info(name).needs_attention]
 
 
 def _no_hooks(model: nn.Module) -> bool:
@@ -72,7 +75,7 @@ def test_gradients_are_cached_per_targets(resnet):
 def test_no_parameter_gradient_and_weights_stay_frozen(resnet):
     model, calls = resnet
     ctx = forward_for_cam(model, torch.randn(1, 3, 32, 32), ["layer4"], calls)
-    for name in method_names():
+    for name in LAYER_METHODS:
         load_method(name).compute(ctx, "layer4", torch.tensor([3]))
     assert all(p.grad is None and not p.requires_grad for p in model.parameters())
     assert _no_hooks(model)
@@ -175,7 +178,7 @@ def test_layer_off_the_path_has_no_gradient():
 def _all_methods_maps(model, x, layer):
     ctx = forward_for_cam(model, x, [layer], trace_model(model, (1, *x.shape[1:])).calls())
     targets = torch.arange(len(x)) % ctx.num_classes
-    return {name: load_method(name).compute(ctx, layer, targets) for name in method_names()}
+    return {name: load_method(name).compute(ctx, layer, targets) for name in LAYER_METHODS}
 
 
 def test_all_zero_activations_give_zero_maps(tiny_model):

@@ -10,7 +10,7 @@ import torchvision
 from torch import nn
 
 from featviz.cam import forward_for_cam, load_method, perturbation
-from featviz.layers import trace_model
+from featviz.tracing import trace_model
 
 
 def _model(arch: str) -> nn.Module:

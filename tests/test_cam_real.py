@@ -14,7 +14,7 @@ from conftest import SAMPLES
 from PIL import Image
 
 from featviz.cam import forward_for_cam, load_method, normalise, upsample
-from featviz.layers import trace_model
+from featviz.tracing import trace_model
 from featviz.preprocess import to_tensor
 
 TABBY, ESPRESSO = 281, 967

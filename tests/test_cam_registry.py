@@ -21,6 +21,8 @@ EXPECTED_ORDER = [
     "scorecam",
     "ablationcam",
     "eigencam",
+    "gradrollout",
+    "rollout",
 ]
 
 
@@ -48,9 +50,11 @@ def test_summary_is_one_line_saying_the_cost(name):
 
 def test_gradient_flags():
     needing = [name for name in method_names() if method_info(name).needs_gradients]
-    assert needing == ["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam"]
+    assert needing == ["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "gradrollout"]
     agnostic = [name for name in method_names() if not method_info(name).class_specific]
-    assert agnostic == ["eigencam"]
+    assert agnostic == ["eigencam", "rollout"]
+    attention = [name for name in method_names() if method_info(name).needs_attention]
+    assert attention == ["gradrollout", "rollout"]
 
 
 def test_duplicate_registration_is_refused():
@@ -118,9 +122,9 @@ def test_registry_queries_do_not_import_torch():
 
 def test_tensor_helpers_load_lazily():
     import featviz.cam as cam
-    from featviz.cam import base
+    from featviz.cam import base, context
 
     assert cam.normalise is base.normalise
-    assert cam.forward_for_cam is base.forward_for_cam
+    assert cam.forward_for_cam is context.forward_for_cam
     with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
         _ = cam.nothing

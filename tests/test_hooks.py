@@ -8,7 +8,7 @@ import torchvision
 from torch import nn
 
 from featviz.hooks import LayerTaps
-from featviz.layers import trace_model
+from featviz.tracing import trace_model
 
 
 def _no_hooks_left(model: nn.Module) -> bool:

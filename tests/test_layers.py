@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from featviz.errors import UsageError
-from featviz.layers import resolve_layers, trace_model
+from featviz.layers import resolve_layers
+from featviz.tracing import trace_model
 from featviz.models import load_model
 from featviz.requests import ModelRequest
 
@@ -71,8 +72,8 @@ def test_non_spatial_layer_explains_and_lists_candidates() -> None:
     with pytest.raises(UsageError) as info:
         resolve_layers(_trace("alexnet"), ["classifier.1"], spatial_only=True)
     assert info.value.message == (
-        "layer 'classifier.1' (Linear, output shape [1, 4096]) has no spatial (N, C, H, W) "
-        "output to draw"
+        "layer 'classifier.1' (Linear, output shape [1, 4096]) has no spatial output "
+        "(feature maps or patch tokens) to draw"
     )
     assert (
         info.value.hint == "try one of the last spatial layers: features.9, features.10, "

@@ -8,9 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from featviz.cam.registry import MethodInfo, load_method, method_info, method_names, register
+from featviz.cam.registry import (
+    ATTENTION,
+    MethodInfo,
+    load_method,
+    method_info,
+    method_names,
+    register,
+)
 
 __all__ = [
+    "ATTENTION",
     "CamContext",
     "CamMethod",
     "MethodInfo",
@@ -25,20 +33,20 @@ __all__ = [
     "upsample",
 ]
 
-_FROM_BASE = {
-    "CamContext",
-    "CamMethod",
-    "forward_for_cam",
-    "fuse",
-    "heatmap",
-    "normalise",
-    "upsample",
+_LAZY = {
+    "CamContext": "context",
+    "forward_for_cam": "context",
+    "CamMethod": "base",
+    "fuse": "base",
+    "heatmap": "base",
+    "normalise": "base",
+    "upsample": "base",
 }
 
 
 def __getattr__(name: str) -> Any:
-    if name in _FROM_BASE:
-        from featviz.cam import base
+    if name in _LAZY:
+        import importlib
 
-        return getattr(base, name)
+        return getattr(importlib.import_module(f"featviz.cam.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'featviz.cam' has no attribute '{name}'")

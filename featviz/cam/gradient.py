@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from featviz.cam.base import CamContext, CamMethod, logits_match, safe_divide
+from featviz.cam.base import CamMethod, logits_match, safe_divide
+from featviz.cam.context import CamContext
 from featviz.errors import UsageError
 
 # xgradcam's ε: a channel that is zero everywhere has weight 0/ε = 0, not 0/0.

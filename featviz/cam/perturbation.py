@@ -23,8 +23,11 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from featviz.cam.base import CamContext, CamMethod, logits_match, logits_of, safe_divide, upsample
+from featviz.cam.base import CamMethod, logits_match, safe_divide, upsample
+from featviz.cam.context import CamContext
 from featviz.errors import first_line
+from featviz.hooks import with_first_tensor
+from featviz.scores import logits_of
 
 # Score-CAM's mask denominator max − min + ε: a constant channel gives an all-zero mask.
 _MASK_EPS = 1e-8
@@ -112,6 +115,7 @@ class AblationCam(CamMethod):
                 chunk = activations[image]
                 ablated = torch.nonzero(channel >= 0).squeeze(1)
                 chunk[ablated, channel[ablated]] = 0
+                chunk = ctx.as_layer_output(layer, chunk, image)
                 scores[start : start + len(image)] = resume(image, chunk).float()
         return scores.view(n, k + 1, -1)
 
@@ -257,7 +261,7 @@ class _HookedForward:
         def swap(module: nn.Module, inputs: Any, output: Any) -> torch.Tensor | None:
             nonlocal seen
             seen += 1
-            return activations if seen >= self.expected else None
+            return with_first_tensor(output, activations) if seen >= self.expected else None
 
         handle = self.module.register_forward_hook(swap)
         try:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from featviz.cam.base import CamContext, CamMethod
+from featviz.cam.base import CamMethod
+from featviz.cam.context import CamContext
 
 
 class EigenCam(CamMethod):

@@ -16,11 +16,17 @@ if TYPE_CHECKING:
     from featviz.cam.base import CamMethod
 
 
+ATTENTION = "attention"
+"""The "layer" of methods that read a transformer's attention rather than one layer's output:
+their maps are written under cam/<method>/attention/."""
+
+
 @dataclass(frozen=True)
 class MethodInfo:
     """One registered method: its CLI name, where its class lives, and a one-line summary.
 
-    ``summary`` says what the method needs and what it costs, for help text.
+    ``summary`` says what the method needs and what it costs, for help text;
+    ``needs_attention``: it reads every self-attention matrix instead of a tapped layer.
     """
 
     name: str
@@ -29,6 +35,7 @@ class MethodInfo:
     summary: str
     needs_gradients: bool
     class_specific: bool
+    needs_attention: bool = False
 
 
 _METHODS: dict[str, MethodInfo] = {}
@@ -42,6 +49,7 @@ def register(
     summary: str,
     needs_gradients: bool,
     class_specific: bool = True,
+    needs_attention: bool = False,
 ) -> MethodInfo:
     """Add a method; a name is registered once (a second registration is a bug, not an update)."""
     if name in _METHODS:
@@ -49,7 +57,9 @@ def register(
         raise ValueError(
             f"CAM method '{name}' is already registered ({existing.module}.{existing.class_name})"
         )
-    info = MethodInfo(name, module, class_name, summary, needs_gradients, class_specific)
+    info = MethodInfo(
+        name, module, class_name, summary, needs_gradients, class_specific, needs_attention
+    )
     _METHODS[name] = info
     return info
 
@@ -85,6 +95,7 @@ def load_method(name: str, *, batch_size: int = 32) -> CamMethod:
 _GRADIENT = "featviz.cam.gradient"
 _PERTURBATION = "featviz.cam.perturbation"
 _PROJECTION = "featviz.cam.projection"
+_ROLLOUT = "featviz.cam.rollout"
 
 register(
     "cam",
@@ -150,4 +161,21 @@ register(
     summary="no gradients, not class-specific; 1 forward + one SVD of the activations",
     needs_gradients=False,
     class_specific=False,
+)
+register(
+    "gradrollout",
+    module=_ROLLOUT,
+    class_name="GradientRollout",
+    summary="transformers: attention × its gradient, rolled out over blocks; forward + backward",
+    needs_gradients=True,
+    needs_attention=True,
+)
+register(
+    "rollout",
+    module=_ROLLOUT,
+    class_name="AttentionRollout",
+    summary="transformers: attention rolled out over the blocks, not class-specific; 1 forward",
+    needs_gradients=False,
+    class_specific=False,
+    needs_attention=True,
 )

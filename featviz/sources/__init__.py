@@ -19,12 +19,33 @@ if TYPE_CHECKING:
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+TIMM_PREFIX = "timm/"
+HF_PREFIX = "hf:"
+
+
+def require(module: str, extra: str, spec: str) -> object:
+    """Import an optional library, or a usage error that gives the pip command."""
+    import importlib
+
+    from featviz.errors import UsageError
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UsageError(
+            f"--model {spec} needs {module}, which is not installed",
+            hint=f"pip install 'featviz[{extra}]'",
+        ) from None
 
 
 @dataclass(frozen=True)
 class BuiltModel:
     """What a source hands back.
 
+    ``interpolation``: how the weights' images were resized (bilinear, bicubic…).
+    ``class_token``: for a transformer, whether its head reads the first prefix token (True) or
+    averages the patch tokens (False); None: unknown, taken as True when there are prefix
+    tokens.
     ``weights`` describes the weights for people ("IMAGENET1K_V1", "none", a checkpoint path);
     ``categories_from`` says where ``categories`` came from, for messages ("LABELS in
     mynet.py"), and ``categories_given`` whether a person wrote them (then a count that does
@@ -42,6 +63,8 @@ class BuiltModel:
     categories_from: str | None
     categories_given: bool = False
     fixed_layout: bool = True
+    interpolation: str = "bilinear"
+    class_token: bool | None = None
 
 
 class ModelSource(Protocol):
@@ -52,8 +75,17 @@ class ModelSource(Protocol):
 
 
 def source_for(spec: str) -> ModelSource:
-    """The source that understands ``spec``: ``file.py:callable`` / ``pkg.mod:callable`` for a
-    user's factory, anything else a torchvision model name."""
+    """The source that understands ``spec``: ``timm/NAME``, ``hf:REPO_ID`` or ``hf:DIR``,
+    ``file.py:callable`` / ``pkg.mod:callable`` for a user's factory, anything else a
+    torchvision model name."""
+    if spec.startswith(TIMM_PREFIX):
+        from featviz.sources.timm_models import TimmSource
+
+        return TimmSource()
+    if spec.startswith(HF_PREFIX):
+        from featviz.sources.hf_models import HuggingFaceSource
+
+        return HuggingFaceSource()
     if ":" in spec:
         from featviz.sources.factory import FactorySource
 

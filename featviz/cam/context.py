@@ -1,0 +1,238 @@
+"""One forward per batch that every CAM method reads: activations, scores, gradients, attention.
+
+``forward_for_cam`` runs a batch once with the tapped layers turned into autograd leaves (see
+featviz.hooks) and returns a ``CamContext``. Methods read activations and gradients from it as
+(N, K, h, w) maps whatever the layer's layout (featviz.layouts): tokens and channels-last
+outputs are converted the same way for both. ``CamContext.gradients`` answers
+d(score)/d(activation) for every tapped layer and every image in ONE ``torch.autograd.grad``
+call, a different target class per image: in eval mode the images of a batch do not interact,
+so the gradient of the summed scores holds each image's own gradient. Parameters stay frozen
+(the caller freezes them), so no weight gradient is ever computed.
+
+With ``attention=True`` the forward also records every self-attention matrix (featviz.attention)
+for the rollout methods; gradients with respect to them are then gradients of the model's own
+tensors, which needs the graph from the input on (the input becomes the leaf).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from featviz.attention import AttentionCapture
+from featviz.errors import RunError, UsageError
+from featviz.hooks import LayerTaps
+from featviz.layouts import Layout
+from featviz.scores import logits_of
+
+T = TypeVar("T")
+_NCHW = Layout("nchw")
+
+
+@dataclass(eq=False)
+class CamContext:
+    """One forward of a batch, and what methods computed from it.
+
+    ``inputs`` (N, 3, H, W) as the network saw them; ``logits`` (N, classes) pre-softmax scores,
+    still attached to the graph; ``activations[layer]`` the tapped outputs as the layer returned
+    them (autograd leaves, or tensors that depend on an earlier tapped leaf), ``layouts[layer]``
+    how they become maps; ``attentions`` the (N, heads, T, T) attention matrices in execution
+    order when they were captured, over ``token_prefix`` prefix tokens and the patch tokens;
+    ``class_token``: the head reads the first prefix token (else it averages the patches).
+    Drop the context when the batch is done: it keeps the graph alive.
+    """
+
+    model: nn.Module
+    inputs: torch.Tensor
+    logits: torch.Tensor
+    activations: dict[str, torch.Tensor]
+    layers: list[str]
+    calls: Mapping[str, int] | None = None
+    layouts: Mapping[str, Layout] = field(default_factory=dict)
+    attentions: list[torch.Tensor] = field(default_factory=list)
+    token_prefix: int = 1
+    class_token: bool = True
+    _memo: dict[Hashable, Any] = field(default_factory=dict, init=False, repr=False)
+
+    @property
+    def num_classes(self) -> int:
+        return self.logits.shape[1]
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        return tuple(self.inputs.shape[-2:])
+
+    def layout(self, layer: str) -> Layout:
+        return self.layouts.get(layer, _NCHW)
+
+    def activation(self, layer: str) -> torch.Tensor:
+        """The tapped activations of ``layer`` as (N, K, h, w) maps, detached, float32."""
+        self.check_layer(layer)
+        raw = self.activations[layer].detach().float()
+        return self.layout(layer).to_nchw(raw, self.input_hw)
+
+    def as_layer_output(self, layer: str, maps: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """(B, K, h, w) maps back in ``layer``'s own layout, for images ``rows`` (B,): what the
+        layers after it read (prefix tokens taken from those images' own outputs)."""
+        like = self.activations[layer].detach()[rows]
+        return self.layout(layer).from_nchw(maps.to(like.dtype), like)
+
+    def check_layer(self, layer: str) -> None:
+        if layer not in self.activations:
+            raise ValueError(
+                f"layer '{layer}' was not tapped in this forward (tapped: {', '.join(self.layers)})"
+            )
+
+    def cached(self, key: Hashable, compute: Callable[[], T]) -> T:
+        """``compute()``, once per key for this batch (extra forwards reused across targets)."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    def check_targets(self, targets: torch.Tensor) -> torch.Tensor:
+        """``targets`` as an (N,) int64 tensor on the logits' device, every class in range."""
+        targets = torch.as_tensor(targets, device=self.logits.device)
+        n = self.logits.shape[0]
+        if targets.is_floating_point() or targets.shape != (n,):
+            raise ValueError(
+                f"targets must be an integer tensor of shape ({n},), "
+                f"got {targets.dtype} of shape {tuple(targets.shape)}"
+            )
+        outside = targets[(targets < 0) | (targets >= self.num_classes)]
+        if outside.numel():
+            raise UsageError(
+                f"class {int(outside[0])} is out of range: the model has {self.num_classes} "
+                f"classes (0–{self.num_classes - 1})"
+            )
+        return targets.long()
+
+    def gradients(self, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """d(logits[n, targets[n]])/d(activations) per layer, (N, K, h, w) maps each, cached."""
+        grads, _ = self._all_gradients(targets)
+        return grads
+
+    def attention_gradients(self, targets: torch.Tensor) -> list[torch.Tensor]:
+        """d(logits[n, targets[n]])/d(A_b) for every captured attention matrix, cached."""
+        _, grads = self._all_gradients(targets)
+        return grads
+
+    def _all_gradients(
+        self, targets: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+        targets = self.check_targets(targets)
+        return self.cached(("gradients", *targets.tolist()), lambda: self._gradients(targets))
+
+    def _gradients(
+        self, targets: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+        names = list(self.activations)
+        wanted = [self.activations[name] for name in names] + list(self.attentions)
+        if not all(t.requires_grad for t in wanted):
+            raise ValueError("this context was built with gradients=False")
+        grads = (None,) * len(wanted)
+        # Picking the scores is part of the graph: it must not run under the caller's
+        # inference_mode or no_grad.
+        with torch.inference_mode(False), torch.enable_grad():
+            if targets.is_inference():
+                targets = targets.clone()
+            if self.logits.requires_grad:  # else no tapped layer is on the path to the scores
+                rows = torch.arange(len(targets), device=targets.device)
+                grads = torch.autograd.grad(
+                    self.logits[rows, targets].sum(),
+                    wanted,
+                    retain_graph=True,  # a second target for the same batch reuses the graph
+                    allow_unused=True,
+                )
+        for name, grad in zip(names, grads):
+            if grad is None:
+                raise RunError(
+                    f"the class scores do not depend on the output of layer '{name}', so it has "
+                    "no gradient",
+                    hint="pick a layer on the path to the output; `featviz layers --model "
+                    "MODEL` lists them",
+                )
+        maps = {
+            name: self.layout(name).to_nchw(grad.detach().float(), self.input_hw)
+            for name, grad in zip(names, grads)
+        }
+        attention = [
+            torch.zeros_like(a) if g is None else g.detach()
+            for a, g in zip(self.attentions, grads[len(names) :])
+        ]
+        return maps, attention
+
+
+def forward_for_cam(
+    model: nn.Module,
+    x: torch.Tensor,
+    layers: list[str],
+    calls: Mapping[str, int] | None = None,
+    *,
+    layouts: Mapping[str, Layout] | None = None,
+    gradients: bool = True,
+    attention: bool = False,
+    token_prefix: int = 1,
+    class_token: bool = True,
+) -> CamContext:
+    """Forward ``x`` (N, 3, H, W) once with gradients reaching ``layers``; hooks are gone after.
+
+    ``calls`` (from ``ModelTrace.calls()``) says how often each layer runs per forward, so a
+    module that runs several times is tapped at its last call; ``layouts`` (from
+    ``ModelTrace.layouts()``) how each layer's output becomes maps (default: (N, C, h, w)).
+    ``gradients=False``: no graph is kept, for methods that never ask for gradients (memory
+    then stays that of inference). ``attention``: also capture the attention matrices. When
+    the scores are not the model's whole output (a tuple, a dict's ``logits``), a warning says
+    which part was taken. ``token_prefix``: the prefix tokens in front of the patch tokens that
+    the attention matrices cover; ``class_token``: whether the head reads the first of them.
+    """
+    layouts = dict(layouts or {})
+    # Grad mode even when the caller is under inference_mode: CAM needs the graph after the taps.
+    with torch.inference_mode(False), torch.set_grad_enabled(gradients):
+        if x.is_inference():
+            x = x.clone()
+        if gradients and attention:
+            x = x.detach().requires_grad_()  # the attention matrices of every block in the graph
+        capture = AttentionCapture(model) if attention else None
+        with LayerTaps(model, layers, calls=calls, grad=gradients) as taps:
+            if capture is None:
+                output = taps.run(x)
+            else:
+                with capture:
+                    output = taps.run(x)
+    logits, source = logits_of(output)
+    if source != "output":
+        warnings.warn(
+            f"the model returns a {type(output).__name__}: featviz explains {source}",
+            stacklevel=2,
+        )
+    if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
+        raise RunError(
+            f"the model's {source} has shape {list(logits.shape)}; a CAM needs class scores of "
+            f"shape [N, classes] for N = {x.shape[0]} images"
+        )
+    for name in taps.layers:
+        if name not in taps.outputs:
+            raise RunError(f"layer '{name}' did not run during the forward pass")
+        if name not in layouts and taps.outputs[name].ndim != 4:
+            raise UsageError(
+                f"layer '{name}' has output shape {list(taps.outputs[name].shape)}; a CAM needs "
+                "feature maps or patch tokens",
+                hint="`featviz layers --model MODEL` lists the spatial layers",
+            )
+    return CamContext(
+        model=model,
+        inputs=x,
+        logits=logits,
+        activations=dict(taps.outputs),
+        layers=list(taps.layers),
+        calls=calls,
+        layouts=layouts,
+        attentions=[] if capture is None else list(capture.maps),
+        token_prefix=token_prefix,
+        class_token=class_token,
+    )

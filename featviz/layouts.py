@@ -1,0 +1,155 @@
+"""Turning any tapped output into (N, C, h, w) feature maps: one place, decided once per layer.
+
+A layer's output comes in one of three layouts, recognised from its shapes in the meta-device
+trace (layers.py), never from the model's name:
+
+- ``nchw``: (N, C, h, w), convolutional networks; nothing to do.
+- ``nhwc``: (N, h, w, C), channels last: Swin stages, timm blocks that work NHWC. Permuted.
+- ``tokens``: (N, T, C) with T = prefix + h·w, vision transformers. The ``prefix`` tokens
+  (class, distillation, registers: always at the front) are dropped and the rest laid on the
+  patch grid of *this* input, h × w, non-square too.
+
+Activations and gradients go through the same ``to_nchw``: it only selects and reorders
+elements, so the gradient of the converted tensor is the converted gradient.
+
+How a layout is recognised, from the output shape at a square input S × S (``a``) and, when the
+model accepts one, at a wider input S × S' (``b``):
+- with both: the dimensions that grow with the width are the spatial ones. 4-D: the last one
+  grows → nchw, the third grows while the last stays → nhwc; 3-D: the token count grows and
+  the width of each token stays → tokens, with the prefix that fits both grids.
+- with one (models that accept a single size): 4-D (N, h, h, C) with h ≠ C → nhwc, else nchw;
+  3-D: T − P is a square h² for a small prefix P, with S a multiple of h.
+A 4-D output whose last two sides both equal a token count of the same trace is an attention
+matrix (T × T), not a map.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import torch
+
+Kind = Literal["nchw", "nhwc", "tokens"]
+MAX_PREFIX = 64  # class + distillation + register tokens; ViTs with registers use 4–16
+
+
+@dataclass(frozen=True)
+class Layout:
+    kind: Kind
+    prefix: int = 0
+
+    def grid(self, shape: tuple[int, ...], input_hw: tuple[int, int]) -> tuple[int, int]:
+        """(h, w) of an output of ``shape`` for an input of ``input_hw`` = (H, W)."""
+        if self.kind == "nchw":
+            return shape[2], shape[3]
+        if self.kind == "nhwc":
+            return shape[1], shape[2]
+        return token_grid(shape[1] - self.prefix, input_hw)
+
+    def to_nchw(self, output: torch.Tensor, input_hw: tuple[int, int]) -> torch.Tensor:
+        """The (N, C, h, w) view of a tapped output (a copy only where a permute needs one)."""
+        if self.kind == "nchw":
+            return output
+        if self.kind == "nhwc":
+            return output.permute(0, 3, 1, 2)
+        h, w = self.grid(tuple(output.shape), input_hw)
+        patches = output[:, self.prefix :]
+        return patches.transpose(1, 2).reshape(output.shape[0], output.shape[2], h, w)
+
+    def from_nchw(self, maps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """(N, C, h, w) maps back into this layout, shaped like the layer's output ``like``
+        (whose prefix tokens are kept)."""
+        if self.kind == "nchw":
+            return maps
+        if self.kind == "nhwc":
+            return maps.permute(0, 2, 3, 1)
+        tokens = like.clone()
+        tokens[:, self.prefix :] = maps.flatten(2).transpose(1, 2)
+        return tokens
+
+    def describe(self, shape: tuple[int, ...], input_hw: tuple[int, int]) -> str:
+        """How ``featviz layers`` shows the layer: ``197×768 tokens → 14×14``."""
+        dims = "×".join(str(d) for d in shape[1:])
+        if self.kind == "nchw":
+            return dims
+        h, w = self.grid(shape, input_hw)
+        if self.kind == "nhwc":
+            return f"{dims} channels-last → {shape[3]}×{h}×{w}"
+        prefix = f", {self.prefix} prefix" if self.prefix else ""
+        return f"{dims} tokens{prefix} → {h}×{w}"
+
+
+def token_grid(count: int, input_hw: tuple[int, int]) -> tuple[int, int]:
+    """The h × w = ``count`` grid whose aspect is closest to the input's (H, W)."""
+    height, width = input_hw
+    pairs = [(h, count // h) for h in range(1, math.isqrt(count) + 1) if count % h == 0]
+    pairs += [(w, h) for h, w in pairs]
+    return min(pairs, key=lambda hw: abs(math.log((hw[0] / hw[1]) / (height / width))))
+
+
+def detect(
+    a: tuple[int, ...] | None,
+    b: tuple[int, ...] | None,
+    size_a: tuple[int, int],
+    size_b: tuple[int, int] | None,
+    token_counts: set[int],
+) -> Layout | None:
+    """The layout of an output of shape ``a`` at input ``size_a`` (and ``b`` at ``size_b``
+    when the model ran there too), or None when it is not a feature map at all.
+
+    ``token_counts``: the token counts of the trace's token layers at ``size_a``, which tell
+    attention matrices from maps.
+    """
+    if a is None:
+        return None
+    if len(a) == 4:
+        if a[2] == a[3] and a[3] in token_counts:
+            return None  # (N, heads, T, T): attention probabilities
+        if b is not None and len(b) == 4 and a != b:
+            if a[3] != b[3] and a[1] == b[1]:
+                return Layout("nchw")
+            if a[2] != b[2] and a[3] == b[3]:
+                return Layout("nhwc")
+            return None  # everything grows: not a map of the image
+        if a[1] == a[2] and a[2] != a[3]:
+            return Layout("nhwc")
+        return Layout("nchw")
+    if len(a) == 3:
+        prefix = token_prefix(a, b, size_a, size_b)
+        return None if prefix is None else Layout("tokens", prefix)
+    return None
+
+
+def token_prefix(
+    a: tuple[int, ...],
+    b: tuple[int, ...] | None,
+    size_a: tuple[int, int],
+    size_b: tuple[int, int] | None,
+) -> int | None:
+    """The number of prefix tokens of an (N, T, C) output, or None when it is not a token map.
+
+    With two input sizes: the patch stride p and prefix P with T = P + (H/p)·(W/p) at both
+    (floor or ceil, for patch embeddings with and without padding). With one square size S:
+    the smallest P for which T − P = h² with S a multiple of h.
+    """
+    count = a[1]
+    if b is not None:
+        if len(b) != 3 or b[2] != a[2] or b[1] == count:
+            return None
+        for stride in range(1, min(size_a) + 1):
+            for rounding in (math.floor, math.ceil):
+                grid_a = rounding(size_a[0] / stride) * rounding(size_a[1] / stride)
+                grid_b = rounding(size_b[0] / stride) * rounding(size_b[1] / stride)
+                prefix = count - grid_a
+                if grid_a > 1 and 0 <= prefix <= MAX_PREFIX and b[1] - grid_b == prefix:
+                    return prefix
+        return None
+    side = size_a[0]
+    for prefix in range(min(MAX_PREFIX, count - 4) + 1):
+        h = math.isqrt(count - prefix)
+        if h * h == count - prefix and h > 1 and side % h == 0:
+            return prefix
+    return None

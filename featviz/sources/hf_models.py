@@ -1,0 +1,130 @@
+"""Hugging Face ``transformers`` image classifiers: ``-m hf:REPO_ID`` or ``-m hf:LOCAL_DIR``.
+
+Loaded with ``AutoModelForImageClassification`` through the hub's own cache (downloading when
+allowed); ``--weights none`` builds a seeded random model from the config without any network
+access (the config must be local or cached). Preprocessing comes from the image-processor
+config (``preprocessor_config.json``: mean, std, size, resample; a crop is ignored), class
+names from the model config's ``id2label`` unless they are the placeholders ``LABEL_0``….
+
+The model keeps its own module names (``vit.layers.11.layernorm_before``). Two hooks on the
+top module adapt its calls: ``interpolate_pos_encoding=True`` where the forward takes it (so
+any multiple of the patch size runs, not only the trained size), and the output object becomes
+its ``logits``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from featviz.checkpoints import load_into, read_state_dict
+from featviz.errors import RunError, first_line
+from featviz.sources import HF_PREFIX, IMAGENET_MEAN, IMAGENET_STD, BuiltModel, require
+from featviz.sources.meta import parameters_on_meta
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from featviz.requests import ModelRequest
+
+# PIL's resampling numbers, as image-processor configs store them.
+_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+
+
+class HuggingFaceSource:
+    def build(self, request: ModelRequest, *, structure_only: bool) -> BuiltModel:
+        transformers = require("transformers", "hf", request.spec)
+        repo = request.spec.removeprefix(HF_PREFIX)
+        local = Path(repo).is_dir()
+        pretrained = not structure_only and request.checkpoint is None
+        pretrained = pretrained and request.weights.lower() != "none"
+        overrides = {} if request.num_classes is None else {"num_labels": request.num_classes}
+        try:
+            config = transformers.AutoConfig.from_pretrained(
+                repo, local_files_only=local or not pretrained, **overrides
+            )
+            if pretrained:
+                model = transformers.AutoModelForImageClassification.from_pretrained(
+                    repo, config=config, ignore_mismatched_sizes=bool(overrides)
+                )
+            elif structure_only or request.checkpoint is not None:
+                with parameters_on_meta():
+                    model = transformers.AutoModelForImageClassification.from_config(config)
+            else:
+                model = transformers.AutoModelForImageClassification.from_config(config)
+            processor = _processor_config(repo, local)
+        except (OSError, ValueError) as exc:
+            raise _unavailable(repo, pretrained, exc) from exc
+        if request.checkpoint is not None and not structure_only:
+            state = read_state_dict(request.checkpoint)
+            load_into(model, state, f"checkpoint '{request.checkpoint}'")
+        _adapt_calls(model)
+        size = processor.get("size") or {}
+        if isinstance(size, int):
+            size = {"shortest_edge": size}
+        input_size = size.get("shortest_edge") or size.get("height") or config.image_size
+        if structure_only:
+            weights = "none (structure only)"
+        elif request.checkpoint is not None:
+            weights = str(request.checkpoint)
+        else:
+            weights = repo if pretrained else "none"
+        return BuiltModel(
+            module=model,
+            name=request.spec,
+            weights=weights,
+            mean=tuple(processor.get("image_mean", IMAGENET_MEAN)),
+            std=tuple(processor.get("image_std", IMAGENET_STD)),
+            input_size=int(input_size),
+            categories=_categories(config),
+            categories_from=f"id2label of {repo}",
+            interpolation=_RESAMPLE.get(processor.get("resample"), "bilinear"),
+            class_token=True,  # HF's image classifiers read the [CLS] token
+        )
+
+
+def _processor_config(repo: str, local: bool) -> dict[str, Any]:
+    """The image processor's settings, or {} when the repository has none."""
+    if local:
+        path = Path(repo) / "preprocessor_config.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo, "preprocessor_config.json")
+    return json.loads(Path(cached).read_text()) if isinstance(cached, str) else {}
+
+
+def _categories(config: Any) -> list[str] | None:
+    labels = getattr(config, "id2label", None) or {}
+    names = [labels[i] for i in sorted(labels)]
+    if not names or all(name == f"LABEL_{i}" for i, name in enumerate(names)):
+        return None
+    return names
+
+
+def _adapt_calls(model: nn.Module) -> None:
+    if "interpolate_pos_encoding" in inspect.signature(model.forward).parameters:
+
+        def any_size(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            return args, {**kwargs, "interpolate_pos_encoding": True}
+
+        model.register_forward_pre_hook(any_size, with_kwargs=True)
+
+    def logits(module: nn.Module, args: tuple, output: Any) -> Any:
+        return getattr(output, "logits", output)
+
+    model.register_forward_hook(logits)
+
+
+def _unavailable(repo: str, pretrained: bool, exc: Exception) -> RunError:
+    from huggingface_hub import constants
+
+    what = "the model" if pretrained else "its config (--weights none needs it locally)"
+    return RunError(
+        f"hf:{repo}: {what} is not cached and cannot be downloaded "
+        f"({type(exc).__name__}: {first_line(exc)}; cache: {constants.HF_HUB_CACHE})",
+        hint="download it once where there is a network (HF_HOME moves the cache), pass a "
+        "local folder as hf:DIR, or use --weights none once its config is cached",
+    )

@@ -1,0 +1,201 @@
+"""One shapes-only look at a model: what every module outputs, in which layout, at which sizes.
+
+``trace_model`` runs the model on zeros on PyTorch's meta device (shapes only, a few
+milliseconds, no real arithmetic) with a hook on every module, and records the order in which
+module outputs are produced, their shapes, how often each module runs, and which module's output
+feeds each attention module. It runs at the square input S × S and probes which other sizes the
+model accepts (S × (S + step)): that tells
+
+- the input sizes the model takes (``size_step``): any (CNNs, dynamic-size ViTs), multiples of a
+  step (MaxViT's windows), or only S × S (torchvision's ViTs assert it; timm's by default);
+- each output's layout (layouts.py): the dimensions that grow with the width are spatial.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from featviz.errors import RunError, first_line
+from featviz.layers import LayerInfo, ModelTrace
+from featviz.layouts import detect
+
+if TYPE_CHECKING:
+    from torch import nn
+
+_POOLING = ("Pool",)
+# Widths added to probe whether a model takes other sizes; a step ≤ FREE_STEP means any size.
+FREE_STEP = 16
+
+
+class TraceError(RunError):
+    """The model does not run on the traced input size at all."""
+
+
+class _Recording:
+    """What the hooks saw during one forward."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, dict[str, Any]] = {}
+        self.produced: dict[int, tuple[str, bool]] = {}  # tensor id → (innermost maker, pooled)
+        self.attention_inputs: list[str] = []
+        self.keep_alive: list[Any] = []  # ids stay unique while the trace runs
+        self.order = 0
+
+
+def trace_model(model: nn.Module, input_shape: tuple[int, ...]) -> ModelTrace:
+    """Trace ``model`` on zeros of ``input_shape`` (N, C, H, W), and probe wider inputs.
+
+    Raises RunError when the model cannot run at ``input_shape`` at all.
+    """
+    *lead, height, width = input_shape
+    mode, recording, output = _run(model, tuple(input_shape))
+    if recording is None:
+        raise TraceError(
+            f"the model cannot run on a {width}×{height} input ({first_line(output)})",
+            hint="pass the size it was built for with --input-size",
+        )
+    step, wider = _probe(model, lead, height, width, mode)
+    size_b = None if wider is None else (height, width + step)
+    shapes_b = {} if wider is None else {n: r.get("shape") for n, r in wider.records.items()}
+    records = recording.records
+    token_counts = {
+        r["shape"][1]
+        for r in records.values()
+        if r.get("shape") is not None and len(r["shape"]) == 3
+    }
+    layers = []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+        record = records.get(name, {})
+        shape = record.get("shape")
+        layout = detect(shape, shapes_b.get(name), (height, width), size_b, token_counts)
+        layers.append(
+            LayerInfo(
+                name=name,
+                type_name=type(module).__name__,
+                shape=shape,
+                params=sum(p.numel() for p in module.parameters()),
+                calls=record.get("calls", 0),
+                order=record.get("order", -1),
+                pooled=record.get("pooled", False),
+                layout=layout,
+                grid=None if layout is None else layout.grid(shape, (height, width)),
+            )
+        )
+    return ModelTrace(
+        layers=tuple(layers),
+        num_classes=_classes_of(output),
+        input_hw=(height, width),
+        size_step=step,
+        attention_inputs=tuple(recording.attention_inputs),
+    )
+
+
+def _probe(
+    model: nn.Module, lead: list[int], height: int, width: int, mode: str
+) -> tuple[int | None, _Recording | None]:
+    """The smallest width step the model accepts, with the trace at that width, or (None,
+    None) when it runs at height × width only. A model traced for real (no meta kernels for
+    some op) is probed once: real forwards cost seconds."""
+    steps = [FREE_STEP, *sorted(d for d in range(FREE_STEP + 1, width + 1) if width % d == 0)]
+    for step in steps if mode == "meta" else steps[:1]:
+        _, recording, _ = _run(model, (*lead, height, width + step), modes=(mode,))
+        if recording is not None:
+            return step, recording
+    return None, None
+
+
+def _run(
+    model: nn.Module, input_shape: tuple[int, ...], modes: tuple[str, ...] = ("meta", "real")
+) -> tuple[str, _Recording | None, Any]:
+    """(mode, recording, model output) of the first forward that works, or (mode, None, the
+    last exception) when none does."""
+    error: Exception | None = None
+    for mode in modes:
+        recording = _Recording()
+        handles = _hooks(model, recording)
+        try:
+            output = _forward(model, input_shape, meta=mode == "meta")
+            return mode, recording, output
+        except Exception as exc:
+            error = exc
+        finally:
+            for handle in handles:
+                handle.remove()
+    return modes[-1], None, error
+
+
+def _hooks(model: nn.Module, recording: _Recording) -> list[Any]:
+    from featviz.attention import attention_kind
+    from featviz.hooks import first_tensor
+
+    def after(name: str):
+        def hook(module: nn.Module, inputs: object, output: object) -> None:
+            record = recording.records.setdefault(name, {"calls": 0})
+            record["calls"] += 1
+            record["order"] = recording.order
+            recording.order += 1
+            output = first_tensor(output)
+            if output is None:
+                record.update(shape=None, pooled=False)
+                return
+            is_pool = any(word in type(module).__name__ for word in _POOLING)
+            # A container returning its last child's output returns the same tensor object.
+            pooled = is_pool or recording.produced.get(id(output), ("", False))[1]
+            record.update(shape=tuple(output.shape), pooled=pooled)
+            recording.keep_alive.append(output)
+            recording.produced.setdefault(id(output), (name, pooled))
+
+        return hook
+
+    def before_attention(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        first = args[0] if args else next(iter(kwargs.values()), None)
+        maker = recording.produced.get(id(first))
+        if maker is not None:
+            recording.attention_inputs.append(maker[0])
+
+    handles = []
+    for name, module in model.named_modules():
+        if name:
+            handles.append(module.register_forward_hook(after(name)))
+        if attention_kind(module) is not None:
+            handles.append(module.register_forward_pre_hook(before_attention, with_kwargs=True))
+    return handles
+
+
+def _forward(model: nn.Module, input_shape: tuple[int, ...], *, meta: bool) -> Any:
+    import torch
+    from torch.func import functional_call
+
+    if meta:
+        state = {
+            name: torch.empty_like(tensor, device="meta")
+            for name, tensor in [*model.named_parameters(), *model.named_buffers()]
+        }
+        with torch.no_grad():
+            return functional_call(model, state, (torch.zeros(input_shape, device="meta"),))
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    with torch.inference_mode():
+        return model(torch.zeros(input_shape, device=device))
+
+
+def _classes_of(output: object) -> int | None:
+    from featviz.scores import logits_of
+
+    try:
+        scores, _ = logits_of(output)
+    except RunError:
+        return None
+    return int(scores.shape[1]) if scores.ndim == 2 else None
+
+
+def size_multiple(trace: ModelTrace) -> int | None:
+    """What every input side must be a multiple of for the traced model: 1 for models that take
+    any size (a ViT's patch size, so that no pixel falls outside the patch grid), the step for
+    those that need multiples (MaxViT's windows); None for models that take the traced size
+    only."""
+    if trace.size_step is None:
+        return None
+    return math.lcm(trace.size_step if trace.size_step > FREE_STEP else 1, trace.patch_stride)
