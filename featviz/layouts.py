@@ -17,7 +17,8 @@ model accepts one, at a wider input S × S' (``b``):
 - with both: the dimensions that grow with the width are the spatial ones. 4-D: the last one
   grows → nchw, the third grows while the last stays → nhwc; 3-D: the token count grows and
   the width of each token stays → tokens, with the prefix that fits both grids.
-- with one (models that accept a single size): 4-D (N, h, h, C) with h ≠ C → nhwc, else nchw;
+- with one (models that accept a single size): 4-D (N, h, w, C) → nhwc when (h, w) has the
+  input's aspect and (w, C) has not, else nchw;
   3-D: T − P is a square h² for a small prefix P, with S a multiple of h.
 A 4-D output whose last two sides both equal a token count of the same trace is an attention
 matrix (T × T), not a map.
@@ -114,13 +115,22 @@ def detect(
             if a[2] != b[2] and a[3] == b[3]:
                 return Layout("nhwc")
             return None  # everything grows: not a map of the image
-        if a[1] == a[2] and a[2] != a[3]:
+        if _fits(a[1], a[2], size_a) and not _fits(a[2], a[3], size_a):
             return Layout("nhwc")
         return Layout("nchw")
     if len(a) == 3:
         prefix = token_prefix(a, b, size_a, size_b)
         return None if prefix is None else Layout("tokens", prefix)
     return None
+
+
+def _fits(h: int, w: int, size: tuple[int, int]) -> bool:
+    """Whether an h × w grid can be the input ``size`` = (H, W) seen at some stride: no larger,
+    and the same aspect up to the rounding of one cell."""
+    height, width = size
+    if not (0 < h <= height and 0 < w <= width):
+        return False
+    return abs(height * w / width - h) <= 1 or abs(width * h / height - w) <= 1
 
 
 def token_prefix(

@@ -10,12 +10,12 @@ from torch import nn
 
 from featviz.cam import forward_for_cam, load_method, method_info, method_names, normalise, upsample
 from featviz.errors import RunError, UsageError
-from featviz.tracing import trace_model
 from featviz.models import load_model
 from featviz.requests import ModelRequest
 from featviz.scores import logits_of
+from featviz.tracing import trace_model
 
-# Methods that read one layer (the rollout methods read attention: tests/test_transformers.py).
+# Methods that read one layer (the rollout methods read attention: tests/test_attention.py).
 LAYER_METHODS = [name for name in method_names() if not method_info(name).needs_attention]
 
 

@@ -14,8 +14,8 @@ from conftest import SAMPLES
 from PIL import Image
 
 from featviz.cam import forward_for_cam, load_method, normalise, upsample
-from featviz.tracing import trace_model
 from featviz.preprocess import to_tensor
+from featviz.tracing import trace_model
 
 TABBY, ESPRESSO = 281, 967
 CAT_WIDTH, IMAGE_WIDTH = 451, 901

@@ -6,9 +6,9 @@ import pytest
 
 from featviz.errors import UsageError
 from featviz.layers import resolve_layers
-from featviz.tracing import trace_model
 from featviz.models import load_model
 from featviz.requests import ModelRequest
+from featviz.tracing import trace_model
 
 
 def _trace(name: str, size: int = 224):

@@ -90,7 +90,9 @@ class TorchvisionSource:
             weights=described,
             mean=tuple(transforms.mean),
             std=tuple(transforms.std),
-            input_size=int(transforms.crop_size[0]),
+            # The size the architecture was built for (a ViT asserts it): vit_h_14's default
+            # weights are for 518, the same builder without them makes a 224 model.
+            input_size=int(getattr(model, "image_size", transforms.crop_size[0])),
             categories=list(meta_source.meta["categories"]),
             categories_from=f"the {meta_source} weights",
             # Channels-last convolutions run ~20% faster on CPU (oneDNN's native layout;

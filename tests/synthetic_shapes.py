@@ -1,0 +1,128 @@
+"""A task where the right answer is known: coloured shapes on clutter, and tiny transformers
+trained on it in seconds.
+
+A scene is 32 × 64: random noise and grey strokes, and one or two objects, each in its own half
+(left: x < 32, right: x ≥ 32), each a different class: 0 a red square, 1 a green disc, 2 a blue
+cross. Models learn it multi-label (sigmoid per class), so a scene with two objects has two
+high scores and each class's evidence is where its object is. Everything is seeded.
+"""
+
+from __future__ import annotations
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+HEIGHT, WIDTH = 32, 64
+CLASSES = ["square", "disc", "cross"]
+_COLOURS = torch.tensor([[1.0, 0.1, 0.1], [0.1, 1.0, 0.1], [0.1, 0.3, 1.0]])
+
+
+def _shape(kind: int, size: int) -> torch.Tensor:
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    centre = (size - 1) / 2
+    if kind == 0:
+        return torch.ones(size, size, dtype=torch.bool)
+    if kind == 1:
+        return (yy - centre) ** 2 + (xx - centre) ** 2 <= centre**2
+    return ((yy - centre).abs() < size / 6) | ((xx - centre).abs() < size / 6)
+
+
+def scene(objects: list[tuple[int, int]], generator: torch.Generator) -> torch.Tensor:
+    """(3, 32, 64) in [0, 1]; ``objects``: (half 0 = left / 1 = right, class) pairs."""
+    image = torch.rand(3, HEIGHT, WIDTH, generator=generator) * 0.35
+    for _ in range(6):
+        y = int(torch.randint(0, HEIGHT, (1,), generator=generator))
+        x = int(torch.randint(0, WIDTH - 8, (1,), generator=generator))
+        image[:, y, x : x + 8] = float(torch.rand(1, generator=generator)) * 0.5
+    for half, kind in objects:
+        size = int(torch.randint(10, 15, (1,), generator=generator))
+        y = int(torch.randint(0, HEIGHT - size + 1, (1,), generator=generator))
+        x = half * WIDTH // 2 + int(
+            torch.randint(0, WIDTH // 2 - size + 1, (1,), generator=generator)
+        )
+        image[:, y : y + size, x : x + size][:, _shape(kind, size)] = _COLOURS[kind][:, None]
+    return image
+
+
+def batch(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` scenes of one or two objects, normalised with mean = std = 0.5, and their labels."""
+    images, labels = [], torch.zeros(n, len(CLASSES))
+    for i in range(n):
+        count = int(torch.randint(1, 3, (1,), generator=generator))
+        kinds = torch.randperm(len(CLASSES), generator=generator)[:count].tolist()
+        halves = torch.randperm(2, generator=generator).tolist()
+        images.append(scene(list(zip(halves, kinds)), generator))
+        labels[i, kinds] = 1
+    return (torch.stack(images) - 0.5) / 0.5, labels
+
+
+def two_object_scenes(count: int, seed: int) -> list[tuple[torch.Tensor, int, int]]:
+    """(normalised (1, 3, 32, 64) scene, left class, right class), the two classes different."""
+    generator = torch.Generator().manual_seed(seed)
+    scenes = []
+    for _ in range(count):
+        left, right = torch.randperm(len(CLASSES), generator=generator)[:2].tolist()
+        image = scene([(0, left), (1, right)], generator)
+        scenes.append((((image - 0.5) / 0.5)[None], left, right))
+    return scenes
+
+
+def vit() -> nn.Module:
+    """A ViT with a class token and two register tokens, 4-pixel patches (an 8 × 16 grid), any
+    input size (``dynamic_img_size``)."""
+    return timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=(HEIGHT, WIDTH),
+        patch_size=4,
+        embed_dim=48,
+        depth=3,
+        num_heads=3,
+        reg_tokens=2,
+        dynamic_img_size=True,
+        num_classes=len(CLASSES),
+    )
+
+
+def swin() -> nn.Module:
+    """A two-stage Swin with 4 × 4 windows, channels-last stages, built for 32 × 64 only."""
+    return timm.create_model(
+        "swin_tiny_patch4_window7_224",
+        pretrained=False,
+        img_size=(HEIGHT, WIDTH),
+        patch_size=4,
+        window_size=4,
+        embed_dim=24,
+        depths=(2, 2),
+        num_heads=(2, 4),
+        num_classes=len(CLASSES),
+    )
+
+
+def trained(build, steps: int = 150, batch_size: int = 32) -> nn.Module:
+    """``build()`` trained with AdamW and a one-cycle schedule on fresh scenes (measured here:
+    11 s for the Swin, 17 s for the ViT on 2 cores; every label right on 128 held-out
+    scenes), then eval and frozen."""
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    model = build()
+    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.05)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=3e-3, total_steps=steps)
+    model.train()
+    for _ in range(steps):
+        x, labels = batch(batch_size, generator)
+        loss = F.binary_cross_entropy_with_logits(model(x), labels)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+    return model.eval().requires_grad_(False)
+
+
+def accuracy(model: nn.Module, seed: int = 99) -> float:
+    """Share of held-out scenes whose every label the model gets right."""
+    x, labels = batch(128, torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return float(((model(x) > 0).float() == labels).all(dim=1).float().mean())
