@@ -26,10 +26,10 @@ from _common import REPO, SAMPLES, TIMES_NOTE, machine_line, round_robin, say, t
 from PIL import Image
 
 from featviz.cam import forward_for_cam, load_method, method_names
-from featviz.tracing import trace_model
 from featviz.models import load_model
 from featviz.preprocess import Preprocessing, to_tensor
 from featviz.requests import ModelRequest
+from featviz.tracing import trace_model
 
 SLOW = {"scorecam"}  # K full forwards: timed once
 

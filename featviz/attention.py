@@ -11,8 +11,8 @@ order (one (N, heads, T, T) tensor per attention module), and puts the model bac
   fused kernel): its forward is replaced, for the capture only, by the same computation written
   out (in-projection, scaled dot product, softmax, out-projection).
 - Hugging Face (``ViTAttention`` and kin: a module named ``…Attention`` whose ``config`` has an
-  ``_attn_implementation``): the config is switched to "eager", whose attention function
-  returns A as the second element of the module's output.
+  ``_attn_implementation``): the config is switched to "eager" (and ``output_attentions``),
+  whose attention function returns A as the second element of the module's output.
 
 A is recorded as the very tensor the model multiplies with the values, so gradients of a score
 with respect to it (gradient-weighted rollout) are the model's own.
@@ -78,7 +78,10 @@ class AttentionCapture:
             self._undo.pop()()
 
     def _record(self, probabilities: torch.Tensor) -> None:
-        self.maps.append(probabilities)
+        # Nested attention modules may hand up the same tensor (HF 4.x: ViTSelfAttention's
+        # probabilities come out of ViTAttention too): one block, one matrix.
+        if not any(probabilities is kept for kept in self.maps[-2:]):
+            self.maps.append(probabilities)
 
     def _capture_timm(self, module: nn.Module) -> None:
         fused = module.fused_attn
@@ -102,8 +105,9 @@ class AttentionCapture:
 
     def _capture_hf(self, module: nn.Module) -> None:
         config = module.config
-        implementation = config._attn_implementation
+        implementation, returned = config._attn_implementation, config.output_attentions
         config._attn_implementation = "eager"
+        config.output_attentions = True  # transformers 4.x returns A only when asked
 
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
             if isinstance(output, tuple) and len(output) > 1 and output[1] is not None:
@@ -114,6 +118,7 @@ class AttentionCapture:
         def undo() -> None:
             handle.remove()
             config._attn_implementation = implementation
+            config.output_attentions = returned
 
         self._undo.append(undo)
 

@@ -66,6 +66,8 @@ class CamJob(ImageJob):
             for name in self.request.methods
         ]
         self.attention = any(method.info.needs_attention for method in self.methods)
+        # The layers are tapped only for methods that read them (not for rollouts alone).
+        self.tapped = [] if all(m.info.needs_attention for m in self.methods) else self.layers
         # Attention methods on a model without readable global attention: refused now.
         self.token_prefix = self.model.trace.attention_prefix() if self.attention else 0
         self.class_token = (
@@ -86,12 +88,7 @@ class CamJob(ImageJob):
             context = forward_for_cam(
                 self.model.module,
                 inputs,
-                [
-                    layer
-                    for method in self.methods
-                    for layer in self._layers_of(method)
-                    if layer != ATTENTION
-                ],
+                self.tapped,
                 trace.calls(),
                 layouts=trace.layouts(),
                 gradients=any(method.info.needs_gradients for method in self.methods),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_images"
 LITE0_SPEC = str(ROOT / "examples" / "efficientnet_lite0.py") + ":build"
+sys.path.insert(0, str(ROOT / "examples"))  # synthetic_shapes: the tests' trained transformers
 
 TINY_MODEL_SOURCE = '''
 import torch

@@ -1,6 +1,6 @@
-"""Real behaviour on trained transformers, where the right answer is known (synthetic_shapes):
-in a scene with two objects of different classes, each class's map puts most of its mass on
-its own object's half.
+"""Real behaviour on trained transformers, where the right answer is known
+(examples/synthetic_shapes.py): in a scene with two objects of different classes, each class's
+map puts most of its mass on its own object's half.
 
 Measured here (20 scenes, 40 maps; mean / worst share on the own half):
 - Swin, Grad-CAM at its default layer (``norm``, channels-last 4 × 8): 0.89 / 0.80.
@@ -25,7 +25,7 @@ from featviz.cam import forward_for_cam, heatmap, load_method
 from featviz.cli import app
 from featviz.tracing import trace_model
 
-TESTS = Path(__file__).parent
+EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
 def own_half_share(heat: np.ndarray, half: int) -> float:
@@ -65,28 +65,16 @@ def test_swin_default_map_sits_on_each_object(trained_swin) -> None:
     assert np.mean(shares) > 0.75 and min(shares) > 0.55, (np.mean(shares), min(shares))
 
 
-FACTORY = """
-import sys
-
-sys.path.insert(0, {tests!r})
-from synthetic_shapes import CLASSES, vit
-
-LABELS = CLASSES
-INPUT_SIZE = 32
-MEAN = (0.5, 0.5, 0.5)
-STD = (0.5, 0.5, 0.5)
-
-
-def build():
-    return vit()
-"""
-
-
-def test_vit_gradient_rollout_sits_on_each_object_end_to_end(trained_vit, tmp_path) -> None:
-    """Through the command line: a factory file, the trained weights as --checkpoint, PNG
-    scenes, --top-k 2 (the two objects' classes), the raw heatmaps read back."""
-    (tmp_path / "shapes_vit.py").write_text(FACTORY.format(tests=str(TESTS)))
-    torch.save(trained_vit.state_dict(), tmp_path / "vit.pt")
+def test_vit_gradient_rollout_sits_on_each_object_end_to_end(
+    trained_vit, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the command line, with examples/shapes_vit.py (its cached weights are the ones
+    trained here), PNG scenes, --top-k 2 (the two objects' classes), raw heatmaps read back."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    (cache / "featviz").mkdir(parents=True)
+    version = torch.__version__.split("+")[0]
+    torch.save(trained_vit.state_dict(), cache / "featviz" / f"shapes_vit-{version}.pt")
     scenes = tmp_path / "scenes"
     scenes.mkdir()
     halves = {}
@@ -100,9 +88,7 @@ def test_vit_gradient_rollout_sits_on_each_object_end_to_end(trained_vit, tmp_pa
         [
             "cam",
             "-m",
-            f"{tmp_path / 'shapes_vit.py'}:build",
-            "--checkpoint",
-            str(tmp_path / "vit.pt"),
+            f"{EXAMPLES / 'shapes_vit.py'}:build",
             "-M",
             "gradrollout",
             "-M",

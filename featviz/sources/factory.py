@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -71,9 +72,12 @@ class FactorySource:
 
 def _structure(factory: Any, kwargs: dict[str, Any]) -> Any:
     """The factory's module with parameters on meta, or None when its code needs real tensors
-    (it computes with its weights, say): the caller then builds it for real."""
+    (it computes with its weights, say): the caller then builds it for real. A factory that
+    loads weights makes torch warn, once per tensor, that copying into meta parameters does
+    nothing: true, and nothing to tell the user of a structure-only build."""
     try:
-        with parameters_on_meta():
+        with parameters_on_meta(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
             return factory(**kwargs)
     except Exception:
         return None

@@ -1,5 +1,5 @@
 """A task where the right answer is known: coloured shapes on clutter, and tiny transformers
-trained on it in seconds.
+trained on it in seconds (examples/shapes_vit.py; the tests train both models).
 
 A scene is 32 × 64: random noise and grey strokes, and one or two objects, each in its own half
 (left: x < 32, right: x ≥ 32), each a different class: 0 a red square, 1 a green disc, 2 a blue
