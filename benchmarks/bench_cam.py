@@ -214,12 +214,13 @@ def compute_floor(module: nn.Module, layer: str, batches: list[torch.Tensor]) ->
 
 def prepare_featviz(model: str, layer: str, folder: Path, out: Path):
     """featviz's library path, model built and layers traced (not timed)."""
-    from featviz.requests import CamRequest, ModelRequest, RunRequest
+    from featviz.requests import CamRequest, ModelRequest, OutputRequest, RunRequest
     from featviz.runner import prepare_cam
 
     return prepare_cam(
         ModelRequest(model, weights="none", seed=SEED, device="cpu"),
-        RunRequest((str(folder),), out=out),
+        RunRequest((str(folder),)),
+        OutputRequest(out, gallery=False),
         CamRequest(layers=(layer,)),
     )
 

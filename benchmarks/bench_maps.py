@@ -56,12 +56,13 @@ BATCH = 8
 
 
 def prepare_featviz(folder: Path, out: Path):
-    from featviz.requests import MapsRequest, ModelRequest, RunRequest
+    from featviz.requests import MapsRequest, ModelRequest, OutputRequest, RunRequest
     from featviz.runner import prepare_maps
 
     run = prepare_maps(
         ModelRequest(MODEL, weights="none", device="cpu"),
-        RunRequest((str(folder),), out=out),
+        RunRequest((str(folder),)),
+        OutputRequest(out, gallery=False),
         MapsRequest(),
     )
     assert run.job.layers == LAYERS, run.job.layers

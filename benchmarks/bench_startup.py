@@ -81,10 +81,11 @@ import featviz.cli; mark("import featviz.cli (typer; what --help pays, less rend
 import torch; mark("import torch")
 import torchvision; mark("import torchvision (its ops import torch._dynamo)")
 from featviz.render import colormap_lut; colormap_lut("jet"); mark("import matplotlib, jet LUT")
-from featviz.requests import CamRequest, ModelRequest, RunRequest
+from featviz.requests import OutputRequest, CamRequest, ModelRequest, RunRequest
 from featviz.runner import prepare_cam
 run = prepare_cam(ModelRequest("resnet50", weights="none", device="cpu"),
-                  RunRequest((sys.argv[1],), out=Path(sys.argv[2])), CamRequest())
+                  RunRequest((sys.argv[1],)), OutputRequest(Path(sys.argv[2]), gallery=False),
+                  CamRequest())
 mark("prepare_cam: build resnet50 (random init), trace, set up")
 results = list(run.results()); mark("the image, cold: decode, forward, backward, overlay, PNG")
 results = list(run.results()); mark("(for scale) the same image again, warm")
@@ -92,7 +93,7 @@ from featviz.report import RunTally
 tally = RunTally()
 for result in results:
     tally.add(result)
-run.write_manifest(tally, False); mark("manifest")
+run.finish(tally, False); mark("manifest")
 with torch.device("meta"):
     torchvision.models.resnet50()
 mark("(for scale) resnet50 built on the meta device: no init")

@@ -59,12 +59,13 @@ def stage_breakdown(model: str, layer: str, photos: list[Path], work: Path) -> l
     from featviz.output import encode_json, encode_png, write_atomic
     from featviz.preprocess import to_tensor
     from featviz.render import colormap_lut, overlay
-    from featviz.requests import CamRequest, ModelRequest, RunRequest
+    from featviz.requests import CamRequest, ModelRequest, OutputRequest, RunRequest
     from featviz.runner import prepare_cam
 
     run = prepare_cam(
         ModelRequest(model, weights="none", device="cpu"),
-        RunRequest((str(photos[0]),), out=work),
+        RunRequest((str(photos[0]),)),
+        OutputRequest(work, gallery=False),
         CamRequest(layers=(layer,)),
     )
     module, calls = run.model.module, run.model.trace.calls()
@@ -176,14 +177,15 @@ def _child(model: str, layer: str, folder: Path, out: Path, runs: int, threads: 
     """What py-spy watches: one warm-up, then ``runs`` timed runs; prints seconds per run."""
     import torch
 
-    from featviz.requests import CamRequest, ModelRequest, RunRequest
+    from featviz.requests import CamRequest, ModelRequest, OutputRequest, RunRequest
     from featviz.runner import prepare_cam
 
     if threads:
         torch.set_num_threads(threads)
     run = prepare_cam(
         ModelRequest(model, weights="none", device="cpu"),
-        RunRequest((str(folder),), out=out),
+        RunRequest((str(folder),)),
+        OutputRequest(out, gallery=False),
         CamRequest(layers=(layer,)),
     )
     list(run.results())

@@ -13,13 +13,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from featviz.artifacts import Artifact, ImageOutputs
 from featviz.cam.registry import ATTENTION
 from featviz.errors import InputError, first_line
 from featviz.jobs import ImageJob, failure, model_failure, nan_or_infinite, not_finite
-from featviz.output import class_slug, encode_npz, encode_png, write_atomic
+from featviz.output import class_slug
 from featviz.pipeline import ImageResult, LoadedImage, Prediction
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
     from featviz.requests import CamRequest
@@ -35,7 +37,8 @@ class _Map:
 
     method: str
     layer: str
-    target: str
+    target: str  # the class slug, ``281_tabby``, or ``all`` (class-agnostic)
+    caption: str  # "tabby 0.87"
     layer_cam: torch.Tensor | None  # None for a fused map, which has no single layer
 
 
@@ -132,12 +135,16 @@ class CamJob(ImageJob):
                         )
                     for i in range(len(batch)):
                         index = int(targets[i, column])
-                        target = (
-                            class_slug(index, self.model.category(index))
-                            if class_specific
-                            else ANY_CLASS
-                        )
-                        per_image[i].append(_Map(method.name, layer, target, maps[i]))
+                        if class_specific:
+                            target = class_slug(index, self.model.category(index))
+                            caption = f"{self.model.label(index)} {probabilities[i, index]:.2f}"
+                        else:
+                            target, caption = ANY_CLASS, "all classes"
+                        per_image[i].append(_Map(method.name, layer, target, caption, maps[i]))
+        layer_maps = {
+            layer: context.activation(layer).cpu().numpy()
+            for layer in (self.tapped if self.sinks.wants_activations else [])
+        }
         tasks = []
         for i, item in enumerate(batch):
             if i in broken:
@@ -149,49 +156,59 @@ class CamJob(ImageJob):
                     ranked.values[i, :SHOWN_PREDICTIONS], ranked.indices[i, :SHOWN_PREDICTIONS]
                 )
             ]
-            tasks.append(self._writer(item, per_image[i], predictions))
+            activations = {layer: values[i] for layer, values in layer_maps.items()}
+            tasks.append(self._writer(item, per_image[i], predictions, activations))
         return tasks
 
-    def _writer(self, item: LoadedImage, maps: list[_Map], predictions: list[Prediction]):
+    def _writer(
+        self,
+        item: LoadedImage,
+        maps: list[_Map],
+        predictions: list[Prediction],
+        activations: dict[str, np.ndarray],
+    ):
         def write() -> ImageResult:
             from featviz.cam import fuse, heatmap
 
             size = item.original.shape[:2]
-            result = ImageResult(item.source, predictions=predictions)
-            by_class: dict[tuple[str, str], list[torch.Tensor]] = {}
+            artifacts: list[Artifact] = []
+            by_class: dict[tuple[str, str, str], list[torch.Tensor]] = {}
             for entry in maps:
                 values = heatmap(entry.layer_cam, size)
-                self._write_map(item, entry, values, result)
+                artifacts += self._artifacts(item, entry, values)
                 if self.request.fuse:
-                    by_class.setdefault((entry.method, entry.target), []).append(values)
-            for (method, target), heatmaps in by_class.items():
-                self._write_map(item, _Map(method, FUSED, target, None), fuse(heatmaps), result)
-            return self.finish(result)
+                    key = (entry.method, entry.target, entry.caption)
+                    by_class.setdefault(key, []).append(values)
+            for (method, target, caption), heatmaps in by_class.items():
+                fused = _Map(method, FUSED, target, caption, None)
+                artifacts += self._artifacts(item, fused, fuse(heatmaps))
+            return self.deliver(
+                ImageOutputs(
+                    item.source, self.model.name, item.original, predictions, artifacts, activations
+                )
+            )
 
         return write
 
-    def _write_map(
-        self, item: LoadedImage, entry: _Map, heatmap: torch.Tensor, result: ImageResult
-    ) -> None:
+    def _artifacts(self, item: LoadedImage, entry: _Map, heatmap: torch.Tensor) -> list[Artifact]:
         from featviz.render import apply_colormap, overlay
 
         values = heatmap.numpy()
-        files = self.layout.cam_files(item.source.relative, entry.method, entry.layer, entry.target)
-        outputs = [
-            (
-                files.overlay,
-                lambda: encode_png(
-                    overlay(item.original, values, lut=self.lut, alpha=self.request.alpha)
-                ),
-            )
-        ]
+        where = {
+            "layer": entry.layer,
+            "method": entry.method,
+            "target": entry.target,
+            "caption": entry.caption,
+        }
+        pixels = overlay(item.original, values, lut=self.lut, alpha=self.request.alpha)
+        artifacts = [Artifact("cam", "overlay", pixels=pixels, **where)]
         if self.request.heatmap:
-            outputs.append((files.heatmap, lambda: encode_png(apply_colormap(values, self.lut))))
+            artifacts.append(
+                Artifact("cam", "heatmap", pixels=apply_colormap(values, self.lut), **where)
+            )
         if self.request.save_raw:
             arrays = {"heatmap": values.astype("float32")}
             if entry.layer_cam is not None:
                 arrays["layer_cam"] = entry.layer_cam.numpy().astype("float32")
-            outputs.append((files.raw, lambda: encode_npz(arrays)))
-        for path, encode in outputs:
-            write_atomic(path, encode())
-            result.outputs.append(str(path))
+            artifacts.append(Artifact("cam", "raw", arrays=arrays, **where))
+        return artifacts

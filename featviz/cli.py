@@ -12,7 +12,6 @@ import contextlib
 import os
 import sys
 from enum import Enum
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -27,6 +26,7 @@ from featviz.requests import (
     FiltersRequest,
     MapsRequest,
     ModelRequest,
+    OutputRequest,
     RunRequest,
 )
 from featviz.terminal import errors, one_line, stream
@@ -116,6 +116,7 @@ def maps(
         bool, typer.Option(help="Also write each layer's activations .npy.")
     ] = False,
     model: ModelRequest = None,
+    output: OutputRequest = None,
     report: Report = None,
 ) -> None:
     """Feature-map grids: one PNG per image × layer (default: every Conv2d).
@@ -133,7 +134,7 @@ def maps(
             cell_size=cell_size,
             save_raw=save_raw,
         )
-        stream(prepare_maps(model, run, request), report)
+        stream(prepare_maps(model, run, output, request), report)
 
 
 def _methods_epilog() -> str:
@@ -193,6 +194,7 @@ def cam(
         int, typer.Option(min=1, help="Extra forwards per batch for scorecam/ablationcam.")
     ] = 32,
     model: ModelRequest = None,
+    output: OutputRequest = None,
     report: Report = None,
 ) -> None:
     """Class-activation maps over the original image (default: Grad-CAM, top-1 class).
@@ -214,7 +216,7 @@ def cam(
             save_raw=save_raw,
             cam_batch_size=cam_batch_size,
         )
-        stream(prepare_cam(model, run, request), report)
+        stream(prepare_cam(model, run, output, request), report)
 
 
 @app.command()
@@ -291,8 +293,8 @@ def filters(
     ] = False,
     cmap: Annotated[str, typer.Option(help="Colormap of grey tiles.")] = "gray",
     cell_size: CellOpt = 32,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("featviz-out"),
     model: ModelRequest = None,
+    output: OutputRequest = None,
 ) -> None:
     """The learned Conv2d kernels of some layers, one grid per layer.
 
@@ -303,9 +305,9 @@ def filters(
         from featviz.runner import render_filters
 
         request = FiltersRequest(
-            layers=tuple(layer), all_inputs=all_inputs, cmap=cmap, cell_size=cell_size, out=out
+            layers=tuple(layer), all_inputs=all_inputs, cmap=cmap, cell_size=cell_size
         )
-        result = render_filters(model, request)
+        result = render_filters(model, output, request)
         for path in result.written:
             typer.echo(f"wrote {printable(path)}")
         if result.skipped:

@@ -1,11 +1,11 @@
 """The options every command shares, declared once, and the decorator that adds them.
 
-A command asks for ``model: ModelRequest``, ``run: RunRequest`` or ``report: Report`` in its
-signature; ``shared_options`` replaces each such parameter with the options it is made of (so
-Typer shows them in ``--help`` under their own panel) and packs them back into the frozen value
-before the command runs. Every command thus accepts the same model options: users paste the
-same options across commands and scripts. An option a command does not use is still accepted,
-and its help says it is ignored there and why.
+A command asks for ``model: ModelRequest``, ``run: RunRequest``, ``output: OutputRequest`` or
+``report: Report`` in its signature; ``shared_options`` replaces each such parameter with the
+options it is made of (so Typer shows them in ``--help`` under their own panel) and packs them
+back into the frozen value before the command runs. Every command thus accepts the same model
+options: users paste the same options across commands and scripts. An option a command does
+not use is still accepted, and its help says it is ignored there and why.
 
 Defaults that are not a plain value are spelled out with ``show_default`` text: a literal
 ``[default: …]`` inside a help string would be read as rich markup and vanish.
@@ -24,10 +24,11 @@ from typing import Annotated, Any
 
 import typer
 
-from featviz.requests import DEFAULT_MAX_PIXELS, ModelRequest, RunRequest
+from featviz.requests import DEFAULT_MAX_PIXELS, ModelRequest, OutputRequest, RunRequest
 
 MODEL_PANEL = "Model"
-INPUT_PANEL = "Input and output"
+INPUT_PANEL = "Input"
+OUTPUT_PANEL = "Output"
 
 
 class Resize(str, Enum):
@@ -174,10 +175,6 @@ _RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
         ],
         DEFAULT_MAX_PIXELS,
     ),
-    "out": (
-        Annotated[Path, _option("--out", "-o", panel=INPUT_PANEL, help="Output folder.")],
-        Path("featviz-out"),
-    ),
     "batch_size": (
         Annotated[
             int | None,
@@ -202,13 +199,44 @@ _RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
     ),
 }
 
+_OUTPUT_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "out": (
+        Annotated[Path, _option("--out", "-o", panel=OUTPUT_PANEL, help="Output folder.")],
+        Path("featviz-out"),
+    ),
+    "tensorboard": (
+        Annotated[
+            Path | None,
+            _option(
+                panel=OUTPUT_PANEL,
+                show_default="none",
+                metavar="DIR",
+                help="Also write TensorBoard event files there (needs featviz[tensorboard]); "
+                "steps are the images' positions in the run.",
+            ),
+        ],
+        None,
+    ),
+    "gallery": (
+        Annotated[
+            bool,
+            _option(
+                panel=OUTPUT_PANEL,
+                help="Write index.html in the output folder: every image's outputs, browsable "
+                "offline.",
+            ),
+        ],
+        True,
+    ),
+}
+
 _REPORT_OPTIONS: dict[str, tuple[Any, Any]] = {
     "json_lines": (
         Annotated[
             bool,
             _option(
                 "--json",
-                panel=INPUT_PANEL,
+                panel=OUTPUT_PANEL,
                 help="One JSON object per image on stdout, nothing else there.",
             ),
         ],
@@ -220,7 +248,7 @@ _REPORT_OPTIONS: dict[str, tuple[Any, Any]] = {
             _option(
                 "--quiet",
                 "-q",
-                panel=INPUT_PANEL,
+                panel=OUTPUT_PANEL,
                 help="No progress bar, per-image lines or summary; errors still go to stderr.",
             ),
         ],
@@ -248,9 +276,14 @@ def _run_request(values: dict[str, Any]) -> RunRequest:
         inputs=tuple(values["inputs"]),
         recursive=values["recursive"],
         max_pixels=values["max_pixels"],
-        out=values["out"],
         batch_size=values["batch_size"],
         skip_existing=values["skip_existing"],
+    )
+
+
+def _output_request(values: dict[str, Any]) -> OutputRequest:
+    return OutputRequest(
+        out=values["out"], tensorboard=values["tensorboard"], gallery=values["gallery"]
     )
 
 
@@ -261,6 +294,7 @@ def _report(values: dict[str, Any]) -> Report:
 _GROUPS: dict[type, tuple[dict[str, tuple[Any, Any]], Callable[[dict[str, Any]], Any]]] = {
     ModelRequest: (_MODEL_OPTIONS, _model_request),
     RunRequest: (_RUN_OPTIONS, _run_request),
+    OutputRequest: (_OUTPUT_OPTIONS, _output_request),
     Report: (_REPORT_OPTIONS, _report),
 }
 

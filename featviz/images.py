@@ -88,11 +88,13 @@ class ImageSource:
 
     ``path``: where to read it. ``relative``: where its outputs go under ``--out``, without a
     suffix, unique within a run (see the module docstring). ``display``: ``printable(path)``.
+    ``index``: its position in the run, from 0 (TensorBoard's step).
     """
 
     path: Path
     relative: PurePath
     display: str
+    index: int = 0
 
 
 def _has_image_extension(name: str) -> bool:
@@ -286,6 +288,7 @@ def _unique(candidates: Iterable[tuple[Path, PurePath]]) -> Iterator[ImageSource
     """Drop repeats of a file, give each image a ``relative`` no other image has (``cat-2``)."""
     seen_files: set[str] = set()
     taken: set[str] = set()
+    index = itertools.count()
     for path, relative in candidates:
         absolute = os.path.abspath(path)
         if absolute in seen_files:
@@ -296,7 +299,7 @@ def _unique(candidates: Iterable[tuple[Path, PurePath]]) -> Iterator[ImageSource
             number += 1
             unique = relative.with_name(f"{relative.name}-{number}")
         taken.add(_collision_key(unique))
-        yield ImageSource(path=path, relative=unique, display=printable(path))
+        yield ImageSource(path=path, relative=unique, display=printable(path), index=next(index))
 
 
 def _collision_key(relative: PurePath) -> str:

@@ -9,14 +9,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from featviz.errors import InputError, first_line
-from featviz.output import OutputLayout, encode_json, finished_record, write_atomic
-from featviz.pipeline import ImageResult, LoadedImage, Prediction
+from featviz.pipeline import ImageResult, LoadedImage
 
 if TYPE_CHECKING:
     import torch
 
+    from featviz.artifacts import ImageOutputs
     from featviz.images import ImageSource
     from featviz.models import LoadedModel
+    from featviz.sinks import Sinks
 
 
 def model_failure(inputs: torch.Tensor, error: RuntimeError) -> InputError:
@@ -55,30 +56,16 @@ def fingerprint(settings: dict[str, Any]) -> str:
 
 @dataclass(kw_only=True)
 class ImageJob:
-    """Base for maps.MapsJob and cam_job.CamJob (see pipeline.Job).
-
-    ``fingerprint`` hashes everything that decides an image's outputs (the model, its
-    preprocessing, the resolved layers and classes, the command's options), so that
-    ``--skip-existing`` skips only images done with the very same settings.
-    """
+    """Base for maps.MapsJob and cam_job.CamJob (see pipeline.Job): loading an input, and
+    handing each image's rendered outputs to the sinks (which also know the finished ones)."""
 
     model: LoadedModel
-    layout: OutputLayout
-    command: str
-    fingerprint: str
+    sinks: Sinks
     max_pixels: int
     skip_existing: bool
 
     def finished(self, source: ImageSource) -> ImageResult | None:
-        if not self.skip_existing:
-            return None
-        record = finished_record(
-            self.layout.record(source.relative, self.command), self.fingerprint
-        )
-        if record is None:
-            return None
-        predictions = [Prediction(**p) for p in record.get("predictions", [])]
-        return ImageResult(source, outputs=record["outputs"], predictions=predictions, skipped=True)
+        return self.sinks.finished(source) if self.skip_existing else None
 
     def load(self, source: ImageSource) -> LoadedImage:
         import numpy as np
@@ -89,8 +76,5 @@ class ImageJob:
         image = decode(source.path, max_pixels=self.max_pixels)
         return LoadedImage(source, np.asarray(image), to_tensor(image, self.model.preprocessing))
 
-    def finish(self, result: ImageResult) -> ImageResult:
-        """Write the image's record last: its presence means every output above is complete."""
-        record = {**result.as_dict(), "fingerprint": self.fingerprint}
-        write_atomic(self.layout.record(result.source.relative, self.command), encode_json(record))
-        return result
+    def deliver(self, outputs: ImageOutputs) -> ImageResult:
+        return self.sinks.write(outputs)

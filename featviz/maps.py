@@ -3,7 +3,7 @@
 Each channel is min-max scaled on its own (a flat channel renders as zeros), channels are tiled
 in a near-square grid, and small maps are enlarged with nearest-neighbour so every activation
 stays a visible square. The forward runs under ``inference_mode`` and stops as soon as the
-deepest tapped layer has produced its output.
+deepest tapped layer has produced its output. The grids go to the sinks (featviz.sinks).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from featviz.artifacts import Artifact, ImageOutputs
 from featviz.hooks import LayerTaps
 from featviz.jobs import ImageJob, failure, model_failure, nan_or_infinite, not_finite
-from featviz.output import encode_npy, encode_png, write_atomic
 from featviz.pipeline import ImageResult, LoadedImage
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ class MapsJob(ImageJob):
         grey = is_grey(self.lut)
 
         def write() -> ImageResult:
-            result = ImageResult(item.source)
+            artifacts = []
             for layer, layer_maps in maps.items():
                 chosen = select_channels(layer_maps, self.request.max_channels, self.request.order)
                 grid = channel_grid(
@@ -86,13 +86,16 @@ class MapsJob(ImageJob):
                 )
                 if grey:
                     grid = grid[..., 0]  # a grey PNG: a third of the bytes to encode and store
-                path = self.layout.maps_png(item.source.relative, layer)
-                write_atomic(path, encode_png(grid))
-                result.outputs.append(str(path))
+                artifacts.append(Artifact("maps", "grid", layer, pixels=grid))
                 if self.request.save_raw:
-                    raw = self.layout.maps_raw(item.source.relative, layer)
-                    write_atomic(raw, encode_npy(layer_maps))
-                    result.outputs.append(str(raw))
-            return self.finish(result)
+                    artifacts.append(
+                        Artifact("maps", "raw", layer, arrays={"activations": layer_maps})
+                    )
+            activations = maps if self.sinks.wants_activations else {}
+            return self.deliver(
+                ImageOutputs(
+                    item.source, self.model.name, item.original, [], artifacts, activations
+                )
+            )
 
         return write

@@ -1,13 +1,16 @@
-"""Everything that touches the disk: output names, atomic writes, per-image records, the manifest.
+"""Where outputs go on disk, atomic writes, encoders, and the per-image records.
 
 Layout under ``--out`` (``<rel>`` mirrors the input's sub-folders, see images.ImageSource):
 
     <rel>/maps/<layer>.png                      featviz maps (+ <layer>.npy with --save-raw)
     <rel>/cam/<method>/<layer>/<class>.png      featviz cam overlay (<class> = index_label)
     <rel>/cam/<method>/<layer>/<class>.heatmap.png / .npz
-    <rel>/<command>.json                         what the image produced (used by --skip-existing)
+    <rel>/records/<command>-<fingerprint>.json  what the image produced with those settings
+                                                (--skip-existing, the gallery)
     filters/<model>/<layer>.png                 featviz filters
-    manifest.json                                the whole run
+    runs/<time>-<command>-<pid>.json            one manifest per run, never overwritten
+    manifest.json                               the latest run's manifest, listing every run
+    index.html, gallery/                        the gallery (sinks/gallery.py)
 
 Every file is written under a temporary name in its own folder and renamed into place, so an
 interrupted run or a full disk never leaves a truncated PNG, NPZ or manifest behind.
@@ -21,6 +24,7 @@ import json
 import os
 import re
 import struct
+import time
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,6 +35,8 @@ from featviz.errors import RunError, UsageError
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from featviz.artifacts import Artifact
 
 PNG_COMPRESS_LEVEL = 1  # zlib level 1 writes ~3x faster than level 6, files ~15% larger
 
@@ -87,6 +93,18 @@ class OutputLayout:
     def maps_raw(self, relative: PurePath, layer: str) -> Path:
         return self.maps_png(relative, layer).with_suffix(".npy")
 
+    def path_of(self, artifact: Artifact, relative: PurePath | None, model: str) -> Path:
+        """Where ``artifact`` of the image at ``relative`` (None: of the model) is written."""
+        if artifact.command == "filters":
+            suffix = "-all-inputs" if artifact.kind == "kernels-all-inputs" else ""
+            return self.filters_png(model, artifact.layer, suffix)
+        if artifact.command == "maps":
+            if artifact.kind == "raw":
+                return self.maps_raw(relative, artifact.layer)
+            return self.maps_png(relative, artifact.layer)
+        files = self.cam_files(relative, artifact.method, artifact.layer, artifact.target)
+        return {"overlay": files.overlay, "heatmap": files.heatmap, "raw": files.raw}[artifact.kind]
+
     def cam_files(self, relative: PurePath, method: str, layer: str, target: str) -> CamFiles:
         """The overlay, bare heatmap and raw arrays of one map (``target``: a class slug)."""
         stem = self.image_dir(relative) / "cam" / safe_name(method) / safe_name(layer) / target
@@ -96,14 +114,18 @@ class OutputLayout:
             raw=Path(f"{stem}.npz"),
         )
 
-    def record(self, relative: PurePath, command: str) -> Path:
-        return self.image_dir(relative) / f"{command}.json"
+    def record(self, relative: PurePath, command: str, fingerprint: str) -> Path:
+        return self.image_dir(relative) / "records" / f"{command}-{fingerprint}.json"
 
     def filters_png(self, model: str, layer: str, suffix: str = "") -> Path:
         return self.root / "filters" / safe_name(model) / f"{safe_name(layer)}{suffix}.png"
 
     def manifest(self) -> Path:
         return self.root / "manifest.json"
+
+    def run_manifest(self, started: float, command: str) -> Path:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
+        return self.root / "runs" / f"{stamp}-{command}-{os.getpid()}.json"
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -180,15 +202,28 @@ def encode_json(data: Any) -> bytes:
     return text.encode("utf-8", "backslashreplace")
 
 
+def file_stamps(paths: list[str]) -> dict[str, list[int]]:
+    """(size, mtime in ns) of each written file: what a record remembers of its outputs."""
+    stamps = {}
+    for name in paths:
+        info = os.stat(os.fsencode(name))
+        stamps[name] = [info.st_size, info.st_mtime_ns]
+    return stamps
+
+
 def finished_record(path: Path, fingerprint: str) -> dict[str, Any] | None:
-    """The record of an earlier run of the same options whose outputs all still exist, or None."""
+    """The record of an earlier run of the same settings whose outputs are all still there as
+    it wrote them, or None. A file another run has since rewritten (same name, other options)
+    has another size or time: its image is done again."""
     try:
         record = json.loads(path.read_bytes())
     except (OSError, ValueError):
         return None
     if record.get("fingerprint") != fingerprint or record.get("error"):
         return None
-    outputs = record.get("outputs", [])
-    if not all(os.path.exists(os.fsencode(name)) for name in outputs):
+    stamps = record.get("stamps", {})
+    try:
+        current = file_stamps(record.get("outputs", []))
+    except OSError:
         return None
-    return record
+    return record if current == stamps else None

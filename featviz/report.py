@@ -107,9 +107,9 @@ def _columns(rows: list[tuple[str, ...]]) -> str:
 
 
 def manifest(
-    command: str, model: dict[str, Any], record: dict[str, Any], tally: RunTally, interrupted: bool
+    command: str, record: dict[str, Any], tally: RunTally, interrupted: bool
 ) -> dict[str, Any]:
-    """The whole run: versions, the model loaded, ``record`` (the requests as given and what was
+    """The whole run: versions, ``record`` (the model loaded, the requests as given and what was
     resolved from them), counts, and every image's result."""
     import torch
     import torchvision
@@ -122,7 +122,6 @@ def manifest(
             "torchvision": torchvision.__version__,
             "python": platform.python_version(),
         },
-        "model": model,
         **record,
         "interrupted": interrupted,
         "counts": {"done": tally.done, "failed": tally.failed, "skipped": tally.skipped},

@@ -1,8 +1,9 @@
 """What a command asks for, as frozen values built once by the CLI and passed down unchanged.
 
-``ModelRequest`` (which network, which weights, how to feed it) is shared by every command;
-``RunRequest`` says which images to read and where outputs go; each command adds its own
-options (``MapsRequest``, ``CamRequest``, ``FiltersRequest``). What the library resolves from
+``ModelRequest`` (which network, which weights, how to feed it) and ``OutputRequest`` (where
+results go: the output folder, TensorBoard, the gallery) are shared by every command;
+``RunRequest`` says which images a per-image command reads; each command adds its own options
+(``MapsRequest``, ``CamRequest``, ``FiltersRequest``). What the library resolves from
 them (layer names from globs, class indices from names) lives in the job, never back in here:
 a request is exactly what the user said, which is what the manifest records.
 
@@ -40,14 +41,22 @@ class ModelRequest:
 
 @dataclass(frozen=True)
 class RunRequest:
-    """The images a per-image command reads and what it does with its outputs."""
+    """The images a per-image command reads, and how."""
 
     inputs: tuple[str, ...]
     recursive: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
-    out: Path = Path("featviz-out")
     batch_size: int | None = None
     skip_existing: bool = False
+
+
+@dataclass(frozen=True)
+class OutputRequest:
+    """Where results go: the output folder (always), TensorBoard event files, the gallery."""
+
+    out: Path = Path("featviz-out")
+    tensorboard: Path | None = None
+    gallery: bool = True
 
 
 @dataclass(frozen=True)
@@ -80,7 +89,6 @@ class FiltersRequest:
     all_inputs: bool = False
     cmap: str = "gray"
     cell_size: int = 32
-    out: Path = Path("featviz-out")
 
 
 def plain(value: Any) -> Any:

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from featviz.errors import UsageError
-from featviz.output import OutputLayout, write_atomic
 from featviz.requests import plain
 
 if TYPE_CHECKING:
@@ -29,26 +28,24 @@ if TYPE_CHECKING:
         FiltersRequest,
         MapsRequest,
         ModelRequest,
+        OutputRequest,
         RunRequest,
     )
 
 
 @dataclass(frozen=True)
 class PreparedRun:
-    """A run ready to stream: iterate ``results()`` once, then ``write_manifest``.
+    """A run ready to stream: iterate ``results()`` once, then ``finish``.
 
-    ``record`` is what the manifest says about the run besides its images: the requests as
-    given and what was resolved from them. ``total`` is the number of inputs when known (not for
-    paths streamed on stdin).
+    ``total`` is the number of inputs when known (not for paths streamed on stdin).
     """
 
     command: str
     model: LoadedModel
-    layout: OutputLayout
+    out: Path
     job: MapsJob | CamJob
     sources: Iterable[ImageSource]
     config: PipelineConfig
-    record: dict[str, Any]
     total: int | None
 
     def results(self) -> Iterator[ImageResult]:
@@ -56,20 +53,11 @@ class PreparedRun:
 
         return run(self.job, self.sources, self.config)
 
-    def write_manifest(self, tally: RunTally, interrupted: bool) -> Path:
-        from featviz.output import encode_json
-        from featviz.report import manifest
+    def finish(self, tally: RunTally, interrupted: bool) -> Path:
+        """Close the sinks (manifest, TensorBoard, gallery); returns the manifest's path."""
+        from featviz.sinks import RunEnd
 
-        model = {
-            "name": self.model.name,
-            "weights": self.model.weights,
-            "device": str(self.model.device),
-            "input_size": self.model.preprocessing.input_size,
-        }
-        data = manifest(self.command, model, self.record, tally, interrupted)
-        path = self.layout.manifest()
-        write_atomic(path, encode_json(data))
-        return path
+        return self.job.sinks.close(RunEnd(tally, interrupted))
 
 
 def default_map_layers(model: LoadedModel) -> list[str]:
@@ -90,7 +78,9 @@ def default_map_layers(model: LoadedModel) -> list[str]:
     return convs
 
 
-def prepare_maps(model: ModelRequest, run: RunRequest, maps: MapsRequest) -> PreparedRun:
+def prepare_maps(
+    model: ModelRequest, run: RunRequest, output: OutputRequest, maps: MapsRequest
+) -> PreparedRun:
     from featviz.layers import resolve_layers
     from featviz.maps import MapsJob
     from featviz.models import load_model
@@ -107,6 +97,7 @@ def prepare_maps(model: ModelRequest, run: RunRequest, maps: MapsRequest) -> Pre
         "maps",
         model,
         run,
+        output,
         maps,
         resolved,
         sources,
@@ -115,7 +106,9 @@ def prepare_maps(model: ModelRequest, run: RunRequest, maps: MapsRequest) -> Pre
     )
 
 
-def prepare_cam(model: ModelRequest, run: RunRequest, cam: CamRequest) -> PreparedRun:
+def prepare_cam(
+    model: ModelRequest, run: RunRequest, output: OutputRequest, cam: CamRequest
+) -> PreparedRun:
     from featviz.cam_job import CamJob
     from featviz.layers import resolve_layers
     from featviz.models import load_model
@@ -142,6 +135,7 @@ def prepare_cam(model: ModelRequest, run: RunRequest, cam: CamRequest) -> Prepar
         "cam",
         model,
         run,
+        output,
         cam,
         resolved,
         sources,
@@ -168,6 +162,7 @@ def _prepare(
     command: str,
     model: ModelRequest,
     run: RunRequest,
+    output: OutputRequest,
     options: MapsRequest | CamRequest,
     resolved: dict[str, Any],
     sources: Iterable[ImageSource],
@@ -176,10 +171,50 @@ def _prepare(
 ) -> PreparedRun:
     from featviz.jobs import fingerprint
     from featviz.pipeline import PipelineConfig
+    from featviz.sinks import sinks_for
 
-    layout = OutputLayout(run.out)
-    # What decides an image's outputs: not the device, the batch size or where inputs live.
-    settings = {
+    batch_size = run.batch_size or (32 if loaded.device.type == "cuda" else 8)
+    record = {
+        "model": model_record(loaded),
+        "request": {
+            "model": plain(model),
+            "run": plain(run),
+            "output": plain(output),
+            "options": plain(options),
+        },
+        "resolved": {**resolved, "batch_size": batch_size},
+    }
+    sinks = sinks_for(
+        output,
+        command=command,
+        fingerprint=fingerprint(_settings(command, model, options, resolved, loaded)),
+        model=loaded.name,
+        record=record,
+    )
+    job = make_job(
+        model=loaded, sinks=sinks, max_pixels=run.max_pixels, skip_existing=run.skip_existing
+    )
+    sinks.open()  # after the job checked its options: a typo leaves no folder behind
+    return PreparedRun(
+        command=command,
+        model=loaded,
+        out=output.out,
+        job=job,
+        sources=sources,
+        config=PipelineConfig(batch_size=batch_size),
+        total=len(sources) if isinstance(sources, list) else None,
+    )
+
+
+def _settings(
+    command: str,
+    model: ModelRequest,
+    options: MapsRequest | CamRequest | FiltersRequest,
+    resolved: dict[str, Any],
+    loaded: LoadedModel,
+) -> dict[str, Any]:
+    """What decides an image's outputs: not the device, the batch size or where files go."""
+    return {
         "command": command,
         "model": {
             **plain(model),
@@ -190,30 +225,16 @@ def _prepare(
         "options": plain(options),
         "resolved": resolved,
     }
-    job = make_job(
-        model=loaded,
-        layout=layout,
-        command=command,
-        fingerprint=fingerprint(settings),
-        max_pixels=run.max_pixels,
-        skip_existing=run.skip_existing,
-    )
-    layout.prepare()  # after the job checked its options: a typo leaves no folder behind
-    batch_size = run.batch_size or (32 if loaded.device.type == "cuda" else 8)
-    record = {
-        "request": {"model": plain(model), "run": plain(run), "options": plain(options)},
-        "resolved": {**resolved, "batch_size": batch_size},
+
+
+def model_record(loaded: LoadedModel) -> dict[str, Any]:
+    """The model as the manifest describes it."""
+    return {
+        "name": loaded.name,
+        "weights": loaded.weights,
+        "device": str(loaded.device),
+        "input_size": loaded.preprocessing.input_size,
     }
-    return PreparedRun(
-        command=command,
-        model=loaded,
-        layout=layout,
-        job=job,
-        sources=sources,
-        config=PipelineConfig(batch_size=batch_size),
-        record=record,
-        total=len(sources) if isinstance(sources, list) else None,
-    )
 
 
 def describe_layers(model: ModelRequest) -> str:
@@ -254,27 +275,46 @@ class FiltersResult:
     skipped: list[str]
 
 
-def render_filters(model: ModelRequest, request: FiltersRequest) -> FiltersResult:
+def render_filters(
+    model: ModelRequest, output: OutputRequest, request: FiltersRequest
+) -> FiltersResult:
+    from featviz.artifacts import Artifact, ImageOutputs
     from featviz.filters import conv_layers, filter_grid
+    from featviz.jobs import fingerprint
     from featviz.models import load_model
-    from featviz.output import encode_png
+    from featviz.report import RunTally
+    from featviz.sinks import RunEnd, sinks_for
 
     loaded = load_model(model)
     modules = dict(loaded.module.named_modules())
     layers, skipped = conv_layers(loaded.trace, modules, list(request.layers))
-    layout = OutputLayout(request.out)
-    layout.prepare()
-    name = loaded.name.rpartition(":")[2]  # a factory's callable, not its file's path
-    written = []
-    for layer in layers:
-        grid = filter_grid(
-            modules[layer],
+    kind = "kernels-all-inputs" if request.all_inputs else "kernels"
+    artifacts = [
+        Artifact(
+            "filters",
+            kind,
             layer,
-            all_inputs=request.all_inputs,
-            cmap=request.cmap,
-            cell_size=request.cell_size,
+            pixels=filter_grid(
+                modules[layer],
+                layer,
+                all_inputs=request.all_inputs,
+                cmap=request.cmap,
+                cell_size=request.cell_size,
+            ),
         )
-        path = layout.filters_png(name, layer, "-all-inputs" if request.all_inputs else "")
-        write_atomic(path, encode_png(grid))
-        written.append(path)
-    return FiltersResult(written, skipped)
+        for layer in layers
+    ]
+    name = loaded.name.rpartition(":")[2]  # a factory's callable, not its file's path
+    record = {
+        "model": model_record(loaded),
+        "request": {"model": plain(model), "output": plain(output), "options": plain(request)},
+        "resolved": {"layers": layers},
+    }
+    settings = _settings("filters", model, request, {"layers": layers}, loaded)
+    sinks = sinks_for(
+        output, command="filters", fingerprint=fingerprint(settings), model=name, record=record
+    )
+    sinks.open()
+    result = sinks.write(ImageOutputs(None, name, None, [], artifacts))
+    sinks.close(RunEnd(RunTally(), interrupted=False))
+    return FiltersResult([Path(path) for path in result.outputs], skipped)

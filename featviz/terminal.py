@@ -59,7 +59,7 @@ def _consume(run, *, json_lines: bool, quiet: bool) -> None:
             progress.stop()
     interrupted = isinstance(stopped, KeyboardInterrupt)
     try:
-        manifest = f"; manifest {printable(run.write_manifest(tally, interrupted))}"
+        manifest = f"; manifest {printable(run.finish(tally, interrupted))}"
     except FeatvizError as exc:
         manifest = f"; manifest not written ({exc.message})"
         stopped = stopped or exc
@@ -67,7 +67,7 @@ def _consume(run, *, json_lines: bool, quiet: bool) -> None:
         for failure in tally.failures:
             _print_err(f"error: {failure}")
     if not quiet:
-        _print_err(tally.summary(printable(run.layout.root), interrupted) + manifest)
+        _print_err(tally.summary(printable(run.out), interrupted) + manifest)
     if interrupted:
         raise typer.Exit(143 if isinstance(stopped, Terminated) else 130)
     if stopped is not None:

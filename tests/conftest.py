@@ -40,6 +40,14 @@ def build(num_classes: int = 5) -> nn.Module:
 '''
 
 
+def record_of(image_folder: Path, command: str = "cam") -> Path | None:
+    """The one record ``command`` wrote for the image whose outputs are in ``image_folder``
+    (records/<command>-<fingerprint>.json), or None."""
+    found = sorted((image_folder / "records").glob(f"{command}-*.json"))
+    assert len(found) <= 1, found
+    return found[0] if found else None
+
+
 def mutate_bytes(draw, data: bytearray, steps: int) -> bytes:
     """Apply ``steps`` hypothesis-drawn edits to ``data``: flip a bit, cut the tail, insert or
     delete a few bytes (the fuzz tests' way of damaging a valid image file)."""

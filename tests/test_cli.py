@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import record_of
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -190,7 +191,7 @@ def test_a_bad_file_fails_alone_and_the_run_exits_1(photos: Path, tmp_path: Path
     result = invoke("cam", *tiny, photos, "-o", out)
     assert result.exit_code == 1
     assert f"error: {photos / 'broken.png'}: not an image file" in result.stderr
-    assert (out / "a" / "cam.json").exists() and (out / "b" / "cam.json").exists()
+    assert record_of(out / "a") and record_of(out / "b")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"] == {"done": 2, "failed": 1, "skipped": 0}
     assert "1 failed" in result.stderr
@@ -351,7 +352,7 @@ def test_a_method_failing_on_a_batch_fails_those_images_only(
         f"error: {photos / name}: gradcam at layer 'features' failed on this input: out of memory"
         for name in ["a.png", "b.jpg"]
     ]
-    assert (tmp_path / "out" / "sub" / "c" / "cam.json").exists()
+    assert record_of(tmp_path / "out" / "sub" / "c")
 
 
 def test_console_script_exit_codes_and_flushed_output(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from featviz.decode import decode
-from featviz.requests import CamRequest, ModelRequest, RunRequest
+from featviz.requests import CamRequest, ModelRequest, OutputRequest, RunRequest
 from featviz.runner import PreparedRun, prepare_cam
 
 NAMES = ["a.png", "b.jpg", "c.png", "d.jpg"]
@@ -82,7 +82,8 @@ def fuzz_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Prepare
         (root / "in" / name).write_bytes(SEEDS[0])
     run = prepare_cam(
         ModelRequest(f"{root / 'tiny_model.py'}:build", input_size=32, device="cpu"),
-        RunRequest((str(root / "in"),), max_pixels=MAX_PIXELS, out=root / "out", batch_size=2),
+        RunRequest((str(root / "in"),), max_pixels=MAX_PIXELS, batch_size=2),
+        OutputRequest(root / "out", gallery=False),
         CamRequest(methods=("gradcam", "eigencam"), heatmap=True),
     )
     assert [source.path.name for source in run.sources] == sorted(NAMES)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_MODEL_SOURCE
+from conftest import TINY_MODEL_SOURCE, record_of
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -375,7 +375,7 @@ def test_manifest_and_records_list_every_input_and_the_failures(hostile: Hostile
     }
     assert manifest["images"] == list(hostile.json_lines().values())
     for name in set(hostile.names) - set(failed):
-        record = output_folder(hostile.root, name) / "cam.json"
+        record = record_of(output_folder(hostile.root, name))
         assert json.loads(record.read_bytes().decode("utf-8"))["error"] is None
 
 
@@ -399,8 +399,8 @@ def test_arguments_that_are_not_utf8_give_a_valid_manifest(
     ), result.stdout
     manifest = json.loads(Path(out, "manifest.json").read_bytes().decode("utf-8"))
     # the arguments read back as the very same paths
-    run = manifest["request"]["run"]
-    assert run["inputs"] == [folder] and run["out"] == out
+    request = manifest["request"]
+    assert request["run"]["inputs"] == [folder] and request["output"]["out"] == out
     assert manifest["images"][0]["input"] == "f\\xf6to/cat.png"
     assert re.fullmatch(
         r"1 done, 0 failed, 0 skipped in .*; outputs in \\xff-out; "

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY_MODEL_SOURCE
+from conftest import TINY_MODEL_SOURCE, record_of
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -61,11 +61,11 @@ def assert_clean(out: Path) -> dict:
             if name.endswith(".png"):
                 with Image.open(Path(folder) / name) as image:
                     image.load()
-    for record in out.rglob("cam.json"):
+    for record in out.rglob("records/cam-*.json"):
         assert all(Path(output).exists() for output in json.loads(record.read_text())["outputs"])
     manifest = json.loads((out / "manifest.json").read_text())
     for image in manifest["images"]:  # what the manifest says was done is on disk
-        assert (out / Path(image["input"]).stem / "cam.json").exists()
+        assert record_of(out / Path(image["input"]).stem)
     return manifest
 
 
@@ -232,6 +232,7 @@ def test_a_write_error_names_the_file_and_stops_cleanly(
         "in",
         "-o",
         "out",
+        "--no-gallery",  # the file layout's writes only: the failing one is counted
     ]
     assert CliRunner().invoke(app, args).exit_code == 0
     before = Path("out/manifest.json").read_bytes()
@@ -242,11 +243,12 @@ def test_a_write_error_names_the_file_and_stops_cleanly(
     assert isinstance(result.exception, SystemExit)
     summary, failure = result.stderr.splitlines()
     match = re.fullmatch(
-        SUMMARY + rf"not written \(cannot write 'out/manifest\.json': {reason}\)", summary
+        SUMMARY + rf"not written \(cannot write 'out/runs/[^']+-cam-\d+\.json': {reason}\)",
+        summary,
     )
     assert match and int(match["done"]) < IMAGES, summary
     assert re.fullmatch(
-        rf"Error: cannot write 'out/\d\d/(cam\.json|cam/gradcam/features/\d\.png)'"
+        rf"Error: cannot write 'out/\d\d/(records/cam-[0-9a-f]+\.json|cam/gradcam/features/\d\.png)'"
         rf": {reason}",
         failure,
     ), failure
@@ -257,7 +259,7 @@ def test_a_write_error_names_the_file_and_stops_cleanly(
 def test_a_manifest_that_cannot_be_written_fails_the_run(
     workspace: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # 2 images × (overlay + record) = 4 writes succeed, the manifest fails
+    # 2 images × (overlay + record) = 4 writes succeed, the run's manifest fails
     monkeypatch.setattr(
         featviz.output, "open", FailingDisk(allowed=4, error=errno.ENOSPC), raising=False
     )
@@ -274,12 +276,14 @@ def test_a_manifest_that_cannot_be_written_fails_the_run(
             "-o",
             "out",
             "--quiet",
+            "--no-gallery",
         ],
     )
     assert result.exit_code == 1
-    assert result.stderr.splitlines() == [
-        "Error: cannot write 'out/manifest.json': the disk is full"
-    ]
+    [error] = result.stderr.splitlines()
+    assert re.fullmatch(
+        r"Error: cannot write 'out/runs/[^']+-cam-\d+\.json': the disk is full", error
+    )
     assert not Path("out/manifest.json").exists()
     assert not [name for name in os.listdir("out") if name.endswith(".partial")]
 

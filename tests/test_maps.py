@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from featviz.maps import select_channels
-from featviz.requests import MapsRequest, ModelRequest, RunRequest
+from featviz.requests import MapsRequest, ModelRequest, OutputRequest, RunRequest
 from featviz.runner import prepare_maps
 
 
@@ -37,7 +37,8 @@ def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_grid_geometry_across_families(model: str, layer: str, photo: Path, tmp_path: Path) -> None:
     run = prepare_maps(
         ModelRequest(model, weights="none", device="cpu", input_size=96),
-        RunRequest((str(photo),), out=tmp_path),
+        RunRequest((str(photo),)),
+        OutputRequest(tmp_path, gallery=False),
         MapsRequest(layers=(layer,), max_channels=20, cell_size=10, save_raw=True),
     )
     [result] = list(run.results())
@@ -58,7 +59,8 @@ def test_grid_geometry_across_families(model: str, layer: str, photo: Path, tmp_
 def test_the_default_taps_are_every_conv2d(photo: Path, tmp_path: Path) -> None:
     run = prepare_maps(
         ModelRequest("alexnet", weights="none", device="cpu"),
-        RunRequest((str(photo),), out=tmp_path),
+        RunRequest((str(photo),)),
+        OutputRequest(tmp_path, gallery=False),
         MapsRequest(),
     )
     assert run.job.layers == [
@@ -81,7 +83,8 @@ def test_channels_by_index_or_by_mean_activation() -> None:
 def test_activation_order_draws_the_strongest_channels_first(photo: Path, tmp_path: Path) -> None:
     run = prepare_maps(
         ModelRequest("alexnet", weights="none", device="cpu", input_size=64),
-        RunRequest((str(photo),), out=tmp_path),
+        RunRequest((str(photo),)),
+        OutputRequest(tmp_path, gallery=False),
         MapsRequest(
             layers=("features.0",), max_channels=4, order="activation", cell_size=1, save_raw=True
         ),

@@ -19,7 +19,7 @@ from PIL import Image
 from featviz.images import ImageSource
 from featviz.pipeline import PipelineStats
 from featviz.pipeline import run as run_pipeline
-from featviz.requests import CamRequest, MapsRequest, ModelRequest, RunRequest
+from featviz.requests import CamRequest, MapsRequest, ModelRequest, OutputRequest, RunRequest
 from featviz.runner import PreparedRun, prepare_cam, prepare_maps
 
 SHAPES = [(40, 30), (30, 40), (48, 24), (40, 30)]  # several shapes: several batch groups
@@ -43,10 +43,11 @@ def prepare(
     command: str, input_size: int = 32, methods: tuple[str, ...] = ("gradcam",)
 ) -> PreparedRun:
     model = ModelRequest("tiny_model.py:build", input_size=input_size, device="cpu")
-    inputs = RunRequest(("in",), out=Path("out"), batch_size=4)
+    inputs = RunRequest(("in",), batch_size=4)
+    output = OutputRequest(Path("out"), gallery=False)
     if command == "maps":
-        return prepare_maps(model, inputs, MapsRequest(cell_size=8))
-    return prepare_cam(model, inputs, CamRequest(methods=methods))
+        return prepare_maps(model, inputs, output, MapsRequest(cell_size=8))
+    return prepare_cam(model, inputs, output, CamRequest(methods=methods))
 
 
 def many(photos: list[Path], start: int, count: int) -> Iterator[ImageSource]:

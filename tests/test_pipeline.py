@@ -131,7 +131,7 @@ def test_disk_full_mid_run_stops_cleanly_with_a_valid_manifest(
             raise RunError(f"cannot write '{path}': the disk is full")
         real(path, data)
 
-    monkeypatch.setattr("featviz.cam_job.write_atomic", fill_up)
+    monkeypatch.setattr("featviz.sinks.files.write_atomic", fill_up)
     result = CliRunner().invoke(
         app,
         [

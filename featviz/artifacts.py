@@ -1,0 +1,54 @@
+"""What a job produces for one image, before anything is written: pictures, raw arrays, metadata.
+
+A job (maps.MapsJob, cam_job.CamJob, filters) renders each image's results once into an
+``ImageOutputs``; every sink (featviz.sinks: the file layout, TensorBoard, the gallery) reads
+the same pixels, so a PNG on disk and its TensorBoard image are the same picture.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from featviz.images import ImageSource
+    from featviz.pipeline import Prediction
+
+Command = Literal["maps", "cam", "filters"]
+Kind = Literal["grid", "overlay", "heatmap", "raw", "kernels", "kernels-all-inputs"]
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One output: a picture (``pixels``, uint8 (H, W) grey or (H, W, 3) RGB) or raw arrays.
+
+    ``layer`` is the layer (``fused`` for a fusion of several, ``attention`` for the rollout
+    methods); ``method`` and ``target`` (a class slug, ``281_tabby``, or ``all`` for a
+    class-agnostic map) are set for CAM outputs; ``caption`` is how a person reads it
+    ("tabby 0.87").
+    """
+
+    command: Command
+    kind: Kind
+    layer: str
+    method: str = ""
+    target: str = ""
+    caption: str = ""
+    pixels: np.ndarray | None = None
+    arrays: dict[str, np.ndarray] | None = None
+
+
+@dataclass
+class ImageOutputs:
+    """Everything one input produced. ``source`` is None for outputs of the model itself
+    (filters); ``original`` the decoded photo (H, W, 3) uint8; ``activations`` the tapped
+    layers' (C, h, w) maps, filled only when a sink asks for them (TensorBoard histograms)."""
+
+    source: ImageSource | None
+    model: str
+    original: np.ndarray | None
+    predictions: list[Prediction] = field(default_factory=list)
+    artifacts: list[Artifact] = field(default_factory=list)
+    activations: dict[str, np.ndarray] = field(default_factory=dict)

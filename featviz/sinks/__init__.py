@@ -1,0 +1,109 @@
+"""Where results go: each image's rendered outputs (featviz.artifacts) are handed to sinks.
+
+The file layout (``files.py``) is always on: it writes PNG/NPY/NPZ files, the per-image records
+that ``--skip-existing`` and the gallery read, and the run's manifest. ``--tensorboard DIR``
+adds TensorBoard event files (``tensorboard.py``); the gallery (``gallery.py``, on unless
+``--no-gallery``) writes thumbnails as images complete and ``index.html`` when the run ends.
+``open`` creates what a sink writes into, once every option has been checked; ``write`` runs
+on the pipeline's writer threads, off the model's thread; ``close`` once, on the main thread,
+at the end of every run (interrupted and failed ones too). A new sink is one module with
+``open``, ``write`` and ``close``, and one line in ``sinks_for``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from featviz.artifacts import ImageOutputs
+    from featviz.images import ImageSource
+    from featviz.pipeline import ImageResult
+    from featviz.report import RunTally
+    from featviz.requests import OutputRequest
+    from featviz.sinks.files import FileSink
+
+
+@dataclass(frozen=True)
+class RunEnd:
+    """What the sinks are told when a run ends: the tally so far, and whether it was cut."""
+
+    tally: RunTally
+    interrupted: bool
+
+
+class Sink(Protocol):
+    wants_activations: bool  # whether ImageOutputs.activations should be filled for it
+
+    def open(self) -> None: ...
+
+    def write(self, outputs: ImageOutputs) -> None: ...
+
+    def close(self, end: RunEnd) -> None: ...
+
+
+class Sinks:
+    """The file layout plus the other sinks, fed together."""
+
+    def __init__(self, files: FileSink, others: list[Sink]) -> None:
+        self.files = files
+        self.others = others
+        self.wants_activations = any(sink.wants_activations for sink in others)
+
+    def open(self) -> None:
+        self.files.open()
+        for sink in self.others:
+            sink.open()
+
+    def finished(self, source: ImageSource) -> ImageResult | None:
+        return self.files.finished(source)
+
+    def write(self, outputs: ImageOutputs) -> ImageResult:
+        """Every sink writes the image's outputs; its record comes last (its presence means
+        everything it lists is complete)."""
+        from featviz.pipeline import ImageResult
+
+        written = self.files.write(outputs)
+        for sink in self.others:
+            sink.write(outputs)
+        result = ImageResult(
+            outputs.source,
+            outputs=[str(path) for path, _ in written],
+            predictions=outputs.predictions,
+        )
+        if outputs.source is not None:
+            self.files.record(result, written)
+        return result
+
+    def close(self, end: RunEnd) -> Path:
+        """Close every sink; returns the manifest written."""
+        manifest = self.files.close(end)
+        for sink in self.others:
+            sink.close(end)
+        return manifest
+
+
+def sinks_for(
+    output: OutputRequest, *, command: str, fingerprint: str, model: str, record: dict[str, Any]
+) -> Sinks:
+    """The sinks ``output`` asks for, checked (a missing tensorboard package is a usage error)
+    but not opened: nothing is written before ``Sinks.open``.
+
+    ``record``: what the manifest says about the run besides its images.
+    """
+    from featviz.output import OutputLayout
+    from featviz.sinks.files import FileSink
+
+    layout = OutputLayout(output.out)
+    others: list[Sink] = []
+    if output.tensorboard is not None:
+        from featviz.sinks.tensorboard import TensorBoardSink
+
+        others.append(TensorBoardSink(output.tensorboard))
+    if output.gallery:
+        from featviz.sinks.gallery import GallerySink
+
+        others.append(GallerySink(layout))
+    return Sinks(FileSink(layout, command, fingerprint, model, record), others)

@@ -1,0 +1,123 @@
+"""The file layout as a sink: every output as a file under ``--out``, one record per image and
+settings, one manifest per run."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from featviz.output import (
+    encode_json,
+    encode_npy,
+    encode_npz,
+    encode_png,
+    file_stamps,
+    finished_record,
+    write_atomic,
+)
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from featviz.artifacts import Artifact, ImageOutputs
+    from featviz.images import ImageSource
+    from featviz.output import OutputLayout
+    from featviz.pipeline import ImageResult
+    from featviz.sinks import RunEnd
+
+
+class FileSink:
+    """``fingerprint`` hashes everything that decides an image's outputs, so that records of
+    other settings never pass for these (``--skip-existing``) and none is overwritten."""
+
+    wants_activations = False
+
+    def __init__(
+        self,
+        layout: OutputLayout,
+        command: str,
+        fingerprint: str,
+        model: str,
+        record: dict[str, Any],
+    ) -> None:
+        self.layout = layout
+        self.command = command
+        self.fingerprint = fingerprint
+        self.model = model
+        self.run_record = record
+        self.started = time.time()
+
+    def open(self) -> None:
+        self.layout.prepare()
+
+    def finished(self, source: ImageSource) -> ImageResult | None:
+        """The result of an earlier run with the same settings, when its outputs are intact."""
+        from featviz.pipeline import ImageResult, Prediction
+
+        path = self.layout.record(source.relative, self.command, self.fingerprint)
+        record = finished_record(path, self.fingerprint)
+        if record is None:
+            return None
+        predictions = [Prediction(**p) for p in record.get("predictions", [])]
+        return ImageResult(source, outputs=record["outputs"], predictions=predictions, skipped=True)
+
+    def write(self, outputs: ImageOutputs) -> list[tuple[Path, Artifact]]:
+        relative = None if outputs.source is None else outputs.source.relative
+        written = []
+        for artifact in outputs.artifacts:
+            path = self.layout.path_of(artifact, relative, self.model)
+            write_atomic(path, _encode(artifact, path))
+            written.append((path, artifact))
+        return written
+
+    def record(self, result: ImageResult, written: list[tuple[Path, Artifact]]) -> None:
+        """What the image produced, written after its outputs. ``path`` (the input, absolute)
+        and each artifact's ``file`` (relative to the output folder) let the gallery find them
+        whatever folder a later run starts in; both keep a file name's bytes that are not UTF-8
+        (encode_json writes them as escapes that read back as the same name)."""
+        root = self.layout.root
+        record = {
+            **result.as_dict(),
+            "path": os.path.abspath(result.source.path),
+            "command": self.command,
+            "fingerprint": self.fingerprint,
+            "stamps": file_stamps([str(path) for path, _ in written]),
+            "artifacts": [
+                {
+                    "file": os.path.relpath(path, root),
+                    "kind": artifact.kind,
+                    "layer": artifact.layer,
+                    "method": artifact.method,
+                    "target": artifact.target,
+                    "caption": artifact.caption,
+                }
+                for path, artifact in written
+            ],
+        }
+        path = self.layout.record(result.source.relative, self.command, self.fingerprint)
+        write_atomic(path, encode_json(record))
+
+    def close(self, end: RunEnd) -> Path:
+        """This run's manifest under runs/, and manifest.json: the same, listing every run."""
+        from featviz.images import printable
+        from featviz.report import manifest
+
+        data = manifest(self.command, self.run_record, end.tally, end.interrupted)
+        own = self.layout.run_manifest(self.started, self.command)
+        write_atomic(own, encode_json(data))
+        runs = sorted(
+            path.relative_to(self.layout.root).as_posix() for path in own.parent.glob("*.json")
+        )
+        latest = self.layout.manifest()
+        write_atomic(latest, encode_json({**data, "run": printable(own.name), "runs": runs}))
+        return latest
+
+
+def _encode(artifact: Artifact, path: Path) -> bytes:
+    if artifact.pixels is not None:
+        return encode_png(artifact.pixels)
+    if path.suffix == ".npy":
+        [array] = artifact.arrays.values()
+        return encode_npy(array)
+    return encode_npz(artifact.arrays)

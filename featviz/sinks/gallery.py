@@ -1,0 +1,211 @@
+"""A page to browse an output folder: ``index.html``, working offline from ``file://``.
+
+As images complete, small JPEG thumbnails of the original and of each picture are written under
+``gallery/thumbs/`` (the page never makes the browser scale full-size PNGs). When a run ends,
+even an interrupted or failed one, the page's data is rebuilt from every per-image record in
+the folder — every command and every run that wrote there, ``--skip-existing`` resumes included
+— into ``gallery/data.js`` (a script, not a JSON file: browsers refuse to fetch files from a
+``file://`` page), and ``index.html`` (the same static page each time) is written beside it.
+Thumbnails missing then (a run with ``--no-gallery`` before) are made from the files on disk.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from importlib import resources
+from pathlib import Path, PurePath
+from typing import TYPE_CHECKING, Any
+
+from featviz.images import printable
+from featviz.output import write_atomic
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from featviz.artifacts import ImageOutputs
+    from featviz.output import OutputLayout
+    from featviz.sinks import RunEnd
+
+THUMB_SIDE = 240  # pixels, the longer side
+THUMB_QUALITY = 80
+GALLERY = "gallery"
+ORIGINAL = "__original__.jpg"
+SHOWN_PREDICTIONS = 3
+
+
+class GallerySink:
+    wants_activations = False
+
+    def __init__(self, layout: OutputLayout) -> None:
+        self.layout = layout
+        self.thumbs = layout.root / GALLERY / "thumbs"
+
+    def open(self) -> None:
+        """Nothing to create before the first thumbnail."""
+
+    def write(self, outputs: ImageOutputs) -> None:
+        if outputs.source is not None and outputs.original is not None:
+            write_atomic(
+                self._thumb_of_original(outputs.source.relative), thumbnail(outputs.original)
+            )
+        relative = None if outputs.source is None else outputs.source.relative
+        for artifact in outputs.artifacts:
+            if artifact.pixels is not None:
+                path = self.layout.path_of(artifact, relative, outputs.model)
+                write_atomic(self._thumb_of(path), thumbnail(artifact.pixels))
+
+    def close(self, end: RunEnd) -> None:
+        build_gallery(self.layout)
+
+    def _thumb_of(self, output: Path) -> Path:
+        return self.thumbs / f"{output.relative_to(self.layout.root).as_posix()}.jpg"
+
+    def _thumb_of_original(self, relative: PurePath) -> Path:
+        return self.thumbs / relative / ORIGINAL
+
+
+def thumbnail(pixels: np.ndarray) -> bytes:
+    """A JPEG whose longer side is at most THUMB_SIDE, from uint8 (H, W) or (H, W, 3)."""
+    from PIL import Image
+
+    image = Image.fromarray(pixels)
+    image.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=THUMB_QUALITY)
+    return buffer.getvalue()
+
+
+def build_gallery(layout: OutputLayout) -> Path:
+    """Write ``gallery/data.js`` and ``index.html`` for everything recorded under the folder."""
+    sink = GallerySink(layout)
+    root = layout.root
+    images = [_card(sink, folder, records) for folder, records in _records_by_image(root)]
+    images.extend(_filters_cards(sink, root))
+    data = json.dumps({"images": images}, ensure_ascii=False, separators=(",", ":"))
+    script = f"window.FEATVIZ_GALLERY = {data};\n"
+    write_atomic(root / GALLERY / "data.js", script.encode("utf-8", "backslashreplace"))
+    page = resources.files("featviz.sinks").joinpath("gallery.html").read_bytes()
+    write_atomic(root / "index.html", page)
+    return root / "index.html"
+
+
+def _records_by_image(root: Path):
+    """(image folder, its records) for every folder under ``root`` with a ``records/``, in
+    name order; the gallery's own folder and the run manifests are skipped."""
+    for folder, dirs, _ in os.walk(root):
+        dirs.sort()
+        if Path(folder) == root:
+            dirs[:] = [d for d in dirs if d not in (GALLERY, "runs", "filters")]
+        if "records" in dirs:
+            dirs.remove("records")
+            records = []
+            for name in sorted(os.listdir(os.path.join(folder, "records"))):
+                try:
+                    records.append(json.loads(Path(folder, "records", name).read_bytes()))
+                except (OSError, ValueError):
+                    continue  # a record being replaced right now, or damaged: skip it
+            if records:
+                yield Path(folder), records
+
+
+def _card(sink: GallerySink, folder: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
+    root = sink.layout.root
+    relative = folder.relative_to(root)
+    newest = max(
+        records,
+        key=lambda record: max((s[1] for s in record.get("stamps", {}).values()), default=0),
+    )
+    outputs, seen = [], set()
+    for record in records:
+        for artifact in record.get("artifacts", []):
+            path = root / artifact["file"]
+            if artifact["file"] in seen or not path.exists() or artifact["kind"] == "raw":
+                continue
+            seen.add(artifact["file"])
+            thumb = _ensure_thumb(sink, path) if path.suffix == ".png" else None
+            outputs.append(
+                [
+                    record["command"],
+                    artifact["method"],
+                    artifact["layer"],
+                    artifact["target"],
+                    artifact["caption"],
+                    _link(path, root),
+                    thumb and _link(thumb, root),
+                ]
+            )
+    original = sink._thumb_of_original(relative)
+    source = newest.get("path")
+    if not original.exists() and source:
+        _thumb_from_file(Path(source), original)
+    predictions = next((r["predictions"] for r in (newest, *records) if r.get("predictions")), [])
+    return {
+        "name": newest.get("input") or printable(relative.as_posix()),
+        "thumb": _link(original, root) if original.exists() else None,
+        "link": _link(Path(source), root) if source else None,
+        "predictions": [[p["label"], p["probability"]] for p in predictions[:SHOWN_PREDICTIONS]],
+        "error": newest.get("error"),
+        "outputs": outputs,
+    }
+
+
+def _filters_cards(sink: GallerySink, root: Path) -> list[dict[str, Any]]:
+    """One card per model whose kernels `featviz filters` drew into this folder."""
+    cards = []
+    for model in sorted(path for path in (root / "filters").glob("*") if path.is_dir()):
+        outputs = [
+            [
+                "filters",
+                "",
+                grid.stem,
+                "",
+                "",
+                _link(grid, root),
+                _link(_ensure_thumb(sink, grid), root),
+            ]
+            for grid in sorted(model.glob("*.png"))
+        ]
+        cards.append(
+            {
+                "name": f"filters: {model.name}",
+                "thumb": None,
+                "link": None,
+                "predictions": [],
+                "error": None,
+                "outputs": outputs,
+            }
+        )
+    return cards
+
+
+def _ensure_thumb(sink: GallerySink, output: Path) -> Path:
+    thumb = sink._thumb_of(output)
+    if not thumb.exists():
+        _thumb_from_file(output, thumb)
+    return thumb
+
+
+def _thumb_from_file(image: Path, thumb: Path) -> None:
+    """A thumbnail made from a file on disk; nothing when it cannot be read (the card then
+    shows no picture, the run does not fail)."""
+    import numpy as np
+
+    from featviz.decode import decode
+    from featviz.errors import InputError
+
+    try:
+        write_atomic(thumb, thumbnail(np.asarray(decode(image))))
+    except InputError:
+        return
+
+
+def _link(path: Path, root: Path) -> str:
+    """``path`` as a link from ``index.html`` at ``root``: relative, forward slashes, escaped
+    where a URL needs it."""
+    from urllib.parse import quote
+
+    relative = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
+    # Percent-encoded bytes: a name that is not UTF-8 links to its own bytes.
+    return quote(os.fsencode(PurePath(relative).as_posix()), safe="/._-~")
