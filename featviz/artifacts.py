@@ -8,6 +8,7 @@ the same pixels, so a PNG on disk and its TensorBoard image are the same picture
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
@@ -38,6 +39,14 @@ class Artifact:
     caption: str = ""
     pixels: np.ndarray | None = None
     arrays: dict[str, np.ndarray] | None = None
+
+    @cached_property
+    def png(self) -> bytes:
+        """The picture as PNG, encoded once for every sink that wants it (the file layout and
+        TensorBoard store the same bytes)."""
+        from featviz.output import encode_png
+
+        return encode_png(self.pixels)
 
 
 @dataclass

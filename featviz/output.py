@@ -124,7 +124,9 @@ class OutputLayout:
         return self.root / "manifest.json"
 
     def run_manifest(self, started: float, command: str) -> Path:
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
+        # Milliseconds: runs started in the same second still sort in the order they began.
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started)) + f"{started % 1:.3f}"[1:]
+        stamp = f"{stamp}Z"
         return self.root / "runs" / f"{stamp}-{command}-{os.getpid()}.json"
 
 

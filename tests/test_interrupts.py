@@ -248,7 +248,8 @@ def test_a_write_error_names_the_file_and_stops_cleanly(
     )
     assert match and int(match["done"]) < IMAGES, summary
     assert re.fullmatch(
-        rf"Error: cannot write 'out/\d\d/(records/cam-[0-9a-f]+\.json|cam/gradcam/features/\d\.png)'"
+        r"Error: cannot write "
+        rf"'out/\d\d/(records/cam-[0-9a-f]+\.json|cam/gradcam/features/\d\.png)'"
         rf": {reason}",
         failure,
     ), failure

@@ -11,7 +11,6 @@ from featviz.output import (
     encode_json,
     encode_npy,
     encode_npz,
-    encode_png,
     file_stamps,
     finished_record,
     write_atomic,
@@ -116,7 +115,7 @@ class FileSink:
 
 def _encode(artifact: Artifact, path: Path) -> bytes:
     if artifact.pixels is not None:
-        return encode_png(artifact.pixels)
+        return artifact.png
     if path.suffix == ".npy":
         [array] = artifact.arrays.values()
         return encode_npy(array)

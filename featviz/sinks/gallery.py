@@ -81,7 +81,11 @@ def build_gallery(layout: OutputLayout) -> Path:
     """Write ``gallery/data.js`` and ``index.html`` for everything recorded under the folder."""
     sink = GallerySink(layout)
     root = layout.root
-    images = [_card(sink, folder, records) for folder, records in _records_by_image(root)]
+    by_input: dict[str, list[tuple[Path, list[dict[str, Any]]]]] = {}
+    for folder, records in _records_by_image(root):
+        key = next((r["path"] for r in records if r.get("path")), str(folder))
+        by_input.setdefault(key, []).append((folder, records))
+    images = [_card(sink, folders) for folders in by_input.values()]
     images.extend(_filters_cards(sink, root))
     data = json.dumps({"images": images}, ensure_ascii=False, separators=(",", ":"))
     script = f"window.FEATVIZ_GALLERY = {data};\n"
@@ -110,15 +114,14 @@ def _records_by_image(root: Path):
                 yield Path(folder), records
 
 
-def _card(sink: GallerySink, folder: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
+def _card(sink: GallerySink, folders: list[tuple[Path, list[dict[str, Any]]]]) -> dict[str, Any]:
+    """One input's card, from every output folder it was written to (a photo given inside a
+    folder and on its own has two)."""
     root = sink.layout.root
-    relative = folder.relative_to(root)
-    newest = max(
-        records,
-        key=lambda record: max((s[1] for s in record.get("stamps", {}).values()), default=0),
-    )
+    records = [record for _, found in folders for record in found]
+    newest = max(records, key=_written_at)
     outputs, seen = [], set()
-    for record in records:
+    for record in sorted(records, key=_written_at):
         for artifact in record.get("artifacts", []):
             path = root / artifact["file"]
             if artifact["file"] in seen or not path.exists() or artifact["kind"] == "raw":
@@ -136,19 +139,25 @@ def _card(sink: GallerySink, folder: Path, records: list[dict[str, Any]]) -> dic
                     thumb and _link(thumb, root),
                 ]
             )
-    original = sink._thumb_of_original(relative)
+    originals = [sink._thumb_of_original(folder.relative_to(root)) for folder, _ in folders]
+    original = next((thumb for thumb in originals if thumb.exists()), originals[0])
     source = newest.get("path")
     if not original.exists() and source:
         _thumb_from_file(Path(source), original)
     predictions = next((r["predictions"] for r in (newest, *records) if r.get("predictions")), [])
     return {
-        "name": newest.get("input") or printable(relative.as_posix()),
+        "name": newest.get("input") or printable(folders[0][0].relative_to(root).as_posix()),
         "thumb": _link(original, root) if original.exists() else None,
         "link": _link(Path(source), root) if source else None,
         "predictions": [[p["label"], p["probability"]] for p in predictions[:SHOWN_PREDICTIONS]],
         "error": newest.get("error"),
         "outputs": outputs,
     }
+
+
+def _written_at(record: dict[str, Any]) -> int:
+    """When a record's outputs were written (its newest file's time, ns)."""
+    return max((stamp[1] for stamp in record.get("stamps", {}).values()), default=0)
 
 
 def _filters_cards(sink: GallerySink, root: Path) -> list[dict[str, Any]]:

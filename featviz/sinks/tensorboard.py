@@ -18,9 +18,32 @@ from typing import TYPE_CHECKING, Any
 
 from featviz.errors import RunError, UsageError
 
+HISTOGRAM_BINS = 64
+HISTOGRAM_SAMPLE = 65_536
+
 if TYPE_CHECKING:
-    from featviz.artifacts import ImageOutputs
+    import numpy as np
+
+    from featviz.artifacts import Artifact, ImageOutputs
     from featviz.sinks import RunEnd
+
+
+def _fast_checksums() -> None:
+    """tensorboard checksums every event record with a pure-Python CRC32C loop: 100 ms for one
+    337 kB grid here, more than everything else featviz does for it. The ``crc32c`` package
+    (installed with featviz[tensorboard]) gives the same checksums in 16 µs; without it
+    tensorboard's own loop stays."""
+    try:
+        import crc32c
+        from tensorboard.summary.writer import record_writer
+    except ImportError:
+        return
+
+    def masked_crc32c(data: bytes) -> int:
+        crc = crc32c.crc32c(data) & 0xFFFFFFFF
+        return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+
+    record_writer.masked_crc32c = masked_crc32c
 
 
 def tag_of(command: str, kind: str, layer: str, method: str, target: str) -> str | None:
@@ -49,11 +72,12 @@ class TensorBoardSink:
         self.writer_class = SummaryWriter
         self.log_dir = log_dir
         self.writer: Any = None
-        # SummaryWriter queues events for its own thread, but its encoders are not documented
-        # as thread-safe: the writer threads take turns.
+        # Summaries are encoded on the writer threads in parallel; handing them to the event
+        # file (SummaryWriter's queue) is done one thread at a time.
         self._lock = threading.Lock()
 
     def open(self) -> None:
+        _fast_checksums()
         try:
             self.writer = self.writer_class(log_dir=str(self.log_dir))
         except OSError as exc:
@@ -63,28 +87,66 @@ class TensorBoardSink:
             ) from exc
 
     def write(self, outputs: ImageOutputs) -> None:
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        values = []
+        for a in outputs.artifacts:
+            tag = tag_of(a.command, a.kind, a.layer, a.method, a.target)
+            if tag is not None and a.pixels is not None:
+                values.append(Summary.Value(tag=tag, image=_image(a)))
+        for layer, activations in outputs.activations.items():
+            values.append(Summary.Value(tag=f"activations/{layer}", histo=_histogram(activations)))
         step = 0 if outputs.source is None else outputs.source.index
         with self._lock:
-            for artifact in outputs.artifacts:
-                tag = tag_of(
-                    artifact.command,
-                    artifact.kind,
-                    artifact.layer,
-                    artifact.method,
-                    artifact.target,
-                )
-                if tag is None or artifact.pixels is None:
-                    continue
-                pixels = artifact.pixels
-                formats = "HW" if pixels.ndim == 2 else "HWC"
-                self.writer.add_image(tag, pixels, global_step=step, dataformats=formats)
-            for layer, values in outputs.activations.items():
-                self.writer.add_histogram(f"activations/{layer}", values, global_step=step)
+            # The event file under SummaryWriter (its add_image/add_histogram would re-encode
+            # what is encoded above, about 10× slower).
+            self.writer._get_file_writer().add_summary(Summary(value=values), global_step=step)
             if outputs.source is not None:
                 self.writer.add_text("image", _describe(outputs), global_step=step)
 
     def close(self, end: RunEnd) -> None:
         self.writer.close()
+
+
+def _image(artifact: Artifact) -> Any:
+    """An image summary holding the very PNG the file layout wrote: ``SummaryWriter.add_image``
+    would convert it to RGB and encode it again with Pillow at its default level (250 ms for a
+    580×580 grid; featviz's writer: 20 ms, once for both)."""
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    height, width = artifact.pixels.shape[:2]
+    colorspace = 1 if artifact.pixels.ndim == 2 else 3
+    return Summary.Image(
+        height=height, width=width, colorspace=colorspace, encoded_image_string=artifact.png
+    )
+
+
+def _histogram(values: np.ndarray) -> Any:
+    """A histogram summary in HISTOGRAM_BINS equal bins between the layer's minimum and maximum.
+
+    The counts come from at most HISTOGRAM_SAMPLE evenly strided activations (a 64×55×73 layer
+    has 257,000; the shape of their distribution does not change, the time does: 7 ms → 1 ms
+    a layer); minimum, maximum, sum and sum of squares are over all of them, and the counts are
+    scaled to their number. ``add_histogram``'s TensorFlow-style bins took 30 ms a layer.
+    """
+    import numpy as np
+    from tensorboard.compat.proto.summary_pb2 import HistogramProto
+
+    flat = values.ravel()
+    low, high = float(flat.min()), float(flat.max())
+    sample = flat[:: max(1, flat.size // HISTOGRAM_SAMPLE)]
+    width = (high - low) / HISTOGRAM_BINS or 1.0
+    bins = np.minimum(((sample - low) / width).astype(np.int64), HISTOGRAM_BINS - 1)
+    counts = np.bincount(bins, minlength=HISTOGRAM_BINS) * (flat.size / sample.size)
+    return HistogramProto(
+        min=low,
+        max=high,
+        num=flat.size,
+        sum=float(flat.sum(dtype=np.float64)),
+        sum_squares=float(np.dot(flat, flat)),
+        bucket_limit=(low + width * np.arange(1, HISTOGRAM_BINS + 1)).tolist(),
+        bucket=counts.tolist(),
+    )
 
 
 def _describe(outputs: ImageOutputs) -> str:

@@ -1,0 +1,146 @@
+"""The gallery in a real browser: headless Chromium (Debian's ``chromium``; .ci/run installs it)
+opens ``index.html`` from disk, for a folder that two commands wrote 300 images into."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY_MODEL_SOURCE
+from PIL import Image
+from typer.testing import CliRunner
+
+from featviz.cli import app
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+IMAGES = 300
+MAPPED = 100  # the first 100 also get feature-map grids
+# Flags that keep Chromium off the network (updates, sync, probes): the page must need none.
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="needs chromium (apt-get install chromium)"
+)
+
+
+@pytest.fixture(scope="module")
+def gallery(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("gallery")
+    (root / "tiny_model.py").write_text(TINY_MODEL_SOURCE)
+    rng = np.random.default_rng(0)
+    for index in range(IMAGES):
+        folder = root / "photos" / ("a" if index < MAPPED else "b")
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, (18, 24, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"img_{index:03d}.png")
+    common = [
+        "-m",
+        f"{root / 'tiny_model.py'}:build",
+        "--input-size",
+        "16",
+        "-q",
+        "-o",
+        str(root / "out"),
+    ]
+    runner = CliRunner()
+    cam = runner.invoke(
+        app, ["cam", *common, "-r", "-M", "gradcam", "-M", "eigencam", str(root / "photos")]
+    )
+    assert cam.exit_code == 0, cam.stderr
+    maps = runner.invoke(app, ["maps", *common, str(root / "photos" / "a")])
+    assert maps.exit_code == 0, maps.stderr
+    return root / "out"
+
+
+@pytest.fixture(scope="module")
+def page(gallery: Path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.problems = []
+        page.on("console", lambda m: m.type == "error" and page.problems.append(m.text))
+        page.on("pageerror", lambda error: page.problems.append(str(error)))
+        page.on(
+            "request",
+            lambda r: r.url.startswith("file://") or page.problems.append(f"request {r.url}"),
+        )
+        page.goto((gallery / "index.html").as_uri())
+        yield page
+        browser.close()
+
+
+def _names_on_every_page(page) -> list[str]:
+    names = []
+    while True:
+        names += page.locator("article.card h2").all_text_contents()
+        if page.locator("#next").is_disabled():
+            return names
+        page.click("#next")
+
+
+RESOLVES = """() => Promise.all(Array.from(document.images, (img) => new Promise((done) => {
+  const probe = new Image();  // not lazy: loads now, whatever is on screen
+  probe.onload = () => done(probe.naturalWidth > 0 ? null : img.src);
+  probe.onerror = () => done(img.src);
+  probe.src = img.src;
+}))).then((failed) => failed.filter(Boolean))"""
+
+
+def test_every_card_is_there_and_every_picture_resolves(page, gallery: Path) -> None:
+    assert page.text_content("#count") == f"{IMAGES} of {IMAGES} images"
+    assert page.text_content("#page") == "page 1 / 7"
+    names, broken = [], []
+    while True:
+        names += page.locator("article.card h2").all_text_contents()
+        broken += page.evaluate(RESOLVES)
+        if page.locator("#next").is_disabled():
+            break
+        page.click("#next")
+    expected = {
+        str(gallery.parent / "photos" / ("a" if i < MAPPED else "b") / f"img_{i:03d}.png")
+        for i in range(IMAGES)
+    }
+    assert set(names) == expected and len(names) == IMAGES
+    assert broken == []
+    assert page.problems == []
+
+
+def test_filters_change_what_is_shown(page) -> None:
+    page.select_option("#method", "eigencam")
+    assert page.text_content("#count") == f"{IMAGES} of {IMAGES} images"
+    titles = page.locator(".outputs a").evaluate_all("links => links.map(a => a.title)")
+    assert titles and all(title.startswith("cam · eigencam · features") for title in titles)
+    page.select_option("#method", "")
+    page.select_option("#command", "maps")
+    assert page.text_content("#count") == f"{MAPPED} of {IMAGES} images"
+    assert all(
+        title.startswith("maps · ")
+        for title in page.locator(".outputs a").evaluate_all("links => links.map(a => a.title)")
+    )
+    page.select_option("#command", "")
+    page.fill("#name", "img_01")
+    assert page.text_content("#count") == f"10 of {IMAGES} images"  # img_010 … img_019
+    assert len(_names_on_every_page(page)) == 10
+    page.fill("#name", "")
+    assert page.text_content("#count") == f"{IMAGES} of {IMAGES} images"
+    assert page.problems == []
+
+
+def test_a_screenshot_of_the_page(page, tmp_path: Path) -> None:
+    shot = tmp_path / "gallery.png"
+    page.screenshot(path=str(shot))
+    with Image.open(shot) as image:
+        assert image.size == (1400, 900)
+        assert np.asarray(image.convert("L")).std() > 10  # cards and pictures, not a blank page
