@@ -120,6 +120,12 @@ def test_a_signal_stops_the_run_promptly_and_cleanly(
     manifest = assert_clean(workspace / "out")
     assert manifest["interrupted"] is True
     assert manifest["counts"] == {"done": done, "failed": 0, "skipped": 0}
+    # The gallery too: every image whose outputs are complete on disk (writes running when
+    # the signal came finish, atomically, after the tally stopped counting).
+    gallery = (workspace / "out" / "gallery" / "data.js").read_text()
+    recorded = len(list((workspace / "out").rglob("records/cam-*.json")))
+    assert gallery.count('"name":') == recorded >= done
+    assert (workspace / "out" / "index.html").is_file()
 
 
 def test_sigterm_while_waiting_for_decodes_stops_and_restores_the_handler(
