@@ -17,13 +17,24 @@ if TYPE_CHECKING:
     from featviz.images import ImageSource
     from featviz.pipeline import Prediction
 
-Command = Literal["maps", "cam", "filters"]
-Kind = Literal["grid", "overlay", "heatmap", "raw", "kernels", "kernels-all-inputs"]
+Command = Literal["maps", "cam", "filters", "compare", "score", "sanity"]
+Kind = Literal[
+    "grid",  # maps
+    "overlay",  # cam
+    "heatmap",
+    "raw",
+    "kernels",  # filters
+    "kernels-all-inputs",
+    "panel",  # compare and sanity: one labelled picture per image
+    "table",  # score and sanity: the run's rows as CSV (``text``)
+    "curves",  # score and sanity: the run's plot
+]
 
 
 @dataclass(frozen=True)
 class Artifact:
-    """One output: a picture (``pixels``, uint8 (H, W) grey or (H, W, 3) RGB) or raw arrays.
+    """One output: a picture (``pixels``, uint8 (H, W) grey or (H, W, 3) RGB), raw arrays, or
+    ``text`` (a CSV table).
 
     ``layer`` is the layer (``fused`` for a fusion of several, ``attention`` for the rollout
     methods); ``method`` and ``target`` (a class slug, ``281_tabby``, or ``all`` for a
@@ -39,6 +50,7 @@ class Artifact:
     caption: str = ""
     pixels: np.ndarray | None = None
     arrays: dict[str, np.ndarray] | None = None
+    text: str | None = None
 
     @cached_property
     def png(self) -> bytes:

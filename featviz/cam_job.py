@@ -1,23 +1,19 @@
 """``featviz cam``: class-activation maps for each image × method × layer × target.
 
-One forward per batch with the layers tapped in gradient mode; every method and target reuses
-it (gradient methods share one backward per target, scorecam/ablationcam score all classes in one
-set of extra forwards). Maps are upsampled bilinearly from the layer's resolution straight onto
-the ORIGINAL image: preprocessing never crops, so the layer's grid covers the whole photo.
+The maps come from one forward per batch (featviz.explain); each is upsampled bilinearly from
+the layer's resolution straight onto the ORIGINAL image (preprocessing never crops, so the
+layer's grid covers the whole photo), colour-mapped and blended, and handed to the sinks.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from featviz.artifacts import Artifact, ImageOutputs
-from featviz.cam.registry import ATTENTION
-from featviz.errors import InputError, first_line
-from featviz.jobs import ImageJob, failure, model_failure, nan_or_infinite, not_finite
-from featviz.output import class_slug
+from featviz.explain import ExplainedMap, Explainer
+from featviz.jobs import ImageJob, failure
 from featviz.pipeline import ImageResult, LoadedImage, Prediction
 
 if TYPE_CHECKING:
@@ -27,30 +23,6 @@ if TYPE_CHECKING:
     from featviz.requests import CamRequest
 
 FUSED = "fused"
-ANY_CLASS = "all"  # file name of a class-agnostic method's map (eigencam)
-SHOWN_PREDICTIONS = 5
-
-
-@dataclass
-class _Map:
-    """One map of one image: where it goes and its values at layer resolution (h, w)."""
-
-    method: str
-    layer: str
-    target: str  # the class slug, ``281_tabby``, or ``all`` (class-agnostic)
-    caption: str  # "tabby 0.87"
-    layer_cam: torch.Tensor | None  # None for a fused map, which has no single layer
-
-
-def _compute(method: Any, context: Any, layer: str, targets: torch.Tensor) -> torch.Tensor:
-    """One method's (N, h, w) maps on the CPU; a failure of the extra forwards that scorecam and
-    ablationcam run fails this batch's images, not the whole run."""
-    try:
-        return method.compute(context, layer, targets).detach().float().cpu()
-    except RuntimeError as exc:
-        raise InputError(
-            f"{method.name} at layer '{layer}' failed on this input: {first_line(exc)}"
-        ) from exc
 
 
 @dataclass(kw_only=True)
@@ -60,110 +32,38 @@ class CamJob(ImageJob):
     targets: list[int]  # resolved class indices; empty → the top-k predictions
 
     def __post_init__(self) -> None:
-        from featviz.cam import load_method
         from featviz.render import colormap_lut
 
         self.lut = colormap_lut(self.request.cmap)  # an unknown name fails before any image
-        self.methods = [
-            load_method(name, batch_size=self.request.cam_batch_size)
-            for name in self.request.methods
-        ]
-        self.attention = any(method.info.needs_attention for method in self.methods)
-        # The layers are tapped only for methods that read them (not for rollouts alone).
-        self.tapped = [] if all(m.info.needs_attention for m in self.methods) else self.layers
-        # Attention methods on a model without readable global attention: refused now.
-        self.token_prefix = self.model.trace.attention_prefix() if self.attention else 0
-        self.class_token = (
-            bool(self.token_prefix) if self.model.class_token is None else self.model.class_token
+        self.explainer = Explainer(
+            self.model,
+            self.request.methods,
+            self.layers,
+            self.targets,
+            top_k=self.request.top_k,
+            cam_batch_size=self.request.cam_batch_size,
         )
-
-    def _layers_of(self, method: Any) -> list[str]:
-        return [ATTENTION] if method.info.needs_attention else self.layers
 
     def process(self, batch: list[LoadedImage]) -> list[Callable[[], ImageResult]]:
-        import torch
-
-        from featviz.cam import forward_for_cam
-
         inputs = self.model.batch([item.tensor for item in batch])
-        try:
-            trace = self.model.trace
-            context = forward_for_cam(
-                self.model.module,
-                inputs,
-                self.tapped,
-                trace.calls(),
-                layouts=trace.layouts(),
-                gradients=any(method.info.needs_gradients for method in self.methods),
-                attention=self.attention,
-                token_prefix=self.token_prefix,
-                class_token=self.class_token,
-            )
-        except RuntimeError as exc:
-            raise model_failure(inputs, exc) from exc
-        scores = context.logits.detach().float()
-        broken = {
-            i: f"the model's scores are {nan_or_infinite(scores[i])}: there is nothing to explain"
-            for i in not_finite(scores).nonzero().flatten().tolist()
-        }
-        if bool((scores.amax(dim=1) == scores.amin(dim=1)).any()):
-            warnings.warn(
-                "the model gives every class the same score on some images (a zero-initialised "
-                "head, as torchvision's ViTs have with --weights none?): their maps are zeros",
-                stacklevel=1,
-            )
-        probabilities = scores.softmax(dim=1)
-        # One ranking for the targets and the predictions shown: ties break the same way.
-        ranked = probabilities.topk(
-            min(max(SHOWN_PREDICTIONS, self.request.top_k), probabilities.shape[1]), dim=1
-        )
-        if self.targets:
-            targets = torch.tensor(self.targets, device=inputs.device).expand(len(batch), -1)
-        else:
-            targets = ranked.indices[:, : self.request.top_k]
-
-        per_image: list[list[_Map]] = [[] for _ in batch]
-        for method in self.methods:
-            class_specific = method.info.class_specific
-            for column in range(targets.shape[1] if class_specific else 1):
-                for layer in self._layers_of(method):
-                    maps = _compute(method, context, layer, targets[:, column])
-                    for i in not_finite(maps).nonzero().flatten().tolist():
-                        broken.setdefault(
-                            i,
-                            f"{method.name}'s map at layer '{layer}' is {nan_or_infinite(maps[i])}",
-                        )
-                    for i in range(len(batch)):
-                        index = int(targets[i, column])
-                        if class_specific:
-                            target = class_slug(index, self.model.category(index))
-                            caption = f"{self.model.label(index)} {probabilities[i, index]:.2f}"
-                        else:
-                            target, caption = ANY_CLASS, "all classes"
-                        per_image[i].append(_Map(method.name, layer, target, caption, maps[i]))
-        layer_maps = {
-            layer: context.activation(layer).cpu().numpy()
-            for layer in (self.tapped if self.sinks.wants_activations else [])
-        }
+        explained = self.explainer.explain(inputs)
+        tapped = self.explainer.tapped if self.sinks.wants_activations else []
+        layer_maps = {layer: explained.context.activation(layer).cpu().numpy() for layer in tapped}
         tasks = []
         for i, item in enumerate(batch):
-            if i in broken:
-                tasks.append(failure(item, broken[i]))
+            if i in explained.broken:
+                tasks.append(failure(item, explained.broken[i]))
                 continue
-            predictions = [
-                Prediction(int(index), self.model.label(int(index)), float(p))
-                for p, index in zip(
-                    ranked.values[i, :SHOWN_PREDICTIONS], ranked.indices[i, :SHOWN_PREDICTIONS]
-                )
-            ]
             activations = {layer: values[i] for layer, values in layer_maps.items()}
-            tasks.append(self._writer(item, per_image[i], predictions, activations))
+            tasks.append(
+                self._writer(item, explained.maps[i], explained.predictions[i], activations)
+            )
         return tasks
 
     def _writer(
         self,
         item: LoadedImage,
-        maps: list[_Map],
+        maps: list[ExplainedMap],
         predictions: list[Prediction],
         activations: dict[str, np.ndarray],
     ):
@@ -180,7 +80,7 @@ class CamJob(ImageJob):
                     key = (entry.method, entry.target, entry.caption)
                     by_class.setdefault(key, []).append(values)
             for (method, target, caption), heatmaps in by_class.items():
-                fused = _Map(method, FUSED, target, caption, None)
+                fused = ExplainedMap(method, FUSED, target, None, caption, None)
                 artifacts += self._artifacts(item, fused, fuse(heatmaps))
             return self.deliver(
                 ImageOutputs(
@@ -190,7 +90,9 @@ class CamJob(ImageJob):
 
         return write
 
-    def _artifacts(self, item: LoadedImage, entry: _Map, heatmap: torch.Tensor) -> list[Artifact]:
+    def _artifacts(
+        self, item: LoadedImage, entry: ExplainedMap, heatmap: torch.Tensor
+    ) -> list[Artifact]:
         from featviz.render import apply_colormap, overlay
 
         values = heatmap.numpy()

@@ -19,15 +19,19 @@ from typer.core import TyperGroup
 
 from featviz import __version__
 from featviz.cam.registry import method_info, method_names
-from featviz.cli_options import Report, shared_options
+from featviz.cli_options import Explaining, Report, shared_options
 from featviz.errors import FeatvizError
 from featviz.requests import (
+    JUDGED_METHODS,
     CamRequest,
+    CompareRequest,
     FiltersRequest,
     MapsRequest,
     ModelRequest,
     OutputRequest,
     RunRequest,
+    SanityRequest,
+    ScoreRequest,
 )
 from featviz.terminal import errors, one_line, stream
 
@@ -65,8 +69,13 @@ class Order(str, Enum):
     activation = "activation"
 
 
-Method = Enum("Method", {name: name for name in method_names()}, type=str)  # one registry
-
+CmapOpt = Annotated[str, typer.Option(help="matplotlib colormap of the heatmap.")]
+AlphaOpt = Annotated[
+    float,
+    typer.Option(
+        min=0.0, max=1.0, help="Heatmap opacity over the image: 0 = image only, 1 = heatmap only."
+    ),
+]
 CellOpt = Annotated[
     int,
     typer.Option(
@@ -147,52 +156,17 @@ def _methods_epilog() -> str:
 @shared_options()
 def cam(
     run: RunRequest,
-    method: Annotated[
-        list[Method] | None,
-        typer.Option(
-            "--method",
-            "-M",
-            metavar="METHOD",
-            show_default="gradcam",
-            help="CAM method, repeatable (listed below).",
-        ),
-    ] = None,
-    layer: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--layer", "-l", help=_LAYER_HELP, show_default="the last convolutional stage"
-        ),
-    ] = None,
-    target: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--target",
-            "-t",
-            show_default="the top-1 class",
-            help="Class index or name (case-insensitive, unique prefix ok); repeatable.",
-        ),
-    ] = None,
-    top_k: Annotated[int, typer.Option(help="Explain the k most likely classes.")] = 1,
+    explaining: Explaining = None,
     fuse: Annotated[
         bool, typer.Option(help="With several layers, also their fusion (element-wise max).")
     ] = False,
-    cmap: Annotated[str, typer.Option(help="matplotlib colormap of the heatmap.")] = "jet",
-    alpha: Annotated[
-        float,
-        typer.Option(
-            min=0.0,
-            max=1.0,
-            help="Heatmap opacity over the image: 0 = image only, 1 = heatmap only.",
-        ),
-    ] = 0.5,
+    cmap: CmapOpt = "jet",
+    alpha: AlphaOpt = 0.5,
     heatmap: Annotated[bool, typer.Option(help="Also write the bare heatmap PNG.")] = False,
     save_raw: Annotated[
         bool,
         typer.Option(help="Also write .npz: layer_cam (h, w) raw map, heatmap (H, W) in [0, 1]."),
     ] = False,
-    cam_batch_size: Annotated[
-        int, typer.Option(min=1, help="Extra forwards per batch for scorecam/ablationcam.")
-    ] = 32,
     model: ModelRequest = None,
     output: OutputRequest = None,
     report: Report = None,
@@ -205,18 +179,104 @@ def cam(
         from featviz.runner import prepare_cam
 
         request = CamRequest(
-            methods=tuple(dict.fromkeys(m.value for m in method)) if method else ("gradcam",),
-            layers=tuple(layer or ()),
-            targets=tuple(target or ()),
-            top_k=top_k,
+            **explaining.fields(("gradcam",)),
             fuse=fuse,
             cmap=cmap,
             alpha=alpha,
             heatmap=heatmap,
             save_raw=save_raw,
-            cam_batch_size=cam_batch_size,
         )
         stream(prepare_cam(model, run, output, request), report)
+
+
+@app.command(epilog=_methods_epilog())
+@shared_options(methods=JUDGED_METHODS)
+def compare(
+    run: RunRequest,
+    explaining: Explaining = None,
+    cmap: CmapOpt = "jet",
+    alpha: AlphaOpt = 0.5,
+    model: ModelRequest = None,
+    output: OutputRequest = None,
+    report: Report = None,
+) -> None:
+    """Methods side by side: one labelled panel per image, <rel>/compare.png.
+
+    Rows are methods, columns layers × classes; one forward (and one
+    backward per class) serves every method.
+
+    Example: featviz compare -m resnet50 --top-k 2 photos/
+    """
+    with errors():
+        from featviz.compare_job import CompareJob
+        from featviz.runner import prepare_explaining
+
+        request = CompareRequest(**explaining.fields(JUDGED_METHODS), cmap=cmap, alpha=alpha)
+        stream(prepare_explaining("compare", CompareJob, model, run, output, request), report)
+
+
+@app.command(epilog=_methods_epilog())
+@shared_options(methods=JUDGED_METHODS)
+def score(
+    run: RunRequest,
+    explaining: Explaining = None,
+    steps: Annotated[
+        int, typer.Option(min=1, help="Deletion/insertion: pixels removed in this many steps.")
+    ] = 20,
+    score_batch_size: Annotated[
+        int, typer.Option(min=1, help="Perturbed inputs per forward.")
+    ] = 64,
+    model: ModelRequest = None,
+    output: OutputRequest = None,
+    report: Report = None,
+) -> None:
+    """How faithful each map is, against random and centred baselines.
+
+    Average drop, increase in confidence, deletion and insertion AUC
+    (Petsiuk et al. 2018), ROAD MoRF/LeRF (Rong et al. 2022). One --json
+    row per image × method × layer × class; score.csv, score.png (mean
+    curves) and a table of means ± standard errors at the end. Lower is
+    better for average drop, deletion and MoRF; higher for the rest.
+
+    Example: featviz score -m resnet50 photos/ -o scores/
+    """
+    with errors():
+        from featviz.runner import prepare_explaining
+        from featviz.score_job import ScoreJob
+
+        request = ScoreRequest(
+            **explaining.fields(JUDGED_METHODS),
+            steps=steps,
+            score_batch_size=score_batch_size,
+            seed=model.seed,  # --seed: also the random baseline's and ROAD's noise
+        )
+        stream(prepare_explaining("score", ScoreJob, model, run, output, request), report)
+
+
+@app.command(epilog=_methods_epilog())
+@shared_options(methods=JUDGED_METHODS)
+def sanity(
+    run: RunRequest,
+    explaining: Explaining = None,
+    model: ModelRequest = None,
+    output: OutputRequest = None,
+    report: Report = None,
+) -> None:
+    """The sanity check: maps as the model's blocks are re-initialised from the top.
+
+    Cascading randomisation (Adebayo et al. 2018): Spearman correlation
+    and SSIM with the trained model's map after each block;
+    <rel>/sanity.png, sanity.csv, sanity.png (correlation per step).
+
+    Example: featviz sanity -m resnet50 photo.jpg
+    """
+    with errors():
+        from featviz.runner import prepare_explaining
+        from featviz.sanity_job import SanityJob
+
+        # --seed: also the re-initialised weights'
+        request = SanityRequest(**explaining.fields(JUDGED_METHODS), seed=model.seed)
+        stream(prepare_explaining("sanity", SanityJob, model, run, output, request), report)
 
 
 @app.command()

@@ -24,6 +24,7 @@ from typing import Annotated, Any
 
 import typer
 
+from featviz.cam.registry import method_names
 from featviz.requests import DEFAULT_MAX_PIXELS, ModelRequest, OutputRequest, RunRequest
 
 MODEL_PANEL = "Model"
@@ -41,6 +42,28 @@ class Device(str, Enum):
     cpu = "cpu"
     cuda = "cuda"
     mps = "mps"
+
+
+@dataclass(frozen=True)
+class Explaining:
+    """What to explain, as cam, compare, score and sanity all take it (their requests add the
+    rest). ``methods`` is empty when --method was not given: the command's default then."""
+
+    methods: tuple[str, ...]
+    layers: tuple[str, ...]
+    targets: tuple[str, ...]
+    top_k: int
+    cam_batch_size: int
+
+    def fields(self, default_methods: tuple[str, ...]) -> dict[str, Any]:
+        """The keyword arguments of an ExplainRequest subclass."""
+        return {
+            "methods": self.methods or default_methods,
+            "layers": self.layers,
+            "targets": self.targets,
+            "top_k": self.top_k,
+            "cam_batch_size": self.cam_batch_size,
+        }
 
 
 @dataclass(frozen=True)
@@ -117,7 +140,17 @@ _MODEL_OPTIONS: dict[str, tuple[Any, Any]] = {
         ],
         None,
     ),
-    "seed": (Annotated[int, _option(panel=MODEL_PANEL, help="Seed of random init.")], 0),
+    "seed": (
+        Annotated[
+            int,
+            _option(
+                panel=MODEL_PANEL,
+                help="Seed of random init (and of score's random baseline and ROAD noise, "
+                "sanity's re-initialisation).",
+            ),
+        ],
+        0,
+    ),
     "device": (
         Annotated[Device, _option(panel=MODEL_PANEL, help="auto = cuda when available, else cpu.")],
         Device.auto,
@@ -230,6 +263,58 @@ _OUTPUT_OPTIONS: dict[str, tuple[Any, Any]] = {
     ),
 }
 
+Method = Enum("Method", {name: name for name in method_names()}, type=str)  # one registry
+
+_EXPLAIN_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "method": (
+        Annotated[
+            list[Method] | None,
+            typer.Option(
+                "--method",
+                "-M",
+                metavar="METHOD",
+                show_default="gradcam",
+                help="CAM method, repeatable (listed below).",
+            ),
+        ],
+        None,
+    ),
+    "layer": (
+        Annotated[
+            list[str] | None,
+            typer.Option(
+                "--layer",
+                "-l",
+                help="Layer name or glob (`*` within a name part, `**` across); repeatable.",
+                show_default="the last convolutional stage",
+            ),
+        ],
+        None,
+    ),
+    "target": (
+        Annotated[
+            list[str] | None,
+            typer.Option(
+                "--target",
+                "-t",
+                show_default="the top-1 class",
+                help="Class index or name (case-insensitive, unique prefix ok); repeatable.",
+            ),
+        ],
+        None,
+    ),
+    "top_k": (
+        Annotated[int, typer.Option(help="Explain the k most likely classes.")],
+        1,
+    ),
+    "cam_batch_size": (
+        Annotated[
+            int, typer.Option(min=1, help="Extra forwards per batch for scorecam/ablationcam.")
+        ],
+        32,
+    ),
+}
+
 _REPORT_OPTIONS: dict[str, tuple[Any, Any]] = {
     "json_lines": (
         Annotated[
@@ -287,6 +372,17 @@ def _output_request(values: dict[str, Any]) -> OutputRequest:
     )
 
 
+def _explaining(values: dict[str, Any]) -> Explaining:
+    methods = tuple(dict.fromkeys(m.value for m in values["method"] or ()))
+    return Explaining(
+        methods=methods,
+        layers=tuple(values["layer"] or ()),
+        targets=tuple(values["target"] or ()),
+        top_k=values["top_k"],
+        cam_batch_size=values["cam_batch_size"],
+    )
+
+
 def _report(values: dict[str, Any]) -> Report:
     return Report(json_lines=values["json_lines"], quiet=values["quiet"])
 
@@ -295,13 +391,18 @@ _GROUPS: dict[type, tuple[dict[str, tuple[Any, Any]], Callable[[dict[str, Any]],
     ModelRequest: (_MODEL_OPTIONS, _model_request),
     RunRequest: (_RUN_OPTIONS, _run_request),
     OutputRequest: (_OUTPUT_OPTIONS, _output_request),
+    Explaining: (_EXPLAIN_OPTIONS, _explaining),
     Report: (_REPORT_OPTIONS, _report),
 }
 
 
-def shared_options(*, ignored: dict[str, str] | None = None) -> Callable[[Callable], Callable]:
-    """Replace a command's ``ModelRequest`` / ``RunRequest`` / ``Report`` parameters by their
-    options. ``ignored`` maps option names this command accepts but does not use to why."""
+def shared_options(
+    *, ignored: dict[str, str] | None = None, methods: tuple[str, ...] = ("gradcam",)
+) -> Callable[[Callable], Callable]:
+    """Replace a command's ``ModelRequest`` / ``RunRequest`` / ``OutputRequest`` /
+    ``Explaining`` / ``Report`` parameters by their options. ``ignored`` maps option names this
+    command accepts but does not use to why; ``methods`` is the command's default --method,
+    shown in its help."""
     ignored = ignored or {}
 
     def decorate(command: Callable) -> Callable:
@@ -319,6 +420,8 @@ def shared_options(*, ignored: dict[str, str] | None = None) -> Callable[[Callab
             for name, (annotation, default) in group[0].items():
                 if name in ignored:
                     annotation = _ignored(annotation, ignored[name])
+                if name == "method":
+                    annotation = _with_default(annotation, ", ".join(methods))
                 added = inspect.Parameter(
                     name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
                 )
@@ -341,6 +444,13 @@ def shared_options(*, ignored: dict[str, str] | None = None) -> Callable[[Callab
         return run
 
     return decorate
+
+
+def _with_default(annotation: Any, shown: str) -> Any:
+    """The same option, showing ``shown`` as its default."""
+    base, info = annotation.__origin__, copy.copy(annotation.__metadata__[0])
+    info.show_default = shown
+    return Annotated[base, info]
 
 
 def _ignored(annotation: Any, why: str) -> Any:

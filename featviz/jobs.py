@@ -14,7 +14,7 @@ from featviz.pipeline import ImageResult, LoadedImage
 if TYPE_CHECKING:
     import torch
 
-    from featviz.artifacts import ImageOutputs
+    from featviz.artifacts import Artifact, ImageOutputs
     from featviz.images import ImageSource
     from featviz.models import LoadedModel
     from featviz.sinks import Sinks
@@ -76,5 +76,16 @@ class ImageJob:
         image = decode(source.path, max_pixels=self.max_pixels)
         return LoadedImage(source, np.asarray(image), to_tensor(image, self.model.preprocessing))
 
-    def deliver(self, outputs: ImageOutputs) -> ImageResult:
-        return self.sinks.write(outputs)
+    def deliver(
+        self, outputs: ImageOutputs, rows: list[dict[str, Any]] | None = None
+    ) -> ImageResult:
+        return self.sinks.write(outputs, rows)
+
+    def run_outputs(self, results: list[dict[str, Any]]) -> list[Artifact]:
+        """What the whole run produced besides each image's outputs (score's table and plot),
+        from every image's result (``ImageResult.as_dict``); written when the run ends."""
+        return []
+
+    def report(self, results: list[dict[str, Any]]) -> str | None:
+        """A table for the terminal once the run ends (score's summary), or None."""
+        return None

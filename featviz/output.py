@@ -5,6 +5,8 @@ Layout under ``--out`` (``<rel>`` mirrors the input's sub-folders, see images.Im
     <rel>/maps/<layer>.png                      featviz maps (+ <layer>.npy with --save-raw)
     <rel>/cam/<method>/<layer>/<class>.png      featviz cam overlay (<class> = index_label)
     <rel>/cam/<method>/<layer>/<class>.heatmap.png / .npz
+    <rel>/compare.png, <rel>/sanity.png         featviz compare, featviz sanity (one per image)
+    score.csv, score.png, sanity.csv, sanity.png    the latest score / sanity run's table and plot
     <rel>/records/<command>-<fingerprint>.json  what the image produced with those settings
                                                 (--skip-existing, the gallery)
     filters/<model>/<layer>.png                 featviz filters
@@ -98,6 +100,10 @@ class OutputLayout:
         if artifact.command == "filters":
             suffix = "-all-inputs" if artifact.kind == "kernels-all-inputs" else ""
             return self.filters_png(model, artifact.layer, suffix)
+        if artifact.kind == "panel":  # compare.png, sanity.png beside the image's outputs
+            return self.image_dir(relative) / f"{artifact.command}.png"
+        if artifact.kind in ("table", "curves"):  # score.csv, score.png: the run's own
+            return self.root / f"{artifact.command}.{'csv' if artifact.kind == 'table' else 'png'}"
         if artifact.command == "maps":
             if artifact.kind == "raw":
                 return self.maps_raw(relative, artifact.layer)

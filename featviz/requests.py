@@ -69,18 +69,49 @@ class MapsRequest:
     save_raw: bool = False
 
 
+# compare, score and sanity: every class-specific gradient method, and eigencam.
+JUDGED_METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam")
+
+
 @dataclass(frozen=True)
-class CamRequest:
+class ExplainRequest:
+    """What to explain, for every command that computes CAMs."""
+
     methods: tuple[str, ...] = ("gradcam",)
     layers: tuple[str, ...] = ()
     targets: tuple[str, ...] = ()  # class indices or names as typed; empty → the top-k
     top_k: int = 1
+    cam_batch_size: int = 32
+
+
+@dataclass(frozen=True)
+class CamRequest(ExplainRequest):
     fuse: bool = False
     cmap: str = "jet"
     alpha: float = 0.5
     heatmap: bool = False
     save_raw: bool = False
-    cam_batch_size: int = 32
+
+
+@dataclass(frozen=True)
+class CompareRequest(ExplainRequest):
+    methods: tuple[str, ...] = JUDGED_METHODS
+    cmap: str = "jet"
+    alpha: float = 0.5
+
+
+@dataclass(frozen=True)
+class ScoreRequest(ExplainRequest):
+    methods: tuple[str, ...] = JUDGED_METHODS
+    steps: int = 20  # deletion/insertion: pixels removed in this many equal steps
+    score_batch_size: int = 64  # perturbed inputs per forward
+    seed: int = 0  # the random baseline and ROAD's noise
+
+
+@dataclass(frozen=True)
+class SanityRequest(ExplainRequest):
+    methods: tuple[str, ...] = JUDGED_METHODS
+    seed: int = 0  # the re-initialised weights
 
 
 @dataclass(frozen=True)

@@ -17,14 +17,14 @@ from featviz.errors import UsageError
 from featviz.requests import plain
 
 if TYPE_CHECKING:
-    from featviz.cam_job import CamJob
     from featviz.images import ImageSource
-    from featviz.maps import MapsJob
+    from featviz.jobs import ImageJob
     from featviz.models import LoadedModel
     from featviz.pipeline import ImageResult, PipelineConfig
     from featviz.report import RunTally
     from featviz.requests import (
         CamRequest,
+        ExplainRequest,
         FiltersRequest,
         MapsRequest,
         ModelRequest,
@@ -43,7 +43,7 @@ class PreparedRun:
     command: str
     model: LoadedModel
     out: Path
-    job: MapsJob | CamJob
+    job: ImageJob
     sources: Iterable[ImageSource]
     config: PipelineConfig
     total: int | None
@@ -54,10 +54,19 @@ class PreparedRun:
         return run(self.job, self.sources, self.config)
 
     def finish(self, tally: RunTally, interrupted: bool) -> Path:
-        """Close the sinks (manifest, TensorBoard, gallery); returns the manifest's path."""
+        """Write what the run as a whole produced (score's table and plot), close the sinks
+        (manifest, TensorBoard, gallery); returns the manifest's path."""
+        from featviz.artifacts import ImageOutputs
         from featviz.sinks import RunEnd
 
+        artifacts = self.job.run_outputs(tally.results)
+        if artifacts:
+            self.job.sinks.write(ImageOutputs(None, self.model.name, None, [], artifacts))
         return self.job.sinks.close(RunEnd(tally, interrupted))
+
+    def report(self, tally: RunTally) -> str | None:
+        """The table the terminal shows after the images (score's summary), if any."""
+        return self.job.report(tally.results)
 
 
 def default_map_layers(model: LoadedModel) -> list[str]:
@@ -110,37 +119,50 @@ def prepare_cam(
     model: ModelRequest, run: RunRequest, output: OutputRequest, cam: CamRequest
 ) -> PreparedRun:
     from featviz.cam_job import CamJob
+
+    return prepare_explaining("cam", CamJob, model, run, output, cam)
+
+
+def prepare_explaining(
+    command: str,
+    job_type: type,
+    model: ModelRequest,
+    run: RunRequest,
+    output: OutputRequest,
+    request: ExplainRequest,
+) -> PreparedRun:
+    """A run of a command that explains classes (cam, compare, score, sanity): the layers and
+    classes resolved from the request, then ``job_type`` over them."""
     from featviz.layers import resolve_layers
     from featviz.models import load_model
     from featviz.targets import check_top_k, resolve_target
 
     sources = _discover(run)
     loaded = load_model(model)
-    trace = loaded.trace
     layers = (
-        resolve_layers(trace, list(cam.layers), spatial_only=True)
-        if cam.layers
+        resolve_layers(loaded.trace, list(request.layers), spatial_only=True)
+        if request.layers
         else [loaded.default_cam_layer()]
     )
     classes = loaded.num_classes
-    targets = [resolve_target(text, loaded.categories, classes) for text in cam.targets]
-    if targets and cam.top_k != 1:
+    targets = [resolve_target(text, loaded.categories, classes) for text in request.targets]
+    if targets and request.top_k != 1:
         raise UsageError(
             "--target and --top-k exclude each other",
             hint="explain given classes with --target, or the k best with --top-k",
         )
-    check_top_k(cam.top_k, classes)
+    check_top_k(request.top_k, classes)
     resolved = {"layers": layers, "targets": targets}
     return _prepare(
-        "cam",
+        command,
         model,
         run,
         output,
-        cam,
+        request,
         resolved,
         sources,
         loaded,
-        lambda **common: CamJob(request=cam, layers=layers, targets=targets, **common),
+        lambda **common: job_type(request=request, layers=layers, targets=targets, **common),
     )
 
 
@@ -163,11 +185,11 @@ def _prepare(
     model: ModelRequest,
     run: RunRequest,
     output: OutputRequest,
-    options: MapsRequest | CamRequest,
+    options: MapsRequest | ExplainRequest,
     resolved: dict[str, Any],
     sources: Iterable[ImageSource],
     loaded: LoadedModel,
-    make_job: Callable[..., MapsJob | CamJob],
+    make_job: Callable[..., ImageJob],
 ) -> PreparedRun:
     from featviz.jobs import fingerprint
     from featviz.pipeline import PipelineConfig
@@ -209,7 +231,7 @@ def _prepare(
 def _settings(
     command: str,
     model: ModelRequest,
-    options: MapsRequest | CamRequest | FiltersRequest,
+    options: MapsRequest | ExplainRequest | FiltersRequest,
     resolved: dict[str, Any],
     loaded: LoadedModel,
 ) -> dict[str, Any]:

@@ -45,7 +45,8 @@ def _consume(run, *, json_lines: bool, quiet: bool) -> None:
         for result in run.results():
             tally.add(result)
             if json_lines:
-                _emit(json.dumps(result.as_dict(), ensure_ascii=False))
+                for line in result.json_lines():
+                    _emit(json.dumps(line, ensure_ascii=False))
             elif result.error:
                 _print_err(f"error: {result.error}", progress)
             elif not quiet:
@@ -66,6 +67,10 @@ def _consume(run, *, json_lines: bool, quiet: bool) -> None:
     if json_lines:
         for failure in tally.failures:
             _print_err(f"error: {failure}")
+    elif not quiet and stopped is None:
+        table = run.report(tally)
+        if table:
+            _emit(table)
     if not quiet:
         _print_err(tally.summary(printable(run.out), interrupted) + manifest)
     if interrupted:

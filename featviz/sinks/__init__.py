@@ -60,9 +60,9 @@ class Sinks:
     def finished(self, source: ImageSource) -> ImageResult | None:
         return self.files.finished(source)
 
-    def write(self, outputs: ImageOutputs) -> ImageResult:
+    def write(self, outputs: ImageOutputs, rows: list[dict[str, Any]] | None = None) -> ImageResult:
         """Every sink writes the image's outputs; its record comes last (its presence means
-        everything it lists is complete)."""
+        everything it lists is complete). ``rows``: score's and sanity's numbers."""
         from featviz.pipeline import ImageResult
 
         written = self.files.write(outputs)
@@ -72,6 +72,7 @@ class Sinks:
             outputs.source,
             outputs=[str(path) for path, _ in written],
             predictions=outputs.predictions,
+            rows=rows or [],
         )
         if outputs.source is not None:
             self.files.record(result, written)

@@ -59,7 +59,13 @@ class FileSink:
         if record is None:
             return None
         predictions = [Prediction(**p) for p in record.get("predictions", [])]
-        return ImageResult(source, outputs=record["outputs"], predictions=predictions, skipped=True)
+        return ImageResult(
+            source,
+            outputs=record["outputs"],
+            predictions=predictions,
+            skipped=True,
+            rows=record.get("rows", []),
+        )
 
     def write(self, outputs: ImageOutputs) -> list[tuple[Path, Artifact]]:
         relative = None if outputs.source is None else outputs.source.relative
@@ -116,6 +122,8 @@ class FileSink:
 def _encode(artifact: Artifact, path: Path) -> bytes:
     if artifact.pixels is not None:
         return artifact.png
+    if artifact.text is not None:
+        return artifact.text.encode("utf-8")
     if path.suffix == ".npy":
         [array] = artifact.arrays.values()
         return encode_npy(array)

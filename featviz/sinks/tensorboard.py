@@ -48,13 +48,17 @@ def _fast_checksums() -> None:
 
 def tag_of(command: str, kind: str, layer: str, method: str, target: str) -> str | None:
     """The TensorBoard tag of an output, None for those TensorBoard does not show (raw arrays,
-    bare heatmaps)."""
+    bare heatmaps, tables)."""
     if command == "maps" and kind == "grid":
         return f"maps/{layer}"
     if command == "cam" and kind == "overlay":
         return f"cam/{method}/{layer}/{target}"
     if command == "filters" and kind.startswith("kernels"):
         return f"filters/{layer}" + ("/all-inputs" if kind == "kernels-all-inputs" else "")
+    if kind == "panel":  # compare's and sanity's picture of each image
+        return command
+    if kind == "curves":  # score's and sanity's plot of the whole run
+        return f"{command}/curves"
     return None
 
 

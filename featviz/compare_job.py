@@ -1,0 +1,104 @@
+"""``featviz compare``: every method side by side, one labelled panel per image.
+
+``<rel>/compare.png``: the original, then a grid of overlays: one row per method, one column per
+layer × target (``-l``, ``-t`` / ``--top-k``); each cell titled with its method, layer, class and
+probability; one colour bar for all (every map is scaled to [0, 1]). All the maps come from one
+forward and, for the gradient methods, one backward per target (featviz.explain).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from featviz.artifacts import Artifact, ImageOutputs
+from featviz.explain import ExplainedMap, Explainer
+from featviz.jobs import ImageJob, failure
+from featviz.pipeline import ImageResult, LoadedImage, Prediction
+
+if TYPE_CHECKING:
+    from featviz.requests import CompareRequest
+
+
+@dataclass(kw_only=True)
+class CompareJob(ImageJob):
+    request: CompareRequest
+    layers: list[str]
+    targets: list[int]
+
+    def __post_init__(self) -> None:
+        from featviz.render import colormap_lut
+
+        self.lut = colormap_lut(self.request.cmap)
+        self.explainer = Explainer(
+            self.model,
+            self.request.methods,
+            self.layers,
+            self.targets,
+            top_k=self.request.top_k,
+            cam_batch_size=self.request.cam_batch_size,
+        )
+
+    def process(self, batch: list[LoadedImage]) -> list[Callable[[], ImageResult]]:
+        explained = self.explainer.explain(self.model.batch([item.tensor for item in batch]))
+        columns = explained.targets.shape[1]
+        return [
+            failure(item, explained.broken[i])
+            if i in explained.broken
+            else self._writer(item, explained.maps[i], explained.predictions[i], columns)
+            for i, item in enumerate(batch)
+        ]
+
+    def _writer(
+        self,
+        item: LoadedImage,
+        maps: list[ExplainedMap],
+        predictions: list[Prediction],
+        columns: int,
+    ):
+        def write() -> ImageResult:
+            from featviz.cam import heatmap
+            from featviz.figures import Cell, grid_panel
+            from featviz.render import overlay
+
+            size = item.original.shape[:2]
+            rows = []
+            for method in self.explainer.methods:
+                mine = [entry for entry in maps if entry.method == method.name]
+                cells = []
+                for layer_maps in _by_layer(mine):
+                    # A class-agnostic map is the same for every target column.
+                    for column in range(columns):
+                        entry = layer_maps[min(column, len(layer_maps) - 1)]
+                        values = heatmap(entry.layer_cam, size).numpy()
+                        pixels = overlay(
+                            item.original, values, lut=self.lut, alpha=self.request.alpha
+                        )
+                        title = f"{entry.method} · {entry.layer}\n{entry.caption}"
+                        cells.append(Cell(title, pixels))
+                rows.append(cells)
+            panel = grid_panel(
+                item.original,
+                rows,
+                cmap=self.request.cmap,
+                title=item.source.display,
+                original_title="original: "
+                + ", ".join(f"{p.label} {p.probability:.2f}" for p in predictions[:2]),
+            )
+            artifact = Artifact(
+                "compare", "panel", "", caption="methods side by side", pixels=panel
+            )
+            return self.deliver(
+                ImageOutputs(item.source, self.model.name, item.original, predictions, [artifact])
+            )
+
+        return write
+
+
+def _by_layer(maps: list[ExplainedMap]) -> list[list[ExplainedMap]]:
+    """One method's maps grouped by layer, in the order computed (target columns inside)."""
+    groups: dict[str, list[ExplainedMap]] = {}
+    for entry in maps:
+        groups.setdefault(entry.layer, []).append(entry)
+    return list(groups.values())

@@ -1,0 +1,197 @@
+"""Explaining a batch: one forward, then every method's map for every layer and target.
+
+``Explainer`` is what `cam`, `compare`, `score` and `sanity` share: the methods loaded once,
+the layers tapped (only for methods that read layers), the forward with gradients and attention
+only when a method needs them, the targets (``--target`` or the top-k), the predictions shown,
+and a failure line for every image whose scores or maps are not finite. Gradient methods share
+one backward per target; scorecam and ablationcam score every class in one set of extra
+forwards.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from featviz.cam.registry import ATTENTION
+from featviz.errors import InputError, first_line
+from featviz.jobs import model_failure, nan_or_infinite, not_finite
+from featviz.output import class_slug
+from featviz.pipeline import Prediction
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from featviz.cam.context import CamContext
+    from featviz.models import LoadedModel
+
+ANY_CLASS = "all"  # the "class" of a class-agnostic method's map (eigencam, rollout)
+SHOWN_PREDICTIONS = 5
+
+
+@dataclass
+class ExplainedMap:
+    """One map of one image, at layer resolution (h, w), float32 on the CPU.
+
+    ``target``: the class slug (``281_tabby``) or ``all``; ``index`` the class (None for a
+    class-agnostic map); ``caption`` how a person reads it ("tabby 0.87").
+    """
+
+    method: str
+    layer: str
+    target: str
+    index: int | None
+    caption: str
+    layer_cam: torch.Tensor | None  # None for a fusion of layers, which has no single layer
+
+
+@dataclass
+class Explained:
+    """A batch explained: each image's maps and predictions, and the failed images' reasons.
+
+    ``targets`` (N, columns) the class indices explained; ``context`` the forward they came
+    from (for jobs that need more of it: activations, more forwards).
+    """
+
+    context: CamContext
+    targets: torch.Tensor
+    maps: list[list[ExplainedMap]]
+    predictions: list[list[Prediction]]
+    broken: dict[int, str] = field(default_factory=dict)
+
+
+def _compute(method: Any, context: Any, layer: str, targets: torch.Tensor) -> torch.Tensor:
+    """One method's (N, h, w) maps on the CPU; a failure of the extra forwards that scorecam and
+    ablationcam run fails this batch's images, not the whole run."""
+    try:
+        return method.compute(context, layer, targets).detach().float().cpu()
+    except RuntimeError as exc:
+        raise InputError(
+            f"{method.name} at layer '{layer}' failed on this input: {first_line(exc)}"
+        ) from exc
+
+
+class Explainer:
+    """``methods`` (registry names) at ``layers`` (resolved) for ``classes`` (resolved class
+    indices; empty: the ``top_k`` predictions) of ``model``."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        methods: tuple[str, ...],
+        layers: list[str],
+        classes: list[int],
+        *,
+        top_k: int,
+        cam_batch_size: int,
+    ) -> None:
+        from featviz.cam import load_method
+
+        self.model = model
+        self.methods = [load_method(name, batch_size=cam_batch_size) for name in methods]
+        self.layers = layers
+        self.classes = classes
+        self.top_k = top_k
+        self.attention = any(method.info.needs_attention for method in self.methods)
+        # The layers are tapped only for methods that read them (not for rollouts alone).
+        self.tapped = [] if all(m.info.needs_attention for m in self.methods) else layers
+        # Attention methods on a model without readable global attention: refused now.
+        self.token_prefix = model.trace.attention_prefix() if self.attention else 0
+        self.class_token = (
+            bool(self.token_prefix) if model.class_token is None else model.class_token
+        )
+
+    def layers_of(self, method: Any) -> list[str]:
+        return [ATTENTION] if method.info.needs_attention else self.layers
+
+    def forward(self, inputs: torch.Tensor, module: nn.Module | None = None) -> CamContext:
+        """One forward of ``inputs`` through ``module`` (default: the model) for every method."""
+        from featviz.cam import forward_for_cam
+
+        trace = self.model.trace
+        try:
+            return forward_for_cam(
+                module or self.model.module,
+                inputs,
+                self.tapped,
+                trace.calls(),
+                layouts=trace.layouts(),
+                gradients=any(method.info.needs_gradients for method in self.methods),
+                attention=self.attention,
+                token_prefix=self.token_prefix,
+                class_token=self.class_token,
+            )
+        except RuntimeError as exc:
+            raise model_failure(inputs, exc) from exc
+
+    def explain(
+        self,
+        inputs: torch.Tensor,
+        *,
+        module: nn.Module | None = None,
+        targets: torch.Tensor | None = None,
+    ) -> Explained:
+        """Every method's maps for ``inputs`` (N, 3, H, W); ``targets`` (N, columns) to explain
+        given classes (the sanity check's randomised models explain the original's)."""
+        import torch
+
+        context = self.forward(inputs, module)
+        scores = context.logits.detach().float()
+        broken = {
+            i: f"the model's scores are {nan_or_infinite(scores[i])}: there is nothing to explain"
+            for i in not_finite(scores).nonzero().flatten().tolist()
+        }
+        if module is None and bool((scores.amax(dim=1) == scores.amin(dim=1)).any()):
+            warnings.warn(
+                "the model gives every class the same score on some images (a zero-initialised "
+                "head, as torchvision's ViTs have with --weights none?): their maps are zeros",
+                stacklevel=1,
+            )
+        probabilities = scores.softmax(dim=1)
+        # One ranking for the targets and the predictions shown: ties break the same way.
+        ranked = probabilities.topk(
+            min(max(SHOWN_PREDICTIONS, self.top_k), probabilities.shape[1]), dim=1
+        )
+        n = len(inputs)
+        if targets is None and self.classes:
+            targets = torch.tensor(self.classes, device=inputs.device).expand(n, -1)
+        elif targets is None:
+            targets = ranked.indices[:, : self.top_k]
+        per_image: list[list[ExplainedMap]] = [[] for _ in range(n)]
+        for method in self.methods:
+            class_specific = method.info.class_specific
+            for column in range(targets.shape[1] if class_specific else 1):
+                for layer in self.layers_of(method):
+                    maps = _compute(method, context, layer, targets[:, column])
+                    for i in not_finite(maps).nonzero().flatten().tolist():
+                        broken.setdefault(
+                            i,
+                            f"{method.name}'s map at layer '{layer}' is {nan_or_infinite(maps[i])}",
+                        )
+                    for i in range(n):
+                        per_image[i].append(
+                            self._entry(
+                                method, layer, int(targets[i, column]), probabilities[i], maps[i]
+                            )
+                        )
+        predictions = [
+            [
+                Prediction(int(index), self.model.label(int(index)), float(p))
+                for p, index in zip(
+                    ranked.values[i, :SHOWN_PREDICTIONS], ranked.indices[i, :SHOWN_PREDICTIONS]
+                )
+            ]
+            for i in range(n)
+        ]
+        return Explained(context, targets, per_image, predictions, broken)
+
+    def _entry(
+        self, method: Any, layer: str, index: int, probabilities: torch.Tensor, layer_cam: Any
+    ) -> ExplainedMap:
+        if not method.info.class_specific:
+            return ExplainedMap(method.name, layer, ANY_CLASS, None, "all classes", layer_cam)
+        target = class_slug(index, self.model.category(index))
+        caption = f"{self.model.label(index)} {probabilities[index]:.2f}"
+        return ExplainedMap(method.name, layer, target, index, caption, layer_cam)
