@@ -201,7 +201,5 @@ def sanity_table(rows: list[dict[str, Any]], blocks: list[str]) -> str:
     table = [header]
     for (method, layer), values in totals.items():
         means = [values.get(block, []) for block in steps.values()] + [values.get("ssim", [])]
-        table.append(
-            (method, layer, *(f"{sum(v) / len(v):.3f}" if v else "-" for v in means))
-        )
+        table.append((method, layer, *(f"{sum(v) / len(v):.3f}" if v else "-" for v in means)))
     return _columns(table)
