@@ -6,14 +6,15 @@ the input and scaled to [0, 1]), it times, round-robin:
 
 1. average drop + increase in confidence, and the deletion and insertion curves (20 steps,
    deletion to 0, insertion from the input blurred):
-   - featviz: ``featviz.metrics.drop_and_increase`` + ``deletion_insertion`` (perturbed inputs
-     in forwards of 64);
-   - torchcam: ``ClassificationMetric`` + ``DeletionInsertionMetric(steps=20, batch_size=64)``
-     for deletion + a second one with ``baseline=`` the same blur for insertion (one instance
-     has one baseline), each ``update(x, class_idx=...)`` on the batch. Its CAM extractor is a
-     stub returning the precomputed maps: torchcam is not charged for computing them.
+   - featviz: ``featviz.metrics.drop_and_increase`` + ``deletion_insertion`` as `featviz score`
+     runs them on a CPU: perturbed inputs in forwards of 8, channels-last;
+   - torchcam: ``ClassificationMetric`` + ``DeletionInsertionMetric(steps=20)`` for deletion +
+     a second one with ``baseline=`` the same blur for insertion (one instance has one
+     baseline), each ``update(x, class_idx=...)`` on the batch; at its default batch_size (32)
+     and at featviz's (8). Its CAM extractor is a stub returning the precomputed maps: torchcam
+     is not charged for computing them.
 2. ROAD MoRF + LeRF at the percentiles 10…90 (noisy linear imputation, noise 0.01):
-   - featviz: ``featviz.metrics.road`` (every image's 18 imputations at once);
+   - featviz: ``featviz.metrics.road`` (every image's 18 imputations at once; forwards as in 1);
    - pytorch-grad-cam: ``ROADMostRelevantFirstAverage()`` + ``ROADLeastRelevantFirstAverage()``
      with ``ClassifierOutputSoftmaxTarget``, on the batch.
    Also the imputation alone, for one photo's 18 masks: featviz's batched solve against
@@ -102,20 +103,23 @@ def main() -> None:
     softmax = lambda logits: logits.softmax(dim=-1)  # noqa: E731
     classes = [int(t) for t in targets]
 
-    def featviz_confidence_metrics():
-        drop_and_increase(model, x, E, targets, Y, batch_size=64)
-        deletion_insertion(model, x, E, targets, Y, steps=20, batch_size=64)
+    def scorer(batch: torch.Tensor) -> torch.Tensor:  # as ScoreJob._scorer settles on Lite0
+        return model(batch.contiguous(memory_format=torch.channels_last))
 
-    def torchcam_confidence_metrics():
+    def featviz_confidence_metrics():
+        drop_and_increase(scorer, x, E, targets, Y, batch_size=8)
+        deletion_insertion(scorer, x, E, targets, Y, steps=20, batch_size=8)
+
+    def torchcam_confidence_metrics(batch_size: int = 32):
         stub = _Stub(model, E)
         ClassificationMetric(stub, softmax).update(x, class_idx=classes)
-        DeletionInsertionMetric(stub, softmax, steps=20, batch_size=64).update(x, classes)
+        DeletionInsertionMetric(stub, softmax, steps=20, batch_size=batch_size).update(x, classes)
         DeletionInsertionMetric(
-            stub, softmax, steps=20, batch_size=64, baseline=gaussian_blur
+            stub, softmax, steps=20, batch_size=batch_size, baseline=gaussian_blur
         ).update(x, classes)
 
     def featviz_road():
-        road(model, x, E, targets, Y, batch_size=64, seeds=list(range(n)))
+        road(scorer, x, E, targets, Y, batch_size=8, seeds=list(range(n)))
 
     def grad_cam_road():
         wanted = [ClassifierOutputSoftmaxTarget(c) for c in classes]
@@ -142,6 +146,9 @@ def main() -> None:
         {
             "featviz drop/increase + deletion/insertion": featviz_confidence_metrics,
             "torchcam drop/increase + deletion/insertion": torchcam_confidence_metrics,
+            "torchcam (batch 8) drop/increase + deletion/insertion": lambda: (
+                torchcam_confidence_metrics(8)
+            ),
             "featviz ROAD": featviz_road,
             "pytorch-grad-cam ROAD": grad_cam_road,
             "featviz imputation (18 masks)": featviz_imputation,
@@ -153,6 +160,7 @@ def main() -> None:
     seconds = {name: typical(r) for name, r in runs.items()}
     pairs = [
         ("drop/increase + deletion/insertion", "featviz", "torchcam", n),
+        ("drop/increase + deletion/insertion", "featviz", "torchcam (batch 8)", n),
         ("ROAD", "featviz", "pytorch-grad-cam", n),
         ("imputation (18 masks)", "featviz", "pytorch-grad-cam", 1),
     ]

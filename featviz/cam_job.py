@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from featviz.artifacts import Artifact, ImageOutputs
-from featviz.explain import ExplainedMap, Explainer
-from featviz.jobs import ImageJob, failure
+from featviz.explain import ExplainedMap, ExplainingJob
+from featviz.jobs import failure
 from featviz.pipeline import ImageResult, LoadedImage, Prediction
 
 if TYPE_CHECKING:
@@ -26,23 +26,14 @@ FUSED = "fused"
 
 
 @dataclass(kw_only=True)
-class CamJob(ImageJob):
+class CamJob(ExplainingJob):
     request: CamRequest
-    layers: list[str]  # resolved module names, in execution order
-    targets: list[int]  # resolved class indices; empty → the top-k predictions
 
     def __post_init__(self) -> None:
         from featviz.render import colormap_lut
 
         self.lut = colormap_lut(self.request.cmap)  # an unknown name fails before any image
-        self.explainer = Explainer(
-            self.model,
-            self.request.methods,
-            self.layers,
-            self.targets,
-            top_k=self.request.top_k,
-            cam_batch_size=self.request.cam_batch_size,
-        )
+        super().__post_init__()
 
     def process(self, batch: list[LoadedImage]) -> list[Callable[[], ImageResult]]:
         inputs = self.model.batch([item.tensor for item in batch])

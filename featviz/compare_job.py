@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from featviz.artifacts import Artifact, ImageOutputs
-from featviz.explain import ExplainedMap, Explainer
-from featviz.jobs import ImageJob, failure
+from featviz.explain import ExplainedMap, ExplainingJob
+from featviz.jobs import failure
 from featviz.pipeline import ImageResult, LoadedImage, Prediction
 
 if TYPE_CHECKING:
@@ -22,23 +22,14 @@ if TYPE_CHECKING:
 
 
 @dataclass(kw_only=True)
-class CompareJob(ImageJob):
+class CompareJob(ExplainingJob):
     request: CompareRequest
-    layers: list[str]
-    targets: list[int]
 
     def __post_init__(self) -> None:
         from featviz.render import colormap_lut
 
         self.lut = colormap_lut(self.request.cmap)
-        self.explainer = Explainer(
-            self.model,
-            self.request.methods,
-            self.layers,
-            self.targets,
-            top_k=self.request.top_k,
-            cam_batch_size=self.request.cam_batch_size,
-        )
+        super().__post_init__()
 
     def process(self, batch: list[LoadedImage]) -> list[Callable[[], ImageResult]]:
         explained = self.explainer.explain(self.model.batch([item.tensor for item in batch]))

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from featviz.cam.registry import ATTENTION
 from featviz.errors import InputError, first_line
-from featviz.jobs import model_failure, nan_or_infinite, not_finite
+from featviz.jobs import ImageJob, model_failure, nan_or_infinite, not_finite
 from featviz.output import class_slug
 from featviz.pipeline import Prediction
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from featviz.cam.context import CamContext
     from featviz.models import LoadedModel
+    from featviz.requests import ExplainRequest
 
 ANY_CLASS = "all"  # the "class" of a class-agnostic method's map (eigencam, rollout)
 SHOWN_PREDICTIONS = 5
@@ -195,3 +196,23 @@ class Explainer:
         target = class_slug(index, self.model.category(index))
         caption = f"{self.model.label(index)} {probabilities[index]:.2f}"
         return ExplainedMap(method.name, layer, target, index, caption, layer_cam)
+
+
+@dataclass(kw_only=True)
+class ExplainingJob(ImageJob):
+    """A job that explains its batches (cam, compare, score, sanity): its Explainer, built once
+    from the request's methods and the resolved layers and classes."""
+
+    request: ExplainRequest
+    layers: list[str]  # resolved module names, in execution order
+    targets: list[int]  # resolved class indices; empty → the top-k predictions
+
+    def __post_init__(self) -> None:
+        self.explainer = Explainer(
+            self.model,
+            self.request.methods,
+            self.layers,
+            self.targets,
+            top_k=self.request.top_k,
+            cam_batch_size=self.request.cam_batch_size,
+        )

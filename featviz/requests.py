@@ -104,7 +104,7 @@ class CompareRequest(ExplainRequest):
 class ScoreRequest(ExplainRequest):
     methods: tuple[str, ...] = JUDGED_METHODS
     steps: int = 20  # deletion/insertion: pixels removed in this many equal steps
-    score_batch_size: int = 64  # perturbed inputs per forward
+    score_batch_size: int | None = None  # perturbed inputs per forward; None: by device
     seed: int = 0  # the random baseline and ROAD's noise
 
 

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from featviz.artifacts import Artifact, ImageOutputs
 from featviz.errors import UsageError
-from featviz.explain import Explainer
-from featviz.jobs import ImageJob, failure
+from featviz.explain import ExplainingJob
+from featviz.jobs import failure
 from featviz.pipeline import ImageResult, LoadedImage
 
 if TYPE_CHECKING:
@@ -31,22 +31,13 @@ if TYPE_CHECKING:
 
 
 @dataclass(kw_only=True)
-class SanityJob(ImageJob):
+class SanityJob(ExplainingJob):
     request: SanityRequest
-    layers: list[str]
-    targets: list[int]
 
     def __post_init__(self) -> None:
         from featviz.randomize import cascade_blocks, randomised_states
 
-        self.explainer = Explainer(
-            self.model,
-            self.request.methods,
-            self.layers,
-            self.targets,
-            top_k=self.request.top_k,
-            cam_batch_size=self.request.cam_batch_size,
-        )
+        super().__post_init__()
         module = self.model.module
         self.blocks = cascade_blocks(module, self.model.trace)
         if not self.blocks:
