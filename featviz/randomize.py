@@ -6,8 +6,10 @@ The blocks of any model, found from its structure: its direct children that hold
 where a child that is a sequence of modules (``nn.Sequential``, ``nn.ModuleList``: ResNet's
 ``layer4``, VGG's ``features``, timm's ``blocks``) counts as its own children; ordered as the
 forward runs them. So, top first: ResNet ``fc``, ``layer4.1``, ``layer4.0``, ``layer3.1``, …,
-``bn1``, ``conv1``; VGG and EfficientNet ``classifier``, then ``features.N`` … ``features.0``;
-timm ViTs ``head``, ``norm``, ``blocks.11`` … ``blocks.0``, ``patch_embed``. Parameters held by
+``bn1``, ``conv1``; VGG ``classifier.6``, ``classifier.3``, ``classifier.0``, then each
+convolution ``features.N`` … ``features.0``; torchvision's EfficientNet ``classifier.1``,
+``features.8`` … ``features.0``; timm ViTs ``head``, ``norm``, ``blocks.11`` … ``blocks.0``,
+``patch_embed``. Parameters held by
 the model itself (a ViT's class token and position embedding) are never randomised.
 
 A block is re-initialised as its modules' ``reset_parameters`` do (the randomisation of Quantus'
