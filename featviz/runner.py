@@ -60,9 +60,11 @@ class PreparedRun:
         from featviz.sinks import RunEnd
 
         artifacts = self.job.run_outputs(tally.results)
+        outputs = []
         if artifacts:
-            self.job.sinks.write(ImageOutputs(None, self.model.name, None, [], artifacts))
-        return self.job.sinks.close(RunEnd(tally, interrupted))
+            written = self.job.sinks.write(ImageOutputs(None, self.model.name, None, [], artifacts))
+            outputs = written.outputs
+        return self.job.sinks.close(RunEnd(tally, interrupted, outputs))
 
     def report(self, tally: RunTally) -> str | None:
         """The table the terminal shows after the images (score's summary), if any."""

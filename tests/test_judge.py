@@ -80,6 +80,8 @@ def test_score_rows_files_and_baselines(tiny, photos, tmp_path):
     same = next(r for r in rows if r["method"] == "gradcam" and r["input"].endswith("a.png"))
     assert float(first["deletion_auc"]) == same["deletion_auc"]
     assert Image.open(out / "score.png").size[0] > 600
+    run = json.loads((out / "manifest.json").read_text())
+    assert sorted(run["outputs"]) == [str(out / "score.csv"), str(out / "score.png")]
     record = json.loads(record_of(out / "a", "score").read_text())
     assert [r["method"] for r in record["rows"]] == ["gradcam", "eigencam", "random", "center"]
 

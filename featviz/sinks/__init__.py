@@ -12,7 +12,7 @@ at the end of every run (interrupted and failed ones too). A new sink is one mod
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -28,10 +28,12 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class RunEnd:
-    """What the sinks are told when a run ends: the tally so far, and whether it was cut."""
+    """What the sinks are told when a run ends: the tally so far, whether it was cut, and the
+    files the run as a whole wrote (score's and sanity's table and plot)."""
 
     tally: RunTally
     interrupted: bool
+    outputs: list[str] = field(default_factory=list)
 
 
 class Sink(Protocol):

@@ -109,6 +109,8 @@ class FileSink:
         from featviz.report import manifest
 
         data = manifest(self.command, self.run_record, end.tally, end.interrupted)
+        if end.outputs:
+            data["outputs"] = end.outputs  # the run's own files: score.csv, score.png, …
         own = self.layout.run_manifest(self.started, self.command)
         write_atomic(own, encode_json(data))
         runs = sorted(
