@@ -89,3 +89,9 @@ class ImageJob:
     def report(self, results: list[dict[str, Any]]) -> str | None:
         """A table for the terminal once the run ends (score's summary), or None."""
         return None
+
+
+def run_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every row of a score or sanity run's images (as the manifest keeps them), each naming
+    its input: what score.csv, sanity.csv and the closing tables are made of."""
+    return [{"input": r["input"], **row} for r in results for row in r.get("rows", [])]

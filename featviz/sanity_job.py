@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from featviz.artifacts import Artifact, ImageOutputs
 from featviz.errors import UsageError
 from featviz.explain import ExplainingJob
-from featviz.jobs import failure
+from featviz.jobs import failure, run_rows
 from featviz.pipeline import ImageResult, LoadedImage
 
 if TYPE_CHECKING:
@@ -155,7 +155,7 @@ class SanityJob(ExplainingJob):
         from featviz.figures import curves_plot
         from featviz.report import score_csv
 
-        rows = [{"input": r["input"], **row} for r in results for row in r.get("rows", [])]
+        rows = run_rows(results)
         if not rows:
             return []
         several = len({layer for _, layer in self.curves}) > 1
@@ -185,5 +185,5 @@ class SanityJob(ExplainingJob):
     def report(self, results: list[dict[str, Any]]) -> str | None:
         from featviz.report import sanity_table
 
-        rows = [row for r in results for row in r.get("rows", [])]
+        rows = run_rows(results)
         return sanity_table(rows, self.blocks) if rows and self.blocks else None

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from featviz.artifacts import Artifact, ImageOutputs
 from featviz.explain import ExplainingJob
-from featviz.jobs import failure
+from featviz.jobs import failure, run_rows
 from featviz.pipeline import ImageResult, LoadedImage
 
 if TYPE_CHECKING:
@@ -219,7 +219,7 @@ class ScoreJob(ExplainingJob):
         from featviz.figures import curves_plot
         from featviz.report import score_csv
 
-        rows = [{"input": r["input"], **row} for r in results for row in r.get("rows", [])]
+        rows = run_rows(results)
         if not rows:
             return []
         grid = np.linspace(0.0, 1.0, self.request.steps + 1)
@@ -255,5 +255,5 @@ class ScoreJob(ExplainingJob):
     def report(self, results: list[dict[str, Any]]) -> str | None:
         from featviz.report import score_table
 
-        rows = [row for r in results for row in r.get("rows", [])]
+        rows = run_rows(results)
         return score_table(rows) if rows else None
