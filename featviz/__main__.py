@@ -1,3 +1,3 @@
-from featviz.cli import main
+from featviz.launch import main
 
 main()

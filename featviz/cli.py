@@ -9,6 +9,7 @@ module level: ``featviz --help`` and shell loops stay cheap.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 from enum import Enum
@@ -384,13 +385,88 @@ def filters(
             )
 
 
-def main() -> None:
-    """The console script. Leaves through ``os._exit`` once everything is written and flushed:
-    the interpreter's normal exit tears torch down for about 1 s, which every call of a shell
-    loop would pay (one-image ``featviz cam``: 5.7 → 4.4 s). featviz registers no atexit work,
-    and every file is closed and renamed by then."""
+worker_app = typer.Typer(
+    cls=_Commands,
+    help="A background process that keeps torch and recent models loaded, so that featviz calls "
+    "from shell loops stop paying start-up. While it runs, every featviz call of this user and "
+    "environment uses it (FEATVIZ_WORKER=off: never; =auto: start it on first use).",
+    no_args_is_help=True,
+)
+app.add_typer(worker_app, name="worker")
+
+
+@worker_app.command("start")
+def worker_start() -> None:
+    """Start this environment's worker (if none runs) and wait until it answers."""
+    with errors():
+        from featviz.worker import control
+
+        where = _worker_place()
+        started = control.start(where)
+        if started.problem:
+            raise FeatvizError(f"the featviz worker did not start: {started.problem}")
+        started.connection.close()
+        typer.echo(f"featviz worker running (pid {started.pid}); featviz calls now use it")
+        if os.environ.get("FEATVIZ_WORKER", "").lower() == "off":
+            print("Note: FEATVIZ_WORKER=off: calls of this shell bypass it", file=sys.stderr)
+
+
+@worker_app.command("stop")
+def worker_stop() -> None:
+    """Stop the worker once its current call has finished (calls queued behind run without it)."""
+    with errors():
+        from featviz.worker import control
+
+        pid = control.stop(_worker_place())
+        typer.echo("no featviz worker was running" if pid is None else f"stopped (pid {pid})")
+
+
+@worker_app.command("status")
+def worker_status(
+    json_out: Annotated[
+        bool, typer.Option("--json", help="The status as one JSON object.")
+    ] = False,
+) -> None:
+    """Whether a worker runs here, and what it holds: calls, memory, the models it keeps."""
+    with errors():
+        import json
+
+        from featviz.report import worker_status_text
+        from featviz.worker import control
+
+        state = control.status(_worker_place())
+        if json_out:
+            typer.echo(json.dumps(state or {"running": False}))
+        else:
+            typer.echo(worker_status_text(state))
+
+
+def _worker_place():
+    from featviz.worker.place import UnsafeFolder, place
+
     try:
-        app()
+        return place()
+    except UnsafeFolder as exc:
+        raise FeatvizError(
+            f"cannot use the worker's folder: {exc}",
+            hint="set XDG_RUNTIME_DIR to a short folder that only you can enter",
+        ) from None
+
+
+def main() -> None:
+    """The in-process command line (launch.py calls it when no worker takes the call). Leaves
+    through ``os._exit`` once everything is written and flushed: the interpreter's normal exit
+    tears torch down for about 1 s, which every call of a shell loop would pay (one-image
+    ``featviz cam``: 5.7 → 4.4 s). featviz registers no atexit work, and every file is closed
+    and renamed by then."""
+    os._exit(run_command(sys.argv[1:]))
+
+
+def run_command(args: list[str], prog_name: str | None = None) -> int:
+    """Run one command line to its end and return its exit code, stdout and stderr flushed:
+    the console script's and the warm worker's way in."""
+    try:
+        _click_command().main(args=args, prog_name=prog_name)
         code = 0
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
@@ -398,4 +474,10 @@ def main() -> None:
         # A closed pipe (`featviz … | head`) has nothing left to flush.
         with contextlib.suppress(OSError, ValueError):
             stream_.flush()
-    os._exit(code)
+    return code
+
+
+@functools.cache
+def _click_command() -> TyperGroup:
+    """Typer builds the click command anew on every ``app()``; a worker builds it once."""
+    return typer.main.get_command(app)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from featviz import model_cache
 from featviz.errors import UsageError
 from featviz.preprocess import Preprocessing
 from featviz.sources import source_for
@@ -70,11 +71,18 @@ class LoadedModel:
 
 
 def load_model(request: ModelRequest, *, structure_only: bool = False) -> LoadedModel:
-    """Build the model ``request`` names.
+    """Build the model ``request`` names, or take it from the worker's cache (model_cache.py).
 
     ``structure_only``: parameters may stay on the meta device (``featviz layers``): nothing is
     downloaded and no initialisation is paid; the model is on the CPU and cannot run for real.
     """
+    cache = model_cache.active()
+    if cache is None:
+        return _build(request, structure_only)
+    return cache.load(request, structure_only, lambda: _build(request, structure_only))
+
+
+def _build(request: ModelRequest, structure_only: bool) -> LoadedModel:
     import torch
 
     from featviz.tracing import TraceError, size_multiple, trace_model

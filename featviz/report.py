@@ -203,3 +203,45 @@ def sanity_table(rows: list[dict[str, Any]], blocks: list[str]) -> str:
         means = [values.get(block, []) for block in steps.values()] + [values.get("ssim", [])]
         table.append((method, layer, *(f"{sum(v) / len(v):.3f}" if v else "-" for v in means)))
     return _columns(table)
+
+
+def worker_status_text(status: dict[str, Any] | None) -> str:
+    """``featviz worker status`` for a person."""
+    from featviz.sizes import format_bytes
+
+    if status is None:
+        return "no featviz worker is running for this environment"
+    idle = f"idle {status['idle_s']:.0f} s" if not status["busy"] else "busy"
+    queued = f", {status['queued']} queued" if status["queued"] else ""
+    lines = [
+        f"featviz worker: pid {status['pid']}, up {_duration(status['uptime_s'])}, "
+        f"{status['calls']} calls, {idle}{queued} (leaves after "
+        f"{_duration(status['idle_timeout_s'])} idle)",
+        f"socket: {status['socket']}",
+        f"python: {status['python']}; featviz {status['version']}",
+    ]
+    models = status["models"]
+    kept = sum(model["bytes"] for model in models)
+    rss = format_bytes(status["rss_bytes"]) if status["rss_bytes"] else "?"
+    lines.append(
+        f"memory: {rss} resident; models {format_bytes(kept)} kept of "
+        f"{format_bytes(status['models_budget'])}" + (":" if models else "")
+    )
+    if models:
+        rows = [("model", "weights", "device", "size", "uses")]
+        rows += [
+            (m["model"], m["weights"], m["device"], format_bytes(m["bytes"]), str(m["uses"]))
+            for m in reversed(models)
+        ]
+        lines += ["  " + line for line in _columns(rows).splitlines()]
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    minutes, second = divmod(int(seconds), 60)
+    hours, minute = divmod(minutes, 60)
+    if hours:
+        return f"{hours} h {minute} min"
+    if minute:
+        return f"{minute} min {second} s" if second else f"{minute} min"
+    return f"{second} s"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -11,7 +12,10 @@ from hypothesis import strategies as st
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_images"
 LITE0_SPEC = str(ROOT / "examples" / "efficientnet_lite0.py") + ":build"
-sys.path.insert(0, str(ROOT / "examples"))  # synthetic_shapes: the tests' trained transformers
+sys.path.insert(0, str(ROOT / "examples"))
+# A warm worker the developer runs must not answer the tests' featviz processes; test_worker.py
+# starts its own.
+os.environ["FEATVIZ_WORKER"] = "off"  # synthetic_shapes: the tests' trained transformers
 
 TINY_MODEL_SOURCE = '''
 import torch

@@ -1,0 +1,335 @@
+"""The warm worker process: torch, torchvision and featviz imported once, recent models kept
+(model_cache.py), commands run one at a time in its main thread as the caller's process would
+run them (isolation.py).
+
+Threads: one per connection reads the caller's messages (its hello, later the signals it
+forwards, or its going away); the main thread runs the queued calls in arrival order, so two
+calls never share the process state or interleave their output. A call waiting in the queue
+has started nothing: a caller interrupted there just leaves.
+
+Started by the client (``featviz worker start`` or ``FEATVIZ_WORKER=auto``) as
+``python -c "…; from featviz.worker.server import main; main()"`` with stdout and stderr on
+its log file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import os
+import queue
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from featviz.sizes import parse_bytes
+from featviz.worker import protocol
+from featviz.worker.place import (
+    DEFAULT_IDLE_S,
+    DEFAULT_MODELS,
+    IDLE_ENV,
+    MODELS_ENV,
+    Place,
+    code_version,
+    place,
+)
+
+_LOCK_WAIT_S = 60.0  # a worker of the old code finishing its last call before it leaves
+_POLL_S = 0.5
+
+
+class SignalDeath(BaseException):
+    """SIGTERM outside featviz's own handlers: a fresh process would die of it, so the caller
+    is told to (nothing catches a BaseException on the way out)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@dataclass
+class Call:
+    conn: socket.socket
+    request: dict[str, Any]
+    fds: list[int]
+    state: str = "queued"  # → running → done; or gone (the caller left while queued)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Worker:
+    def __init__(self, where: Place, idle_s: float, models_budget: int) -> None:
+        from featviz.model_cache import ModelCache
+
+        self.place = where
+        self.idle_s = idle_s
+        self.cache = ModelCache(models_budget)
+        self.version = code_version()
+        self.started = time.time()
+        self.last_active = time.monotonic()
+        self.calls = 0
+        self.queue: queue.Queue[Call] = queue.Queue()
+        self.current: Call | None = None
+        self.stopping = False
+        self.main_thread = threading.get_ident()
+        self.in_command = False
+        self.forwarded = False
+
+    # The main thread ------------------------------------------------------------------------
+
+    def serve(self, listener: socket.socket) -> None:
+        from featviz import model_cache
+        from featviz.worker.isolation import FreshState
+
+        model_cache.install(self.cache)
+        self.fresh = FreshState()
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._on_signal)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        while not self.stopping:
+            try:
+                call = self.queue.get(timeout=_POLL_S)
+            except queue.Empty:
+                if time.monotonic() - self.last_active > self.idle_s and self.queue.empty():
+                    self.stopping = True
+                continue
+            self._run(call)
+            self.last_active = time.monotonic()
+        # Calls still queued fall back to running in their own process.
+        while not self.queue.empty():
+            self.queue.get().conn.close()
+
+    def _run(self, call: Call) -> None:
+        with call.lock:
+            if call.state == "gone":
+                _close(call.fds)
+                return
+            call.state = "running"
+        self.current = call
+        try:
+            protocol.send(call.conn, {"started": True, "pid": os.getpid()})
+        except OSError:
+            call.state = "gone"
+        outcome: dict[str, Any] = {"exit": 1}
+        if call.state == "running":
+            self.calls += 1
+            outcome = self._command(call)
+        with call.lock:
+            call.state = "done"
+        self.current = None
+        with contextlib.suppress(OSError):
+            protocol.send(call.conn, outcome)
+        call.conn.close()
+        _return_memory()
+
+    def _command(self, call: Call) -> dict[str, Any]:
+        from featviz.cli import run_command
+        from featviz.worker.isolation import call_state
+
+        request = call.request
+        try:
+            with call_state(request, call.fds, self.fresh):
+                self.in_command = True
+                try:
+                    return {"exit": run_command(request["argv"][1:], request["prog"])}
+                except Exception:  # a bug outside the error funnel: as Python would show it
+                    traceback.print_exc()
+                    return {"exit": 1}
+                finally:
+                    self.in_command = False
+        except SignalDeath as death:
+            return {"signal": death.signum}
+        except KeyboardInterrupt:  # Ctrl-C just as the command ended
+            return {"exit": 130}
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        """Inside a command, a signal acts as on a fresh featviz process: SIGINT raises
+        KeyboardInterrupt, SIGTERM kills (featviz's own handlers take over while images run).
+        Outside, a forwarded signal that came too late is dropped; anyone else's stops the
+        worker after its queue's current call."""
+        forwarded, self.forwarded = self.forwarded, False
+        if self.in_command:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            raise SignalDeath(signum)
+        if not forwarded:
+            self.stopping = True
+
+    # Connection threads ---------------------------------------------------------------------
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            conn, _ = listener.accept()
+            threading.Thread(target=self._converse, args=(conn,), daemon=True).start()
+
+    def _converse(self, conn: socket.socket) -> None:
+        fds: list[int] = []
+        try:
+            uid = _peer_uid(conn)
+            request, fds = protocol.receive(conn)
+            if uid != os.getuid():
+                protocol.send(conn, {"refused": f"uid {uid} is not this worker's user"})
+            elif request.get("op") == "status":
+                protocol.send(conn, self._status())
+            elif request.get("op") == "stop":
+                self.stopping = True
+                protocol.send(conn, {"stopping": True, "pid": os.getpid()})
+            elif request.get("op") != "run" or len(fds) != protocol.MAX_FDS:
+                protocol.send(conn, {"refused": "not a featviz call"})
+            elif request.get("version") != self.version or self.stopping:
+                # A caller of other code: this worker leaves, the caller starts a new one.
+                self.stopping = True
+                protocol.send(conn, {"refused": "version", "version": self.version})
+            else:
+                call = Call(conn, request, fds)
+                self.last_active = time.monotonic()
+                self.queue.put(call)
+                self._follow(call)
+                return
+        except (OSError, protocol.Closed, ValueError):
+            pass
+        _close(fds)
+        conn.close()
+
+    def _follow(self, call: Call) -> None:
+        """Forward the caller's Ctrl-C / SIGTERM to the command; a caller that goes away
+        mid-command stops it as SIGTERM would."""
+        while True:
+            try:
+                message, _ = protocol.receive(call.conn)
+            except (OSError, protocol.Closed, ValueError):
+                message = {"signal": signal.SIGTERM, "gone": True}
+            with call.lock:
+                if call.state == "queued" and message.get("gone"):
+                    call.state = "gone"
+                running = call.state == "running"
+            signum = message.get("signal")
+            if running and signum in (signal.SIGINT, signal.SIGTERM):
+                self.forwarded = True
+                signal.pthread_kill(self.main_thread, signum)
+            if message.get("gone") or call.state == "done":
+                return
+
+    def _status(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "version": self.version,
+            "python": sys.executable,
+            "socket": str(self.place.socket),
+            "uptime_s": round(time.time() - self.started, 1),
+            "idle_timeout_s": self.idle_s,
+            "idle_s": 0.0 if self.current else round(time.monotonic() - self.last_active, 1),
+            "calls": self.calls,
+            "busy": self.current is not None,
+            "queued": self.queue.qsize(),
+            "threads": threading.active_count(),
+            "rss_bytes": _rss_bytes(),
+            "models_budget": self.cache.budget,
+            "models": self.cache.describe(),
+        }
+
+
+def _die(signum: int, frame: object) -> None:
+    raise SignalDeath(signum)
+
+
+def _peer_uid(conn: socket.socket) -> int:
+    credentials = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", credentials)
+    return uid
+
+
+def _close(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _return_memory() -> None:
+    """Give the freed heap of a large call back to the system (glibc keeps it otherwise)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _rss_bytes() -> int | None:
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return None
+
+
+def _warm_up() -> None:
+    """Import now what every call needs, so the first call is as quick as the next."""
+    import torch  # noqa: F401
+    import torchvision.models  # noqa: F401
+
+    import featviz.cli
+    import featviz.explain
+    import featviz.pipeline
+    import featviz.render
+    import featviz.runner
+    import featviz.sinks.files
+    from featviz.cam.registry import method_names
+
+    featviz.cli.run_command  # noqa: B018 - the click command is built on first use
+    method_names()
+
+
+def _hold_lock(where: Place) -> Any:
+    """The worker's lock, once a previous worker (old code, leaving) has let it go; None when a
+    live worker keeps it."""
+    handle = open(where.lock, "a")  # noqa: SIM115 - held for the worker's life
+    deadline = time.monotonic() + _LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return handle
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                handle.close()
+                return None
+            time.sleep(0.1)
+
+
+def _listen(where: Place) -> socket.socket:
+    with contextlib.suppress(FileNotFoundError):
+        where.socket.unlink()  # a dead worker's
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    previous = os.umask(0o177)  # the socket is born 0600: no moment when others may connect
+    try:
+        listener.bind(str(where.socket))
+    finally:
+        os.umask(previous)
+    listener.listen(64)
+    return listener
+
+
+def main() -> None:
+    where = place()
+    lock = _hold_lock(where)
+    if lock is None:
+        return
+    idle_s = float(os.environ.get(IDLE_ENV) or DEFAULT_IDLE_S)
+    budget = parse_bytes(os.environ.get(MODELS_ENV) or DEFAULT_MODELS, what=MODELS_ENV)
+    _warm_up()
+    worker = Worker(where, idle_s, budget)
+    listener = _listen(where)
+    identity = os.stat(where.socket).st_ino
+    try:
+        worker.serve(listener)
+    finally:
+        listener.close()
+        with contextlib.suppress(OSError):
+            if os.stat(where.socket).st_ino == identity:
+                where.socket.unlink()
+        lock.close()
+    # Leave like the CLI does: no second of torch teardown, no daemon thread left to join.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
