@@ -75,9 +75,11 @@ class CpuMeter:
     else's process stalls both (alexnet at batch 1 ran 7× slower under a load of 2 here).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, helpers: Sequence[int] = ()) -> None:
         self.cores = os.cpu_count() or 1
         self.foreign = 0.0
+        # Processes working for the timed block without being its children (a warm worker).
+        self.helpers = helpers
 
     @staticmethod
     def _system_busy() -> float:
@@ -88,10 +90,19 @@ class CpuMeter:
         ticks = [int(value) for value in fields[:8]]  # user nice system idle iowait irq …
         return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
-    @staticmethod
-    def _own() -> float:
+    def _own(self) -> float:
         t = os.times()
-        return t.user + t.system + t.children_user + t.children_system
+        return t.user + t.system + t.children_user + t.children_system + self._helpers()
+
+    def _helpers(self) -> float:
+        total = 0.0
+        for pid in self.helpers:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
 
     def __enter__(self) -> CpuMeter:
         self._start = (time.perf_counter(), self._system_busy(), self._own())
@@ -145,20 +156,22 @@ def round_robin(
     contenders: dict[str, Callable[[], object]],
     repeats: int,
     log: Callable[[str], None] | None = None,
+    helpers: Sequence[int] = (),
 ) -> dict[str, list[Run]]:
     """Time every contender ``repeats`` times, round-robin; the kept Run of each repeat.
 
     Round-robin rather than one contender after the other: this machine is shared, and a burst
     of someone else's load then hits every contender alike instead of one of them. Each run
     waits for a quiet moment first and is redone (up to RETRIES times) when other processes took
-    more than QUIET of the CPU while it ran.
+    more than QUIET of the CPU while it ran. ``helpers``: pids whose CPU counts as the
+    contenders' own (a warm worker doing their work).
     """
     runs: dict[str, list[Run]] = {name: [] for name in contenders}
     for repeat in range(repeats):
         for name, function in contenders.items():
             for attempt in range(RETRIES + 1):
                 wait_for_quiet(QUIET)
-                with CpuMeter() as meter:
+                with CpuMeter(helpers) as meter:
                     start = time.perf_counter()
                     value = function()
                     seconds = time.perf_counter() - start

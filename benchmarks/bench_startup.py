@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import shutil
 import subprocess
 import sys
@@ -111,6 +112,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="runs of each command (5)")
     args = parser.parse_args(argv)
+    # Cold calls only: a warm worker would answer them (bench_worker.py times that).
+    os.environ["FEATVIZ_WORKER"] = "off"
     work = Path(tempfile.mkdtemp(prefix="featviz-bench-startup-"))
     try:
         [photo] = make_photos(work / "photos", 1)

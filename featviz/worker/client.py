@@ -29,7 +29,7 @@ def delegate(argv: list[str]) -> int | None:
     mode = _mode()
     if mode == "off" or not argv[1:] or _IN_PROCESS.intersection(argv[1:]):
         return None
-    if None in (sys.stdin, sys.stdout, sys.stderr):  # a closed descriptor cannot be passed on
+    if None in _streams():  # a closed descriptor cannot be passed on
         return None
     try:
         where = place()
@@ -73,7 +73,7 @@ def ask(where: Place, op: str) -> dict[str, Any] | None:
 def _run(conn: socket.socket, where: Place, argv: list[str]) -> int | None:
     with conn:
         try:
-            protocol.send(conn, _call(argv), fds=[0, 1, 2])
+            protocol.send(conn, _call(argv), fds=[0, 1, 2])  # the working folder may be gone
             reply, _ = protocol.receive(conn)
         except (OSError, protocol.Closed):  # a worker stopping, a closed stdin: run here
             return None
@@ -125,11 +125,14 @@ def _call(argv: list[str]) -> dict[str, Any]:
         "env": dict(os.environ),
         "umask": umask,
         "stdio": {
-            "stdin": [sys.stdin.encoding, sys.stdin.errors],
-            "stdout": [sys.stdout.encoding, sys.stdout.errors],
-            "stderr": [sys.stderr.encoding, sys.stderr.errors],
+            name: [stream.encoding, stream.errors, stream.line_buffering, stream.write_through]
+            for name, stream in zip(("stdin", "stdout", "stderr"), _streams())
         },
     }
+
+
+def _streams() -> tuple:
+    return sys.stdin, sys.stdout, sys.stderr
 
 
 def _prog_name(argv: list[str]) -> str:

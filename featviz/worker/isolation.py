@@ -63,17 +63,17 @@ def call_state(call: dict[str, Any], fds: list[int], fresh: FreshState) -> Itera
 
 
 @contextmanager
-def _standard_streams(fds: list[int], stdio: dict[str, list[str]]) -> Iterator[None]:
-    """The caller's descriptors on 0, 1, 2 and new text streams over them, buffered as Python
-    buffers them (line-buffered stdout on a terminal, stderr always line-buffered)."""
+def _standard_streams(fds: list[int], stdio: dict[str, list]) -> Iterator[None]:
+    """The caller's descriptors on 0, 1, 2 and new text streams over them, with the caller's
+    encodings and buffering (``PYTHONUNBUFFERED``, line buffering on a terminal)."""
     saved = [os.dup(fd) for fd in (0, 1, 2)]
     previous = sys.stdin, sys.stdout, sys.stderr
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
         os.close(fd)
-    sys.stdin = _text(0, "r", stdio["stdin"], line_buffering=False)
-    sys.stdout = _text(1, "w", stdio["stdout"], line_buffering=os.isatty(1))
-    sys.stderr = _text(2, "w", stdio["stderr"], line_buffering=True)
+    sys.stdin = _text(0, "r", *stdio["stdin"])
+    sys.stdout = _text(1, "w", *stdio["stdout"])
+    sys.stderr = _text(2, "w", *stdio["stderr"])
     try:
         yield
     finally:
@@ -86,12 +86,20 @@ def _standard_streams(fds: list[int], stdio: dict[str, list[str]]) -> Iterator[N
             os.close(fd)
 
 
-def _text(fd: int, mode: str, encoding: list[str], *, line_buffering: bool) -> io.TextIOWrapper:
-    name, errors = encoding
+def _text(
+    fd: int, mode: str, encoding: str, errors: str, line_buffering: bool, write_through: bool
+) -> io.TextIOWrapper:
     # closefd=False: the descriptor is the call's, put back after it.
-    return open(
-        fd, mode, buffering=1 if line_buffering else -1, encoding=name, errors=errors, closefd=False
+    stream = open(  # noqa: SIM115 - lives for the call
+        fd,
+        mode,
+        buffering=1 if line_buffering else -1,
+        encoding=encoding,
+        errors=errors,
+        closefd=False,
     )
+    stream.reconfigure(write_through=write_through)
+    return stream
 
 
 @contextmanager

@@ -107,35 +107,29 @@ class Worker:
             self.queue.get().conn.close()
 
     def _run(self, call: Call) -> None:
-        with call.lock:
-            if call.state == "gone":
-                _close(call.fds)
-                return
-            call.state = "running"
         self.current = call
-        try:
-            protocol.send(call.conn, {"started": True, "pid": os.getpid()})
-        except OSError:
-            call.state = "gone"
-        outcome: dict[str, Any] = {"exit": 1}
-        if call.state == "running":
-            self.calls += 1
-            outcome = self._command(call)
+        outcome = self._command(call)
         with call.lock:
             call.state = "done"
         self.current = None
-        with contextlib.suppress(OSError):
-            protocol.send(call.conn, outcome)
+        if outcome is not None:
+            with contextlib.suppress(OSError):
+                protocol.send(call.conn, outcome)
         call.conn.close()
         _return_memory()
 
-    def _command(self, call: Call) -> dict[str, Any]:
+    def _command(self, call: Call) -> dict[str, Any] | None:
+        """The call's outcome for its caller: ``exit`` or ``signal`` once it has run,
+        ``refused`` when its state could not be taken on (the caller then runs it itself),
+        None when the caller has gone."""
         from featviz.cli import run_command
         from featviz.worker.isolation import call_state
 
         request = call.request
         try:
             with call_state(request, call.fds, self.fresh):
+                if not self._started(call):
+                    return None
                 self.in_command = True
                 try:
                     return {"exit": run_command(request["argv"][1:], request["prog"])}
@@ -148,6 +142,21 @@ class Worker:
             return {"signal": death.signum}
         except KeyboardInterrupt:  # Ctrl-C just as the command ended
             return {"exit": 130}
+        except OSError as exc:  # its folder has gone, a descriptor cannot be duplicated
+            _close(call.fds)
+            return {"refused": f"cannot take the call on: {exc}"}
+
+    def _started(self, call: Call) -> bool:
+        with call.lock:
+            if call.state == "gone":
+                return False
+            call.state = "running"
+        try:
+            protocol.send(call.conn, {"started": True, "pid": os.getpid()})
+        except OSError:
+            return False
+        self.calls += 1
+        return True
 
     def _on_signal(self, signum: int, frame: object) -> None:
         """Inside a command, a signal acts as on a fresh featviz process: SIGINT raises
