@@ -60,6 +60,23 @@ class Artifact:
 
         return encode_png(self.pixels)
 
+    def encoded(self, image_format: str, quality: int) -> bytes:
+        """The picture as ``png`` (the same bytes as ``png``), ``jpg`` or ``webp`` (Pillow:
+        libjpeg-turbo, libwebp) at ``quality``."""
+        if image_format == "png":
+            return self.png
+        import io
+
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        if image_format == "jpg":
+            # 4:4:4, no chroma subsampling: a colour map's hues are the point of the picture.
+            Image.fromarray(self.pixels).save(buffer, "JPEG", quality=quality, subsampling=0)
+        else:
+            Image.fromarray(self.pixels).save(buffer, "WEBP", quality=quality)
+        return buffer.getvalue()
+
 
 @dataclass
 class ImageOutputs:

@@ -25,7 +25,9 @@ from typing import Annotated, Any
 import typer
 
 from featviz.cam.registry import method_names
+from featviz.errors import UsageError
 from featviz.requests import DEFAULT_MAX_PIXELS, ModelRequest, OutputRequest, RunRequest
+from featviz.shards import Shard
 
 MODEL_PANEL = "Model"
 INPUT_PANEL = "Input"
@@ -76,6 +78,19 @@ class Report:
 
 def _option(*names: str, panel: str, **kwargs: Any) -> Any:
     return typer.Option(*names, rich_help_panel=panel, **kwargs)
+
+
+def _parse_shard(text: str) -> Shard:
+    try:
+        return Shard.parse(text)
+    except UsageError as exc:  # told like any bad option value: one line, exit 2
+        raise typer.BadParameter(f"{exc.message} ({exc.hint})") from None
+
+
+class ImageFormatChoice(str, Enum):
+    png = "png"
+    jpg = "jpg"
+    webp = "webp"
 
 
 # name → (annotation, default); the order is the order in --help.
@@ -230,6 +245,20 @@ _RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
         ],
         False,
     ),
+    "shard": (
+        Annotated[
+            Shard | None,
+            _option(
+                panel=INPUT_PANEL,
+                metavar="K/N",
+                parser=_parse_shard,
+                show_default="all inputs",
+                help="Only the inputs of shard K of N (by a stable hash of their output path): "
+                "N runs with 1/N … N/N cover every input once, on any machines.",
+            ),
+        ],
+        None,
+    ),
 }
 
 _OUTPUT_OPTIONS: dict[str, tuple[Any, Any]] = {
@@ -260,6 +289,25 @@ _OUTPUT_OPTIONS: dict[str, tuple[Any, Any]] = {
             ),
         ],
         True,
+    ),
+    "image_format": (
+        Annotated[
+            ImageFormatChoice,
+            _option(
+                "--format",
+                panel=OUTPUT_PANEL,
+                help="Pictures as PNG (lossless), JPEG or WebP (a few ms each instead of PNG's "
+                "deflate); heatmap PNGs and raw arrays stay as they are.",
+            ),
+        ],
+        ImageFormatChoice.png,
+    ),
+    "quality": (
+        Annotated[
+            int,
+            _option(min=1, max=100, panel=OUTPUT_PANEL, help="JPEG / WebP quality."),
+        ],
+        90,
     ),
 }
 
@@ -363,12 +411,17 @@ def _run_request(values: dict[str, Any]) -> RunRequest:
         max_pixels=values["max_pixels"],
         batch_size=values["batch_size"],
         skip_existing=values["skip_existing"],
+        shard=values["shard"],
     )
 
 
 def _output_request(values: dict[str, Any]) -> OutputRequest:
     return OutputRequest(
-        out=values["out"], tensorboard=values["tensorboard"], gallery=values["gallery"]
+        out=values["out"],
+        tensorboard=values["tensorboard"],
+        gallery=values["gallery"],
+        image_format=ImageFormatChoice(values["image_format"]).value,
+        quality=values["quality"],
     )
 
 

@@ -16,7 +16,10 @@ from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from featviz.shards import Shard
+
 ResizeMode = Literal["keep", "square"]
+ImageFormat = Literal["png", "jpg", "webp"]
 
 DEFAULT_MAX_PIXELS = 178_956_970
 """Pillow's own default refusal point (about 13,400 × 13,400; 537 MB as 8-bit RGB): it opens
@@ -48,6 +51,7 @@ class RunRequest:
     max_pixels: int = DEFAULT_MAX_PIXELS
     batch_size: int | None = None
     skip_existing: bool = False
+    shard: Shard | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,8 @@ class OutputRequest:
     out: Path = Path("featviz-out")
     tensorboard: Path | None = None
     gallery: bool = True
+    image_format: ImageFormat = "png"  # overlays, grids, panels, kernels (heatmaps stay PNG)
+    quality: int = 90  # JPEG and WebP
 
 
 @dataclass(frozen=True)

@@ -179,6 +179,9 @@ def _discover(run: RunRequest) -> Iterable[ImageSource]:
     sources = discover(
         run.inputs, recursive=run.recursive, stdin=sys.stdin if reads_stdin else None
     )
+    if run.shard is not None:
+        # After discovery, which gives every image its unique output path over all inputs.
+        sources = (source for source in sources if run.shard.holds(source.relative))
     return sources if reads_stdin else list(sources)
 
 
@@ -211,7 +214,7 @@ def _prepare(
     sinks = sinks_for(
         output,
         command=command,
-        fingerprint=fingerprint(_settings(command, model, options, resolved, loaded)),
+        fingerprint=fingerprint(_settings(command, model, options, resolved, loaded, output)),
         model=loaded.name,
         record=record,
     )
@@ -236,9 +239,10 @@ def _settings(
     options: MapsRequest | ExplainRequest | FiltersRequest,
     resolved: dict[str, Any],
     loaded: LoadedModel,
+    output: OutputRequest,
 ) -> dict[str, Any]:
     """What decides an image's outputs: not the device, the batch size or where files go."""
-    return {
+    settings = {
         "command": command,
         "model": {
             **plain(model),
@@ -249,6 +253,9 @@ def _settings(
         "options": plain(options),
         "resolved": resolved,
     }
+    if output.image_format != "png":  # PNG runs keep the fingerprints they always had
+        settings["pictures"] = {"format": output.image_format, "quality": output.quality}
+    return settings
 
 
 def model_record(loaded: LoadedModel) -> dict[str, Any]:
@@ -334,7 +341,7 @@ def render_filters(
         "request": {"model": plain(model), "output": plain(output), "options": plain(request)},
         "resolved": {"layers": layers},
     }
-    settings = _settings("filters", model, request, {"layers": layers}, loaded)
+    settings = _settings("filters", model, request, {"layers": layers}, loaded, output)
     sinks = sinks_for(
         output, command="filters", fingerprint=fingerprint(settings), model=name, record=record
     )

@@ -99,7 +99,7 @@ def sinks_for(
     from featviz.output import OutputLayout
     from featviz.sinks.files import FileSink
 
-    layout = OutputLayout(output.out)
+    layout = OutputLayout(output.out, output.image_format)
     others: list[Sink] = []
     if output.tensorboard is not None:
         from featviz.sinks.tensorboard import TensorBoardSink
@@ -109,4 +109,4 @@ def sinks_for(
         from featviz.sinks.gallery import GallerySink
 
         others.append(GallerySink(layout))
-    return Sinks(FileSink(layout, command, fingerprint, model, record), others)
+    return Sinks(FileSink(layout, command, fingerprint, model, record, output.quality), others)

@@ -3,8 +3,10 @@ settings, one manifest per run."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from featviz.output import (
@@ -15,10 +17,9 @@ from featviz.output import (
     finished_record,
     write_atomic,
 )
+from featviz.shards import shards_summary
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from featviz.artifacts import Artifact, ImageOutputs
     from featviz.images import ImageSource
     from featviz.output import OutputLayout
@@ -39,8 +40,10 @@ class FileSink:
         fingerprint: str,
         model: str,
         record: dict[str, Any],
+        quality: int = 90,
     ) -> None:
         self.layout = layout
+        self.quality = quality
         self.command = command
         self.fingerprint = fingerprint
         self.model = model
@@ -72,7 +75,7 @@ class FileSink:
         written = []
         for artifact in outputs.artifacts:
             path = self.layout.path_of(artifact, relative, self.model)
-            write_atomic(path, _encode(artifact, path))
+            write_atomic(path, _encode(artifact, path, self.quality))
             written.append((path, artifact))
         return written
 
@@ -111,22 +114,40 @@ class FileSink:
         data = manifest(self.command, self.run_record, end.tally, end.interrupted)
         if end.outputs:
             data["outputs"] = end.outputs  # the run's own files: score.csv, score.png, …
-        own = self.layout.run_manifest(self.started, self.command)
+        shard = data["request"]["run"].get("shard")
+        own = self.layout.run_manifest(self.started, self.command, shard)
         write_atomic(own, encode_json(data))
-        runs = sorted(
-            path.relative_to(self.layout.root).as_posix() for path in own.parent.glob("*.json")
-        )
-        latest = self.layout.manifest()
-        write_atomic(latest, encode_json({**data, "run": printable(own.name), "runs": runs}))
-        return latest
+        runs = sorted(own.parent.glob("*.json"))
+        latest = {
+            **data,
+            "run": printable(own.name),
+            "runs": [path.relative_to(self.layout.root).as_posix() for path in runs],
+        }
+        if shard:
+            latest["shards"] = shards_summary(data, _readable(runs))
+        path = self.layout.manifest()
+        write_atomic(path, encode_json(latest))
+        return path
 
 
-def _encode(artifact: Artifact, path: Path) -> bytes:
+def _encode(artifact: Artifact, path: Path, quality: int) -> bytes:
     if artifact.pixels is not None:
-        return artifact.png
+        return artifact.encoded(path.suffix[1:], quality)
     if artifact.text is not None:
         return artifact.text.encode("utf-8")
     if path.suffix == ".npy":
         [array] = artifact.arrays.values()
         return encode_npy(array)
     return encode_npz(artifact.arrays)
+
+
+def _readable(paths: list[Path]) -> list[dict[str, Any]]:
+    """The run manifests that parse: another shard may be writing its own right now (each is
+    renamed into place whole, but a folder on a network file system may lag)."""
+    manifests = []
+    for path in paths:
+        try:
+            manifests.append(json.loads(path.read_bytes()))
+        except (OSError, ValueError):
+            continue
+    return manifests

@@ -32,6 +32,7 @@ THUMB_SIDE = 240  # pixels, the longer side
 THUMB_QUALITY = 80
 GALLERY = "gallery"
 ORIGINAL = "__original__.jpg"
+PICTURES = (".png", ".jpg", ".webp")  # what --format writes
 SHOWN_PREDICTIONS = 3
 
 
@@ -127,7 +128,7 @@ def _card(sink: GallerySink, folders: list[tuple[Path, list[dict[str, Any]]]]) -
             if artifact["file"] in seen or not path.exists() or artifact["kind"] == "raw":
                 continue
             seen.add(artifact["file"])
-            thumb = _ensure_thumb(sink, path) if path.suffix == ".png" else None
+            thumb = _ensure_thumb(sink, path) if path.suffix in PICTURES else None
             outputs.append(
                 [
                     record["command"],
@@ -174,7 +175,7 @@ def _filters_cards(sink: GallerySink, root: Path) -> list[dict[str, Any]]:
                 _link(grid, root),
                 _link(_ensure_thumb(sink, grid), root),
             ]
-            for grid in sorted(model.glob("*.png"))
+            for grid in sorted(p for p in model.iterdir() if p.suffix in PICTURES)
         ]
         cards.append(
             {
