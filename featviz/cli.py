@@ -293,6 +293,8 @@ def sanity(
         "labels": "no classes are named",
         "seed": _STRUCTURE_ONLY,
         "device": "nothing runs for real",
+        "precision": "nothing runs for real",
+        "check_precision": "nothing runs for real",
         "resize": "shapes are for a square input",
     }
 )
@@ -342,6 +344,8 @@ def models(
     ignored={
         "labels": "kernels have no classes",
         "device": "kernels are read on the CPU",
+        "precision": "kernels are read as stored",
+        "check_precision": "kernels are read as stored",
         "input_size": "no image is fed",
         "resize": "no image is fed",
     }

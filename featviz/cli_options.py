@@ -28,6 +28,7 @@ from featviz.cam.registry import method_names
 from featviz.errors import UsageError
 from featviz.requests import DEFAULT_MAX_PIXELS, ModelRequest, OutputRequest, RunRequest
 from featviz.shards import Shard
+from featviz.sizes import parse_bytes
 
 MODEL_PANEL = "Model"
 INPUT_PANEL = "Input"
@@ -44,6 +45,12 @@ class Device(str, Enum):
     cpu = "cpu"
     cuda = "cuda"
     mps = "mps"
+
+
+class PrecisionChoice(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,13 @@ class Report:
 
 def _option(*names: str, panel: str, **kwargs: Any) -> Any:
     return typer.Option(*names, rich_help_panel=panel, **kwargs)
+
+
+def _parse_memory(text: str) -> int:
+    try:
+        return parse_bytes(text, what="--max-memory")
+    except UsageError as exc:
+        raise typer.BadParameter(f"{exc.message} ({exc.hint})") from None
 
 
 def _parse_shard(text: str) -> Shard:
@@ -170,6 +184,27 @@ _MODEL_OPTIONS: dict[str, tuple[Any, Any]] = {
         Annotated[Device, _option(panel=MODEL_PANEL, help="auto = cuda when available, else cpu.")],
         Device.auto,
     ),
+    "precision": (
+        Annotated[
+            PrecisionChoice,
+            _option(
+                panel=MODEL_PANEL,
+                help="The model's forwards under autocast: bf16 (CPU or CUDA) or fp16 (CUDA); "
+                "maps are still computed in float32.",
+            ),
+        ],
+        PrecisionChoice.fp32,
+    ),
+    "check_precision": (
+        Annotated[
+            bool,
+            _option(
+                panel=MODEL_PANEL,
+                help="Run the first batch in fp32 too and say how many top-1 classes changed.",
+            ),
+        ],
+        False,
+    ),
     "input_size": (
         Annotated[
             int | None,
@@ -244,6 +279,31 @@ _RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
             ),
         ],
         False,
+    ),
+    "max_memory": (
+        Annotated[
+            int,
+            _option(
+                panel=INPUT_PANEL,
+                metavar="SIZE",
+                parser=_parse_memory,
+                help="Memory for the images in flight (16 bytes a pixel; e.g. 8GB): large photos "
+                "then run a few at a time; one larger than this runs alone.",
+            ),
+        ],
+        "2GB",
+    ),
+    "workers": (
+        Annotated[
+            int | None,
+            _option(
+                min=1,
+                panel=INPUT_PANEL,
+                show_default="one per core, 2 to 32",
+                help="Threads that decode, and threads that encode and write.",
+            ),
+        ],
+        None,
     ),
     "shard": (
         Annotated[
@@ -399,6 +459,8 @@ def _model_request(values: dict[str, Any]) -> ModelRequest:
         labels=values["labels"],
         seed=values["seed"],
         device=values["device"].value,
+        precision=values["precision"].value,
+        check_precision=values["check_precision"],
         input_size=values["input_size"],
         resize=values["resize"].value,
     )
@@ -412,6 +474,8 @@ def _run_request(values: dict[str, Any]) -> RunRequest:
         batch_size=values["batch_size"],
         skip_existing=values["skip_existing"],
         shard=values["shard"],
+        max_memory=values["max_memory"],
+        workers=values["workers"],
     )
 
 

@@ -206,3 +206,14 @@ def _to_8bit_grey(image: Image.Image) -> Image.Image:
     values *= 255.0 / (high - low) if high > low else 0.0
     np.rint(values, out=values)
     return Image.fromarray(values.clip(0, 255, out=values).astype(np.uint8))
+
+
+def declared_pixels(path: str | os.PathLike[str]) -> int:
+    """The pixel count a file's header declares (nothing decoded), 0 when it cannot be read:
+    what the pipeline reserves memory for before decoding (decode() then says what is wrong)."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except Exception:  # anything at all: a bad file is decode()'s to report
+        return 0
+    return width * height

@@ -15,12 +15,15 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from featviz.decode import declared_pixels
 from featviz.errors import InputError
 from featviz.images import printable
 from featviz.interrupts import shielded
+from featviz.requests import DEFAULT_MAX_MEMORY
 
 if TYPE_CHECKING:
     import numpy as np
@@ -97,20 +100,45 @@ class PipelineStats:
     max_in_flight: int = 0
     batches: int = 0
     largest_batch: int = 0
+    reserved: int = 0  # bytes the images in flight are expected to take
+    max_reserved: int = 0
+    costs: dict[int, int] = field(default_factory=dict)  # id(source) → its bytes
 
-    def enter(self) -> None:
+    def enter(self, source: ImageSource, cost: int) -> None:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        self.costs[id(source)] = cost
+        self.reserved += cost
+        self.max_reserved = max(self.max_reserved, self.reserved)
 
-    def leave(self) -> None:
+    def leave(self, source: ImageSource) -> None:
         self.in_flight -= 1
+        self.reserved -= self.costs.pop(id(source), 0)
+
+    def admits(self, cost: int, budget: int) -> bool:
+        """Whether an image of ``cost`` bytes may start now: within the budget, or alone."""
+        return self.in_flight == 0 or self.reserved + cost <= budget
+
+
+# What one image in flight costs per pixel of the original, measured on 50-megapixel photos
+# through `featviz cam` (benchmarks/bench_memory.py): the decoded photo (3 bytes), its
+# full-resolution heatmap (4), the overlay (3), its PNG (~2) and the encoders' buffers.
+BYTES_PER_PIXEL = 16
 
 
 @dataclass
 class PipelineConfig:
+    """``max_memory``: the bytes the images in flight may take (BYTES_PER_PIXEL per pixel);
+    an image larger than that on its own still runs, alone."""
+
     batch_size: int = 8
     decode_workers: int = 2
     write_workers: int = 2
+    max_memory: int = DEFAULT_MAX_MEMORY
+    # The context each batch's model work runs in (autocast for --precision), and what runs
+    # first on the first batch (--check-precision).
+    compute: Callable[[], AbstractContextManager] = nullcontext
+    first_batch: Callable[[list[LoadedImage]], None] | None = None
 
     @property
     def max_in_flight(self) -> int:
@@ -137,16 +165,20 @@ def run(
     decode_ahead = config.batch_size + config.decode_workers
     write_ahead = config.batch_size + config.write_workers
     pending = iter(sources)
+    waiting: tuple[ImageSource, int] | None = None  # the next image, until memory admits it
     exhausted = False
 
     def dispatch(batch: list[LoadedImage]) -> Iterator[ImageResult]:
         stats.batches += 1
         stats.largest_batch = max(stats.largest_batch, len(batch))
         try:
-            tasks = job.process(batch)
+            with config.compute():
+                if stats.batches == 1 and config.first_batch is not None:
+                    config.first_batch(batch)
+                tasks = job.process(batch)
         except InputError as exc:  # about the batch: name each image, as decode errors do
             for item in batch:
-                stats.leave()
+                stats.leave(item.source)
                 yield ImageResult(item.source, error=f"{item.source.display}: {exc.message}")
             return
         for item, task in zip(batch, tasks):
@@ -156,7 +188,7 @@ def run(
     def drain_writes(keep: int) -> Iterator[ImageResult]:
         while writes and (len(writes) > keep or _finished(writes[0][1])):
             source, future = writes.popleft()
-            stats.leave()
+            stats.leave(source)
             yield _result_of(source, future)
 
     with (
@@ -171,15 +203,21 @@ def run(
                     and len(loads) < decode_ahead
                     and stats.in_flight < config.max_in_flight
                 ):
-                    source = next(pending, None)
-                    if source is None:
-                        exhausted = True
-                        break
-                    done = job.finished(source)
-                    if done is not None:
-                        yield done
-                        continue
-                    stats.enter()
+                    if waiting is None:
+                        source = next(pending, None)
+                        if source is None:
+                            exhausted = True
+                            break
+                        done = job.finished(source)
+                        if done is not None:
+                            yield done
+                            continue
+                        waiting = (source, BYTES_PER_PIXEL * declared_pixels(source.path))
+                    source, cost = waiting
+                    if not stats.admits(cost, config.max_memory):
+                        break  # it waits until images in flight have been written
+                    waiting = None
+                    stats.enter(source, cost)
                     with shielded():
                         loads.append((source, decoder.submit(job.load, source)))
                 if loads:
@@ -187,7 +225,7 @@ def run(
                     try:
                         item = future.result()
                     except InputError as exc:
-                        stats.leave()
+                        stats.leave(source)
                         yield ImageResult(source, error=exc.message)
                         continue
                     shape = tuple(item.tensor.shape)

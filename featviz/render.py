@@ -104,6 +104,9 @@ def channel_grid(
     return tile(enlarge(cells, enlarge_factor(*maps.shape[-2:], cell_size)), padding=padding)
 
 
+OVERLAY_BAND_ROWS = 256
+
+
 def overlay(image: np.ndarray, heatmap: np.ndarray, *, lut: np.ndarray, alpha: float) -> np.ndarray:
     """Blend a colour-mapped (H, W) heatmap in [0, 1] over an (H, W, 3) uint8 image.
 
@@ -113,6 +116,12 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, *, lut: np.ndarray, alpha: f
 
     if image.shape[:2] != heatmap.shape:
         raise ValueError(f"heatmap {heatmap.shape} does not match image {image.shape[:2]}")
-    colours = apply_colormap(heatmap, lut).astype(np.float32)
-    blended = (1.0 - alpha) * image.astype(np.float32) + alpha * colours
-    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    out = np.empty(image.shape, dtype=np.uint8)
+    # A band of rows at a time: the float temporaries then cost a band, not a whole photo
+    # (at 50 megapixels they were 40 bytes a pixel).
+    for top in range(0, image.shape[0], OVERLAY_BAND_ROWS):
+        rows = slice(top, top + OVERLAY_BAND_ROWS)
+        colours = apply_colormap(heatmap[rows], lut).astype(np.float32)
+        blended = (1.0 - alpha) * image[rows].astype(np.float32) + alpha * colours
+        out[rows] = np.clip(np.rint(blended), 0, 255)
+    return out

@@ -21,6 +21,7 @@ from featviz.shards import Shard
 ResizeMode = Literal["keep", "square"]
 ImageFormat = Literal["png", "jpg", "webp"]
 
+DEFAULT_MAX_MEMORY = 2 * 10**9  # --max-memory 2GB
 DEFAULT_MAX_PIXELS = 178_956_970
 """Pillow's own default refusal point (about 13,400 × 13,400; 537 MB as 8-bit RGB): it opens
 every photo a 108-megapixel phone takes, and refuses nothing Pillow would open by default."""
@@ -38,6 +39,8 @@ class ModelRequest:
     labels: str | None = None
     seed: int = 0
     device: str = "auto"
+    precision: str = "fp32"  # fp32 · bf16 · fp16: autocast around the model's forwards
+    check_precision: bool = False
     input_size: int | None = None
     resize: ResizeMode = "keep"
 
@@ -52,6 +55,8 @@ class RunRequest:
     batch_size: int | None = None
     skip_existing: bool = False
     shard: Shard | None = None
+    max_memory: int = DEFAULT_MAX_MEMORY  # bytes for the images in flight
+    workers: int | None = None  # decode and write threads each; None: one per core
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ everything here raises FeatvizError subclasses and never prints. What is resolve
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +47,7 @@ class PreparedRun:
     sources: Iterable[ImageSource]
     config: PipelineConfig
     total: int | None
+    notes: list[str] = field(default_factory=list)  # filled as it runs; the summary adds them
 
     def results(self) -> Iterator[ImageResult]:
         from featviz.pipeline import run
@@ -198,9 +199,11 @@ def _prepare(
 ) -> PreparedRun:
     from featviz.jobs import fingerprint
     from featviz.pipeline import PipelineConfig
+    from featviz.precision import PrecisionCheck, autocast_for
     from featviz.sinks import sinks_for
 
     batch_size = run.batch_size or (32 if loaded.device.type == "cuda" else 8)
+    workers = run.workers or default_workers()
     record = {
         "model": model_record(loaded),
         "request": {
@@ -209,7 +212,7 @@ def _prepare(
             "output": plain(output),
             "options": plain(options),
         },
-        "resolved": {**resolved, "batch_size": batch_size},
+        "resolved": {**resolved, "batch_size": batch_size, "workers": workers},
     }
     sinks = sinks_for(
         output,
@@ -221,6 +224,11 @@ def _prepare(
     job = make_job(
         model=loaded, sinks=sinks, max_pixels=run.max_pixels, skip_existing=run.skip_existing
     )
+    compute = autocast_for(model.precision, loaded.device)  # fp16 on a CPU: a usage error
+    notes: list[str] = []
+    check = None
+    if model.check_precision and model.precision != "fp32":
+        check = PrecisionCheck(loaded, model.precision, notes, record["resolved"])
     sinks.open()  # after the job checked its options: a typo leaves no folder behind
     return PreparedRun(
         command=command,
@@ -228,9 +236,33 @@ def _prepare(
         out=output.out,
         job=job,
         sources=sources,
-        config=PipelineConfig(batch_size=batch_size),
+        config=PipelineConfig(
+            batch_size=batch_size,
+            decode_workers=workers,
+            write_workers=workers,
+            max_memory=run.max_memory,
+            compute=compute,
+            first_batch=check,
+        ),
+        notes=notes,
         total=len(sources) if isinstance(sources, list) else None,
     )
+
+
+def _outputs_of(model: dict[str, Any]) -> dict[str, Any]:
+    """The model request's fields that change outputs, as records have always hashed them:
+    not whether precision is checked, and the precision only when it is not fp32."""
+    kept = {key: value for key, value in model.items() if key != "check_precision"}
+    if kept["precision"] == "fp32":
+        del kept["precision"]
+    return kept
+
+
+def default_workers() -> int:
+    """Decode (and write) threads: one per core this process may run on, 2 to 32."""
+    import os
+
+    return min(32, max(2, len(os.sched_getaffinity(0))))
 
 
 def _settings(
@@ -245,7 +277,7 @@ def _settings(
     settings = {
         "command": command,
         "model": {
-            **plain(model),
+            **_outputs_of(plain(model)),
             "weights": loaded.weights,
             "input_size": loaded.preprocessing.input_size,
             "device": None,

@@ -73,6 +73,8 @@ def _consume(run, *, json_lines: bool, quiet: bool) -> None:
             _emit(table)
     if not quiet:
         _print_err(tally.summary(printable(run.out), interrupted) + manifest)
+        for note in run.notes:
+            _print_err(f"Note: {note}")
     if interrupted:
         raise typer.Exit(143 if isinstance(stopped, Terminated) else 130)
     if stopped is not None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import gc
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path, PurePath
@@ -151,3 +153,54 @@ def test_a_run_stopped_inside_the_forward_leaves_no_hook(
     with pytest.raises(type(error)):
         list(replace(run, sources=many(photos, 0, 16)).results())
     assert hooks_left(run.model.module) == []
+
+
+def test_images_are_admitted_by_their_pixels_within_the_budget(
+    photos: list[Path], tmp_path: Path
+) -> None:
+    """At 16 bytes a pixel, 1 MB holds two 200×150 photos at once, never three; a photo
+    larger than the whole budget still runs, on its own."""
+    run = prepare("cam")
+    sizes = [(200, 150)] * 7 + [(400, 300)] + [(200, 150)] * 4
+    paths = []
+    for index, size in enumerate(sizes):
+        path = tmp_path / f"big{index}.png"
+        Image.new("RGB", size, (index * 20, 90, 40)).save(path)
+        paths.append(path)
+    sources = [ImageSource(path=p, relative=PurePath(p.stem), display=p.name) for p in paths]
+    stats = PipelineStats()
+    config = replace(run.config, max_memory=10**6)
+    results = list(run_pipeline(run.job, sources, config, stats))
+    assert [result.error for result in results] == [None] * len(sizes)
+    assert stats.max_in_flight == 2
+    lone = 16 * 400 * 300  # 1.92 MB: over the budget, admitted only with nothing in flight
+    assert stats.max_reserved == lone and stats.reserved == 0 and stats.costs == {}
+    unbounded = PipelineStats()
+    list(run_pipeline(run.job, sources, replace(run.config, max_memory=10**12), unbounded))
+    assert unbounded.max_in_flight > 2  # the count cap alone lets more in
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux")
+def test_a_large_photo_costs_about_16_bytes_a_pixel_at_its_peak(tmp_path: Path) -> None:
+    """Peak RSS of whole `featviz cam` processes: a 24-megapixel photo against a tiny one, the
+    difference per pixel (before the band-wise overlay and in-place heatmap: about 60)."""
+    (tmp_path / "tiny_model.py").write_text(TINY_MODEL_SOURCE)
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    Image.fromarray(small).save(tmp_path / "small.jpg")
+    large = np.kron(rng.integers(0, 256, (75, 100, 3), dtype=np.uint8), np.ones((56, 56, 1)))
+    Image.fromarray(large.astype(np.uint8)).save(tmp_path / "large.jpg", quality=85)
+    pixels = large.shape[0] * large.shape[1]
+
+    def peak(name: str) -> int:
+        command = [
+            sys.executable, "-m", "featviz", "cam", "-m", "tiny_model.py:build", "-q",
+            "--input-size", "64", name, "-o", f"out-{name}",
+        ]  # fmt: skip
+        process = subprocess.Popen(command, cwd=tmp_path)
+        _, status, usage = os.wait4(process.pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        return usage.ru_maxrss * 1024
+
+    per_pixel = (peak("large.jpg") - peak("small.jpg")) / pixels
+    assert per_pixel < 20, f"{per_pixel:.1f} bytes a pixel"

@@ -103,7 +103,13 @@ def heatmap(layer_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """One (h, w) map at layer resolution → the (H, W) heatmap in [0, 1] over an image of
     ``size`` = (H, W): upsampled bilinearly first, then normalised, so the colours use the
     whole range at the image's own resolution."""
-    return normalise(upsample(layer_map[None], size))[0]
+    # In place: at a photo's full resolution each temporary would cost 4 bytes a pixel.
+    values = upsample(layer_map[None], size)[0].clamp_(min=0)
+    low, high = values.min(), values.max()
+    span = high - low
+    if span == 0:
+        return values.zero_()
+    return values.sub_(low).div_(span)
 
 
 def fuse(heatmaps: list[torch.Tensor]) -> torch.Tensor:
