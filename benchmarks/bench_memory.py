@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> None:
             seconds, peak = peak_of(command, env)
             verdict = ""
             if goal:
-                verdict = f"≤ {GOALS[goal] / 1e9:.0f} GB: {'met' if peak <= GOALS[goal] else 'MISSED'}"
+                met = "met" if peak <= GOALS[goal] else "MISSED"
+                verdict = f"≤ {GOALS[goal] / 1e9:.0f} GB: {met}"
             rows.append([name, f"{seconds:.1f}", f"{peak / 1e9:.2f}", verdict])
         print(table(["featviz cam -m alexnet", "s", "peak RSS GB", "goal"], rows))
     finally:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from featviz.requests import CamRequest
 
 FUSED = "fused"
+OUTLINE = (255, 255, 255)  # the border of a segmentation's class region on its overlay
 
 
 @dataclass(kw_only=True)
@@ -84,7 +85,7 @@ class CamJob(ExplainingJob):
     def _artifacts(
         self, item: LoadedImage, entry: ExplainedMap, heatmap: torch.Tensor
     ) -> list[Artifact]:
-        from featviz.render import apply_colormap, overlay
+        from featviz.render import apply_colormap, outline, overlay
 
         values = heatmap.numpy()
         where = {
@@ -94,6 +95,8 @@ class CamJob(ExplainingJob):
             "caption": entry.caption,
         }
         pixels = overlay(item.original, values, lut=self.lut, alpha=self.request.alpha)
+        if entry.region is not None:  # what a segmentation model assigned to the class
+            pixels[outline(entry.region.numpy(), pixels.shape[:2])] = OUTLINE
         artifacts = [Artifact("cam", "overlay", pixels=pixels, **where)]
         if self.request.heatmap:
             artifacts.append(

@@ -11,7 +11,7 @@ forwards.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from featviz.cam.registry import ATTENTION
@@ -46,6 +46,8 @@ class ExplainedMap:
     index: int | None
     caption: str
     layer_cam: torch.Tensor | None  # None for a fusion of layers, which has no single layer
+    # A segmentation model's pixels of this class, (h, w) bool at the model's input size.
+    region: torch.Tensor | None = None
 
 
 @dataclass
@@ -150,7 +152,11 @@ class Explainer:
                 "head, as torchvision's ViTs have with --weights none?): their maps are zeros",
                 stacklevel=1,
             )
-        probabilities = scores.softmax(dim=1)
+        task = self.model.task
+        # What ranks the targets and is shown beside them: the class probabilities, or what
+        # the task's latest forward (this one) showed (a segmentation's pixel shares).
+        probabilities = task.latest.shown if task else scores.softmax(dim=1)
+        regions = task.latest.regions if task else None
         # One ranking for the targets and the predictions shown: ties break the same way.
         ranked = probabilities.topk(
             min(max(SHOWN_PREDICTIONS, self.top_k), probabilities.shape[1]), dim=1
@@ -172,11 +178,12 @@ class Explainer:
                             f"{method.name}'s map at layer '{layer}' is {nan_or_infinite(maps[i])}",
                         )
                     for i in range(n):
-                        per_image[i].append(
-                            self._entry(
-                                method, layer, int(targets[i, column]), probabilities[i], maps[i]
-                            )
+                        entry = self._entry(
+                            method, layer, int(targets[i, column]), probabilities[i], maps[i]
                         )
+                        if regions is not None and entry.index is not None:
+                            entry = replace(entry, region=(regions[i] == entry.index).cpu())
+                        per_image[i].append(entry)
         predictions = [
             [
                 Prediction(int(index), self.model.label(int(index)), float(p))

@@ -44,10 +44,11 @@ class LayerInfo:
 class ModelTrace:
     """All modules of a model, in ``named_modules`` order, with their traced outputs.
 
-    ``num_classes``: the width of the model's (N, classes) scores, None when its output is not
-    one (see scores.logits_of). ``input_hw``: the traced input size. ``size_step``: the model
-    also runs at the traced height × (width + step), so at multiples of ``size_step`` (any size
-    when it is tracing.FREE_STEP); None: at the traced size only. ``attention_inputs``: for each
+    ``num_classes``: the width of the model's (N, classes) scores (of its per-pixel logits for
+    a segmentation model), None when its output is not one (see scores.logits_of).
+    ``input_hw``: the traced input size. ``size_step``: the model also runs at the traced
+    height × (width + step), so at multiples of ``size_step`` (any size when it is
+    tracing.FREE_STEP); None: at the traced size only. ``attention_inputs``: for each
     attention module call, in order, the module whose output it read.
     """
 
@@ -56,6 +57,7 @@ class ModelTrace:
     input_hw: tuple[int, int]
     size_step: int | None
     attention_inputs: tuple[str, ...]
+    segmentation: bool = False  # the output is (N, classes, H, W) logits (featviz.tasks)
 
     def get(self, name: str) -> LayerInfo:
         return next(layer for layer in self.layers if layer.name == name)
@@ -117,6 +119,8 @@ class ModelTrace:
                 "to compute a CAM on",
                 hint="`featviz layers --model MODEL` shows what it has",
             )
+        if self.segmentation:
+            return _segmentation_layer(usable, self.num_classes)
         last = usable[-1]
         reads_class = bool(last.layout.prefix) if class_token is None else class_token
         if last.layout.kind == "tokens" and reads_class and self.attention_inputs:
@@ -124,6 +128,21 @@ class ModelTrace:
             if feeding.spatial:
                 return feeding.name
         return last.name
+
+
+def _segmentation_layer(usable: list[LayerInfo], classes: int | None) -> str:
+    """A segmentation model's default: the end of its encoder, where pytorch-grad-cam's
+    tutorial taps torchvision's models: the last layer of a ``backbone`` when there is one,
+    else the last layer at the coarsest resolution (before a decoder upsamples) that is not
+    the per-pixel logits."""
+    backbone = [layer for layer in usable if layer.name.startswith("backbone.")]
+    if backbone:
+        return backbone[-1].name
+    coarsest = min(layer.grid[0] * layer.grid[1] for layer in usable)
+    deepest = [layer for layer in usable if layer.grid[0] * layer.grid[1] == coarsest]
+    # Not the per-pixel logits themselves (as many channels as classes): features before them.
+    features = [layer for layer in deepest if layer.shape and layer.shape[1] != classes]
+    return (features or deepest)[-1].name
 
 
 def resolve_layers(trace: ModelTrace, patterns: list[str], *, spatial_only: bool) -> list[str]:

@@ -16,6 +16,7 @@ from featviz import model_cache
 from featviz.errors import UsageError
 from featviz.preprocess import Preprocessing
 from featviz.sources import source_for
+from featviz.tasks import SegmentationTask
 
 if TYPE_CHECKING:
     import torch
@@ -45,6 +46,7 @@ class LoadedModel:
     channels_last: bool
     trace: ModelTrace
     class_token: bool | None = None
+    task: SegmentationTask | None = None  # None: a classifier (featviz.tasks)
 
     @property
     def num_classes(self) -> int | None:
@@ -105,6 +107,11 @@ def _build(request: ModelRequest, structure_only: bool) -> LoadedModel:
             f"--input-size {size}: {exc.message}",
             hint=f"the model's own size is {built.input_size}: leave --input-size out",
         ) from exc
+    task = None
+    if trace.segmentation:
+        # Its output becomes (N, classes) scores for everything downstream (featviz.tasks).
+        task = SegmentationTask()
+        module.register_forward_hook(task)
     preprocessing = Preprocessing(
         mean=built.mean,
         std=built.std,
@@ -127,6 +134,7 @@ def _build(request: ModelRequest, structure_only: bool) -> LoadedModel:
         channels_last=channels_last,
         trace=trace,
         class_token=built.class_token,
+        task=task,
     )
 
 

@@ -125,3 +125,19 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, *, lut: np.ndarray, alpha: f
         blended = (1.0 - alpha) * image[rows].astype(np.float32) + alpha * colours
         out[rows] = np.clip(np.rint(blended), 0, 255)
     return out
+
+
+def outline(region: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The border of a (h, w) bool ``region`` (a segmentation's pixels of one class at the
+    model's input size) as an (H, W) bool mask over the original image of ``size``: one
+    input pixel thick, so it scales with the photo as the map does."""
+    import numpy as np
+
+    inside = np.pad(region, 1, mode="edge")
+    eroded = inside[1:-1, 1:-1] & inside[:-2, 1:-1] & inside[2:, 1:-1]
+    eroded &= inside[1:-1, :-2] & inside[1:-1, 2:]
+    border = region & ~eroded
+    height, width = size
+    rows = np.minimum((np.arange(height) + 0.5) * region.shape[0] / height, region.shape[0] - 1)
+    cols = np.minimum((np.arange(width) + 0.5) * region.shape[1] / width, region.shape[1] - 1)
+    return border[rows.astype(np.intp)][:, cols.astype(np.intp)]

@@ -320,11 +320,11 @@ def list_models(
         from featviz.sources.timm_models import timm_models
 
         return timm_models(name_filter)
-    from featviz.sources.torchvision_models import classification_models, model_weights_names
+    from featviz.sources.torchvision_models import model_weights_names, torchvision_models
 
     names = [
         name
-        for name in classification_models()
+        for name in torchvision_models()
         if not name_filter or name_filter.lower() in name.lower()
     ]
     return [(name, model_weights_names(name)) for name in names]

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from featviz.errors import RunError, first_line
 from featviz.layers import LayerInfo, ModelTrace
 from featviz.layouts import detect
+from featviz.tasks import segmentation_logits
 
 if TYPE_CHECKING:
     from torch import nn
@@ -84,12 +85,14 @@ def trace_model(model: nn.Module, input_shape: tuple[int, ...]) -> ModelTrace:
                 grid=None if layout is None else layout.grid(shape, (height, width)),
             )
         )
+    segmentation = segmentation_logits(output)
     return ModelTrace(
         layers=tuple(layers),
-        num_classes=_classes_of(output),
+        num_classes=_classes_of(output) if segmentation is None else segmentation.shape[1],
         input_hw=(height, width),
         size_step=step,
         attention_inputs=tuple(recording.attention_inputs),
+        segmentation=segmentation is not None,
     )
 
 

@@ -256,11 +256,13 @@ def test_layers_and_models_commands() -> None:
     assert "512×7×7" in line and "← default cam layer" in line
     models = invoke("models", "resnet1")
     assert models.exit_code == 0
-    assert models.stdout.splitlines()[1:] == [
-        "resnet101         IMAGENET1K_V1, IMAGENET1K_V2",
-        "resnet152         IMAGENET1K_V1, IMAGENET1K_V2",
-        "resnet18          IMAGENET1K_V1",
-        "wide_resnet101_2  IMAGENET1K_V1, IMAGENET1K_V2",
+    assert models.stdout.splitlines()[1:] == [  # the segmentation models too
+        "deeplabv3_resnet101  COCO_WITH_VOC_LABELS_V1",
+        "fcn_resnet101        COCO_WITH_VOC_LABELS_V1",
+        "resnet101            IMAGENET1K_V1, IMAGENET1K_V2",
+        "resnet152            IMAGENET1K_V1, IMAGENET1K_V2",
+        "resnet18             IMAGENET1K_V1",
+        "wide_resnet101_2     IMAGENET1K_V1, IMAGENET1K_V2",
     ]
 
 

@@ -114,7 +114,7 @@ class FileSink:
         data = manifest(self.command, self.run_record, end.tally, end.interrupted)
         if end.outputs:
             data["outputs"] = end.outputs  # the run's own files: score.csv, score.png, …
-        shard = data["request"]["run"].get("shard")
+        shard = data["request"].get("run", {}).get("shard")  # filters read no images
         own = self.layout.run_manifest(self.started, self.command, shard)
         write_atomic(own, encode_json(data))
         runs = sorted(own.parent.glob("*.json"))

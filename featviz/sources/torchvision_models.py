@@ -31,6 +31,18 @@ def classification_models() -> list[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
+def segmentation_models() -> list[str]:
+    """Names of torchvision's semantic-segmentation models (fcn_*, deeplabv3_*, lraspp_*)."""
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models.segmentation))
+
+
+def torchvision_models() -> list[str]:
+    """Every model --model takes by name: the classifiers and the segmenters."""
+    return sorted(classification_models() + segmentation_models())
+
+
 def model_weights_names(name: str) -> list[str]:
     import torchvision
 
@@ -49,7 +61,7 @@ class TorchvisionSource:
         import torchvision
 
         name = request.spec
-        available = classification_models()
+        available = torchvision_models()
         if name not in available:
             near = closest(name, available)
             raise UsageError(
@@ -61,6 +73,10 @@ class TorchvisionSource:
         kwargs: dict[str, Any] = {}
         if request.num_classes is not None:
             kwargs["num_classes"] = request.num_classes
+        if name in segmentation_models():
+            # Its builder would fetch an ImageNet backbone by default: --weights none means
+            # nothing is downloaded, and pretrained weights hold the backbone's already.
+            kwargs["weights_backbone"] = None
         weights_enum = None
         if structure_only:
             with parameters_on_meta():
@@ -78,7 +94,9 @@ class TorchvisionSource:
         else:
             weights_enum = _weights_enum(name, request.weights)
             state = _pretrained_state(weights_enum)
-            model = _build_on_meta(lambda: builder(weights=weights_enum), weights_enum, state)
+            model = _build_on_meta(
+                lambda: builder(weights=weights_enum, **kwargs), weights_enum, state
+            )
             load_into(model, state, f"the {weights_enum} weights")
             described = str(weights_enum.name)
 
@@ -92,7 +110,7 @@ class TorchvisionSource:
             std=tuple(transforms.std),
             # The size the architecture was built for (a ViT asserts it): vit_h_14's default
             # weights are for 518, the same builder without them makes a 224 model.
-            input_size=int(getattr(model, "image_size", transforms.crop_size[0])),
+            input_size=int(getattr(model, "image_size", None) or _preset_size(transforms)),
             categories=list(meta_source.meta["categories"]),
             categories_from=f"the {meta_source} weights",
             # Channels-last convolutions run ~20% faster on CPU (oneDNN's native layout;
@@ -100,6 +118,13 @@ class TorchvisionSource:
             # float rounding.
             fixed_layout=False,
         )
+
+
+def _preset_size(transforms: Any) -> int:
+    """The size the weights' preprocessing feeds: a classifier's crop, a segmenter's resize
+    (its shorter side, 520 for the VOC weights)."""
+    size = getattr(transforms, "crop_size", None) or transforms.resize_size
+    return size[0]
 
 
 def _weights_enum(name: str, weights: str) -> Any:
