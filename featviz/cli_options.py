@@ -63,6 +63,7 @@ class Explaining:
     targets: tuple[str, ...]
     top_k: int
     cam_batch_size: int
+    target_fn: str | None
 
     def fields(self, default_methods: tuple[str, ...]) -> dict[str, Any]:
         """The keyword arguments of an ExplainRequest subclass."""
@@ -72,6 +73,7 @@ class Explaining:
             "targets": self.targets,
             "top_k": self.top_k,
             "cam_batch_size": self.cam_batch_size,
+            "target_fn": self.target_fn,
         }
 
 
@@ -421,6 +423,19 @@ _EXPLAIN_OPTIONS: dict[str, tuple[Any, Any]] = {
         ],
         32,
     ),
+    "target_fn": (
+        Annotated[
+            str | None,
+            typer.Option(
+                metavar="FILE.py:FN",
+                show_default="the classes",
+                help="Your own score to explain: FN(output) → one value per image, from the "
+                "model's raw output (a tensor, tuple, dict or object); FILE.py:FN or "
+                "package.module:FN. Replaces --target and --top-k.",
+            ),
+        ],
+        None,
+    ),
 }
 
 _REPORT_OPTIONS: dict[str, tuple[Any, Any]] = {
@@ -497,6 +512,7 @@ def _explaining(values: dict[str, Any]) -> Explaining:
         targets=tuple(values["target"] or ()),
         top_k=values["top_k"],
         cam_batch_size=values["cam_batch_size"],
+        target_fn=values["target_fn"],
     )
 
 

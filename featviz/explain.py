@@ -146,7 +146,8 @@ class Explainer:
             i: f"the model's scores are {nan_or_infinite(scores[i])}: there is nothing to explain"
             for i in not_finite(scores).nonzero().flatten().tolist()
         }
-        if module is None and bool((scores.amax(dim=1) == scores.amin(dim=1)).any()):
+        flat = scores.shape[1] > 1 and bool((scores.amax(dim=1) == scores.amin(dim=1)).any())
+        if module is None and flat:
             warnings.warn(
                 "the model gives every class the same score on some images (a zero-initialised "
                 "head, as torchvision's ViTs have with --weights none?): their maps are zeros",

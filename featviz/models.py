@@ -19,6 +19,9 @@ from featviz.sources import source_for
 from featviz.tasks import SegmentationTask
 
 if TYPE_CHECKING:
+    from featviz.tasks import TargetFnTask
+
+if TYPE_CHECKING:
     import torch
     from torch import nn
 
@@ -46,7 +49,7 @@ class LoadedModel:
     channels_last: bool
     trace: ModelTrace
     class_token: bool | None = None
-    task: SegmentationTask | None = None  # None: a classifier (featviz.tasks)
+    task: SegmentationTask | TargetFnTask | None = None  # None: a classifier (featviz.tasks)
 
     @property
     def num_classes(self) -> int | None:

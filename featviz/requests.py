@@ -93,6 +93,7 @@ class ExplainRequest:
     targets: tuple[str, ...] = ()  # class indices or names as typed; empty → the top-k
     top_k: int = 1
     cam_batch_size: int = 32
+    target_fn: str | None = None  # FILE.py:fn or pkg.mod:fn: the score instead of the classes
 
 
 @dataclass(frozen=True)

@@ -142,6 +142,8 @@ def prepare_explaining(
 
     sources = _discover(run)
     loaded = load_model(model)
+    if request.target_fn is not None:
+        loaded = _with_target_fn(command, loaded, request)
     layers = (
         resolve_layers(loaded.trace, list(request.layers), spatial_only=True)
         if request.layers
@@ -167,6 +169,23 @@ def prepare_explaining(
         loaded,
         lambda **common: job_type(request=request, layers=layers, targets=targets, **common),
     )
+
+
+def _with_target_fn(command: str, loaded: LoadedModel, request: ExplainRequest) -> LoadedModel:
+    from featviz.tasks import with_target_fn
+
+    if command == "score":
+        raise UsageError(
+            "--target-fn: score measures how class probabilities move; a score of your own "
+            "has none",
+            hint="explain it with cam or compare",
+        )
+    if request.targets or request.top_k != 1:
+        raise UsageError(
+            "--target-fn replaces the classes: it cannot go with --target or --top-k",
+            hint="leave --target and --top-k out",
+        )
+    return with_target_fn(loaded, request.target_fn)
 
 
 def _discover(run: RunRequest) -> Iterable[ImageSource]:

@@ -7,16 +7,14 @@ inputs and classes (``LABELS`` = "imagenet" or a list of names, ``INPUT_SIZE``, 
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import warnings
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from featviz.checkpoints import load_into, read_state_dict
 from featviz.errors import RunError, UsageError
 from featviz.sources import IMAGENET_MEAN, IMAGENET_STD, BuiltModel
 from featviz.sources.meta import parameters_on_meta
+from featviz.user_code import import_callable
 
 if TYPE_CHECKING:
     from featviz.requests import ModelRequest
@@ -27,11 +25,7 @@ class FactorySource:
         from torch import nn
 
         spec = request.spec
-        location, _, attribute = spec.rpartition(":")
-        source = _import_location(location, spec)
-        factory = getattr(source, attribute, None)
-        if factory is None or not callable(factory):
-            raise UsageError(f"--model {spec}: '{location}' has no callable '{attribute}'")
+        factory, source, _ = import_callable(spec, f"--model {spec}")
         kwargs = {} if request.num_classes is None else {"num_classes": request.num_classes}
         model = _structure(factory, kwargs) if structure_only else None
         if model is None:
@@ -65,7 +59,7 @@ class FactorySource:
             std=tuple(getattr(source, "STD", IMAGENET_STD)),
             input_size=int(getattr(source, "INPUT_SIZE", 224)),
             categories=list(labels) if labels is not None else None,
-            categories_from=f"LABELS in {location}",
+            categories_from=f"LABELS in {spec.rpartition(':')[0]}",
             categories_given=True,
         )
 
@@ -81,23 +75,3 @@ def _structure(factory: Any, kwargs: dict[str, Any]) -> Any:
             return factory(**kwargs)
     except Exception:
         return None
-
-
-def _import_location(location: str, spec: str) -> Any:
-    if location.endswith(".py") or "/" in location or "\\" in location:
-        path = Path(location)
-        if not path.is_file():
-            raise UsageError(f"--model {spec}: file '{location}' does not exist")
-        module_spec = importlib.util.spec_from_file_location(f"featviz_user_{path.stem}", path)
-        module = importlib.util.module_from_spec(module_spec)
-        try:
-            module_spec.loader.exec_module(module)
-        except Exception as exc:
-            raise RunError(
-                f"--model {spec}: importing '{location}' failed: {type(exc).__name__}: {exc}"
-            ) from exc
-        return module
-    try:
-        return importlib.import_module(location)
-    except ImportError as exc:
-        raise UsageError(f"--model {spec}: cannot import '{location}' ({exc})") from exc
