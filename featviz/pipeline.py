@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from featviz.decode import declared_pixels
 from featviz.errors import InputError
+from featviz.heap import return_freed_memory
 from featviz.images import printable
 from featviz.interrupts import shielded
 from featviz.requests import DEFAULT_MAX_MEMORY
@@ -124,6 +125,7 @@ class PipelineStats:
 # through `featviz cam` (benchmarks/bench_memory.py): the decoded photo (3 bytes), its
 # full-resolution heatmap (4), the overlay (3), its PNG (~2) and the encoders' buffers.
 BYTES_PER_PIXEL = 16
+LARGE_IMAGE_BYTES = BYTES_PER_PIXEL * 4_000_000  # from 4 megapixels on, heaps are trimmed after
 
 
 @dataclass
@@ -188,6 +190,8 @@ def run(
     def drain_writes(keep: int) -> Iterator[ImageResult]:
         while writes and (len(writes) > keep or _finished(writes[0][1])):
             source, future = writes.popleft()
+            if stats.costs.get(id(source), 0) >= LARGE_IMAGE_BYTES:
+                return_freed_memory()  # its buffers were freed in the writer threads' heaps
             stats.leave(source)
             yield _result_of(source, future)
 

@@ -15,7 +15,6 @@ its log file.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import os
 import queue
@@ -29,6 +28,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
+from featviz.heap import return_freed_memory
 from featviz.sizes import parse_bytes
 from featviz.worker import protocol
 from featviz.worker.place import (
@@ -116,7 +116,7 @@ class Worker:
             with contextlib.suppress(OSError):
                 protocol.send(call.conn, outcome)
         call.conn.close()
-        _return_memory()
+        return_freed_memory()
 
     def _command(self, call: Call) -> dict[str, Any] | None:
         """The call's outcome for its caller: ``exit`` or ``signal`` once it has run,
@@ -259,12 +259,6 @@ def _close(fds: list[int]) -> None:
     for fd in fds:
         with contextlib.suppress(OSError):
             os.close(fd)
-
-
-def _return_memory() -> None:
-    """Give the freed heap of a large call back to the system (glibc keeps it otherwise)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _rss_bytes() -> int | None:
