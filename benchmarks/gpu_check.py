@@ -152,7 +152,7 @@ def torchcam_rate(device: str, photos: list[Path], out: Path) -> float:
             scores = model(tensor.unsqueeze(0))
             [activation] = extractor(int(scores.squeeze(0).argmax()), scores)
             picture = overlay_mask(
-                to_pil_image(image), to_pil_image(activation.squeeze(0).cpu(), mode="F"), 0.5
+                to_pil_image(image), to_pil_image(activation.squeeze(0).cpu(), mode="F"), alpha=0.5
             )
             picture.save(out / f"{path.stem}.png")
     if device == "cuda":
