@@ -261,3 +261,9 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 def say(text: str) -> None:
     """Progress on stderr, results on stdout: ``> results.md`` keeps only the tables."""
     print(text, file=sys.stderr, flush=True)
+
+
+def featviz_command() -> list[str]:
+    """The ``featviz`` console script of this Python, or ``python -m featviz``."""
+    script = Path(sys.executable).with_name("featviz")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "featviz"]

@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -56,6 +55,7 @@ import whatif
 from _common import (
     TIMES_NOTE,
     Run,
+    featviz_command,
     machine_line,
     make_photos,
     round_robin,
@@ -232,11 +232,6 @@ def run_featviz(run) -> list[int]:
     if failed:
         raise RuntimeError(f"featviz failed on {len(failed)} images: {failed[0]}")
     return [r.predictions[0].index for r in results]
-
-
-def featviz_command() -> list[str]:
-    script = Path(sys.executable).with_name("featviz")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "featviz"]
 
 
 def run_cli(model: str, layer: str, folder: Path, out: Path) -> None:

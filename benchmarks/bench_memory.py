@@ -25,15 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import machine_line, make_photos, say, table
+from _common import featviz_command, machine_line, make_photos, say, table
 
 GOALS = {"photos": 3e9, "largest": 4e9}
 LARGEST_SIDE = 13_376  # 13,376² = 178,917,376 ≤ Pillow's (and featviz's) default limit
-
-
-def featviz_command() -> list[str]:
-    script = Path(sys.executable).with_name("featviz")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "featviz"]
 
 
 def peak_of(command: list[str], env: dict[str, str]) -> tuple[float, int]:

@@ -32,6 +32,7 @@ from pathlib import Path
 from _common import (
     QUIET,
     TIMES_NOTE,
+    featviz_command,
     machine_line,
     make_photos,
     round_robin,
@@ -101,11 +102,6 @@ mark("(for scale) resnet50 built on the meta device: no init")
 for (_, before), (name, after) in zip(marks, marks[1:]):
     print(f"{after - before:.3f} {name}")
 """
-
-
-def featviz_command() -> list[str]:
-    script = Path(sys.executable).with_name("featviz")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "featviz"]
 
 
 def main(argv: list[str] | None = None) -> None:

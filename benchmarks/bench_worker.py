@@ -28,16 +28,20 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import TIMES_NOTE, machine_line, make_photos, round_robin, runs_text, say, table
+from _common import (
+    TIMES_NOTE,
+    featviz_command,
+    machine_line,
+    make_photos,
+    round_robin,
+    runs_text,
+    say,
+    table,
+)
 from _common import typical as typical_of
 
 MODELS = ("alexnet", "resnet50")
 LOOP_MODEL = "alexnet"
-
-
-def featviz_command() -> list[str]:
-    script = Path(sys.executable).with_name("featviz")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "featviz"]
 
 
 def main(argv: list[str] | None = None) -> None:
