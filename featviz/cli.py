@@ -446,8 +446,14 @@ def worker_status(
 
 
 def _worker_place():
+    from featviz.worker.client import SUPPORTED
     from featviz.worker.place import UnsafeFolder, place
 
+    if not SUPPORTED:
+        raise FeatvizError(
+            "the warm worker needs Linux (it checks each caller's user with SO_PEERCRED)",
+            hint="featviz runs the same without it",
+        )
     try:
         return place()
     except UnsafeFolder as exc:
@@ -470,7 +476,7 @@ def run_command(args: list[str], prog_name: str | None = None) -> int:
     """Run one command line to its end and return its exit code, stdout and stderr flushed:
     the console script's and the warm worker's way in."""
     try:
-        _click_command().main(args=args, prog_name=prog_name)
+        click_command().main(args=args, prog_name=prog_name)
         code = 0
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
@@ -482,6 +488,6 @@ def run_command(args: list[str], prog_name: str | None = None) -> int:
 
 
 @functools.cache
-def _click_command() -> TyperGroup:
+def click_command() -> TyperGroup:
     """Typer builds the click command anew on every ``app()``; a worker builds it once."""
     return typer.main.get_command(app)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,6 +53,8 @@ class ModelCache:
     def __init__(self, budget: int) -> None:
         self.budget = budget
         self.entries: OrderedDict[tuple, Entry] = OrderedDict()
+        # The worker's status answers from another thread while a call loads.
+        self.lock = threading.Lock()
 
     @property
     def nbytes(self) -> int:
@@ -64,22 +67,27 @@ class ModelCache:
         build: Callable[[], LoadedModel],
     ) -> LoadedModel:
         key = cache_key(request, structure_only)
-        entry = self.entries.get(key)
+        with self.lock:
+            entry = self.entries.get(key)
+            if entry is not None:
+                self.entries.move_to_end(key)
+                entry.uses += 1
         if entry is not None:
-            self.entries.move_to_end(key)
-            entry.uses += 1
             _set_rng(entry.rng)
             return entry.loaded
         loaded = build()
         entry = Entry(loaded, _model_bytes(loaded), _get_rng(), uses=1)
         if entry.nbytes <= self.budget:
-            self.entries[key] = entry
-            while self.nbytes > self.budget:
-                self.entries.popitem(last=False)
+            with self.lock:
+                self.entries[key] = entry
+                while self.nbytes > self.budget:
+                    self.entries.popitem(last=False)
         return loaded
 
     def describe(self) -> list[dict[str, Any]]:
         """The kept models, least recently used first (``featviz worker status``)."""
+        with self.lock:
+            entries = list(self.entries.values())
         return [
             {
                 "model": entry.loaded.name,
@@ -88,7 +96,7 @@ class ModelCache:
                 "bytes": entry.nbytes,
                 "uses": entry.uses,
             }
-            for entry in self.entries.values()
+            for entry in entries
         ]
 
 

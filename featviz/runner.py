@@ -279,9 +279,9 @@ def _outputs_of(model: dict[str, Any]) -> dict[str, Any]:
 
 def default_workers() -> int:
     """Decode (and write) threads: one per core this process may run on, 2 to 32."""
-    import os
+    from featviz.worker.place import usable_cpus
 
-    return min(32, max(2, len(os.sched_getaffinity(0))))
+    return min(32, max(2, len(usable_cpus())))
 
 
 def _settings(

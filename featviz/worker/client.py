@@ -20,6 +20,8 @@ from featviz.worker import protocol
 from featviz.worker.place import MODE_ENV, Place, UnsafeFolder, code_version, place
 
 MODES = ("on", "auto", "off")
+# The worker checks its callers' uid with SO_PEERCRED, which only Linux has.
+SUPPORTED = sys.platform.startswith("linux") and hasattr(socket, "SO_PEERCRED")
 # Commands that never touch torch gain nothing from the worker; help texts stay in-process.
 _IN_PROCESS = {"worker", "--help", "-h", "--version"}
 
@@ -28,6 +30,8 @@ def delegate(argv: list[str]) -> int | None:
     """The exit code of ``argv`` run by the worker, or None: run it in this process."""
     mode = _mode()
     if mode == "off" or not argv[1:] or _IN_PROCESS.intersection(argv[1:]):
+        return None
+    if not SUPPORTED:
         return None
     if None in _streams():  # a closed descriptor cannot be passed on
         return None

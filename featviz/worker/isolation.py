@@ -133,7 +133,8 @@ def _imports() -> Iterator[None]:
     finally:
         sys.path[:] = path
         for name in set(sys.modules) - modules:
-            if not _is_library(sys.modules[name]):
+            module = sys.modules.get(name)
+            if module is not None and not _is_library(module):
                 del sys.modules[name]
 
 

@@ -97,8 +97,15 @@ def environment_key() -> str:
     """What a worker must share with its callers to answer as a fresh process would."""
     parts = [sys.executable, sys.prefix, sys.getfilesystemencoding()]
     parts += [f"{name}={os.environ.get(name, '')}" for name in START_TIME_ENV]
-    parts.append(",".join(map(str, sorted(os.sched_getaffinity(0)))))
+    parts.append(",".join(map(str, sorted(usable_cpus()))))
     return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogateescape")).hexdigest()[:12]
+
+
+def usable_cpus() -> set[int]:
+    """The CPUs this process may run on (its affinity, where the system has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return os.sched_getaffinity(0)
+    return set(range(os.cpu_count() or 1))
 
 
 def place() -> Place:
