@@ -10,14 +10,13 @@ disc and a blue cross on clutter, one per half of a 32 × 64 scene — and keeps
 token and two register tokens: featviz finds both from the model's shapes alone.
 """
 
-import os
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from synthetic_shapes import CLASSES, trained, vit
+from synthetic_shapes import CLASSES, cached, trained, vit
 
 # Optional constants featviz reads next to the factory.
 LABELS = CLASSES
@@ -25,17 +24,6 @@ INPUT_SIZE = 32
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
 
-_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "featviz"
-
 
 def build() -> torch.nn.Module:
-    weights = _CACHE / f"shapes_vit-{torch.__version__.split('+')[0]}.pt"
-    model = vit()
-    if weights.is_file():
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        return model
-    print("shapes_vit: training the example ViT once (about 20 s)…", file=sys.stderr)
-    model = trained(vit)
-    weights.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), weights)
-    return model
+    return cached("shapes_vit", vit, lambda: trained(vit), "about 20 s")

@@ -85,6 +85,19 @@ def worker():
     shutil.rmtree(folder)
 
 
+def slow_cam(folder: Path, env: dict[str, str], batch_size: int) -> subprocess.Popen:
+    """`featviz cam` of the slow model over ``folder/in``, its output read line by line."""
+    command = ["cam", "-m", "slow_model.py:build", "--batch-size", str(batch_size), "in"]
+    return subprocess.Popen(
+        [*FEATVIZ, *command, "-o", "out"],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def make_workspace(folder: Path) -> Path:
     folder.mkdir()
     (folder / "tiny_model.py").write_text(TINY_MODEL_SOURCE)
@@ -194,14 +207,7 @@ def test_a_signal_stops_the_command_cleanly_and_the_worker_stays(
         Image.new("RGB", (48, 36), (index * 6, 100, 9)).save(folder / f"in/{index:02d}.png")
     (folder / "in" / "broken.png").unlink()
     pid = status(worker)["pid"]
-    process = subprocess.Popen(
-        [*FEATVIZ, "cam", "-m", "slow_model.py:build", "--batch-size", "2", "in", "-o", "out"],
-        cwd=folder,
-        env=worker,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = slow_cam(folder, worker, batch_size=2)
     watchdog = threading.Timer(90, process.kill)
     watchdog.start()
     try:
@@ -292,14 +298,7 @@ def test_a_killed_worker_fails_its_call_in_one_line_and_the_next_call_starts_cle
     (folder / "slow_model.py").write_text(SLOW_MODEL_SOURCE)
     assert featviz_run(["worker", "start"], "/", env).returncode == 0
     pid = status(env)["pid"]
-    process = subprocess.Popen(
-        [*FEATVIZ, "cam", "-m", "slow_model.py:build", "--batch-size", "1", "in", "-o", "out"],
-        cwd=folder,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = slow_cam(folder, env, batch_size=1)
     try:
         assert process.stdout.readline().startswith("in/0.png: class ")
         os.kill(pid, signal.SIGKILL)  # as the OOM killer would
