@@ -8,7 +8,7 @@ layer's grid covers the whole photo), colour-mapped and blended, and handed to t
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from featviz.artifacts import Artifact, ImageOutputs
@@ -38,7 +38,9 @@ class CamJob(ExplainingJob):
 
     def process(self, batch: list[LoadedImage]) -> list[Callable[[], ImageResult]]:
         inputs = self.model.batch([item.tensor for item in batch])
-        explained = self.explainer.explain(inputs)
+        explained = self.explainer.explain(
+            inputs, sizes=[item.original.shape[:2] for item in batch]
+        )
         tapped = self.explainer.tapped if self.sinks.wants_activations else []
         layer_maps = {layer: explained.context.activation(layer).cpu().numpy() for layer in tapped}
         tasks = []
@@ -64,16 +66,18 @@ class CamJob(ExplainingJob):
 
             size = item.original.shape[:2]
             artifacts: list[Artifact] = []
-            by_class: dict[tuple[str, str, str], list[torch.Tensor]] = {}
+            by_target: dict[tuple[str, str], list[ExplainedMap]] = {}
+            heatmaps: dict[int, torch.Tensor] = {}
             for entry in maps:
-                values = heatmap(entry.layer_cam, size)
+                values = heatmaps[id(entry)] = heatmap(entry.layer_cam, size)
                 artifacts += self._artifacts(item, entry, values)
                 if self.request.fuse:
-                    key = (entry.method, entry.target, entry.caption)
-                    by_class.setdefault(key, []).append(values)
-            for (method, target, caption), heatmaps in by_class.items():
-                fused = ExplainedMap(method, FUSED, target, None, caption, None)
-                artifacts += self._artifacts(item, fused, fuse(heatmaps))
+                    by_target.setdefault((entry.method, entry.target), []).append(entry)
+            for entries in by_target.values():
+                fused = replace(entries[0], layer=FUSED, layer_cam=None)
+                artifacts += self._artifacts(
+                    item, fused, fuse([heatmaps[id(entry)] for entry in entries])
+                )
             return self.deliver(
                 ImageOutputs(
                     item.source, self.model.name, item.original, predictions, artifacts, activations
@@ -85,7 +89,7 @@ class CamJob(ExplainingJob):
     def _artifacts(
         self, item: LoadedImage, entry: ExplainedMap, heatmap: torch.Tensor
     ) -> list[Artifact]:
-        from featviz.render import apply_colormap, outline, overlay
+        from featviz.render import apply_colormap, draw_boxes, outline, overlay
 
         values = heatmap.numpy()
         where = {
@@ -97,6 +101,8 @@ class CamJob(ExplainingJob):
         pixels = overlay(item.original, values, lut=self.lut, alpha=self.request.alpha)
         if entry.region is not None:  # what a segmentation model assigned to the class
             pixels[outline(entry.region.numpy(), pixels.shape[:2])] = OUTLINE
+        if entry.boxes:  # the detector's box(es) the map is of
+            draw_boxes(pixels, entry.boxes, entry.caption if len(entry.boxes) == 1 else None)
         artifacts = [Artifact("cam", "overlay", pixels=pixels, **where)]
         if self.request.heatmap:
             artifacts.append(

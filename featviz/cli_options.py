@@ -26,7 +26,13 @@ import typer
 
 from featviz.cam.registry import method_names
 from featviz.errors import UsageError
-from featviz.requests import DEFAULT_MAX_PIXELS, ModelRequest, OutputRequest, RunRequest
+from featviz.requests import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_SCORE,
+    ModelRequest,
+    OutputRequest,
+    RunRequest,
+)
 from featviz.shards import Shard
 from featviz.sizes import parse_bytes
 
@@ -61,9 +67,10 @@ class Explaining:
     methods: tuple[str, ...]
     layers: tuple[str, ...]
     targets: tuple[str, ...]
-    top_k: int
+    top_k: int | None
     cam_batch_size: int
     target_fn: str | None
+    min_score: float | None
 
     def fields(self, default_methods: tuple[str, ...]) -> dict[str, Any]:
         """The keyword arguments of an ExplainRequest subclass."""
@@ -74,6 +81,7 @@ class Explaining:
             "top_k": self.top_k,
             "cam_batch_size": self.cam_batch_size,
             "target_fn": self.target_fn,
+            "min_score": self.min_score,
         }
 
 
@@ -414,8 +422,26 @@ _EXPLAIN_OPTIONS: dict[str, tuple[Any, Any]] = {
         None,
     ),
     "top_k": (
-        Annotated[int, typer.Option(help="Explain the k most likely classes.")],
-        1,
+        Annotated[
+            int | None,
+            typer.Option(
+                help="Explain the k most likely classes (a detector's k best boxes).",
+                show_default="1; a detector: every box of at least --min-score",
+            ),
+        ],
+        None,
+    ),
+    "min_score": (
+        Annotated[
+            float | None,
+            typer.Option(
+                min=0.0,
+                max=1.0,
+                help="A detection model's boxes to explain: those scoring at least this.",
+                show_default=str(DEFAULT_MIN_SCORE),
+            ),
+        ],
+        None,
     ),
     "cam_batch_size": (
         Annotated[
@@ -513,6 +539,7 @@ def _explaining(values: dict[str, Any]) -> Explaining:
         top_k=values["top_k"],
         cam_batch_size=values["cam_batch_size"],
         target_fn=values["target_fn"],
+        min_score=values["min_score"],
     )
 
 

@@ -15,10 +15,12 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from featviz.cam.registry import ATTENTION
+from featviz.detection import chosen_boxes, detected_boxes
 from featviz.errors import InputError, first_line
 from featviz.jobs import ImageJob, model_failure, nan_or_infinite, not_finite
 from featviz.output import class_slug
 from featviz.pipeline import Prediction
+from featviz.requests import DEFAULT_MIN_SCORE
 
 if TYPE_CHECKING:
     import torch
@@ -36,8 +38,9 @@ SHOWN_PREDICTIONS = 5
 class ExplainedMap:
     """One map of one image, at layer resolution (h, w), float32 on the CPU.
 
-    ``target``: the class slug (``281_tabby``) or ``all``; ``index`` the class (None for a
-    class-agnostic map); ``caption`` how a person reads it ("tabby 0.87").
+    ``target``: the class slug (``281_tabby``; a detector's ``box1_18_dog``, its best box) or
+    ``all``; ``index`` the class (None for a class-agnostic map); ``caption`` how a person
+    reads it ("tabby 0.87").
     """
 
     method: str
@@ -48,6 +51,8 @@ class ExplainedMap:
     layer_cam: torch.Tensor | None  # None for a fusion of layers, which has no single layer
     # A segmentation model's pixels of this class, (h, w) bool at the model's input size.
     region: torch.Tensor | None = None
+    # A detector's box(es) this map is of, x0 y0 x1 y1 in the original photo's pixels.
+    boxes: tuple[tuple[float, float, float, float], ...] = ()
 
 
 @dataclass
@@ -78,7 +83,11 @@ def _compute(method: Any, context: Any, layer: str, targets: torch.Tensor) -> to
 
 class Explainer:
     """``methods`` (registry names) at ``layers`` (resolved) for ``classes`` (resolved class
-    indices; empty: the ``top_k`` predictions) of ``model``."""
+    indices; empty: the ``top_k`` predictions, None: one) of ``model``.
+
+    A detector's targets are its boxes scoring at least ``min_score``: the ``top_k`` best
+    (None: all), of the ``classes`` only when there are any.
+    """
 
     def __init__(
         self,
@@ -87,8 +96,9 @@ class Explainer:
         layers: list[str],
         classes: list[int],
         *,
-        top_k: int,
+        top_k: int | None,
         cam_batch_size: int,
+        min_score: float = DEFAULT_MIN_SCORE,
     ) -> None:
         from featviz.cam import load_method
 
@@ -97,6 +107,7 @@ class Explainer:
         self.layers = layers
         self.classes = classes
         self.top_k = top_k
+        self.min_score = min_score
         self.attention = any(method.info.needs_attention for method in self.methods)
         # The layers are tapped only for methods that read them (not for rollouts alone).
         self.tapped = [] if all(m.info.needs_attention for m in self.methods) else layers
@@ -135,9 +146,12 @@ class Explainer:
         *,
         module: nn.Module | None = None,
         targets: torch.Tensor | None = None,
+        sizes: list[tuple[int, int]] | None = None,
     ) -> Explained:
         """Every method's maps for ``inputs`` (N, 3, H, W); ``targets`` (N, columns) to explain
-        given classes (the sanity check's randomised models explain the original's)."""
+        given classes (the sanity check's randomised models explain the original's);
+        ``sizes`` each original photo's (height, width), which a detector's boxes are given in
+        (default: the input's)."""
         import torch
 
         context = self.forward(inputs, module)
@@ -146,55 +160,73 @@ class Explainer:
             i: f"the model's scores are {nan_or_infinite(scores[i])}: there is nothing to explain"
             for i in not_finite(scores).nonzero().flatten().tolist()
         }
+        task = self.model.task
+        outcome = task.latest if task else None
+        boxes = outcome.boxes if outcome else None
         flat = scores.shape[1] > 1 and bool((scores.amax(dim=1) == scores.amin(dim=1)).any())
-        if module is None and flat:
+        if module is None and flat and boxes is None:
             warnings.warn(
                 "the model gives every class the same score on some images (a zero-initialised "
                 "head, as torchvision's ViTs have with --weights none?): their maps are zeros",
                 stacklevel=1,
             )
-        task = self.model.task
         # What ranks the targets and is shown beside them: the class probabilities, or what
-        # the task's latest forward (this one) showed (a segmentation's pixel shares).
-        probabilities = task.latest.shown if task else scores.softmax(dim=1)
-        regions = task.latest.regions if task else None
-        # One ranking for the targets and the predictions shown: ties break the same way.
-        ranked = probabilities.topk(
-            min(max(SHOWN_PREDICTIONS, self.top_k), probabilities.shape[1]), dim=1
-        )
+        # the task's latest forward (this one) showed (a segmentation's pixel shares, a
+        # detector's box scores).
+        probabilities = outcome.shown if outcome else scores.softmax(dim=1)
         n = len(inputs)
-        if targets is None and self.classes:
-            targets = torch.tensor(self.classes, device=inputs.device).expand(n, -1)
-        elif targets is None:
-            targets = ranked.indices[:, : self.top_k]
+        keep = None  # (N, columns): which targets are there to explain (a detector's boxes)
+        if boxes is not None:
+            sizes = sizes or [tuple(inputs.shape[-2:])] * n
+            boxes = detected_boxes(outcome, inputs.shape[-2:], sizes)
+            targets, keep = chosen_boxes(outcome, self.min_score, self.classes, self.top_k)
+            shown = [self._detections(outcome, boxes, i, keep[i], targets[i]) for i in range(n)]
+        else:
+            # One ranking for the targets and the predictions shown: ties break the same way.
+            top = min(max(SHOWN_PREDICTIONS, self.top_k or 1), probabilities.shape[1])
+            ranked = probabilities.topk(top, dim=1)
+            if targets is None and self.classes:
+                targets = torch.tensor(self.classes, device=inputs.device).expand(n, -1)
+            elif targets is None:
+                targets = ranked.indices[:, : self.top_k or 1]
+            shown = [
+                [
+                    Prediction(int(index), self.model.label(int(index)), float(p))
+                    for p, index in zip(
+                        ranked.values[i, :SHOWN_PREDICTIONS], ranked.indices[i, :SHOWN_PREDICTIONS]
+                    )
+                ]
+                for i in range(n)
+            ]
+        regions = outcome.regions if outcome else None
         per_image: list[list[ExplainedMap]] = [[] for _ in range(n)]
         for method in self.methods:
             class_specific = method.info.class_specific
             for column in range(targets.shape[1] if class_specific else 1):
+                wanted = keep[:, column] if keep is not None and class_specific else None
+                if wanted is not None and not wanted.any():
+                    continue
                 for layer in self.layers_of(method):
                     maps = _compute(method, context, layer, targets[:, column])
+                    if task is not None:
+                        maps = task.align(maps)
                     for i in not_finite(maps).nonzero().flatten().tolist():
                         broken.setdefault(
                             i,
                             f"{method.name}'s map at layer '{layer}' is {nan_or_infinite(maps[i])}",
                         )
                     for i in range(n):
-                        entry = self._entry(
-                            method, layer, int(targets[i, column]), probabilities[i], maps[i]
-                        )
+                        if wanted is not None and not wanted[i]:
+                            continue
+                        index = int(targets[i, column])
+                        if boxes is not None:
+                            entry = self._box_entry(method, layer, maps[i], shown[i], column)
+                        else:
+                            entry = self._entry(method, layer, index, probabilities[i], maps[i])
                         if regions is not None and entry.index is not None:
                             entry = replace(entry, region=(regions[i] == entry.index).cpu())
                         per_image[i].append(entry)
-        predictions = [
-            [
-                Prediction(int(index), self.model.label(int(index)), float(p))
-                for p, index in zip(
-                    ranked.values[i, :SHOWN_PREDICTIONS], ranked.indices[i, :SHOWN_PREDICTIONS]
-                )
-            ]
-            for i in range(n)
-        ]
-        return Explained(context, targets, per_image, predictions, broken)
+        return Explained(context, targets, per_image, shown, broken)
 
     def _entry(
         self, method: Any, layer: str, index: int, probabilities: torch.Tensor, layer_cam: Any
@@ -204,6 +236,37 @@ class Explainer:
         target = class_slug(index, self.model.category(index))
         caption = f"{self.model.label(index)} {probabilities[index]:.2f}"
         return ExplainedMap(method.name, layer, target, index, caption, layer_cam)
+
+    def _detections(
+        self, outcome: Any, boxes: torch.Tensor, i: int, keep: torch.Tensor, ranks: torch.Tensor
+    ) -> list[Prediction]:
+        """Image ``i``'s explained boxes, best first, as predictions with their boxes."""
+        return [
+            Prediction(
+                int(outcome.labels[i, rank]),
+                self.model.label(int(outcome.labels[i, rank])),
+                float(outcome.shown[i, rank]),
+                box=tuple(float(value) for value in boxes[i, rank]),
+            )
+            for rank in ranks[keep].tolist()
+        ]
+
+    def _box_entry(
+        self, method: Any, layer: str, layer_cam: Any, detections: list[Prediction], place: int
+    ) -> ExplainedMap:
+        """A detector's map of its explained box number ``place`` (best first), or of
+        everything it sees for a class-agnostic method, with every box drawn."""
+        if not method.info.class_specific:
+            every = tuple(found.box for found in detections)
+            return ExplainedMap(
+                method.name, layer, ANY_CLASS, None, "all boxes", layer_cam, boxes=every
+            )
+        found = detections[place]
+        target = f"box{place + 1}_{class_slug(found.index, self.model.category(found.index))}"
+        caption = f"{found.label} {found.probability:.2f}"
+        return ExplainedMap(
+            method.name, layer, target, found.index, caption, layer_cam, boxes=(found.box,)
+        )
 
 
 @dataclass(kw_only=True)
@@ -223,4 +286,7 @@ class ExplainingJob(ImageJob):
             self.targets,
             top_k=self.request.top_k,
             cam_batch_size=self.request.cam_batch_size,
+            min_score=(
+                DEFAULT_MIN_SCORE if self.request.min_score is None else self.request.min_score
+            ),
         )

@@ -57,7 +57,9 @@ class ModelTrace:
     input_hw: tuple[int, int]
     size_step: int | None
     attention_inputs: tuple[str, ...]
-    segmentation: bool = False  # the output is (N, classes, H, W) logits (featviz.tasks)
+    # What the output is: None class scores; "segmentation" (N, classes, H, W) logits
+    # (featviz.tasks); "detection" boxes (featviz.detection).
+    task: str | None = None
 
     def get(self, name: str) -> LayerInfo:
         return next(layer for layer in self.layers if layer.name == name)
@@ -119,8 +121,10 @@ class ModelTrace:
                 "to compute a CAM on",
                 hint="`featviz layers --model MODEL` shows what it has",
             )
-        if self.segmentation:
+        if self.task == "segmentation":
             return _segmentation_layer(usable, self.num_classes)
+        if self.task == "detection":
+            return _detection_layer(usable)
         last = usable[-1]
         reads_class = bool(last.layout.prefix) if class_token is None else class_token
         if last.layout.kind == "tokens" and reads_class and self.attention_inputs:
@@ -143,6 +147,23 @@ def _segmentation_layer(usable: list[LayerInfo], classes: int | None) -> str:
     # Not the per-pixel logits themselves (as many channels as classes): features before them.
     features = [layer for layer in deepest if layer.shape and layer.shape[1] != classes]
     return (features or deepest)[-1].name
+
+
+def _detection_layer(usable: list[LayerInfo]) -> str:
+    """A detector's default: the last layer of its backbone's body (``backbone.body.layer4``
+    of a torchvision R-CNN, the outermost module of that output as for a classifier), the
+    features every head reads; the FPN after it outputs a dict of levels, not one map.
+    Without such a body: the last layer at the coarsest resolution."""
+    for prefix in ("backbone.body.", "backbone.features.", "backbone."):
+        body = [
+            layer
+            for layer in usable
+            if layer.name.startswith(prefix) or layer.name == prefix.rstrip(".")
+        ]
+        if body:
+            return body[-1].name
+    coarsest = min(layer.grid[0] * layer.grid[1] for layer in usable)
+    return [layer for layer in usable if layer.grid[0] * layer.grid[1] == coarsest][-1].name
 
 
 def resolve_layers(trace: ModelTrace, patterns: list[str], *, spatial_only: bool) -> list[str]:

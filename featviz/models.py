@@ -16,10 +16,7 @@ from featviz import model_cache
 from featviz.errors import UsageError
 from featviz.preprocess import Preprocessing
 from featviz.sources import source_for
-from featviz.tasks import SegmentationTask
-
-if TYPE_CHECKING:
-    from featviz.tasks import TargetFnTask
+from featviz.tasks import SegmentationTask, Task
 
 if TYPE_CHECKING:
     import torch
@@ -49,7 +46,7 @@ class LoadedModel:
     channels_last: bool
     trace: ModelTrace
     class_token: bool | None = None
-    task: SegmentationTask | TargetFnTask | None = None  # None: a classifier (featviz.tasks)
+    task: Task | None = None  # None: a classifier (featviz.tasks)
 
     @property
     def num_classes(self) -> int | None:
@@ -90,7 +87,7 @@ def load_model(request: ModelRequest, *, structure_only: bool = False) -> Loaded
 def _build(request: ModelRequest, structure_only: bool) -> LoadedModel:
     import torch
 
-    from featviz.tracing import TraceError, size_multiple, trace_model
+    from featviz.tracing import TraceError, size_multiple
 
     device = torch.device("cpu") if structure_only else resolve_device(request.device)
     torch.manual_seed(request.seed)
@@ -102,7 +99,7 @@ def _build(request: ModelRequest, structure_only: bool) -> LoadedModel:
         module = module.to(device, memory_format=layout)
     size = request.input_size or built.input_size
     try:
-        trace = trace_model(module, (1, 3, size, size))
+        trace = _traced(module, size, structure_only)
     except TraceError as exc:
         if request.input_size is None:
             raise
@@ -110,10 +107,9 @@ def _build(request: ModelRequest, structure_only: bool) -> LoadedModel:
             f"--input-size {size}: {exc.message}",
             hint=f"the model's own size is {built.input_size}: leave --input-size out",
         ) from exc
-    task = None
-    if trace.segmentation:
-        # Its output becomes (N, classes) scores for everything downstream (featviz.tasks).
-        task = SegmentationTask()
+    task = _task_for(trace, module)
+    if task is not None:
+        # Its output becomes (N, targets) scores for everything downstream (featviz.tasks).
         module.register_forward_hook(task)
     preprocessing = Preprocessing(
         mean=built.mean,
@@ -139,6 +135,36 @@ def _build(request: ModelRequest, structure_only: bool) -> LoadedModel:
         class_token=built.class_token,
         task=task,
     )
+
+
+def _traced(module: nn.Module, size: int, structure_only: bool) -> ModelTrace:
+    """The model's trace (tracing.py). A structure-only model that meta tensors cannot run
+    through (a detector's non-maximum suppression has no meta kernel) and whose parameters
+    are on meta gets zeros for them and is traced for real: its shapes do not depend on them."""
+    import torch
+
+    from featviz.tracing import TraceError, trace_model
+
+    try:
+        return trace_model(module, (1, 3, size, size))
+    except TraceError:
+        if not structure_only or not any(p.is_meta for p in module.parameters()):
+            raise
+    module.to_empty(device="cpu")
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            tensor.zero_()
+    return trace_model(module, (1, 3, size, size))
+
+
+def _task_for(trace: ModelTrace, module: nn.Module) -> Task | None:
+    if trace.task == "segmentation":
+        return SegmentationTask()
+    if trace.task == "detection":
+        from featviz.detection import DetectionTask
+
+        return DetectionTask(module)
+    return None
 
 
 def _checked_categories(

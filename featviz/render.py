@@ -141,3 +141,51 @@ def outline(region: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     rows = np.minimum((np.arange(height) + 0.5) * region.shape[0] / height, region.shape[0] - 1)
     cols = np.minimum((np.arange(width) + 0.5) * region.shape[1] / width, region.shape[1] - 1)
     return border[rows.astype(np.intp)][:, cols.astype(np.intp)]
+
+
+BOX_RGB = (255, 255, 255)  # a detector's box and its label's background
+LABEL_RGB = (0, 0, 0)
+
+
+def draw_boxes(
+    pixels: np.ndarray,
+    boxes: tuple[tuple[float, float, float, float], ...],
+    caption: str | None = None,
+) -> None:
+    """Draw ``boxes`` (x0 y0 x1 y1 in ``pixels``' own coordinates) on an (H, W, 3) picture in
+    place, lines and label scaled with the picture; ``caption`` ("dog 0.98") labels the first
+    box, above its top-left corner (inside it at the picture's top edge)."""
+    height, width = pixels.shape[:2]
+    thick = max(2, round(min(height, width) / 200))
+    for box in boxes:
+        x0, y0, x1, y1 = _clipped(box, width, height)
+        pixels[y0 : min(y0 + thick, y1), x0:x1] = BOX_RGB
+        pixels[max(y1 - thick, y0) : y1, x0:x1] = BOX_RGB
+        pixels[y0:y1, x0 : min(x0 + thick, x1)] = BOX_RGB
+        pixels[y0:y1, max(x1 - thick, x0) : x1] = BOX_RGB
+    if caption and boxes:
+        label = _label(caption, max(12, round(min(height, width) / 25)))
+        x0, y0, _, _ = _clipped(boxes[0], width, height)
+        top = y0 - label.shape[0] if y0 >= label.shape[0] else y0
+        rows, cols = min(label.shape[0], height - top), min(label.shape[1], width - x0)
+        pixels[top : top + rows, x0 : x0 + cols] = label[:rows, :cols]
+
+
+def _clipped(box: tuple[float, ...], width: int, height: int) -> tuple[int, int, int, int]:
+    x0, y0, x1, y1 = (round(value) for value in box)
+    x0, x1 = sorted((min(max(x0, 0), width), min(max(x1, 0), width)))
+    y0, y1 = sorted((min(max(y0, 0), height), min(max(y1, 0), height)))
+    return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
+
+
+def _label(text: str, size: int) -> np.ndarray:
+    """``text`` in LABEL_RGB on BOX_RGB, (h, w, 3) uint8, a font ``size`` pixels high."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=size)
+    left, top, right, bottom = font.getbbox(text)
+    pad = max(1, size // 6)
+    picture = Image.new("RGB", (right - left + 2 * pad, bottom - top + 2 * pad), BOX_RGB)
+    ImageDraw.Draw(picture).text((pad - left, pad - top), text, fill=LABEL_RGB, font=font)
+    return np.asarray(picture)

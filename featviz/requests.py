@@ -80,6 +80,10 @@ class MapsRequest:
     save_raw: bool = False
 
 
+# A detector's boxes below this score are not explained unless --min-score says otherwise:
+# torchvision's detection examples draw from 0.5 up; its models keep boxes down to 0.05.
+DEFAULT_MIN_SCORE = 0.5
+
 # compare, score and sanity: every class-specific gradient method, and eigencam.
 JUDGED_METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam")
 
@@ -91,9 +95,10 @@ class ExplainRequest:
     methods: tuple[str, ...] = ("gradcam",)
     layers: tuple[str, ...] = ()
     targets: tuple[str, ...] = ()  # class indices or names as typed; empty → the top-k
-    top_k: int = 1
+    top_k: int | None = None  # None: 1, and for a detector every box of at least min_score
     cam_batch_size: int = 32
     target_fn: str | None = None  # FILE.py:fn or pkg.mod:fn: the score instead of the classes
+    min_score: float | None = None  # a detector's boxes explained; None: DEFAULT_MIN_SCORE
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from featviz.errors import UsageError
-from featviz.requests import plain
+from featviz.requests import DEFAULT_MIN_SCORE, plain
 
 if TYPE_CHECKING:
     from featviz.images import ImageSource
@@ -136,6 +136,7 @@ def prepare_explaining(
 ) -> PreparedRun:
     """A run of a command that explains classes (cam, compare, score, sanity): the layers and
     classes resolved from the request, then ``job_type`` over them."""
+    from featviz.detection import check_detection_request
     from featviz.layers import resolve_layers
     from featviz.models import load_model
     from featviz.targets import check_top_k, resolve_target
@@ -151,13 +152,28 @@ def prepare_explaining(
     )
     classes = loaded.num_classes
     targets = [resolve_target(text, loaded.categories, classes) for text in request.targets]
-    if targets and request.top_k != 1:
+    detector = loaded.trace.task == "detection" and request.target_fn is None
+    if detector:
+        check_detection_request(command, request)
+    elif request.min_score is not None:
+        raise UsageError(
+            f"--min-score: {loaded.name} is not a detection model; it scores boxes",
+            hint="leave --min-score out",
+        )
+    # A detector's --target picks the classes whose boxes --top-k ranks.
+    if targets and request.top_k is not None and not detector:
         raise UsageError(
             "--target and --top-k exclude each other",
             hint="explain given classes with --target, or the k best with --top-k",
         )
-    check_top_k(request.top_k, classes)
+    if request.top_k is not None:
+        check_top_k(request.top_k, None if detector else classes)
     resolved = {"layers": layers, "targets": targets}
+    if detector:
+        resolved["boxes"] = {
+            "min_score": DEFAULT_MIN_SCORE if request.min_score is None else request.min_score,
+            "top_k": request.top_k,
+        }
     return _prepare(
         command,
         model,
@@ -180,10 +196,10 @@ def _with_target_fn(command: str, loaded: LoadedModel, request: ExplainRequest) 
             "has none",
             hint="explain it with cam or compare",
         )
-    if request.targets or request.top_k != 1:
+    if request.targets or request.top_k is not None or request.min_score is not None:
         raise UsageError(
-            "--target-fn replaces the classes: it cannot go with --target or --top-k",
-            hint="leave --target and --top-k out",
+            "--target-fn replaces the classes: it cannot go with --target, --top-k or --min-score",
+            hint="leave them out",
         )
     return with_target_fn(loaded, request.target_fn)
 
@@ -277,6 +293,17 @@ def _outputs_of(model: dict[str, Any]) -> dict[str, Any]:
     return kept
 
 
+def _options_of(options: dict[str, Any]) -> dict[str, Any]:
+    """The command's options as records have always hashed them: --top-k's default as 1
+    and --min-score only when given (a detector's run says it in ``resolved``)."""
+    kept = dict(options)
+    if "top_k" in kept and kept["top_k"] is None:
+        kept["top_k"] = 1
+    if kept.get("min_score", 0) is None:
+        del kept["min_score"]
+    return kept
+
+
 def default_workers() -> int:
     """Decode (and write) threads: one per core this process may run on, 2 to 32."""
     from featviz.worker.place import usable_cpus
@@ -301,7 +328,7 @@ def _settings(
             "input_size": loaded.preprocessing.input_size,
             "device": None,
         },
-        "options": plain(options),
+        "options": _options_of(plain(options)),
         "resolved": resolved,
     }
     if output.image_format != "png":  # PNG runs keep the fingerprints they always had

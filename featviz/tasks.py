@@ -17,6 +17,8 @@ score of class c is the sum of its logits over the pixels the model assigns to c
 as pytorch-grad-cam's ``SemanticSegmentationTarget``; a class no pixel is assigned to scores
 0 and its map is zeros. Targets are ranked by the share of pixels they cover, which is what is
 printed beside their names.
+
+Detection (a model returning one dict of boxes, scores and labels per image): featviz.detection.
 """
 
 from __future__ import annotations
@@ -33,18 +35,35 @@ if TYPE_CHECKING:
 class Outcome:
     """What the latest forward showed, detached: ``shown`` (N, targets) ranks the targets and
     is printed beside them; ``regions`` (N, h, w) the target of each pixel of the model's
-    input, or None."""
+    input, or None. A detector's targets are its boxes (featviz.detection): ``boxes`` (N,
+    targets, 4) x0 y0 x1 y1 in the input's pixels, ``labels`` (N, targets) their classes,
+    ``valid`` (N, targets) which of the padded targets are boxes at all."""
 
     shown: torch.Tensor
     regions: torch.Tensor | None = None
+    boxes: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    valid: torch.Tensor | None = None
 
 
-class SegmentationTask:
-    name = "segmentation"
-    shown_as = "share of the pixels"
+class Task:
+    """A root forward hook that turns the model's output into (N, targets) scores."""
+
+    name: str
+    shown_as: str
 
     def __init__(self) -> None:
         self.latest: Outcome | None = None
+
+    def align(self, maps: torch.Tensor) -> torch.Tensor:
+        """(N, h, w) maps of a layer → maps covering exactly the model's input (a detector's
+        layers also see the padding it adds); as they are by default."""
+        return maps
+
+
+class SegmentationTask(Task):
+    name = "segmentation"
+    shown_as = "share of the pixels"
 
     def __call__(self, module: Any, inputs: Any, output: Any) -> torch.Tensor:
         import torch
@@ -68,20 +87,15 @@ def segmentation_logits(output: Any) -> Any:
     return None
 
 
-def task_for(output: Any) -> SegmentationTask | None:
-    """The task a traced model's raw output calls for; None: a classifier (or unknown)."""
-    return SegmentationTask() if segmentation_logits(output) is not None else None
-
-
-class TargetFnTask:
+class TargetFnTask(Task):
     """``fn(output)`` as the single (N, 1) score; ``spec`` as the user wrote it, for messages."""
 
     name = "target-fn"
     shown_as = "the score"
 
     def __init__(self, fn: Any, spec: str) -> None:
+        super().__init__()
         self.fn, self.spec = fn, spec
-        self.latest: Outcome | None = None
 
     def __call__(self, module: Any, inputs: Any, output: Any) -> torch.Tensor:
         import torch
@@ -117,13 +131,13 @@ def with_target_fn(loaded: Any, spec: str) -> Any:
     fn, _, name = import_callable(spec, f"--target-fn {spec}")
     task = TargetFnTask(fn, spec)
     root = copy.copy(loaded.module)
-    # Its own hook tables: the original's stay untouched; a segmentation hook is dropped, so
-    # fn reads the raw output.
+    # Its own hook tables: the original's stay untouched; a segmentation or detection hook is
+    # dropped, so fn reads the raw output.
     root._forward_hooks = OrderedDict(
         (key, hook) for key, hook in loaded.module._forward_hooks.items() if hook is not loaded.task
     )
     root._forward_hooks_with_kwargs = OrderedDict(loaded.module._forward_hooks_with_kwargs)
     root._forward_hooks_always_called = OrderedDict(loaded.module._forward_hooks_always_called)
     root.register_forward_hook(task)
-    trace = replace(loaded.trace, num_classes=1, segmentation=False)
+    trace = replace(loaded.trace, num_classes=1, task=None)
     return replace(loaded, module=root, trace=trace, categories=[name], task=task)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from featviz.detection import detections_of
 from featviz.errors import RunError, first_line
 from featviz.layers import LayerInfo, ModelTrace
 from featviz.layouts import detect
@@ -86,13 +87,20 @@ def trace_model(model: nn.Module, input_shape: tuple[int, ...]) -> ModelTrace:
             )
         )
     segmentation = segmentation_logits(output)
+    if segmentation is not None:
+        task, classes = "segmentation", segmentation.shape[1]
+    elif detections_of(output) is not None:
+        # Its classes are not in the output's shape: the weights' names (or --labels) tell.
+        task, classes = "detection", None
+    else:
+        task, classes = None, _classes_of(output)
     return ModelTrace(
         layers=tuple(layers),
-        num_classes=_classes_of(output) if segmentation is None else segmentation.shape[1],
+        num_classes=classes,
         input_hw=(height, width),
         size_step=step,
         attention_inputs=tuple(recording.attention_inputs),
-        segmentation=segmentation is not None,
+        task=task,
     )
 
 
@@ -119,6 +127,9 @@ def _run(
     for mode in modes:
         recording = _Recording()
         handles = _hooks(model, recording)
+        # Modules that cache tensors on the input's device in plain attributes (torchvision's
+        # AnchorGenerator its cell anchors) would keep the trace's meta ones.
+        attributes = [(module, dict(vars(module))) for module in model.modules()]
         try:
             output = _forward(model, input_shape, meta=mode == "meta")
             return mode, recording, output
@@ -127,6 +138,9 @@ def _run(
         finally:
             for handle in handles:
                 handle.remove()
+            for module, saved in attributes:
+                vars(module).clear()
+                vars(module).update(saved)
     return modes[-1], None, error
 
 

@@ -63,7 +63,7 @@ def _raw(loaded):
 
 
 def test_the_default_layer_is_the_decoders_last_features(segmenter) -> None:
-    assert segmenter.trace.segmentation and segmenter.num_classes == 4
+    assert segmenter.trace.task == "segmentation" and segmenter.num_classes == 4
     assert segmenter.default_cam_layer() == "decoder.1"
 
 

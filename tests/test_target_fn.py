@@ -103,7 +103,8 @@ def test_a_dict_output_and_an_embedding_similarity(workspace: Path) -> None:
         ),
         (
             ["--target-fn", "scores.py:margin", "-t", "2"],
-            "Error: --target-fn replaces the classes: it cannot go with --target or --top-k",
+            "Error: --target-fn replaces the classes: it cannot go with --target, --top-k or "
+            "--min-score",
         ),
     ],
 )

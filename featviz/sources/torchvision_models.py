@@ -38,9 +38,17 @@ def segmentation_models() -> list[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models.segmentation))
 
 
+def detection_models() -> list[str]:
+    """Names of torchvision's detection models (fasterrcnn_*, retinanet_*, fcos_*, ssd*,
+    maskrcnn_*, keypointrcnn_*)."""
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models.detection))
+
+
 def torchvision_models() -> list[str]:
-    """Every model --model takes by name: the classifiers and the segmenters."""
-    return sorted(classification_models() + segmentation_models())
+    """Every model --model takes by name: the classifiers, segmenters and detectors."""
+    return sorted(classification_models() + segmentation_models() + detection_models())
 
 
 def model_weights_names(name: str) -> list[str]:
@@ -73,7 +81,8 @@ class TorchvisionSource:
         kwargs: dict[str, Any] = {}
         if request.num_classes is not None:
             kwargs["num_classes"] = request.num_classes
-        if name in segmentation_models():
+        detector = name in detection_models()
+        if detector or name in segmentation_models():
             # Its builder would fetch an ImageNet backbone by default: --weights none means
             # nothing is downloaded, and pretrained weights hold the backbone's already.
             kwargs["weights_backbone"] = None
@@ -102,15 +111,23 @@ class TorchvisionSource:
 
         meta_source = weights_enum or torchvision.models.get_model_weights(name).DEFAULT
         transforms = meta_source.transforms()
+        if detector:
+            # It normalises and resizes inside (its ``transform``): it takes [0, 1] pixels,
+            # and fed at its own shorter side, its resize changes nothing.
+            mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+            size = model.transform.min_size[-1]
+        else:
+            mean, std = tuple(transforms.mean), tuple(transforms.std)
+            # The size the architecture was built for (a ViT asserts it): vit_h_14's default
+            # weights are for 518, the same builder without them makes a 224 model.
+            size = getattr(model, "image_size", None) or _preset_size(transforms)
         return BuiltModel(
             module=model,
             name=name,
             weights=described,
-            mean=tuple(transforms.mean),
-            std=tuple(transforms.std),
-            # The size the architecture was built for (a ViT asserts it): vit_h_14's default
-            # weights are for 518, the same builder without them makes a 224 model.
-            input_size=int(getattr(model, "image_size", None) or _preset_size(transforms)),
+            mean=mean,
+            std=std,
+            input_size=int(size),
             categories=list(meta_source.meta["categories"]),
             categories_from=f"the {meta_source} weights",
             # Channels-last convolutions run ~20% faster on CPU (oneDNN's native layout;

@@ -1,0 +1,176 @@
+"""Detection models: one map per detected box (DESIGN.md "Tasks").
+
+A detector's output is one dict per image with ``boxes`` (K, 4) x0 y0 x1 y1 in the input's
+pixels, ``scores`` (K,) and ``labels`` (K,): torchvision's convention (Faster/Mask/Keypoint
+R-CNN, RetinaNet, FCOS, SSD), and that of any model of the user's that returns it. The task's
+hook on the model's root turns it into (N, boxes) scores, padded with zeros: the targets are
+then box ranks, 0 the highest-scoring box of each image, and every CAM method reads them as it
+reads a classifier's classes.
+
+The score of a box is its class score as the model reports it (the softmax of the box head of
+a two-stage detector, a one-stage head's sigmoid), which is differentiable with respect to the
+backbone's features. The box's coordinates do not enter it: pytorch-grad-cam's
+``FasterRCNNBoxScoreTarget`` adds the IoU of each predicted box with the explained one, which
+on the forward that found the box is 1, at a kink of the IoU whose gradient autograd picks
+arbitrarily; featviz leaves it out.
+
+torchvision's detectors resize and pad their input themselves (``GeneralizedRCNNTransform``:
+the shorter side to ``min_size``, every side padded up to a multiple of 32), and their layers'
+maps cover the padded image. A hook on ``model.transform`` records what part of the padded
+batch each image fills, and ``align`` crops the maps to it, so that a map covers exactly the
+input featviz fed, as every other model's does. A box clipped to nothing by the detector
+(outside the photo, found in that padding) is not explained.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from featviz.tasks import Outcome, Task
+
+if TYPE_CHECKING:
+    import torch
+
+
+def detections_of(output: Any) -> list[Mapping[str, Any]] | None:
+    """The per-image detections in a model's output (a list of dicts with boxes, scores and
+    labels; a scripted torchvision detector's (losses, detections) tuple), or None."""
+
+    def is_detection(item: Any) -> bool:
+        return isinstance(item, Mapping) and {"boxes", "scores", "labels"} <= item.keys()
+
+    if isinstance(output, tuple) and len(output) == 2 and isinstance(output[0], Mapping):
+        output = output[1]
+    if isinstance(output, Sequence) and output and all(is_detection(item) for item in output):
+        return list(output)
+    return None
+
+
+# Methods that explain one forward's boxes: scorecam and ablationcam score re-runs of the model
+# on perturbed inputs, where the boxes are not the ones being explained any more; cam needs a
+# classifier's final Linear.
+DETECTION_METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam")
+
+
+def check_detection_request(command: str, request: Any) -> None:
+    """Refuse, as usage errors, what a detector cannot be asked: a judging command (compare
+    lays one column per target, score and sanity perturb the image or the model, and the boxes
+    move) or a method that re-runs the model."""
+    from featviz.errors import UsageError
+
+    if command != "cam":
+        raise UsageError(
+            f"{command} does not take detection models yet: their targets are boxes, which "
+            "move when the image or the model is perturbed",
+            hint="explain the boxes with `featviz cam` (several methods: -M gradcam -M eigencam)",
+        )
+    refused = [name for name in request.methods if name not in DETECTION_METHODS]
+    if refused:
+        raise UsageError(
+            f"method {refused[0]} cannot explain a detection model's boxes",
+            hint=f"choose among {', '.join(DETECTION_METHODS)}",
+        )
+
+
+def chosen_boxes(
+    outcome: Outcome, min_score: float, classes: list[int], top_k: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which boxes to explain, per image: (N, columns) box ranks and whether each is one.
+
+    The boxes scoring at least ``min_score`` (of ``classes``, when given), the ``top_k`` best
+    (None: all), best first, so the kept columns of every row come first.
+    """
+    import torch
+
+    wanted = outcome.valid & (outcome.shown >= min_score)
+    if classes:
+        wanted &= torch.isin(outcome.labels, torch.tensor(classes, device=outcome.labels.device))
+    columns = max(1, int(wanted.sum(1).max()))
+    if top_k is not None:
+        columns = min(columns, top_k)
+    # Scores sorted best first already (DetectionTask): wanted boxes first, in that order.
+    order = (~wanted).to(torch.int8).argsort(dim=1, stable=True)[:, :columns]
+    return order, wanted.gather(1, order)
+
+
+def detected_boxes(
+    outcome: Outcome, input_hw: Sequence[int], sizes: list[tuple[int, int]]
+) -> torch.Tensor:
+    """The (N, boxes, 4) boxes in each original photo's pixels: from the input's frame,
+    scaled as the maps are (featviz resizes, never crops)."""
+    import torch
+
+    height, width = input_hw
+    scale = torch.tensor(
+        [[w / width, h / height, w / width, h / height] for h, w in sizes],
+        device=outcome.boxes.device,
+    )
+    return outcome.boxes * scale[:, None, :]
+
+
+class DetectionTask(Task):
+    name = "detection"
+    shown_as = "box score"
+
+    def __init__(self, module: Any) -> None:
+        super().__init__()
+        # The latest forward's (height, width) of each image in the padded batch, and the
+        # padded (height, width) (a batch's inputs are all one size); None when the model has
+        # no transform of its own.
+        self.frame: tuple[tuple[int, int], tuple[int, int]] | None = None
+        transform = getattr(module, "transform", None)
+        if transform is not None and hasattr(transform, "register_forward_hook"):
+            transform.register_forward_hook(self._framed)
+
+    def _framed(self, module: Any, inputs: Any, output: Any) -> None:
+        images = output[0] if isinstance(output, tuple) else output
+        sizes, tensors = getattr(images, "image_sizes", None), getattr(images, "tensors", None)
+        if sizes is not None and tensors is not None:
+            self.frame = (tuple(sizes[0]), tuple(tensors.shape[-2:]))
+
+    def __call__(self, module: Any, inputs: Any, output: Any) -> torch.Tensor:
+        import torch
+        import torch.nn.functional as F
+
+        detections = detections_of(output)
+        if detections is None:
+            from featviz.errors import RunError
+
+            raise RunError(
+                f"the detection model returned a {type(output).__name__}, not one dict of "
+                "boxes, scores and labels per image"
+            )
+        width = max(1, *(len(found["scores"]) for found in detections))
+        scores, boxes, labels, valid = [], [], [], []
+        for found in detections:
+            order = found["scores"].detach().argsort(descending=True)
+            missing = width - len(order)
+            scores.append(F.pad(found["scores"][order], (0, missing)))
+            boxes.append(F.pad(found["boxes"].detach()[order].float(), (0, 0, 0, missing)))
+            labels.append(F.pad(found["labels"][order].long(), (0, missing), value=-1))
+            box = boxes[-1]
+            # A box clipped to nothing lies outside the photo (a detector seeing things in its
+            # own padding): not one of the photo's objects.
+            sized = (box[:, 2] > box[:, 0]) & (box[:, 3] > box[:, 1])
+            valid.append((torch.arange(width, device=order.device) < len(order)) & sized)
+        stacked = torch.stack(scores)
+        self.latest = Outcome(
+            shown=stacked.detach().float(),
+            boxes=torch.stack(boxes),
+            labels=torch.stack(labels),
+            valid=torch.stack(valid),
+        )
+        return stacked
+
+    def align(self, maps: torch.Tensor) -> torch.Tensor:
+        """(N, h, w) maps over the padded, resized batch → (N, h', w') over each input alone:
+        upsampled to the padded size, cropped to the image's part of it."""
+        if self.frame is None:
+            return maps
+        from featviz.cam.base import upsample
+
+        (height, width), padded = self.frame
+        if (height, width) == padded:
+            return maps
+        return upsample(maps, padded)[:, :height, :width]
