@@ -44,6 +44,18 @@ def build(num_classes: int = 5) -> nn.Module:
 '''
 
 
+def example_cache(tmp_path_factory, name: str, train) -> Path:
+    """A folder for XDG_CACHE_HOME holding the weights of example ``name`` (see
+    synthetic_shapes.cached) as ``train()`` gives them: trained once per test module."""
+    import torch
+
+    folder = tmp_path_factory.mktemp("cache")
+    weights = folder / "featviz" / f"{name}-{torch.__version__.split('+')[0]}.pt"
+    weights.parent.mkdir(parents=True)
+    torch.save(train().state_dict(), weights)
+    return folder
+
+
 def record_of(image_folder: Path, command: str = "cam") -> Path | None:
     """The one record ``command`` wrote for the image whose outputs are in ``image_folder``
     (records/<command>-<fingerprint>.json), or None."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, example_cache
 from PIL import Image
 from synthetic_shapes import (
     DETECTION_CLASSES,
@@ -38,13 +38,7 @@ FINE = "backbone.3"  # the backbone at 1/2 resolution: a 16 × 32 grid, 4 × 4 c
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
-    """XDG_CACHE_HOME holding the example's weights, trained once for the module."""
-    folder = tmp_path_factory.mktemp("cache")
-    model = trained_detector()
-    weights = folder / "featviz" / f"shapes_detector-{torch.__version__.split('+')[0]}.pt"
-    weights.parent.mkdir(parents=True)
-    torch.save(model.state_dict(), weights)
-    return folder
+    return example_cache(tmp_path_factory, "shapes_detector", trained_detector)
 
 
 @pytest.fixture

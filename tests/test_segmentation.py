@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, example_cache
 from PIL import Image
 from synthetic_shapes import (
     HEIGHT,
@@ -33,13 +33,7 @@ EXAMPLE = ROOT / "examples" / "shapes_segmenter.py"
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
-    """XDG_CACHE_HOME holding the example's weights, trained once for the module."""
-    folder = tmp_path_factory.mktemp("cache")
-    model = trained_segmenter()
-    weights = folder / "featviz" / f"shapes_segmenter-{torch.__version__.split('+')[0]}.pt"
-    weights.parent.mkdir(parents=True)
-    torch.save(model.state_dict(), weights)
-    return folder
+    return example_cache(tmp_path_factory, "shapes_segmenter", trained_segmenter)
 
 
 @pytest.fixture
