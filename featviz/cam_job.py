@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     from featviz.requests import CamRequest
 
 FUSED = "fused"
-OUTLINE = (255, 255, 255)  # the border of a segmentation's class region on its overlay
 
 
 @dataclass(kw_only=True)
@@ -89,7 +88,7 @@ class CamJob(ExplainingJob):
     def _artifacts(
         self, item: LoadedImage, entry: ExplainedMap, heatmap: torch.Tensor
     ) -> list[Artifact]:
-        from featviz.render import apply_colormap, draw_boxes, outline, overlay
+        from featviz.render import apply_colormap, mark, overlay
 
         values = heatmap.numpy()
         where = {
@@ -99,10 +98,7 @@ class CamJob(ExplainingJob):
             "caption": entry.caption,
         }
         pixels = overlay(item.original, values, lut=self.lut, alpha=self.request.alpha)
-        if entry.region is not None:  # what a segmentation model assigned to the class
-            pixels[outline(entry.region.numpy(), pixels.shape[:2])] = OUTLINE
-        if entry.boxes:  # the detector's box(es) the map is of
-            draw_boxes(pixels, entry.boxes, entry.caption if len(entry.boxes) == 1 else None)
+        mark(pixels, entry.region, entry.boxes, entry.caption)
         artifacts = [Artifact("cam", "overlay", pixels=pixels, **where)]
         if self.request.heatmap:
             artifacts.append(

@@ -32,28 +32,34 @@ class CompareJob(ExplainingJob):
         super().__post_init__()
 
     def process(self, batch: list[LoadedImage]) -> list[Callable[[], ImageResult]]:
-        explained = self.explainer.explain(self.model.batch([item.tensor for item in batch]))
-        columns = explained.targets.shape[1]
+        explained = self.explainer.explain(
+            self.model.batch([item.tensor for item in batch]),
+            sizes=[item.original.shape[:2] for item in batch],
+        )
         return [
             failure(item, explained.broken[i])
             if i in explained.broken
-            else self._writer(item, explained.maps[i], explained.predictions[i], columns)
+            else self._writer(item, explained.maps[i], explained.predictions[i])
             for i, item in enumerate(batch)
         ]
 
-    def _writer(
-        self,
-        item: LoadedImage,
-        maps: list[ExplainedMap],
-        predictions: list[Prediction],
-        columns: int,
-    ):
+    def _writer(self, item: LoadedImage, maps: list[ExplainedMap], predictions: list[Prediction]):
         def write() -> ImageResult:
             from featviz.cam import heatmap
             from featviz.figures import Cell, grid_panel
-            from featviz.render import overlay
+            from featviz.render import mark, overlay
 
             size = item.original.shape[:2]
+            # One column per target of this image (a detector's images have as many as boxes).
+            columns = max(
+                (
+                    len(group)
+                    for method in self.explainer.methods
+                    for group in _by_layer([e for e in maps if e.method == method.name])
+                    if method.info.class_specific
+                ),
+                default=1,
+            )
             rows = []
             for method in self.explainer.methods:
                 mine = [entry for entry in maps if entry.method == method.name]
@@ -66,6 +72,7 @@ class CompareJob(ExplainingJob):
                         pixels = overlay(
                             item.original, values, lut=self.lut, alpha=self.request.alpha
                         )
+                        mark(pixels, entry.region, entry.boxes, entry.caption)
                         title = f"{entry.method} · {entry.layer}\n{entry.caption}"
                         cells.append(Cell(title, pixels))
                 rows.append(cells)

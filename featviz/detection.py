@@ -54,16 +54,15 @@ DETECTION_METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam",
 
 
 def check_detection_request(command: str, request: Any) -> None:
-    """Refuse, as usage errors, what a detector cannot be asked: a judging command (compare
-    lays one column per target, score and sanity perturb the image or the model, and the boxes
-    move) or a method that re-runs the model."""
+    """Refuse, as usage errors, what a detector cannot be asked: score and sanity (they
+    perturb the image or the model, and the boxes move) or a method that re-runs the model."""
     from featviz.errors import UsageError
 
-    if command != "cam":
+    if command not in ("cam", "compare"):
         raise UsageError(
             f"{command} does not take detection models yet: their targets are boxes, which "
             "move when the image or the model is perturbed",
-            hint="explain the boxes with `featviz cam` (several methods: -M gradcam -M eigencam)",
+            hint="explain the boxes with `featviz cam` or `featviz compare`",
         )
     refused = [name for name in request.methods if name not in DETECTION_METHODS]
     if refused:

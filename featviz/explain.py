@@ -21,6 +21,7 @@ from featviz.jobs import ImageJob, model_failure, nan_or_infinite, not_finite
 from featviz.output import class_slug
 from featviz.pipeline import Prediction
 from featviz.requests import DEFAULT_MIN_SCORE
+from featviz.tasks import task_of
 
 if TYPE_CHECKING:
     import torch
@@ -160,7 +161,9 @@ class Explainer:
             i: f"the model's scores are {nan_or_infinite(scores[i])}: there is nothing to explain"
             for i in not_finite(scores).nonzero().flatten().tolist()
         }
-        task = self.model.task
+        # A copy of the model (sanity's randomised ones) has its own copy of the task's hook,
+        # which saw this forward.
+        task = self.model.task if module is None else task_of(module)
         outcome = task.latest if task else None
         boxes = outcome.boxes if outcome else None
         flat = scores.shape[1] > 1 and bool((scores.amax(dim=1) == scores.amin(dim=1)).any())

@@ -39,7 +39,7 @@ def conv_layers(
         if pattern in modules:
             chosen.extend(matches)  # an exact name: filter_grid says if it has no kernels
             continue
-        convs = [name for name in matches if isinstance(modules[name], nn.Conv2d)]
+        convs = [name for name in matches if isinstance(modules.get(name), nn.Conv2d)]
         if not convs:
             raise UsageError(
                 f"no Conv2d layer matches '{pattern}'",

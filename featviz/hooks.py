@@ -10,6 +10,11 @@ Two modes:
   then computes only d(score)/d(tap): no parameter gradients, no backward through the layers
   before the first tap, and in-place ops after a tap touch the clone, never the stored tensor.
 
+A module whose output is a plain dict of tensors (an FPN's levels, torchvision's
+IntermediateLayerGetter) is tapped one entry at a time: the name ``module:key`` (``backbone:0``)
+takes the entry ``key`` of ``module``'s output. A model output object (Hugging Face's
+``ModelOutput`` is a dict too) is not a plain dict: it keeps its first tensor.
+
 A module that runs several times in one forward (torchvision's BasicBlock reuses one ``relu``)
 fires its hook on every call; a tap keeps the LAST call's output, which is the one that leaves
 the enclosing block. ``calls`` (from ``tracing.trace_model``) says how many calls to expect, so
@@ -65,7 +70,8 @@ class LayerTaps:
         modules = dict(self.model.named_modules())
         try:
             for name in self.layers:
-                self._handles.append(modules[name].register_forward_hook(self._hook_for(name)))
+                module, _ = split_entry(name)
+                self._handles.append(modules[module].register_forward_hook(self._hook_for(name)))
         except BaseException:
             self.remove()
             raise
@@ -89,12 +95,14 @@ class LayerTaps:
             return None
 
     def _hook_for(self, name: str):
+        _, key = split_entry(name)
+
         def hook(module: nn.Module, inputs: Any, output: Any) -> Any:
             count = self._seen.get(name, 0) + 1
             self._seen[name] = count
             if count < self.expected_calls[name]:
                 return None
-            tensor = first_tensor(output)
+            tensor = tapped_tensor(output, key)
             if tensor is None:
                 return None
             replacement = None
@@ -107,9 +115,44 @@ class LayerTaps:
                 self.outputs[name] = tensor.clone()
             if self.stop_early and len(self.outputs) == len(self.layers):
                 raise _StopForward
-            return None if replacement is None else with_first_tensor(output, replacement)
+            return None if replacement is None else with_tapped(output, key, replacement)
 
         return hook
+
+
+ENTRY = ":"  # ``module:key``: the entry ``key`` of the module's dict output
+
+
+def split_entry(name: str) -> tuple[str, str | None]:
+    """A tapped name as (module name, dict key or None)."""
+    module, found, key = name.partition(ENTRY)
+    return module, key if found else None
+
+
+def plain_dict(value: Any) -> bool:
+    """Whether ``value`` is a dict and nothing more (not a model output object)."""
+    from collections import OrderedDict
+
+    return type(value) in (dict, OrderedDict)
+
+
+def tapped_tensor(output: Any, key: str | None) -> torch.Tensor | None:
+    """What a tap of ``key`` (None: the output itself) takes from a module's output."""
+    import torch
+
+    if key is None:
+        return first_tensor(output)
+    value = output.get(key) if plain_dict(output) else None
+    return value if isinstance(value, torch.Tensor) else None
+
+
+def with_tapped(output: Any, key: str | None, replacement: torch.Tensor) -> Any:
+    """``output`` with what ``tapped_tensor`` takes swapped for ``replacement``."""
+    if key is None:
+        return with_first_tensor(output, replacement)
+    swapped = type(output)(output)
+    swapped[key] = replacement
+    return swapped
 
 
 def first_tensor(value: Any) -> torch.Tensor | None:

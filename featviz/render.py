@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from featviz.errors import UsageError, closest
 
@@ -143,8 +143,24 @@ def outline(region: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return border[rows.astype(np.intp)][:, cols.astype(np.intp)]
 
 
+OUTLINE_RGB = (255, 255, 255)  # the border of a segmentation's class region
 BOX_RGB = (255, 255, 255)  # a detector's box and its label's background
 LABEL_RGB = (0, 0, 0)
+
+
+def mark(
+    pixels: np.ndarray,
+    region: Any,
+    boxes: tuple[tuple[float, float, float, float], ...],
+    caption: str,
+) -> None:
+    """Draw on an overlay, in place, what its map is of: a segmentation's ``region`` ((h, w)
+    bool tensor at the model's input size) outlined, a detector's ``boxes`` (in the picture's
+    pixels; one is labelled with ``caption``)."""
+    if region is not None:
+        pixels[outline(region.numpy(), pixels.shape[:2])] = OUTLINE_RGB
+    if boxes:
+        draw_boxes(pixels, boxes, caption if len(boxes) == 1 else None)
 
 
 def draw_boxes(

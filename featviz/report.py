@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from featviz import __version__
+from featviz.hooks import ENTRY, split_entry
 from featviz.images import printable
 
 if TYPE_CHECKING:
@@ -79,6 +80,7 @@ def layer_table(trace: ModelTrace, default_layer: str | None, multiple: int | No
         sizes = f"any size (shorter side {height} by default); shapes below for {width}×{height}"
     rows = [("name", "type", "output shape", "params", "notes")]
     attention_input = trace.attention_inputs[-1] if trace.attention_inputs else None
+    dicts = {split_entry(layer.name)[0] for layer in trace.layers if ENTRY in layer.name}
     for layer in trace.layers:
         if layer.shape is None:
             shape = "-"
@@ -92,6 +94,8 @@ def layer_table(trace: ModelTrace, default_layer: str | None, multiple: int | No
         if layer.name == default_layer:
             why = " (the last attention's input)" if layer.name == attention_input else ""
             notes.append(f"← default cam layer{why}")
+        if layer.name in dicts:
+            notes.append(f"a dict: tap an entry as {layer.name}{ENTRY}KEY (below)")
         if layer.calls > 1:
             notes.append(f"runs {layer.calls}× per forward: a tap keeps the last call")
         if layer.calls == 0:

@@ -80,7 +80,7 @@ def default_map_layers(model: LoadedModel) -> list[str]:
     convs = [
         layer.name
         for layer in model.trace.cam_candidates()
-        if isinstance(modules[layer.name], nn.Conv2d)
+        if isinstance(modules.get(layer.name), nn.Conv2d)
     ]
     if not convs:
         raise UsageError(

@@ -61,6 +61,11 @@ class Task:
         return maps
 
 
+def task_of(module: Any) -> Task | None:
+    """The task hooked on ``module``'s root, if any (a deep copy of a model has its own)."""
+    return next((hook for hook in module._forward_hooks.values() if isinstance(hook, Task)), None)
+
+
 class SegmentationTask(Task):
     name = "segmentation"
     shown_as = "share of the pixels"

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from featviz.detection import detections_of
 from featviz.errors import RunError, first_line
+from featviz.hooks import ENTRY
 from featviz.layers import LayerInfo, ModelTrace
 from featviz.layouts import detect
 from featviz.tasks import segmentation_logits
@@ -67,18 +68,17 @@ def trace_model(model: nn.Module, input_shape: tuple[int, ...]) -> ModelTrace:
         if r.get("shape") is not None and len(r["shape"]) == 3
     }
     layers = []
-    for name, module in model.named_modules():
-        if not name:
-            continue
+
+    def add(name: str, type_name: str, params: int) -> None:
         record = records.get(name, {})
         shape = record.get("shape")
         layout = detect(shape, shapes_b.get(name), (height, width), size_b, token_counts)
         layers.append(
             LayerInfo(
                 name=name,
-                type_name=type(module).__name__,
+                type_name=type_name,
                 shape=shape,
-                params=sum(p.numel() for p in module.parameters()),
+                params=params,
                 calls=record.get("calls", 0),
                 order=record.get("order", -1),
                 pooled=record.get("pooled", False),
@@ -86,6 +86,14 @@ def trace_model(model: nn.Module, input_shape: tuple[int, ...]) -> ModelTrace:
                 grid=None if layout is None else layout.grid(shape, (height, width)),
             )
         )
+
+    for name, module in model.named_modules():
+        if not name:
+            continue
+        add(name, type(module).__name__, sum(p.numel() for p in module.parameters()))
+        # A dict output's tensors (an FPN's levels), each tappable as ``name:key``.
+        for key in records.get(name, {}).get("entries", ()):
+            add(f"{name}{ENTRY}{key}", f"{type(module).__name__}[{key!r}]", 0)
     segmentation = segmentation_logits(output)
     if segmentation is not None:
         task, classes = "segmentation", segmentation.shape[1]
@@ -145,8 +153,10 @@ def _run(
 
 
 def _hooks(model: nn.Module, recording: _Recording) -> list[Any]:
+    import torch
+
     from featviz.attention import attention_kind
-    from featviz.hooks import first_tensor
+    from featviz.hooks import ENTRY, first_tensor, plain_dict
 
     def after(name: str):
         def hook(module: nn.Module, inputs: object, output: object) -> None:
@@ -154,6 +164,16 @@ def _hooks(model: nn.Module, recording: _Recording) -> list[Any]:
             record["calls"] += 1
             record["order"] = recording.order
             recording.order += 1
+            if plain_dict(output):
+                record["entries"] = [k for k, v in output.items() if isinstance(v, torch.Tensor)]
+                for key in record["entries"]:
+                    entry = recording.records.setdefault(f"{name}{ENTRY}{key}", {"calls": 0})
+                    entry.update(
+                        calls=record["calls"],
+                        order=record["order"],
+                        shape=tuple(output[key].shape),
+                        pooled=False,
+                    )
             output = first_tensor(output)
             if output is None:
                 record.update(shape=None, pooled=False)

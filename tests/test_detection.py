@@ -303,7 +303,19 @@ def test_torchvision_detectors_by_name_download_nothing(torch_home: Path, tmp_pa
     assert "are not cached and cannot be downloaded" in missing.stderr
     layers = CliRunner().invoke(app, ["layers", "-m", name])
     assert layers.exit_code == 0
-    assert "backbone.body.16 " in layers.stdout and "← default cam layer" in layers.stdout
+    rows = {row.split()[0]: row for row in layers.stdout.splitlines()[2:]}
+    assert "← default cam layer" in rows["backbone.body.16"]
+    # The FPN's levels, a dict: each entry is a layer of its own.
+    assert "a dict: tap an entry as backbone:KEY (below)" in rows["backbone"]
+    assert rows["backbone:pool"].split()[1:4] == ["BackboneWithFPN['pool']", "256×5×5", "0"]
+    maps = CliRunner().invoke(
+        app,
+        ["maps", "-m", name, "--weights", "none", str(photo), "-l", "backbone:0", "--json",
+         "-o", str(tmp_path / "maps")],
+    )  # fmt: skip
+    assert maps.exit_code == 0, maps.output
+    [grid] = json.loads(maps.stdout)["outputs"]
+    assert grid.endswith("/maps/backbone_0.png") and Image.open(grid).size[0] > 0
     models = CliRunner().invoke(app, ["models", "rcnn_mobilenet"])
     assert models.stdout.splitlines()[1:] == [
         "fasterrcnn_mobilenet_v3_large_320_fpn  COCO_V1",
@@ -318,3 +330,19 @@ def test_the_detection_batch_boxes_its_objects() -> None:
     for target in targets:
         assert 1 <= len(target["boxes"]) <= 2
         assert ((target["boxes"][:, 2:] - target["boxes"][:, :2]) >= 10).all()
+
+
+def test_a_dict_entry_is_tapped_like_the_module_that_made_it(tmp_path: Path) -> None:
+    """fcn_resnet50's backbone returns {"out": layer4's output}: a map at ``backbone:out`` is
+    the map at ``backbone.layer4``, value for value."""
+    loaded = load_model(ModelRequest("fcn_resnet50", weights="none", input_size=64, device="cpu"))
+    inputs = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    maps = {}
+    for layer in ("backbone:out", "backbone.layer4"):
+        explainer = Explainer(loaded, ("gradcam", "eigencam"), [layer], [4], top_k=None,
+                              cam_batch_size=8)  # fmt: skip
+        maps[layer] = [entry.layer_cam for entry in explainer.explain(inputs).maps[0]]
+    assert len(maps["backbone:out"]) == 2
+    for tapped, module in zip(maps["backbone:out"], maps["backbone.layer4"]):
+        assert float(tapped.abs().max()) > 0
+        assert torch.allclose(tapped, module, rtol=1e-5, atol=1e-7)

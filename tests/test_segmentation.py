@@ -169,3 +169,21 @@ def test_torchvision_segmenters_by_name_download_nothing(
     assert not torch_home.exists() or not any(torch_home.rglob("*.pth"))
     layers = CliRunner().invoke(app, ["layers", "-m", name])
     assert layers.exit_code == 0 and f"{layer} " in layers.stdout
+
+
+def test_a_copy_of_the_segmenter_is_explained_with_its_own_pixels(segmenter) -> None:
+    """sanity explains deep copies of the model: each has its own copy of the task's hook, and
+    its maps are captioned and outlined with what the copy assigned, not the original."""
+    import copy
+
+    inputs = torch.cat([image for image, _, _ in two_object_scenes(2, seed=4)])
+    explainer = Explainer(segmenter, ("gradcam",), ["decoder.1"], [1, 2], top_k=1, cam_batch_size=8)
+    original = explainer.explain(inputs)
+    assert any(entry.region.any() for maps in original.maps for entry in maps)
+    background_only = copy.deepcopy(segmenter.module)
+    with torch.no_grad():
+        background_only.decoder[2].bias[0] += 1e4  # every pixel is background now
+    copied = explainer.explain(inputs, module=background_only, targets=original.targets)
+    for maps in copied.maps:
+        assert [entry.caption for entry in maps] == ["square 0.00", "disc 0.00"]
+        assert not any(entry.region.any() for entry in maps)

@@ -26,7 +26,7 @@ from torch import nn
 from featviz.cam.base import CamMethod, logits_match, safe_divide, upsample
 from featviz.cam.context import CamContext
 from featviz.errors import first_line
-from featviz.hooks import with_first_tensor
+from featviz.hooks import split_entry, with_tapped
 from featviz.scores import logits_of
 
 # Score-CAM's mask denominator max − min + ε: a constant channel gives an all-zero mask.
@@ -251,7 +251,8 @@ class _HookedForward:
     def __init__(self, ctx: CamContext, layer: str) -> None:
         self.model = ctx.model
         self.inputs = ctx.inputs.detach()
-        self.module = ctx.model.get_submodule(layer)
+        module, self.key = split_entry(layer)
+        self.module = ctx.model.get_submodule(module)
         # Like LayerTaps: every call from the expected last one on is replaced.
         self.expected = (ctx.calls or {}).get(layer, 1)
 
@@ -261,7 +262,7 @@ class _HookedForward:
         def swap(module: nn.Module, inputs: Any, output: Any) -> torch.Tensor | None:
             nonlocal seen
             seen += 1
-            return with_first_tensor(output, activations) if seen >= self.expected else None
+            return with_tapped(output, self.key, activations) if seen >= self.expected else None
 
         handle = self.module.register_forward_hook(swap)
         try:
