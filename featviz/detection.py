@@ -24,6 +24,7 @@ input featviz fed, as every other model's does. A box clipped to nothing by the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -173,3 +174,11 @@ class DetectionTask(Task):
         if (height, width) == padded:
             return maps
         return upsample(maps, padded)[:, :height, :width]
+
+    def crop(self, maps: torch.Tensor) -> torch.Tensor:
+        if self.frame is None:
+            return maps
+        (height, width), (padded_h, padded_w) = self.frame
+        rows = math.ceil(maps.shape[-2] * height / padded_h)
+        cols = math.ceil(maps.shape[-1] * width / padded_w)
+        return maps[..., :rows, :cols]

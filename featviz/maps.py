@@ -60,6 +60,8 @@ class MapsJob(ImageJob):
             name: layouts[name].to_nchw(taps.outputs[name].float(), tuple(inputs.shape[-2:]))
             for name in self.layers
         }
+        if self.model.task is not None:  # a detector's maps: not over the padding it added
+            outputs = {name: self.model.task.crop(values) for name, values in outputs.items()}
         broken: dict[int, str] = {}
         for name, values in outputs.items():
             for i in not_finite(values).nonzero().flatten().tolist():

@@ -60,6 +60,11 @@ class Task:
         layers also see the padding it adds); as they are by default."""
         return maps
 
+    def crop(self, maps: torch.Tensor) -> torch.Tensor:
+        """(N, C, h, w) feature maps → the cells that cover the model's input (``align`` to
+        the nearest cell, for the grids of `featviz maps`); as they are by default."""
+        return maps
+
 
 def task_of(module: Any) -> Task | None:
     """The task hooked on ``module``'s root, if any (a deep copy of a model has its own)."""

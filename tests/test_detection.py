@@ -6,6 +6,7 @@ with nothing downloaded."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -214,6 +215,15 @@ def test_maps_and_boxes_line_up_with_the_photo_through_resize_and_padding(
         assert white[y0 + thick : y1 - thick, x0 : x0 + thick].all()  # left edge
         assert white[y1 - thick : y1, x0:x1].all()  # bottom edge
         assert not white[y0 + thick : y1 - thick, x0 + thick : x1 - thick].any()  # inside
+    # maps draws the layer's cells that cover the photo: 16 × 48 over the padded 32 × 96.
+    done = CliRunner().invoke(
+        app,
+        ["maps", "-m", f"{EXAMPLE}:build", str(tmp_path / "scene.png"), *sized, "-l", FINE,
+         "--save-raw", "--json", "-o", str(tmp_path / "maps")],
+    )  # fmt: skip
+    assert done.exit_code == 0, done.output
+    [raw] = [p for p in json.loads(done.stdout)["outputs"] if p.endswith(".npy")]
+    assert np.load(raw).shape == (32, 16, math.ceil(48 * covered / 96))
 
 
 def test_boxes_are_chosen_by_min_score_top_k_and_target(
