@@ -28,7 +28,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from featviz.tasks import Outcome, Task
+from featviz.tasks import Outcome, Task, replayed
 
 if TYPE_CHECKING:
     import torch
@@ -48,10 +48,16 @@ def detections_of(output: Any) -> list[Mapping[str, Any]] | None:
     return None
 
 
-# Methods that explain one forward's boxes: scorecam and ablationcam score re-runs of the model
-# on perturbed inputs, where the boxes are not the ones being explained any more; cam needs a
-# classifier's final Linear.
-DETECTION_METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam")
+# Methods that explain a detector's boxes: every method but cam, which needs a classifier's
+# final Linear, and the rollouts, which need a transformer's attention. scorecam and
+# ablationcam score re-runs of the model on perturbed inputs: each re-run's boxes are matched
+# to the explained ones (DetectionTask._matched).
+DETECTION_METHODS = (
+    "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "scorecam", "ablationcam",
+    "eigencam",
+)  # fmt: skip
+# A perturbed re-run's box is the explained one when it has its class and overlaps it this much.
+MATCH_IOU = 0.5
 
 
 def check_detection_request(command: str, request: Any) -> None:
@@ -141,6 +147,9 @@ class DetectionTask(Task):
                 f"the detection model returned a {type(output).__name__}, not one dict of "
                 "boxes, scores and labels per image"
             )
+        rows = replayed()
+        if rows is not None and self.latest is not None:
+            return self._matched(detections, rows)
         width = max(1, *(len(found["scores"]) for found in detections))
         scores, boxes, labels, valid = [], [], [], []
         for found in detections:
@@ -162,6 +171,27 @@ class DetectionTask(Task):
             valid=torch.stack(valid),
         )
         return stacked
+
+    def _matched(self, detections: list[Mapping[str, Any]], rows: torch.Tensor) -> torch.Tensor:
+        """Scores of a perturbed re-run (scorecam, ablationcam): row r re-runs image
+        ``rows[r]`` of the first forward, and its score for that image's box k is the best
+        score among its boxes of box k's class that overlap it by IoU ≥ MATCH_IOU, 0 if none.
+        (pytorch-grad-cam's FasterRCNNBoxScoreTarget sums IoU + score over such boxes.)"""
+        import torch
+        from torchvision.ops import box_iou
+
+        reference = self.latest
+        scores = torch.zeros(len(rows), reference.shown.shape[1], device=reference.shown.device)
+        for row, (image, found) in enumerate(zip(rows.tolist(), detections)):
+            if not len(found["scores"]):
+                continue
+            overlap = box_iou(reference.boxes[image], found["boxes"].detach().float())
+            same = reference.labels[image][:, None] == found["labels"][None, :].long()
+            candidates = (overlap >= MATCH_IOU) & same & reference.valid[image][:, None]
+            box_scores = found["scores"].detach().float()[None, :].expand_as(overlap)
+            best = torch.where(candidates, box_scores, torch.zeros_like(box_scores)).amax(dim=1)
+            scores[row] = best
+        return scores
 
     def align(self, maps: torch.Tensor) -> torch.Tensor:
         """(N, h, w) maps over the padded, resized batch → (N, h', w') over each input alone:

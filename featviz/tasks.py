@@ -23,7 +23,9 @@ Detection (a model returning one dict of boxes, scores and labels per image): fe
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +46,28 @@ class Outcome:
     boxes: torch.Tensor | None = None
     labels: torch.Tensor | None = None
     valid: torch.Tensor | None = None
+
+
+# During the extra forwards of scorecam and ablationcam: for each row of the batch, the image
+# of the batch's first forward it re-runs (perturbed). A task whose targets belong to that
+# forward (a detector's boxes) scores the rows against it.
+_REPLAYED: ContextVar[torch.Tensor | None] = ContextVar("replayed", default=None)
+
+
+@contextmanager
+def replaying(images: torch.Tensor) -> Iterator[None]:
+    """Forwards inside re-run perturbed copies of the images ``images`` (B,) of the batch's
+    first forward, one per row."""
+    token = _REPLAYED.set(images)
+    try:
+        yield
+    finally:
+        _REPLAYED.reset(token)
+
+
+def replayed() -> torch.Tensor | None:
+    """The images the rows of the current forward re-run, or None: a first forward."""
+    return _REPLAYED.get()
 
 
 class Task:

@@ -28,6 +28,7 @@ from featviz.cam.context import CamContext
 from featviz.errors import first_line
 from featviz.hooks import split_entry, with_tapped
 from featviz.scores import logits_of
+from featviz.tasks import replaying
 
 # Score-CAM's mask denominator max − min + ε: a constant channel gives an all-zero mask.
 _MASK_EPS = 1e-8
@@ -62,7 +63,8 @@ class ScoreCam(CamMethod):
                 )
                 low = masks.amin(dim=(1, 2), keepdim=True)
                 masks = (masks - low) / (masks.amax(dim=(1, 2), keepdim=True) - low + _MASK_EPS)
-                logits, _ = logits_of(ctx.model(inputs[image] * masks[:, None]))
+                with replaying(image):
+                    logits, _ = logits_of(ctx.model(inputs[image] * masks[:, None]))
                 scores[start : start + len(image)] = logits.float()
         return scores.view(n, k, -1)
 
@@ -116,7 +118,8 @@ class AblationCam(CamMethod):
                 ablated = torch.nonzero(channel >= 0).squeeze(1)
                 chunk[ablated, channel[ablated]] = 0
                 chunk = ctx.as_layer_output(layer, chunk, image)
-                scores[start : start + len(image)] = resume(image, chunk).float()
+                with replaying(image):
+                    scores[start : start + len(image)] = resume(image, chunk).float()
         return scores.view(n, k + 1, -1)
 
     def _split(self, model: nn.Module, layer: str) -> _Split | None:
