@@ -153,8 +153,6 @@ class Explainer:
         given classes (the sanity check's randomised models explain the original's);
         ``sizes`` each original photo's (height, width), which a detector's boxes are given in
         (default: the input's)."""
-        import torch
-
         context = self.forward(inputs, module)
         scores = context.logits.detach().float()
         broken = {
@@ -181,26 +179,9 @@ class Explainer:
         keep = None  # (N, columns): which targets are there to explain (a detector's boxes)
         if boxes is not None:
             sizes = sizes or [tuple(inputs.shape[-2:])] * n
-            boxes = detected_boxes(outcome, inputs.shape[-2:], sizes)
-            targets, keep = chosen_boxes(outcome, self.min_score, self.classes, self.top_k)
-            shown = [self._detections(outcome, boxes, i, keep[i], targets[i]) for i in range(n)]
+            targets, keep, shown = self._boxes(outcome, tuple(inputs.shape[-2:]), sizes)
         else:
-            # One ranking for the targets and the predictions shown: ties break the same way.
-            top = min(max(SHOWN_PREDICTIONS, self.top_k or 1), probabilities.shape[1])
-            ranked = probabilities.topk(top, dim=1)
-            if targets is None and self.classes:
-                targets = torch.tensor(self.classes, device=inputs.device).expand(n, -1)
-            elif targets is None:
-                targets = ranked.indices[:, : self.top_k or 1]
-            shown = [
-                [
-                    Prediction(int(index), self.model.label(int(index)), float(p))
-                    for p, index in zip(
-                        ranked.values[i, :SHOWN_PREDICTIONS], ranked.indices[i, :SHOWN_PREDICTIONS]
-                    )
-                ]
-                for i in range(n)
-            ]
+            targets, shown = self._classes(probabilities, targets)
         regions = outcome.regions if outcome else None
         per_image: list[list[ExplainedMap]] = [[] for _ in range(n)]
         for method in self.methods:
@@ -230,6 +211,43 @@ class Explainer:
                             entry = replace(entry, region=(regions[i] == entry.index).cpu())
                         per_image[i].append(entry)
         return Explained(context, targets, per_image, shown, broken)
+
+    def _classes(
+        self, probabilities: torch.Tensor, targets: torch.Tensor | None
+    ) -> tuple[torch.Tensor, list[list[Prediction]]]:
+        """(N, columns) classes to explain (``targets`` if given, else --target's, else the
+        top-k) and each image's top predictions: one ranking for both, so ties break alike."""
+        import torch
+
+        n = len(probabilities)
+        top = min(max(SHOWN_PREDICTIONS, self.top_k or 1), probabilities.shape[1])
+        ranked = probabilities.topk(top, dim=1)
+        if targets is None and self.classes:
+            targets = torch.tensor(self.classes, device=probabilities.device).expand(n, -1)
+        elif targets is None:
+            targets = ranked.indices[:, : self.top_k or 1]
+        shown = [
+            [
+                Prediction(int(index), self.model.label(int(index)), float(p))
+                for p, index in zip(
+                    ranked.values[i, :SHOWN_PREDICTIONS], ranked.indices[i, :SHOWN_PREDICTIONS]
+                )
+            ]
+            for i in range(n)
+        ]
+        return targets, shown
+
+    def _boxes(
+        self, outcome: Any, input_hw: tuple[int, int], sizes: list[tuple[int, int]]
+    ) -> tuple[torch.Tensor, torch.Tensor, list[list[Prediction]]]:
+        """A detector's (N, columns) box ranks to explain, which of them are boxes, and each
+        image's explained boxes as predictions (boxes in its photo's pixels)."""
+        boxes = detected_boxes(outcome, input_hw, sizes)
+        targets, keep = chosen_boxes(outcome, self.min_score, self.classes, self.top_k)
+        shown = [
+            self._detections(outcome, boxes, i, keep[i], targets[i]) for i in range(len(targets))
+        ]
+        return targets, keep, shown
 
     def _entry(
         self, method: Any, layer: str, index: int, probabilities: torch.Tensor, layer_cam: Any
