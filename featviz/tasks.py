@@ -15,8 +15,9 @@ value itself is shown beside its name.
 Segmentation (a model whose output is (N, classes, H, W), alone or as a dict's ``out``): the
 score of class c is the sum of its logits over the pixels the model assigns to c (the argmax),
 as pytorch-grad-cam's ``SemanticSegmentationTarget``; a class no pixel is assigned to scores
-0 and its map is zeros. Targets are ranked by the share of pixels they cover, which is what is
-printed beside their names.
+0 and its map is zeros. The perturbed re-runs of scorecam and ablationcam sum over the pixels
+of the first forward, as that target's fixed mask does. Targets are ranked by the share of
+pixels they cover, which is what is printed beside their names.
 
 Detection (a model returning one dict of boxes, scores and labels per image): featviz.detection.
 """
@@ -103,10 +104,15 @@ class SegmentationTask(Task):
         import torch
 
         logits = segmentation_logits(output)
-        classes = logits.detach().argmax(1)  # (N, H, W)
+        rows = replayed()
+        # A perturbed re-run (scorecam, ablationcam) is scored on the pixels the first
+        # forward assigned, as pytorch-grad-cam's target keeps its mask.
+        first = rows is None or self.latest is None
+        classes = logits.detach().argmax(1) if first else self.latest.regions[rows]
         index = torch.arange(logits.shape[1], device=logits.device)[None, :, None, None]
         assigned = (classes[:, None] == index).to(logits.dtype)  # (N, C, H, W), no gradient
-        self.latest = Outcome(shown=assigned.float().mean((2, 3)), regions=classes)
+        if first:
+            self.latest = Outcome(shown=assigned.float().mean((2, 3)), regions=classes)
         return (logits * assigned).sum((2, 3))
 
 

@@ -5,6 +5,7 @@ the right answer is known; torchvision's segmenters by name with nothing downloa
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -187,3 +188,38 @@ def test_a_copy_of_the_segmenter_is_explained_with_its_own_pixels(segmenter) -> 
     for maps in copied.maps:
         assert [entry.caption for entry in maps] == ["square 0.00", "disc 0.00"]
         assert not any(entry.region.any() for entry in maps)
+
+
+@pytest.mark.parametrize("method", ["scorecam", "ablationcam"])
+def test_perturbation_maps_match_pytorch_grad_cam_with_its_fixed_mask(
+    segmenter, method: str
+) -> None:
+    """Their SemanticSegmentationTarget keeps the clean forward's mask for the masked re-runs;
+    so do ours. ``encoder.1`` has the input's resolution, so both ways of upsampling the
+    Score-CAM masks agree; it ends in a ReLU, so their ablation zeroes channels as ours does."""
+    from pytorch_grad_cam import AblationCAM, ScoreCAM
+    from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
+
+    from featviz.cam import normalise
+
+    inputs = torch.cat([image for image, _, _ in two_object_scenes(2, seed=8)])
+    explainer = Explainer(segmenter, (method,), ["encoder.1"], [], top_k=2, cam_batch_size=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # ablationcam's split suffix ends in the task's hook
+        explained = explainer.explain(inputs)
+    raw = _raw(segmenter).requires_grad_(True)
+    with torch.no_grad():
+        classes = raw(inputs).argmax(1)
+    kind = {"scorecam": ScoreCAM, "ablationcam": AblationCAM}[method]
+    for column in range(2):
+        targets = explained.targets[:, column].tolist()
+        masks = [(classes[i] == c).float().numpy() for i, c in enumerate(targets)]
+        cam = kind(model=raw, target_layers=[raw.encoder[1]])
+        cam.get_target_width_height = lambda input_tensor: (WIDTH, HEIGHT)
+        with cam:
+            theirs = cam(
+                input_tensor=inputs,
+                targets=[SemanticSegmentationTarget(c, m) for c, m in zip(targets, masks)],
+            )
+        ours = normalise(torch.stack([maps[column].layer_cam for maps in explained.maps]))
+        torch.testing.assert_close(ours, torch.from_numpy(theirs), rtol=0, atol=5e-4)

@@ -186,6 +186,9 @@ class _Split:
         tracer = _TapAsLeaf(layer)
         graph = tracer.trace(model)
         self.module = fx.GraphModule(tracer.root, graph)
+        # The graph is the forward alone: the hooks on the model's root (featviz.tasks turns a
+        # segmenter's pixels into class scores there) run on the suffix's output too.
+        self.root, self.root_hooks = model, list(model._forward_hooks.values())
         nodes = list(graph.nodes)
         taps = [node for node in nodes if node.op == "call_module" and node.target == layer]
         if not taps:
@@ -244,7 +247,11 @@ class _BoundSuffix:
             # index_select copies: an in-place op in the suffix cannot touch the stored value.
             env[node] = value.index_select(0, image) if node in split.batched else value
         env[split.tap] = activations
-        logits, _ = logits_of(fx.Interpreter(split.module).run(initial_env=env))
+        output = fx.Interpreter(split.module).run(initial_env=env)
+        for hook in split.root_hooks:  # its inputs: one row per image, as the model's were
+            changed = hook(split.root, (activations,), output)
+            output = output if changed is None else changed
+        logits, _ = logits_of(output)
         return logits
 
 
