@@ -207,11 +207,19 @@ def _clipped(box: tuple[float, ...], width: int, height: int) -> tuple[int, int,
 def _label(text: str, size: int) -> np.ndarray:
     """``text`` in LABEL_RGB on BOX_RGB, (h, w, 3) uint8, a font ``size`` pixels high."""
     import numpy as np
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
-    font = ImageFont.load_default(size=size)
+    font = _font(size)
     left, top, right, bottom = font.getbbox(text)
     pad = max(1, size // 6)
     picture = Image.new("RGB", (right - left + 2 * pad, bottom - top + 2 * pad), BOX_RGB)
     ImageDraw.Draw(picture).text((pad - left, pad - top), text, fill=LABEL_RGB, font=font)
     return np.asarray(picture)
+
+
+@lru_cache(maxsize=8)
+def _font(size: int):
+    """Pillow's bundled font at ``size`` pixels, read from its file once per size."""
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=size)

@@ -299,7 +299,7 @@ def _options_of(options: dict[str, Any]) -> dict[str, Any]:
     kept = dict(options)
     if "top_k" in kept and kept["top_k"] is None:
         kept["top_k"] = 1
-    if kept.get("min_score", 0) is None:
+    if "min_score" in kept and kept["min_score"] is None:
         del kept["min_score"]
     return kept
 

@@ -156,7 +156,7 @@ def _hooks(model: nn.Module, recording: _Recording) -> list[Any]:
     import torch
 
     from featviz.attention import attention_kind
-    from featviz.hooks import ENTRY, first_tensor, plain_dict
+    from featviz.hooks import first_tensor, plain_dict
 
     def after(name: str):
         def hook(module: nn.Module, inputs: object, output: object) -> None:
