@@ -30,10 +30,15 @@ class CamJob(ExplainingJob):
     request: CamRequest
 
     def __post_init__(self) -> None:
+        from featviz.device_render import DeviceBlend, renders_on
         from featviz.render import colormap_lut
 
         self.lut = colormap_lut(self.request.cmap)  # an unknown name fails before any image
         super().__post_init__()
+        device = self.model.device
+        self.blend = (
+            DeviceBlend(self.lut, self.request.alpha, device) if renders_on(device) else None
+        )
 
     def process(self, batch: list[LoadedImage]) -> list[Callable[[], ImageResult]]:
         inputs = self.model.batch([item.tensor for item in batch])
@@ -48,8 +53,12 @@ class CamJob(ExplainingJob):
                 tasks.append(failure(item, explained.broken[i]))
                 continue
             activations = {layer: values[i] for layer, values in layer_maps.items()}
+            # On a GPU the overlays are made here, where the maps are; on a CPU in the writer.
+            pictures = self._on_device(item, explained.maps[i]) if self.blend else None
             tasks.append(
-                self._writer(item, explained.maps[i], explained.predictions[i], activations)
+                self._writer(
+                    item, explained.maps[i], explained.predictions[i], activations, pictures
+                )
             )
         return tasks
 
@@ -59,24 +68,18 @@ class CamJob(ExplainingJob):
         maps: list[ExplainedMap],
         predictions: list[Prediction],
         activations: dict[str, np.ndarray],
+        pictures: list[Picture] | None,
     ):
         def write() -> ImageResult:
-            from featviz.cam import fuse, heatmap
+            from featviz.render import overlay
 
-            size = item.original.shape[:2]
-            artifacts: list[Artifact] = []
-            by_target: dict[tuple[str, str], list[ExplainedMap]] = {}
-            heatmaps: dict[int, torch.Tensor] = {}
-            for entry in maps:
-                values = heatmaps[id(entry)] = heatmap(entry.layer_cam, size)
-                artifacts += self._artifacts(item, entry, values)
-                if self.request.fuse:
-                    by_target.setdefault((entry.method, entry.target), []).append(entry)
-            for entries in by_target.values():
-                fused = replace(entries[0], layer=FUSED, layer_cam=None)
-                artifacts += self._artifacts(
-                    item, fused, fuse([heatmaps[id(entry)] for entry in entries])
+            def blend(values: torch.Tensor) -> np.ndarray:
+                return overlay(
+                    item.original, values.numpy(), lut=self.lut, alpha=self.request.alpha
                 )
+
+            made = pictures if pictures is not None else self._pictures(item, maps, blend)
+            artifacts = [a for picture in made for a in self._artifacts(picture)]
             return self.deliver(
                 ImageOutputs(
                     item.source, self.model.name, item.original, predictions, artifacts, activations
@@ -85,28 +88,82 @@ class CamJob(ExplainingJob):
 
         return write
 
-    def _artifacts(
-        self, item: LoadedImage, entry: ExplainedMap, heatmap: torch.Tensor
-    ) -> list[Artifact]:
-        from featviz.render import apply_colormap, mark, overlay
+    def _on_device(self, item: LoadedImage, maps: list[ExplainedMap]) -> list[Picture]:
+        """``_pictures`` on the model's device; the heatmaps come back only when asked for."""
+        import torch
 
-        values = heatmap.numpy()
+        image = torch.from_numpy(item.original).to(self.blend.device)
+        kept = self.request.heatmap or self.request.save_raw
+        return [
+            replace(picture, heatmap=picture.heatmap.cpu() if kept else None)
+            for picture in self._pictures(
+                item,
+                maps,
+                lambda values: self.blend.overlay(image, values).cpu().numpy(),
+                device=self.blend.device,
+            )
+        ]
+
+    def _pictures(
+        self,
+        item: LoadedImage,
+        maps: list[ExplainedMap],
+        blend: Callable[[torch.Tensor], np.ndarray],
+        device: torch.device | None = None,
+    ) -> list[Picture]:
+        """Each map's heatmap over the original photo (upsampled on ``device``, default the
+        CPU) and its overlay by ``blend``, then one fusion of layers per method and target
+        with ``--fuse``."""
+        from featviz.cam import fuse, heatmap
+        from featviz.render import mark
+
+        size = item.original.shape[:2]
+        made: list[Picture] = []
+        by_target: dict[tuple[str, str], list[Picture]] = {}
+        for entry in maps:
+            layer_cam = entry.layer_cam if device is None else entry.layer_cam.to(device)
+            values = heatmap(layer_cam, size)
+            made.append(Picture(entry, values, blend(values)))
+            if self.request.fuse:
+                by_target.setdefault((entry.method, entry.target), []).append(made[-1])
+        for layers in by_target.values():
+            values = fuse([picture.heatmap for picture in layers])
+            fused = replace(layers[0].entry, layer=FUSED, layer_cam=None)
+            made.append(Picture(fused, values, blend(values)))
+        for picture in made:
+            entry = picture.entry
+            mark(picture.pixels, entry.region, entry.boxes, entry.caption)
+        return made
+
+    def _artifacts(self, picture: Picture) -> list[Artifact]:
+        from featviz.render import apply_colormap
+
+        entry = picture.entry
         where = {
             "layer": entry.layer,
             "method": entry.method,
             "target": entry.target,
             "caption": entry.caption,
         }
-        pixels = overlay(item.original, values, lut=self.lut, alpha=self.request.alpha)
-        mark(pixels, entry.region, entry.boxes, entry.caption)
-        artifacts = [Artifact("cam", "overlay", pixels=pixels, **where)]
+        artifacts = [Artifact("cam", "overlay", pixels=picture.pixels, **where)]
         if self.request.heatmap:
+            values = picture.heatmap.numpy()
             artifacts.append(
                 Artifact("cam", "heatmap", pixels=apply_colormap(values, self.lut), **where)
             )
         if self.request.save_raw:
-            arrays = {"heatmap": values.astype("float32")}
+            arrays = {"heatmap": picture.heatmap.numpy().astype("float32")}
             if entry.layer_cam is not None:
                 arrays["layer_cam"] = entry.layer_cam.numpy().astype("float32")
             artifacts.append(Artifact("cam", "raw", arrays=arrays, **where))
         return artifacts
+
+
+@dataclass
+class Picture:
+    """One map drawn over its photo: the (H, W) heatmap in [0, 1] (None when it stayed on
+    the GPU, unasked for) and the overlay's (H, W, 3) uint8 pixels, marked."""
+
+    entry: ExplainedMap
+    heatmap: torch.Tensor | None
+    pixels: np.ndarray

@@ -54,10 +54,15 @@ class LoadedModel:
 
     def batch(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         """Stack (3, h, w) inputs into the (N, 3, h, w) batch the model expects: on its device,
-        in the memory layout of its weights."""
+        in the memory layout of its weights. uint8 inputs are pixels (``LoadedImage.tensor``),
+        normalised on the device after the copy; float inputs are already normalised."""
         import torch
 
-        stacked = torch.stack(tensors).to(self.device)
+        from featviz.preprocess import normalise
+
+        stacked = torch.stack([tensor.to(self.device, non_blocking=True) for tensor in tensors])
+        if stacked.dtype == torch.uint8:
+            stacked = normalise(stacked, self.preprocessing)
         if self.channels_last:
             return stacked.contiguous(memory_format=torch.channels_last)
         return stacked

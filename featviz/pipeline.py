@@ -89,7 +89,8 @@ class ImageResult:
 
 @dataclass
 class LoadedImage:
-    """A decoded input: the original pixels (H, W, 3) uint8 and the model's (3, h, w) tensor."""
+    """A decoded input: the original pixels (H, W, 3) uint8 and the model's input, (3, h, w)
+    uint8 pixels at the size it sees (``LoadedModel.batch`` normalises them)."""
 
     source: ImageSource
     original: np.ndarray

@@ -61,16 +61,29 @@ def resized_shape(width: int, height: int, preprocessing: Preprocessing) -> tupl
 
 
 def to_tensor(image: Image.Image, preprocessing: Preprocessing) -> torch.Tensor:
-    """RGB PIL image → float32 (3, h, w) tensor, resized (antialiased, with the weights' own
-    interpolation) and normalised."""
+    """RGB PIL image → float32 (3, h, w) tensor, resized and normalised."""
+    return normalise(resized(image, preprocessing), preprocessing)
+
+
+def resized(image: Image.Image, preprocessing: Preprocessing) -> torch.Tensor:
+    """RGB PIL image → uint8 (3, h, w) tensor at the size the network sees (antialiased, with
+    the weights' own interpolation). Images travel to the model's device as bytes, a quarter
+    of their float32 size, and are normalised there (``normalise``)."""
     import numpy as np
     import torch
     from PIL import Image
 
     height, width = resized_shape(image.width, image.height, preprocessing)
     resample = Image.Resampling[preprocessing.interpolation.upper()]
-    resized = image.resize((width, height), resample, reducing_gap=None)
-    array = torch.from_numpy(np.asarray(resized, dtype=np.float32)).permute(2, 0, 1) / 255.0
-    mean = torch.tensor(preprocessing.mean, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(preprocessing.std, dtype=torch.float32).view(3, 1, 1)
-    return (array - mean) / std
+    pixels = image.resize((width, height), resample, reducing_gap=None)
+    return torch.from_numpy(np.array(pixels, dtype=np.uint8)).permute(2, 0, 1)
+
+
+def normalise(pixels: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
+    """uint8 (…, 3, h, w) → float32 in the model's normalisation, on the pixels' device."""
+    import torch
+
+    shape = (3, 1, 1)
+    mean = torch.tensor(preprocessing.mean, dtype=torch.float32, device=pixels.device).view(shape)
+    std = torch.tensor(preprocessing.std, dtype=torch.float32, device=pixels.device).view(shape)
+    return (pixels.float() / 255.0 - mean) / std
