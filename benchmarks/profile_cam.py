@@ -5,7 +5,7 @@ Two views, printed as Markdown by ``bench_cam.py --profile`` (or run this file d
 1. Stages one at a time: featviz's own functions (decode, to_tensor, forward_for_cam, the
    Grad-CAM backward, upsample + normalise, overlay, encode_png, write_atomic, the JSON record)
    timed serially on the same photos, ms per image, fastest of 3, and the candidate
-   replacements of whatif.py (PNG writer, uint16 overlay) on the same data, with PNG sizes.
+   replacements of whatif.py (PNG writers) on the same data, with PNG sizes.
    Their sum against the pipelined run shows what the decode and write thread pools hide.
 2. A py-spy profile of ``prepare_cam(...).results()`` in a child process, every Python thread
    sampled (main = model work, featviz-decode, featviz-write), each sample filed under the
@@ -128,12 +128,6 @@ def stage_breakdown(model: str, layer: str, photos: list[Path], work: Path) -> l
                 work / f"{i}.json", encode_json({"input": str(photos[i]), "outputs": [f"{i}.png"]})
             )
 
-    def stage_fast_overlay() -> None:
-        state["fast overlays"] = [
-            whatif.fast_overlay(o, h, lut=lut, alpha=0.5)
-            for o, h in zip(state["originals"], state["heatmaps"])
-        ]
-
     stages = [
         ("decode", stage_decode),
         ("resize + normalise input", stage_tensor),
@@ -141,14 +135,13 @@ def stage_breakdown(model: str, layer: str, photos: list[Path], work: Path) -> l
         ("backward to the layer + CAM weights", stage_backward),
         ("upsample + normalise to original", stage_upsample),
         ("colour map + blend", stage_overlay),
-        ("PNG encode: Pillow, zlib level 1", encode_with(encode_png)),
+        ("PNG encode (featviz: ISA-L when installed)", encode_with(encode_png)),
         ("file writes", stage_write),
         ("JSON record", stage_record),
     ]
-    alternatives = [("colour map + blend in uint16 (whatif.py)", stage_fast_overlay)]
-    alternatives.append(
+    alternatives = [
         ("PNG: Up filter + stdlib zlib 1 (whatif.py)", encode_with(whatif.fast_encode_png))
-    )
+    ]
     fast = whatif.isal_compress()
     if fast is not None:
         alternatives.append(

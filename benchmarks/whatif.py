@@ -8,14 +8,14 @@ undone. ``bench_cam.py`` and ``bench_maps.py`` time them beside featviz as it is
   Pillow instead picks a filter per row adaptively, which costs more than the deflate itself.
   With the stdlib's zlib at level 1: same file sizes as Pillow's level 1, half the time; with
   ISA-L's deflate (the ``isal`` package, wheels for Linux/macOS/Windows) about 8× faster.
-- ``fast_overlay``: featviz's ``render.overlay`` in uint16 integer arithmetic instead of float32
-  (at most 1 level of difference per channel), about 4× faster on a 640×480 photo.
 - ``channels_last``: oneDNN's convolutions on CPU run faster on NHWC weights (resnet50's forward
   + backward to layer4: about −25 % here); converting the model is enough, inputs follow.
 - ``bfloat16``: the forward and backward under ``torch.autocast("cpu", torch.bfloat16)``. Not a
   drop-in fix: it changes the numbers (top-1 classes and maps can differ), so it could only be an
   opt-in option; it shows what CPUs with AVX512-BF16/AMX (this one) leave on the table.
 
+Dropped since: a uint16 overlay (±1 level against the float formula): featviz's overlay now
+looks the formula's exact result up in a table (render.blend_table), which is faster still.
 Measured and dropped: torch at 1 thread while the pools encode on the other core (resnet50 46 %
 slower, alexnet about the same).
 """
@@ -66,40 +66,6 @@ def isal_compress() -> Callable[[bytes], bytes] | None:
     except ImportError:
         return None
     return lambda raw: isal_zlib.compress(raw, 1)
-
-
-def fast_overlay(
-    image: np.ndarray, heatmap: np.ndarray, *, lut: np.ndarray, alpha: float
-) -> np.ndarray:
-    """``featviz.render.overlay`` in integers: (1 − a)·image + a·colour with a = alpha in 1/256
-    steps, rounded; the same checks and colour indices as the original."""
-    if image.shape[:2] != heatmap.shape:
-        raise ValueError(f"heatmap {heatmap.shape} does not match image {image.shape[:2]}")
-    scaled = heatmap * np.float32(255.0)
-    np.rint(scaled, out=scaled)
-    np.clip(scaled, 0, 255, out=scaled)
-    colours = lut[scaled.astype(np.uint8)].astype(np.uint16)
-    weight = round(alpha * 256)
-    blended = image.astype(np.uint16)
-    blended *= 256 - weight
-    colours *= weight
-    blended += colours
-    blended += 128
-    blended >>= 8
-    return blended.astype(np.uint8)
-
-
-@contextmanager
-def overlay_function(function: Callable[..., np.ndarray]) -> Iterator[None]:
-    """cam_job imports ``render.overlay`` at each call, so patching the module is enough."""
-    import featviz.render
-
-    saved = featviz.render.overlay
-    featviz.render.overlay = function
-    try:
-        yield
-    finally:
-        featviz.render.overlay = saved
 
 
 @contextmanager
@@ -170,15 +136,15 @@ def variants(run: Any) -> dict[str, Callable[[], Any]]:
 
     @contextmanager
     def combined() -> Iterator[None]:
-        with best_png(), overlay_function(fast_overlay), channels_last(run.model.module):
+        with best_png(), channels_last(run.model.module):
             yield
 
-    found["all three: fastest PNG, uint16 overlay, channels_last"] = combined
+    found["both: fastest PNG, channels_last"] = combined
 
     @contextmanager
     def combined_bf16() -> Iterator[None]:
         with combined(), bfloat16():
             yield
 
-    found["opt-in: all three + bfloat16 autocast"] = combined_bf16
+    found["opt-in: both + bfloat16 autocast"] = combined_bf16
     return found
