@@ -60,6 +60,8 @@ class ModelTrace:
     # What the output is: None class scores; "segmentation" (N, classes, H, W) logits
     # (featviz.tasks); "detection" boxes (featviz.detection).
     task: str | None = None
+    # (conv, batch norm) pairs whose conv output only that batch norm reads (featviz.folding).
+    foldable: tuple[tuple[str, str], ...] = ()
 
     def get(self, name: str) -> LayerInfo:
         return next(layer for layer in self.layers if layer.name == name)

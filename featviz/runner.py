@@ -9,6 +9,7 @@ everything here raises FeatvizError subclasses and never prints. What is resolve
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,7 @@ from featviz.errors import UsageError
 from featviz.requests import DEFAULT_MIN_SCORE, plain
 
 if TYPE_CHECKING:
+    from featviz.folding import FoldedBatchNorms
     from featviz.images import ImageSource
     from featviz.jobs import ImageJob
     from featviz.models import LoadedModel
@@ -259,7 +261,15 @@ def _prepare(
     job = make_job(
         model=loaded, sinks=sinks, max_pixels=run.max_pixels, skip_existing=run.skip_existing
     )
-    compute = autocast_for(model.precision, loaded.device)  # fp16 on a CPU: a usage error
+    autocast = autocast_for(model.precision, loaded.device)  # fp16 on a CPU: a usage error
+    folding = _folding(command, loaded, resolved)
+    record["resolved"]["folded_batch_norms"] = len(folding)
+
+    @contextmanager
+    def compute() -> Iterator[None]:
+        with autocast(), folding.applied():
+            yield
+
     notes: list[str] = []
     check = None
     if model.check_precision and model.precision != "fp32":
@@ -282,6 +292,15 @@ def _prepare(
         notes=notes,
         total=len(sources) if isinstance(sources, list) else None,
     )
+
+
+def _folding(command: str, loaded: LoadedModel, resolved: dict[str, Any]) -> FoldedBatchNorms:
+    """The batch norms folded for this run's batches: none for sanity, which randomises the
+    weights of the very layers (batch norms among them) that folding would merge."""
+    from featviz.folding import folded_for
+
+    pairs = () if command == "sanity" else loaded.trace.foldable
+    return folded_for(loaded.module, pairs, resolved["layers"])
 
 
 def _outputs_of(model: dict[str, Any]) -> dict[str, Any]:

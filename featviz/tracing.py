@@ -26,6 +26,8 @@ from featviz.tasks import segmentation_logits
 if TYPE_CHECKING:
     from torch import nn
 
+    from featviz.folding import ConvReaders
+
 _POOLING = ("Pool",)
 # Widths added to probe whether a model takes other sizes; a step ≤ FREE_STEP means any size.
 FREE_STEP = 16
@@ -51,8 +53,13 @@ def trace_model(model: nn.Module, input_shape: tuple[int, ...]) -> ModelTrace:
 
     Raises RunError when the model cannot run at ``input_shape`` at all.
     """
+    from featviz.folding import ConvReaders
+
     *lead, height, width = input_shape
-    mode, recording, output = _run(model, tuple(input_shape))
+    readers = ConvReaders(model)
+    mode, recording, output = _run(
+        model, tuple(input_shape), readers=readers if readers.useful else None
+    )
     if recording is None:
         raise TraceError(
             f"the model cannot run on a {width}×{height} input ({first_line(output)})",
@@ -109,6 +116,7 @@ def trace_model(model: nn.Module, input_shape: tuple[int, ...]) -> ModelTrace:
         size_step=step,
         attention_inputs=tuple(recording.attention_inputs),
         task=task,
+        foldable=readers.pairs() if mode == "meta" else (),
     )
 
 
@@ -127,10 +135,13 @@ def _probe(
 
 
 def _run(
-    model: nn.Module, input_shape: tuple[int, ...], modes: tuple[str, ...] = ("meta", "real")
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    modes: tuple[str, ...] = ("meta", "real"),
+    readers: ConvReaders | None = None,
 ) -> tuple[str, _Recording | None, Any]:
     """(mode, recording, model output) of the first forward that works, or (mode, None, the
-    last exception) when none does."""
+    last exception) when none does. ``readers`` watch the meta forward (folding.py)."""
     error: Exception | None = None
     for mode in modes:
         recording = _Recording()
@@ -139,7 +150,12 @@ def _run(
         # AnchorGenerator its cell anchors) would keep the trace's meta ones.
         attributes = [(module, dict(vars(module))) for module in model.modules()]
         try:
-            output = _forward(model, input_shape, meta=mode == "meta")
+            if readers is not None and mode == "meta":
+                with readers.watching():
+                    output = _forward(model, input_shape, meta=True)
+                readers.escaped(output)
+            else:
+                output = _forward(model, input_shape, meta=mode == "meta")
             return mode, recording, output
         except Exception as exc:
             error = exc
@@ -204,18 +220,26 @@ def _hooks(model: nn.Module, recording: _Recording) -> list[Any]:
 
 def _forward(model: nn.Module, input_shape: tuple[int, ...], *, meta: bool) -> Any:
     import torch
-    from torch.func import functional_call
 
     if meta:
-        state = {
-            name: torch.empty_like(tensor, device="meta")
-            for name, tensor in [*model.named_parameters(), *model.named_buffers()]
-        }
-        with torch.no_grad():
-            return functional_call(model, state, (torch.zeros(input_shape, device="meta"),))
+        return forward_on_meta(model, input_shape)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     with torch.inference_mode():
         return model(torch.zeros(input_shape, device=device))
+
+
+def forward_on_meta(model: nn.Module, input_shape: tuple[int, ...]) -> Any:
+    """``model``'s output on zeros of ``input_shape`` on the meta device: shapes only, with
+    meta copies of its parameters and buffers (the model itself is not moved)."""
+    import torch
+    from torch.func import functional_call
+
+    state = {
+        name: torch.empty_like(tensor, device="meta")
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]
+    }
+    with torch.no_grad():
+        return functional_call(model, state, (torch.zeros(input_shape, device="meta"),))
 
 
 def _classes_of(output: object) -> int | None:
