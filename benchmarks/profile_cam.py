@@ -40,11 +40,12 @@ RULES = [
     ("colour map + blend", "overlay", "featviz/render.py"),
     ("colormap LUT (matplotlib)", "colormap_lut", "featviz/render.py"),
     ("upsample + normalise", "upsample", "featviz/cam/base.py"),
-    ("upsample + normalise", "normalise", "featviz/cam/base.py"),
-    ("backward to the layer", "_gradients", "featviz/cam/base.py"),
+    ("upsample + normalise", "heatmap", "featviz/cam/base.py"),
+    ("backward to the layer", "_gradients", "featviz/cam/context.py"),
     ("CAM weights", "compute", "featviz/cam/base.py"),
-    ("forward", "forward_for_cam", "featviz/cam/base.py"),
-    ("resize + normalise input", "to_tensor", "featviz/preprocess.py"),
+    ("forward", "forward_for_cam", "featviz/cam/context.py"),
+    ("resize input", "resized", "featviz/preprocess.py"),
+    ("normalise input", "normalise", "featviz/preprocess.py"),
     ("decode", "decode", "featviz/decode.py"),
 ]
 

@@ -71,13 +71,17 @@ class ImageJob:
         import numpy as np
 
         from featviz.decode import decode
-        from featviz.preprocess import resized
+        from featviz.preprocess import normalise, resized
 
         image = decode(source.path, max_pixels=self.max_pixels)
         pixels = resized(image, self.model.preprocessing)
         if self.model.device.type == "cuda":
-            # Page-locked, so the batch's copy to the GPU is one DMA that need not wait.
+            # Bytes, page-locked: the batch's copy to the GPU is one DMA of a quarter of the
+            # floats' size, which need not wait, and the GPU normalises them.
             pixels = pixels.pin_memory()
+        else:
+            # Here, in the decode threads, beside the model's work rather than before it.
+            pixels = normalise(pixels, self.model.preprocessing)
         return LoadedImage(source, np.asarray(image), pixels)
 
     def deliver(

@@ -89,8 +89,9 @@ class ImageResult:
 
 @dataclass
 class LoadedImage:
-    """A decoded input: the original pixels (H, W, 3) uint8 and the model's input, (3, h, w)
-    uint8 pixels at the size it sees (``LoadedModel.batch`` normalises them)."""
+    """A decoded input: the original pixels (H, W, 3) uint8 and the model's (3, h, w) input,
+    normalised, or for a GPU uint8 pixels at the size it sees (``LoadedModel.batch``
+    normalises them there)."""
 
     source: ImageSource
     original: np.ndarray
