@@ -10,8 +10,9 @@ A pair is folded only when that changes nothing a user can tap or read:
 - the conv's output goes to that batch norm and nowhere else: on a meta-device forward no other
   operation reads it and no module hands it on inside a tuple or dict, and each runs once;
 - neither module is a layer the run taps (a tapped conv would show conv + bn);
-- both are exactly ``nn.Conv2d`` and ``nn.BatchNorm2d`` with running statistics (subclasses,
-  timm's ``BatchNormAct2d`` among them, may compute more than the formula).
+- the conv is exactly ``nn.Conv2d``, and the norm exactly ``nn.BatchNorm2d`` or timm's
+  ``BatchNormAct2d`` (whose forward is the formula, then its dropout and activation modules),
+  with running statistics; other subclasses may compute more than the formula.
 
 The folded weights are swapped in around each batch's work (the pipeline's per-batch context)
 and the model's own put back after it, so a model kept warm by the worker, and anything reading
@@ -22,7 +23,7 @@ folded convolutions' weights.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -40,13 +41,12 @@ class ConvReaders:
     def __init__(self, model: nn.Module) -> None:
         from torch import nn
 
-        self.model = model
         self.modules = dict(model.named_modules())
         self.convs = {name for name, m in self.modules.items() if type(m) is nn.Conv2d}
         self.norms = {
             name
             for name, m in self.modules.items()
-            if type(m) is nn.BatchNorm2d and m.running_mean is not None
+            if after_norm(m) is not None and m.running_mean is not None
         }
         self.running: list[str] = []  # the modules whose forward is running, innermost last
         self.made: dict[int, str] = {}  # id of a conv's output → the conv
@@ -183,12 +183,27 @@ class FoldedBatchNorms:
         try:
             for conv, norm, weight, bias in self.swaps:
                 conv.weight, conv.bias = weight, bias
-                norm.forward = _unchanged  # its hooks still run, on the conv's (folded) output
+                norm.forward = after_norm(norm)  # its hooks still run, on what it returns
             yield
         finally:
             for (conv, norm, _, _), (weight, bias) in zip(self.swaps, saved):
                 conv.weight, conv.bias = weight, bias
                 vars(norm).pop("forward", None)
+
+
+def after_norm(norm: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """What ``norm``'s forward computes after normalising, as a function of the normalised
+    tensor, for the norms whose formula folding knows exactly; None for any other."""
+    from torch import nn
+
+    kind = type(norm)
+    if kind is nn.BatchNorm2d:
+        return _unchanged
+    # timm's BatchNorm + activation (EfficientNets, MobileNets): normalise, then its own
+    # dropout and activation modules, which keep running (and keep their hooks).
+    if kind.__name__ == "BatchNormAct2d" and kind.__module__.startswith("timm."):
+        return lambda value: norm.act(norm.drop(value))
+    return None
 
 
 def _unchanged(value: torch.Tensor) -> torch.Tensor:

@@ -170,3 +170,26 @@ def test_cam_on_a_folded_model_gives_the_unfolded_maps(
     monkeypatch.undo()
     folded, _ = _cam(bn_model, photo, tmp_path / "block", "-l", "block")
     assert folded == 3
+
+
+def test_timms_batchnorm_act_folds_and_keeps_its_activation(lite0) -> None:
+    """EfficientNet-Lite0 (timm's layers): every conv feeds a BatchNormAct2d, whose ReLU6 must
+    still run once the normalisation is folded away."""
+    module = lite0.module
+    assert len(lite0.trace.foldable) == 49
+    assert {type(dict(module.named_modules())[n]).__name__ for _, n in lite0.trace.foldable} == {
+        "BatchNormAct2d"
+    }
+    x = torch.randn(2, 3, 96, 128)
+    with torch.no_grad():
+        expected = module(x)
+        acts = []
+        handle = module.bn1.act.register_forward_hook(lambda m, i, o: acts.append(o))
+        try:
+            with folded_for(module, lite0.trace.foldable, []).applied():
+                folded = module(x)
+        finally:
+            handle.remove()
+    assert len(acts) == 1 and float(acts[0].min()) >= 0.0 and float(acts[0].max()) <= 6.0
+    torch.testing.assert_close(folded, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+    assert torch.equal(module(x), expected)
