@@ -7,7 +7,8 @@ the input and scaled to [0, 1]), it times, round-robin:
 1. average drop + increase in confidence, and the deletion and insertion curves (20 steps,
    deletion to 0, insertion from the input blurred):
    - featviz: ``featviz.metrics.drop_and_increase`` + ``deletion_insertion`` as `featviz score`
-     runs them on a CPU: perturbed inputs in forwards of 8, channels-last;
+     runs them on a CPU: perturbed inputs in forwards of 8, channels-last, Lite0's batch
+     norms folded (featviz.folding);
    - torchcam: ``ClassificationMetric`` + ``DeletionInsertionMetric(steps=20)`` for deletion +
      a second one with ``baseline=`` the same blur for insertion (one instance has one
      baseline), each ``update(x, class_idx=...)`` on the batch; at its default batch_size (32)
@@ -61,10 +62,12 @@ def setup(count: int):
 
     from featviz.cam import normalise, upsample
     from featviz.explain import Explainer
+    from featviz.folding import folded_for
     from featviz.models import load_model
     from featviz.requests import ModelRequest
 
     model = load_model(ModelRequest(str(REPO / "examples/efficientnet_lite0.py") + ":build"))
+    folding = folded_for(model.module, model.trace.foldable, ["bn2"])  # as `featviz score`
     mean = torch.tensor(model.preprocessing.mean).view(3, 1, 1)
     std = torch.tensor(model.preprocessing.std).view(3, 1, 1)
     tensors = []
@@ -78,7 +81,7 @@ def setup(count: int):
     E = normalise(upsample(maps, (224, 224)))
     targets = explained.targets[:, 0]
     Y = explained.context.logits.detach().softmax(1).gather(1, targets[:, None])[:, 0]
-    return model.module, x, E, targets, Y
+    return model.module, folding, x, E, targets, Y
 
 
 def main() -> None:
@@ -98,7 +101,7 @@ def main() -> None:
     from featviz.imputation import impute
     from featviz.metrics import deletion_insertion, drop_and_increase, gaussian_blur, road
 
-    model, x, E, targets, Y = setup(args.images)
+    model, folding, x, E, targets, Y = setup(args.images)
     n = len(x)
     softmax = lambda logits: logits.softmax(dim=-1)  # noqa: E731
     classes = [int(t) for t in targets]
@@ -107,8 +110,9 @@ def main() -> None:
         return model(batch.contiguous(memory_format=torch.channels_last))
 
     def featviz_confidence_metrics():
-        drop_and_increase(scorer, x, E, targets, Y, batch_size=8)
-        deletion_insertion(scorer, x, E, targets, Y, steps=20, batch_size=8)
+        with folding.applied():
+            drop_and_increase(scorer, x, E, targets, Y, batch_size=8)
+            deletion_insertion(scorer, x, E, targets, Y, steps=20, batch_size=8)
 
     def torchcam_confidence_metrics(batch_size: int = 32):
         stub = _Stub(model, E)
@@ -119,7 +123,8 @@ def main() -> None:
         ).update(x, classes)
 
     def featviz_road():
-        road(scorer, x, E, targets, Y, batch_size=8, seeds=list(range(n)))
+        with folding.applied():
+            road(scorer, x, E, targets, Y, batch_size=8, seeds=list(range(n)))
 
     def grad_cam_road():
         wanted = [ClassifierOutputSoftmaxTarget(c) for c in classes]

@@ -92,7 +92,8 @@ class CamJob(ExplainingJob):
         """``_pictures`` on the model's device; the heatmaps come back only when asked for."""
         import torch
 
-        image = torch.from_numpy(item.original).to(self.blend.device)
+        # A copy (torch.tensor): a decoded photo's array is read-only, which from_numpy warns of.
+        image = torch.tensor(item.original, device=self.blend.device)
         kept = self.request.heatmap or self.request.save_raw
         return [
             replace(picture, heatmap=picture.heatmap.cpu() if kept else None)

@@ -51,6 +51,7 @@ def test_uint8_inputs_are_normalised_in_the_batch_as_to_tensor_does(tiny_model_f
     )
 
 
+@pytest.mark.filterwarnings("error")
 def test_cam_rendered_on_the_device_writes_the_same_files(
     tiny_model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
