@@ -110,6 +110,10 @@ class ConvReaders:
             for handle in handles:
                 handle.remove()
 
+    def forget(self) -> None:
+        """Drop what a forward that failed saw: no pair from it."""
+        self.readers.clear()
+
     def escaped(self, value: Any) -> None:
         """A conv's output handed on in a structure, or as the model's output, may be read
         by anyone: it is marked read from outside."""

@@ -141,20 +141,26 @@ def _run(
     readers: ConvReaders | None = None,
 ) -> tuple[str, _Recording | None, Any]:
     """(mode, recording, model output) of the first forward that works, or (mode, None, the
-    last exception) when none does. ``readers`` watch the meta forward (folding.py)."""
+    last exception) when none does. ``readers`` watch the meta forward (folding.py); should
+    the watch itself upset the model, meta runs again unwatched (and nothing is folded)."""
     error: Exception | None = None
-    for mode in modes:
+    attempts = [(mode, readers if mode == "meta" else None) for mode in modes]
+    if readers is not None and "meta" in modes:
+        attempts.insert(modes.index("meta") + 1, ("meta", None))
+    for mode, watch in attempts:
         recording = _Recording()
         handles = _hooks(model, recording)
         # Modules that cache tensors on the input's device in plain attributes (torchvision's
         # AnchorGenerator its cell anchors) would keep the trace's meta ones.
         attributes = [(module, dict(vars(module))) for module in model.modules()]
         try:
-            if readers is not None and mode == "meta":
-                with readers.watching():
+            if watch is not None:
+                with watch.watching():
                     output = _forward(model, input_shape, meta=True)
-                readers.escaped(output)
+                watch.escaped(output)
             else:
+                if readers is not None:
+                    readers.forget()  # what a failed watch saw is not to be folded
                 output = _forward(model, input_shape, meta=mode == "meta")
             return mode, recording, output
         except Exception as exc:

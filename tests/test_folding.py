@@ -105,6 +105,28 @@ def test_the_trace_finds_exactly_the_pairs_whose_conv_only_its_norm_reads() -> N
     assert trace_model(_Shapes().eval(), (1, 3, 8, 8)).foldable == (("fine", "bn_fine"),)
 
 
+class _ModeShy(nn.Module):
+    """A conv → bn pair in a model whose forward refuses to run under a TorchFunctionMode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)
+        self.real_forwards = 0
+
+    def forward(self, x):
+        self.real_forwards += x.device.type != "meta"
+        if torch._C._is_torch_function_mode_enabled():
+            raise RuntimeError("not under a mode")
+        return self.bn(self.conv(x)).mean((2, 3))
+
+
+def test_a_model_the_watch_upsets_is_still_traced_on_meta_and_not_folded() -> None:
+    model = _ModeShy().eval()
+    trace = trace_model(model, (1, 3, 8, 8))
+    assert trace.foldable == () and trace.get("bn").shape == (1, 4, 8, 8)
+    assert trace.num_classes == 4 and model.real_forwards == 0  # the meta retry, not a real run
+
+
 def test_folded_forward_agrees_and_the_weights_come_back() -> None:
     model = _build()
     x = torch.randn(2, 3, 20, 24)
