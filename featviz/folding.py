@@ -2,9 +2,9 @@
 
 In eval mode a ``BatchNorm2d`` is a per-channel affine map, so a ``Conv2d`` followed by one is a
 single convolution with scaled weights and a shifted bias: W' = W·γ/σ, b' = (b − μ)·γ/σ + β,
-σ = √(var + ε). Each folded pair saves one pass over its activations: resnet50's forward runs
-about 20 % faster on a CPU. Maps and scores agree with the unfolded model's to float32
-rounding (about 1e-6 relative).
+σ = √(var + ε). Each folded pair saves one pass over its activations: on a CPU resnet50's
+forward runs about 15 % faster, EfficientNet-Lite0's 25 %. Maps and scores agree with the
+unfolded model's to float32 rounding (about 1e-6 relative).
 
 A pair is folded only when that changes nothing a user can tap or read:
 - the conv's output goes to that batch norm and nowhere else: on a meta-device forward no other
