@@ -54,7 +54,7 @@ class LoadedModel:
 
     def batch(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         """Stack (3, h, w) inputs into the (N, 3, h, w) batch the model expects: on its device,
-        in the memory layout of its weights. uint8 inputs are pixels (``LoadedImage.tensor``),
+        in the memory layout of its weights. uint8 inputs are pixels (a GPU run's images),
         normalised on the device after the copy; float inputs are already normalised."""
         import torch
 

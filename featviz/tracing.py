@@ -226,26 +226,18 @@ def _hooks(model: nn.Module, recording: _Recording) -> list[Any]:
 
 def _forward(model: nn.Module, input_shape: tuple[int, ...], *, meta: bool) -> Any:
     import torch
+    from torch.func import functional_call
 
     if meta:
-        return forward_on_meta(model, input_shape)
+        state = {
+            name: torch.empty_like(tensor, device="meta")
+            for name, tensor in [*model.named_parameters(), *model.named_buffers()]
+        }
+        with torch.no_grad():
+            return functional_call(model, state, (torch.zeros(input_shape, device="meta"),))
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     with torch.inference_mode():
         return model(torch.zeros(input_shape, device=device))
-
-
-def forward_on_meta(model: nn.Module, input_shape: tuple[int, ...]) -> Any:
-    """``model``'s output on zeros of ``input_shape`` on the meta device: shapes only, with
-    meta copies of its parameters and buffers (the model itself is not moved)."""
-    import torch
-    from torch.func import functional_call
-
-    state = {
-        name: torch.empty_like(tensor, device="meta")
-        for name, tensor in [*model.named_parameters(), *model.named_buffers()]
-    }
-    with torch.no_grad():
-        return functional_call(model, state, (torch.zeros(input_shape, device="meta"),))
 
 
 def _classes_of(output: object) -> int | None:
