@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import random
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -248,15 +251,68 @@ def test_checkpoint_that_would_run_code_is_refused_before_running_it() -> None:
     assert not Path("pwned").exists()
 
 
-def test_truncated_checkpoint_is_a_clear_error() -> None:
-    torch.save(_tiny_state(), "full.pt")
-    Path("cut.pt").write_bytes(Path("full.pt").read_bytes()[:300])
-    result = invoke("cam", *TINY, "--checkpoint", "cut.pt", PHOTO, "-o", "out")
-    assert result.exit_code == 1
-    [error] = result.stderr.splitlines()
-    assert error.startswith(
-        "Error: checkpoint 'cut.pt' cannot be read: it is truncated or not a PyTorch file ("
-    ) and error.endswith(")")
+_SAVE_HINT = "Hint: save the weights with torch.save(model.state_dict(), 'weights.pt')"
+
+
+def _zip_of_a_text_file(path: str) -> None:
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("notes.txt", "not weights")
+
+
+@pytest.mark.parametrize(
+    ("write", "reason", "hint"),
+    [
+        (lambda: Path("w.pt").write_text("epoch 3, loss 0.25\n"), "it holds text", _SAVE_HINT),
+        (lambda: Path("w.pt").write_text("conv1.weight 0.1\n"), "it holds text", _SAVE_HINT),
+        (lambda: Path("w.pt").write_bytes(b""), "the file is empty", _SAVE_HINT),
+        (
+            lambda: Path("w.pt").write_bytes(random.Random(0).randbytes(3000)),
+            "its bytes are neither torch's zip archive nor its older pickle format",
+            _SAVE_HINT,
+        ),
+        (
+            lambda: _zip_of_a_text_file("w.pt"),
+            "it is a zip archive without torch's data.pkl",
+            _SAVE_HINT,
+        ),
+        (
+            lambda: Path("w.pt").write_bytes(pickle.dumps(_tiny_state())),
+            "its bytes are neither torch's zip archive nor its older pickle format",
+            _SAVE_HINT,
+        ),
+    ],
+    ids=["text", "text-like-a-pickle-global", "empty", "random", "other-zip", "plain-pickle"],
+)
+def test_a_file_that_is_not_a_checkpoint_says_so(write, reason: str, hint: str) -> None:
+    write()
+    assert_error(
+        invoke("cam", *TINY, "--checkpoint", "w.pt", PHOTO, "-o", "out"),
+        2,
+        f"Error: checkpoint 'w.pt' is not a PyTorch checkpoint: {reason}",
+        hint,
+    )
+
+
+@pytest.mark.parametrize(
+    ("zipped", "kept"),
+    [(True, 300), (True, -200), (False, -50)],
+    ids=["head", "all-but-the-end", "legacy-format"],
+)
+def test_truncated_checkpoint_is_not_a_checkpoint(zipped: bool, kept: int) -> None:
+    torch.save(_tiny_state(), "full.pt", _use_new_zipfile_serialization=zipped)
+    Path("cut.pt").write_bytes(Path("full.pt").read_bytes()[:kept])
+    assert_error(
+        invoke("cam", *TINY, "--checkpoint", "cut.pt", PHOTO, "-o", "out"),
+        2,
+        "Error: checkpoint 'cut.pt' is not a PyTorch checkpoint: it is cut short or damaged",
+        "Hint: copy or save the file again, in full",
+    )
+
+
+def test_legacy_checkpoint_still_loads() -> None:
+    torch.save(_tiny_state(), "old.pt", _use_new_zipfile_serialization=False)
+    result = invoke("cam", *TINY, "--checkpoint", "old.pt", PHOTO, "-o", "out")
+    assert result.exit_code == 0, result.stderr
 
 
 def test_checkpoint_of_another_architecture_lists_the_keys() -> None:

@@ -169,9 +169,8 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     torch.save(torchvision.models.resnet18().state_dict(), path)
     path.write_bytes(path.read_bytes()[:5000])
     with pytest.raises(
-        RunError,
-        match=r"checkpoint '.*cut.pt' cannot be read: it is truncated "
-        r"or not a PyTorch file",
+        UsageError,
+        match=r"checkpoint '.*cut.pt' is not a PyTorch checkpoint: it is cut short or damaged",
     ):
         load("resnet18", checkpoint=path, device="cpu")
 
