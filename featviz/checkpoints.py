@@ -97,7 +97,9 @@ def _unwrap(loaded: object) -> dict[str, torch.Tensor] | None:
 
     if not isinstance(loaded, dict):
         return None
-    if loaded and all(isinstance(value, torch.Tensor) for value in loaded.values()):
+    if loaded and all(
+        isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in loaded.items()
+    ):
         return loaded
     for key in _NESTING_KEYS:
         inner = _unwrap(loaded.get(key))

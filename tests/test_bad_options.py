@@ -309,6 +309,16 @@ def test_truncated_checkpoint_is_not_a_checkpoint(zipped: bool, kept: int) -> No
     )
 
 
+def test_checkpoint_with_keys_that_are_not_names_is_not_a_state_dict() -> None:
+    torch.save({1: torch.zeros(2)}, "w.pt")
+    assert_error(
+        invoke("cam", *TINY, "--checkpoint", "w.pt", PHOTO, "-o", "out"),
+        1,
+        "Error: checkpoint 'w.pt' holds a dict, not a state dict of tensors",
+        _SAVE_HINT,
+    )
+
+
 def test_legacy_checkpoint_still_loads() -> None:
     torch.save(_tiny_state(), "old.pt", _use_new_zipfile_serialization=False)
     result = invoke("cam", *TINY, "--checkpoint", "old.pt", PHOTO, "-o", "out")
