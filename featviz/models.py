@@ -210,14 +210,23 @@ def read_labels(labels: str) -> list[str]:
         from featviz.sources.torchvision_models import imagenet_categories
 
         return imagenet_categories()
-    path = Path(labels)
     try:
-        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        raw = Path(labels).read_bytes()
     except OSError as exc:
         raise UsageError(
             f"--labels: cannot read '{labels}' ({exc.strerror})",
             hint="pass `imagenet` or a text file with one class name per line",
         ) from exc
+    try:
+        # utf-8-sig: a byte-order mark (Notepad writes one) is not part of the first name
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = exc.object.count(b"\n", 0, exc.start) + 1
+        raise UsageError(
+            f"--labels: '{labels}' line {line} is not UTF-8 text",
+            hint="save it as UTF-8, one class name per line",
+        ) from exc
+    names = [line.strip() for line in text.splitlines()]
     names = [name for name in names if name]
     if not names:
         raise UsageError(f"--labels: '{labels}' holds no class names")

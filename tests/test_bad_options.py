@@ -107,6 +107,21 @@ def test_unknown_names_and_impossible_choices_exit_2(
 
 
 @pytest.mark.parametrize(
+    ("content", "line"),
+    [("cat\ndog\nGürteltier\n".encode("latin-1"), 3), (b"\xff\xfec\x00a\x00t\x00", 1)],
+    ids=["latin-1", "utf-16"],
+)
+def test_labels_that_are_not_utf8_name_the_line(content: bytes, line: int) -> None:
+    Path("latin.txt").write_bytes(content)
+    assert_error(
+        invoke("cam", *TINY, "--labels", "latin.txt", PHOTO, "-o", "out"),
+        2,
+        f"Error: --labels: 'latin.txt' line {line} is not UTF-8 text",
+        "Hint: save it as UTF-8, one class name per line",
+    )
+
+
+@pytest.mark.parametrize(
     ("command", "option", "value", "reason"),
     [
         ("cam", "--method' / '-M", "gradcam+++", "'gradcam+++' is not one of 'cam', 'gradcam'"),

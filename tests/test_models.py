@@ -199,9 +199,10 @@ def test_factory_errors_are_usage_errors(tiny_model_file: Path) -> None:
         load("no_such_package_xyz:build")
 
 
-def test_labels_file(tiny_model_file: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig"])
+def test_labels_file(tiny_model_file: Path, tmp_path: Path, encoding: str) -> None:
     labels = tmp_path / "labels.txt"
-    labels.write_text("cat\ndog\n\nbird\nfish\nowl\n")
+    labels.write_text("cat\ndog\n\nbird\nfish\nowl\n", encoding=encoding)
     loaded = load(f"{tiny_model_file}:build", labels=str(labels), device="cpu")
     assert loaded.categories == ["cat", "dog", "bird", "fish", "owl"]
 
