@@ -416,7 +416,7 @@ _EXPLAIN_OPTIONS: dict[str, tuple[Any, Any]] = {
                 "--target",
                 "-t",
                 show_default="the top-1 class",
-                help="Class index or name (case-insensitive, unique prefix ok); repeatable.",
+                help="Class index or name: exact, or whole words of one name; repeatable.",
             ),
         ],
         None,

@@ -76,6 +76,12 @@ def assert_error(result, code: int, error: str, hint: str | None = None) -> None
             "Hint: closest: 'tabby'",
         ),
         (
+            ["-m", "resnet18", "--weights", "none", "--labels", "imagenet", "-t", "cat"],
+            "Error: --target 'cat' is ambiguous: 5 classes have those words: 'tiger cat', "
+            "'Persian cat', 'Siamese cat', 'Egyptian cat', 'Madagascar cat'",
+            "Hint: give the whole name, e.g. -t 'tiger cat', or the class index (282)",
+        ),
+        (
             [*TINY, "-t", "tabby"],
             "Error: --target 'tabby': this model has no class names",
             "Hint: pass a class index, or names with --labels imagenet|FILE",
