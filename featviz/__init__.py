@@ -1,4 +1,4 @@
-"""featviz: see what a convolutional network sees.
+"""featviz: see what a vision model sees (convolutional networks and vision transformers).
 
 Importing this package must stay cheap (no torch): shell loops pay it on every call.
 """

@@ -16,10 +16,9 @@ from enum import Enum
 from typing import Annotated
 
 import typer
-from typer.core import TyperGroup
 
 from featviz import __version__
-from featviz.cam.registry import method_info, method_names
+from featviz.cli_help import MAX_HELP_WIDTH, HelpCommand, HelpGroup, MethodsHelpCommand, choices
 from featviz.cli_options import Explaining, Report, shared_options
 from featviz.errors import FeatvizError
 from featviz.requests import (
@@ -37,7 +36,7 @@ from featviz.requests import (
 from featviz.terminal import errors, one_line, stream
 
 
-class _Commands(TyperGroup):
+class _Commands(HelpGroup):
     """Typer's command group, telling a bad option like every other error: one line, a hint.
 
     Click would print a usage block and a boxed, wrapped message; a log or a shell loop wants the
@@ -54,14 +53,18 @@ class _Commands(TyperGroup):
             raise typer.Exit(exc.exit_code) from None
 
 
+_HELP_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": MAX_HELP_WIDTH}
+
 app = typer.Typer(
     name="featviz",
     cls=_Commands,
-    help="See what a convolutional network sees: feature-map grids and class-activation maps.",
+    help="See what a vision model sees: feature-map grids and class-activation maps, for "
+    "convolutional networks and vision transformers alike.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode=None,  # plain help: see cli_help.py
+    context_settings=_HELP_SETTINGS,
 )
 
 
@@ -70,17 +73,22 @@ class Order(str, Enum):
     activation = "activation"
 
 
-CmapOpt = Annotated[str, typer.Option(help="matplotlib colormap of the heatmap.")]
+CmapOpt = Annotated[str, typer.Option(metavar="NAME", help="matplotlib colormap of the heatmap.")]
 AlphaOpt = Annotated[
     float,
     typer.Option(
-        min=0.0, max=1.0, help="Heatmap opacity over the image: 0 = image only, 1 = heatmap only."
+        min=0.0,
+        max=1.0,
+        metavar="FLOAT",
+        help="Heatmap opacity over the image: 0 = image only, 1 = heatmap only.",
     ),
 ]
 CellOpt = Annotated[
     int,
     typer.Option(
-        min=1, help="Smallest cell side in pixels; small maps are enlarged nearest-neighbour."
+        min=1,
+        metavar="PIXELS",
+        help="Smallest cell side in pixels; small maps are enlarged nearest-neighbour.",
     ),
 ]
 _LAYER_HELP = "Layer name or glob (`*` within a name part, `**` across); repeatable."
@@ -102,25 +110,30 @@ def _root(
         ),
     ] = False,
 ) -> None:
-    """See what a convolutional network sees."""
+    """See what a vision model sees."""
 
 
-@app.command()
+@app.command(cls=HelpCommand)
 @shared_options()
 def maps(
     run: RunRequest,
     layer: Annotated[
         list[str] | None,
-        typer.Option("--layer", "-l", help=_LAYER_HELP, show_default="every Conv2d"),
+        typer.Option(
+            "--layer", "-l", metavar="NAME", help=_LAYER_HELP, show_default="every Conv2d"
+        ),
     ] = None,
-    max_channels: Annotated[int, typer.Option(min=1, help="Channels drawn per layer.")] = 64,
+    max_channels: Annotated[
+        int, typer.Option(min=1, metavar="N", help="Channels drawn per layer.")
+    ] = 64,
     order: Annotated[
         Order,
         typer.Option(
-            help="Which channels: the first ones, or those with the highest mean activation."
+            metavar=choices(Order),
+            help="Which channels: the first ones, or those with the highest mean activation.",
         ),
     ] = Order.index,
-    cmap: Annotated[str, typer.Option(help="matplotlib colormap.")] = "gray",
+    cmap: Annotated[str, typer.Option(metavar="NAME", help="matplotlib colormap.")] = "gray",
     cell_size: CellOpt = 64,
     save_raw: Annotated[
         bool, typer.Option(help="Also write each layer's activations .npy.")
@@ -147,13 +160,7 @@ def maps(
         stream(prepare_maps(model, run, output, request), report)
 
 
-def _methods_epilog() -> str:
-    return "Methods (--method):\n\n" + "\n\n".join(
-        f"{name}: {method_info(name).summary}" for name in method_names()
-    )
-
-
-@app.command(epilog=_methods_epilog())
+@app.command(cls=MethodsHelpCommand)
 @shared_options()
 def cam(
     run: RunRequest,
@@ -190,7 +197,7 @@ def cam(
         stream(prepare_cam(model, run, output, request), report)
 
 
-@app.command(epilog=_methods_epilog())
+@app.command(cls=MethodsHelpCommand)
 @shared_options(methods=JUDGED_METHODS)
 def compare(
     run: RunRequest,
@@ -216,18 +223,22 @@ def compare(
         stream(prepare_explaining("compare", CompareJob, model, run, output, request), report)
 
 
-@app.command(epilog=_methods_epilog())
+@app.command(cls=MethodsHelpCommand)
 @shared_options(methods=JUDGED_METHODS)
 def score(
     run: RunRequest,
     explaining: Explaining = None,
     steps: Annotated[
-        int, typer.Option(min=1, help="Deletion/insertion: pixels removed in this many steps.")
+        int,
+        typer.Option(
+            min=1, metavar="N", help="Deletion/insertion: pixels removed in this many steps."
+        ),
     ] = 20,
     score_batch_size: Annotated[
         int | None,
         typer.Option(
             min=1,
+            metavar="N",
             help="Perturbed inputs per forward (large batches are slower on a CPU).",
             show_default="8 on CPU, 64 on CUDA",
         ),
@@ -259,7 +270,7 @@ def score(
         stream(prepare_explaining("score", ScoreJob, model, run, output, request), report)
 
 
-@app.command(epilog=_methods_epilog())
+@app.command(cls=MethodsHelpCommand)
 @shared_options(methods=JUDGED_METHODS)
 def sanity(
     run: RunRequest,
@@ -285,7 +296,7 @@ def sanity(
         stream(prepare_explaining("sanity", SanityJob, model, run, output, request), report)
 
 
-@app.command()
+@app.command(cls=HelpCommand)
 @shared_options(
     ignored={
         "weights": _STRUCTURE_ONLY,
@@ -316,13 +327,16 @@ class Source(str, Enum):
     timm = "timm"
 
 
-@app.command()
+@app.command(cls=HelpCommand)
 def models(
     name_filter: Annotated[
-        str | None, typer.Argument(metavar="[FILTER]", help="Show only names containing this.")
+        str | None, typer.Argument(metavar="FILTER", help="Show only names containing this.")
     ] = None,
     source: Annotated[
-        Source, typer.Option(help="Whose models: torchvision's, or timm's (as timm/NAME).")
+        Source,
+        typer.Option(
+            metavar=choices(Source), help="Whose models: torchvision's, or timm's (as timm/NAME)."
+        ),
     ] = Source.torchvision,
 ) -> None:
     """Model names to pass to --model, with their pretrained weights (or timm's tags).
@@ -339,7 +353,7 @@ def models(
         typer.echo(models_table(entries))
 
 
-@app.command()
+@app.command(cls=HelpCommand)
 @shared_options(
     ignored={
         "labels": "kernels have no classes",
@@ -354,14 +368,17 @@ def filters(
     layer: Annotated[
         list[str],
         typer.Option(
-            "--layer", "-l", help="A Conv2d layer, or a glob (its Conv2d matches); repeatable."
+            "--layer",
+            "-l",
+            metavar="NAME",
+            help="A Conv2d layer, or a glob (its Conv2d matches); repeatable.",
         ),
     ],
     all_inputs: Annotated[
         bool,
         typer.Option(help="One tile per (output, input) kernel instead of the mean over inputs."),
     ] = False,
-    cmap: Annotated[str, typer.Option(help="Colormap of grey tiles.")] = "gray",
+    cmap: Annotated[str, typer.Option(metavar="NAME", help="Colormap of grey tiles.")] = "gray",
     cell_size: CellOpt = 32,
     model: ModelRequest = None,
     output: OutputRequest = None,
@@ -395,11 +412,13 @@ worker_app = typer.Typer(
     "from shell loops stop paying start-up. While it runs, every featviz call of this user and "
     "environment uses it (FEATVIZ_WORKER=off: never; =auto: start it on first use).",
     no_args_is_help=True,
+    rich_markup_mode=None,
+    context_settings=_HELP_SETTINGS,
 )
 app.add_typer(worker_app, name="worker")
 
 
-@worker_app.command("start")
+@worker_app.command("start", cls=HelpCommand)
 def worker_start() -> None:
     """Start this environment's worker (if none runs) and wait until it answers."""
     with errors():
@@ -415,7 +434,7 @@ def worker_start() -> None:
             print("Note: FEATVIZ_WORKER=off: calls of this shell bypass it", file=sys.stderr)
 
 
-@worker_app.command("stop")
+@worker_app.command("stop", cls=HelpCommand)
 def worker_stop() -> None:
     """Stop the worker once its current call has finished (calls queued behind run without it)."""
     with errors():
@@ -425,7 +444,7 @@ def worker_stop() -> None:
         typer.echo("no featviz worker was running" if pid is None else f"stopped (pid {pid})")
 
 
-@worker_app.command("status")
+@worker_app.command("status", cls=HelpCommand)
 def worker_status(
     json_out: Annotated[
         bool, typer.Option("--json", help="The status as one JSON object.")
@@ -488,6 +507,6 @@ def run_command(args: list[str], prog_name: str | None = None) -> int:
 
 
 @functools.cache
-def click_command() -> TyperGroup:
+def click_command() -> HelpGroup:
     """Typer builds the click command anew on every ``app()``; a worker builds it once."""
     return typer.main.get_command(app)

@@ -2,13 +2,13 @@
 
 A command asks for ``model: ModelRequest``, ``run: RunRequest``, ``output: OutputRequest`` or
 ``report: Report`` in its signature; ``shared_options`` replaces each such parameter with the
-options it is made of (so Typer shows them in ``--help`` under their own panel) and packs them
+options it is made of (so ``--help`` shows them under their own heading) and packs them
 back into the frozen value before the command runs. Every command thus accepts the same model
 options: users paste the same options across commands and scripts. An option a command does
 not use is still accepted, and its help says it is ignored there and why.
 
-Defaults that are not a plain value are spelled out with ``show_default`` text: a literal
-``[default: …]`` inside a help string would be read as rich markup and vanish.
+Defaults that are not a plain value are spelled out with ``show_default`` text, so that every
+default reads the same way, ``[default: …]`` after the help; cli_help.py lays the help out.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Annotated, Any
 import typer
 
 from featviz.cam.registry import method_names
+from featviz.cli_help import choices
 from featviz.errors import UsageError
 from featviz.requests import (
     DEFAULT_MAX_PIXELS,
@@ -126,6 +127,7 @@ _MODEL_OPTIONS: dict[str, tuple[Any, Any]] = {
                 "--model",
                 "-m",
                 panel=MODEL_PANEL,
+                metavar="NAME",
                 help="torchvision model name (see `featviz models`), timm/NAME[.TAG], "
                 "hf:REPO_ID or hf:DIR, or your own as file.py:callable or "
                 "package.module:callable.",
@@ -138,6 +140,7 @@ _MODEL_OPTIONS: dict[str, tuple[Any, Any]] = {
             str,
             _option(
                 panel=MODEL_PANEL,
+                metavar="NAME",
                 help="DEFAULT, a weights name (IMAGENET1K_V1), or none for seeded random "
                 "initialisation.",
             ),
@@ -149,6 +152,7 @@ _MODEL_OPTIONS: dict[str, tuple[Any, Any]] = {
             Path | None,
             _option(
                 panel=MODEL_PANEL,
+                metavar="FILE",
                 show_default="none",
                 help="State-dict file to load (nested under state_dict/model and module. "
                 "prefixes are fine).",
@@ -162,6 +166,7 @@ _MODEL_OPTIONS: dict[str, tuple[Any, Any]] = {
             _option(
                 min=1,
                 panel=MODEL_PANEL,
+                metavar="N",
                 show_default="the model's own",
                 help="Classes of a fine-tuned head.",
             ),
@@ -173,6 +178,7 @@ _MODEL_OPTIONS: dict[str, tuple[Any, Any]] = {
             str | None,
             _option(
                 panel=MODEL_PANEL,
+                metavar="imagenet|FILE",
                 show_default="the weights' own names",
                 help="Class names: imagenet, or a text file with one name per line.",
             ),
@@ -184,6 +190,7 @@ _MODEL_OPTIONS: dict[str, tuple[Any, Any]] = {
             int,
             _option(
                 panel=MODEL_PANEL,
+                metavar="N",
                 help="Seed of random init (and of score's random baseline and ROAD noise, "
                 "sanity's re-initialisation).",
             ),
@@ -191,7 +198,14 @@ _MODEL_OPTIONS: dict[str, tuple[Any, Any]] = {
         0,
     ),
     "device": (
-        Annotated[Device, _option(panel=MODEL_PANEL, help="auto = cuda when available, else cpu.")],
+        Annotated[
+            Device,
+            _option(
+                panel=MODEL_PANEL,
+                metavar=choices(Device),
+                help="auto = cuda when available, else cpu.",
+            ),
+        ],
         Device.auto,
     ),
     "precision": (
@@ -199,6 +213,7 @@ _MODEL_OPTIONS: dict[str, tuple[Any, Any]] = {
             PrecisionChoice,
             _option(
                 panel=MODEL_PANEL,
+                metavar=choices(PrecisionChoice),
                 help="The model's forwards under autocast: bf16 (CPU or CUDA) or fp16 (CUDA); "
                 "maps are still computed in float32.",
             ),
@@ -221,6 +236,7 @@ _MODEL_OPTIONS: dict[str, tuple[Any, Any]] = {
             _option(
                 min=8,
                 panel=MODEL_PANEL,
+                metavar="PIXELS",
                 show_default="the weights' own size, or 224",
                 help="Shorter side fed to the network.",
             ),
@@ -232,6 +248,7 @@ _MODEL_OPTIONS: dict[str, tuple[Any, Any]] = {
             Resize,
             _option(
                 panel=MODEL_PANEL,
+                metavar=choices(Resize),
                 help="keep: shorter side = input size, aspect kept; square: squash to "
                 "input × input. Never crops.",
             ),
@@ -263,6 +280,7 @@ _RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
             _option(
                 min=1,
                 panel=INPUT_PANEL,
+                metavar="N",
                 help="Refuse images above this many pixels (decompression-bomb guard).",
             ),
         ],
@@ -274,6 +292,7 @@ _RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
             _option(
                 min=1,
                 panel=INPUT_PANEL,
+                metavar="N",
                 show_default="8 on CPU, 32 on CUDA",
                 help="Images per forward.",
             ),
@@ -309,6 +328,7 @@ _RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
             _option(
                 min=1,
                 panel=INPUT_PANEL,
+                metavar="N",
                 show_default="one per core, 2 to 32",
                 help="Threads that decode, and threads that encode and write.",
             ),
@@ -333,7 +353,9 @@ _RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
 
 _OUTPUT_OPTIONS: dict[str, tuple[Any, Any]] = {
     "out": (
-        Annotated[Path, _option("--out", "-o", panel=OUTPUT_PANEL, help="Output folder.")],
+        Annotated[
+            Path, _option("--out", "-o", panel=OUTPUT_PANEL, metavar="DIR", help="Output folder.")
+        ],
         Path("featviz-out"),
     ),
     "tensorboard": (
@@ -366,6 +388,7 @@ _OUTPUT_OPTIONS: dict[str, tuple[Any, Any]] = {
             _option(
                 "--format",
                 panel=OUTPUT_PANEL,
+                metavar=choices(ImageFormatChoice),
                 help="Pictures as PNG (lossless), JPEG or WebP (a few ms each instead of PNG's "
                 "deflate); heatmap PNGs and raw arrays stay as they are.",
             ),
@@ -375,7 +398,7 @@ _OUTPUT_OPTIONS: dict[str, tuple[Any, Any]] = {
     "quality": (
         Annotated[
             int,
-            _option(min=1, max=100, panel=OUTPUT_PANEL, help="JPEG / WebP quality."),
+            _option(min=1, max=100, panel=OUTPUT_PANEL, metavar="N", help="JPEG / WebP quality."),
         ],
         90,
     ),
@@ -403,6 +426,7 @@ _EXPLAIN_OPTIONS: dict[str, tuple[Any, Any]] = {
             typer.Option(
                 "--layer",
                 "-l",
+                metavar="NAME",
                 help="Layer name or glob (`*` within a name part, `**` across); repeatable.",
                 show_default="the last convolutional stage",
             ),
@@ -415,8 +439,10 @@ _EXPLAIN_OPTIONS: dict[str, tuple[Any, Any]] = {
             typer.Option(
                 "--target",
                 "-t",
+                metavar="CLASS",
                 show_default="the top-1 class",
-                help="Class index or name: exact, or whole words of one name; repeatable.",
+                help="Class index or name (any case): exact, or whole words of just one name; "
+                "repeatable.",
             ),
         ],
         None,
@@ -425,6 +451,7 @@ _EXPLAIN_OPTIONS: dict[str, tuple[Any, Any]] = {
         Annotated[
             int | None,
             typer.Option(
+                metavar="K",
                 help="Explain the k most likely classes (a detector's k best boxes).",
                 show_default="1; a detector: every box of at least --min-score",
             ),
@@ -437,6 +464,7 @@ _EXPLAIN_OPTIONS: dict[str, tuple[Any, Any]] = {
             typer.Option(
                 min=0.0,
                 max=1.0,
+                metavar="SCORE",
                 help="A detection model's boxes to explain: those scoring at least this.",
                 show_default=str(DEFAULT_MIN_SCORE),
             ),
@@ -445,7 +473,10 @@ _EXPLAIN_OPTIONS: dict[str, tuple[Any, Any]] = {
     ),
     "cam_batch_size": (
         Annotated[
-            int, typer.Option(min=1, help="Extra forwards per batch for scorecam/ablationcam.")
+            int,
+            typer.Option(
+                min=1, metavar="N", help="Extra forwards per batch for scorecam/ablationcam."
+            ),
         ],
         32,
     ),
