@@ -80,7 +80,7 @@ def gallery_build(work: Path, count: int) -> str:
     import numpy as np
 
     from featviz.output import OutputLayout, encode_png
-    from featviz.sinks.gallery import build_gallery, thumbnail
+    from featviz.sinks.gallery import GallerySink, build_gallery, thumbnail
 
     root = work / "gallery-10k"
     layout = OutputLayout(root)
@@ -88,15 +88,17 @@ def gallery_build(work: Path, count: int) -> str:
     thumb = thumbnail(np.full((48, 64, 3), 128, dtype=np.uint8))
     photo = work / "photo.png"
     photo.write_bytes(overlay)
+    original = GallerySink(layout).thumb_of_original(str(photo))
+    original.parent.mkdir(parents=True)
+    original.write_bytes(thumb)
     for index in range(count):
-        folder = root / f"{index // 1000:02d}" / f"img_{index:05d}"
-        file = folder / "cam" / "gradcam" / "layer4" / "281_tabby.png"
+        image = Path(f"{index // 1000:02d}") / f"img_{index:05d}.jpg"
+        file = root / "resnet50" / image / "cam" / "gradcam" / "layer4" / "281_tabby.png"
         file.parent.mkdir(parents=True)
         file.write_bytes(overlay)
-        thumbs = root / "gallery" / "thumbs" / folder.relative_to(root)
-        (thumbs / "cam" / "gradcam" / "layer4").mkdir(parents=True)
-        (thumbs / "__original__.jpg").write_bytes(thumb)
-        (thumbs / "cam" / "gradcam" / "layer4" / "281_tabby.png.jpg").write_bytes(thumb)
+        thumbs = root / "gallery" / "thumbs" / file.parent.relative_to(root)
+        thumbs.mkdir(parents=True)
+        (thumbs / "281_tabby.png.jpg").write_bytes(thumb)
         info = file.stat()
         relative = os.path.relpath(file, root)
         record = {
@@ -112,6 +114,7 @@ def gallery_build(work: Path, count: int) -> str:
             "path": str(photo),
             "command": "cam",
             "fingerprint": "0" * 16,
+            "model_folder": "resnet50",
             "stamps": {str(file): [info.st_size, info.st_mtime_ns]},
             "artifacts": [
                 {
@@ -124,8 +127,9 @@ def gallery_build(work: Path, count: int) -> str:
                 }
             ],
         }
-        (folder / "records").mkdir()
-        (folder / "records" / "cam-0000000000000000.json").write_text(json.dumps(record))
+        records = root / "records" / "resnet50" / image
+        records.mkdir(parents=True)
+        (records / "cam-0000000000000000.json").write_text(json.dumps(record))
     say(f"  {count} synthetic images written; building")
     start = time.perf_counter()
     build_gallery(layout)

@@ -15,43 +15,49 @@
 - ``-`` streams one path per line from stdin (lazily: millions of lines are fine). These are
   taken like named files, never walked; a missing one fails at decode, not here.
 
-Arguments are validated before anything is yielded, so a typo ends the run before any image is
-processed: a missing path, a pattern matching nothing and a folder without images raise
-``UsageError``. The same file reached twice (``photos photos/cat.jpg``) is yielded once.
+Usage mistakes (no inputs, ``-`` twice) raise ``UsageError`` before anything is yielded. The
+same file reached twice (``photos photos/cat.jpg``) is yielded once.
 
-``ImageSource.relative`` is where an image's outputs go under ``--out``, without a suffix: a
+``ImageSource.relative`` is the image's own folder under a model's folder in ``--out``: a
 folder's images mirror their sub-folders (``photos/a/cat.jpg`` from ``photos`` → ``a/cat``),
 a pattern's matches are relative to the pattern's literal leading folders (``data/**/*.jpg`` →
 ``cat/0001``; ``photos/*.jpg`` → ``cat``), and named and stdin files get their stem. Names that
 would still collide (``x/cat.jpg`` and ``y/cat.jpg`` named together, ``cat.jpg`` beside
 ``cat.png``) get ``-2``, ``-3``… in the order met, judged ignoring letter case and Unicode
-normalisation as macOS and Windows file systems would. ``relative`` keeps the bytes of Linux
-file names that are not UTF-8 (as Python's surrogate escapes), so outputs are written under the
-same bytes; ``display`` is the printable form for messages and JSON (see ``printable``).
+normalisation as macOS and Windows file systems would; and no image's folder is ever inside
+another's (``a.png`` beside a folder ``a/`` of images: the folder's images go to ``a-2/``),
+so the names featviz writes in an image's folder never meet an input's (featviz.image_names).
+``relative`` keeps the bytes of Linux file names that are not UTF-8 (as
+Python's surrogate escapes), so outputs are written under the same bytes; ``display`` is the
+printable form for messages and JSON (see ``printable``).
+
+An input that yields no image — a missing path, a pattern matching nothing, a folder without
+images or one that cannot be listed — is not an error of the whole run: it comes out as an
+``ImageSource`` whose ``problem`` says why, and fails on its own like an unreadable file. A
+featviz output folder (``OUTPUT_MARKER`` at its top, or an older run's ``manifest.json``) is
+never read as input: walks and patterns skip it, and ``on_skip`` hears of each one.
 """
 
 from __future__ import annotations
 
 import glob
 import itertools
+import json
 import os
 import re
 import stat
 import sys
-import unicodedata
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import BinaryIO, TextIO
 
 from featviz.errors import UsageError, closest
+from featviz.image_names import ImageNames
 
 IMAGE_EXTENSIONS = frozenset({".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"})
 
-_EXTENSIONS_HINT = (
-    f"featviz looks for {' '.join(sorted(IMAGE_EXTENSIONS))} files (any letter case); "
-    "name a file explicitly to use it whatever its extension"
-)
+_EXTENSIONS_HINT = f"featviz looks for {' '.join(sorted(IMAGE_EXTENSIONS))} files, any case"
 _GLOB_MAGIC = re.compile(r"[*?[]")
 # Characters that would break a one-line message or fool a terminal: C0/C1 controls, DEL, line
 # and paragraph separators, and bidirectional overrides ("Trojan source" file names).
@@ -82,23 +88,49 @@ def printable(path: str | os.PathLike[str]) -> str:
     return text.translate(_UNPRINTABLE)
 
 
+OUTPUT_MARKER = ".featviz-output"
+"""A file featviz writes at the top of every output folder: such a folder is never input."""
+
+
 @dataclass(frozen=True)
 class ImageSource:
     """One image to process.
 
-    ``path``: where to read it. ``relative``: where its outputs go under ``--out``, without a
-    suffix, unique within a run (see the module docstring). ``display``: ``printable(path)``.
-    ``index``: its position in the run, from 0 (TensorBoard's step).
+    ``path``: where to read it. ``relative``: its folder under a model's folder in ``--out``,
+    unique within a run (see the module docstring). ``display``: ``printable(path)``.
+    ``index``: its position in the run, from 0 (TensorBoard's step). ``problem``: why an input
+    argument gave no image (it then fails with that reason instead of being decoded).
     """
 
     path: Path
     relative: PurePath
     display: str
     index: int = 0
+    problem: str | None = None
+
+
+# (path, relative, problem): what an argument gives before names are made unique.
+Candidate = tuple[Path, PurePath, "str | None"]
 
 
 def _has_image_extension(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def is_output_folder(folder: str | os.PathLike[str]) -> bool:
+    """Whether ``folder`` is the top of a featviz output folder: its marker, or the
+    ``manifest.json`` of a run from before the marker existed."""
+    if os.path.isfile(os.path.join(folder, OUTPUT_MARKER)):
+        return True
+    manifest = os.path.join(folder, "manifest.json")
+    if not os.path.isfile(manifest):
+        return False
+    try:
+        with open(manifest, "rb") as handle:
+            data = json.loads(handle.read(2**22))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "featviz" in (data.get("versions") or {})
 
 
 def discover(
@@ -106,17 +138,18 @@ def discover(
     *,
     recursive: bool = False,
     stdin: TextIO | BinaryIO | None = None,
+    on_skip: Callable[[str], None] | None = None,
 ) -> Iterator[ImageSource]:
-    """Validate every input now, then return a lazy stream of the images they name.
+    """A lazy stream of the images that ``inputs`` name, each input argument in turn.
 
     ``stdin`` (default ``sys.stdin``) is read only for a ``-`` input, through the binary
     ``buffer`` under a text wrapper, so that file names which are not UTF-8 arrive intact (a
     strict UTF-8 text stream would fail on them); a stream with no ``buffer`` (``StringIO``) is
-    read as it is.
+    read as it is. ``on_skip`` is told of every featviz output folder a walk or a pattern
+    leaves out (a printable path).
 
     Raises:
-        UsageError: no inputs, ``-`` twice, a missing path, a pattern matching nothing or no
-            image, a folder without images (or one that cannot be listed).
+        UsageError: no inputs, or ``-`` twice.
     """
     if not inputs:
         raise UsageError(
@@ -125,36 +158,67 @@ def discover(
         )
     if inputs.count("-") > 1:
         raise UsageError("'-' (read paths from stdin) is given more than once")
-    candidates = [_resolve(argument, recursive, stdin) for argument in inputs]
+    skipped = _OutputFolders(on_skip or (lambda _: None))
+    candidates = (_resolve(argument, recursive, stdin, skipped) for argument in inputs)
     return _unique(itertools.chain.from_iterable(candidates))
 
 
+class _OutputFolders:
+    """Which folders are featviz output folders (asked once each), telling of each skipped."""
+
+    def __init__(self, on_skip: Callable[[str], None]) -> None:
+        self.on_skip = on_skip
+        self.known: dict[str, bool] = {}
+
+    def skips(self, folder: str | os.PathLike[str]) -> bool:
+        key = os.path.abspath(folder)
+        if key not in self.known:
+            self.known[key] = is_output_folder(folder)
+            if self.known[key]:
+                self.on_skip(printable(folder))
+        return self.known[key]
+
+    def holds(self, path: Path, base: PurePath) -> bool:
+        """Whether ``path`` (a pattern's match) lies in an output folder below ``base``."""
+        folder = path.parent
+        while folder != Path(base) and folder not in (Path("."), Path("/"), folder.parent):
+            if self.skips(folder):
+                return True
+            folder = folder.parent
+        return False
+
+
 def _resolve(
-    argument: str, recursive: bool, stdin: TextIO | BinaryIO | None
-) -> Iterable[tuple[Path, PurePath]]:
-    """(path, relative) candidates for one argument; raises UsageError when there are none."""
+    argument: str, recursive: bool, stdin: TextIO | BinaryIO | None, skipped: _OutputFolders
+) -> Iterable[Candidate]:
+    """The candidates of one argument; a failed one when it gives no image."""
     if argument == "-":
         return _stdin_paths(stdin)
+    failed = Path(argument), PurePath(_name_of(argument)), None
     if os.path.isdir(argument):
-        return _folder_images(argument, recursive)
+        if is_output_folder(argument):
+            return [(*failed[:2], "is a featviz output folder, which is never read as input")]
+        return _folder_images(argument, recursive, skipped, failed)
     if os.path.exists(argument):
-        path = Path(argument)
-        return [(path, PurePath(_stem(path.name)))]
+        return [failed]
     if os.path.lexists(argument):
         target = printable(os.readlink(argument))
-        raise UsageError(
-            f"input '{printable(argument)}' does not exist",
-            hint=f"it is a symbolic link to '{target}', which does not exist",
-        )
+        return [(*failed[:2], f"does not exist (broken symbolic link to '{target}')")]
     if _GLOB_MAGIC.search(argument):
-        return _pattern_images(argument)
-    raise UsageError(f"input '{printable(argument)}' does not exist", hint=_close_match(argument))
+        return _pattern_images(argument, skipped, failed)
+    near = _close_match(argument)
+    return [(*failed[:2], "does not exist" + (f" ({near})" if near else ""))]
+
+
+def _name_of(path: str) -> str:
+    """An image folder's name: the file's name without its extension; never empty, ``.`` or
+    ``..``, which lead outside --out."""
+    return _stem(os.path.basename(os.path.normpath(path)) if path else "")
 
 
 def _stem(name: str) -> str:
-    """The name without its extension; never empty, ``.`` or ``..``, which lead outside --out."""
     for candidate in (os.path.splitext(name)[0], name):
-        if candidate not in ("", ".", ".."):
+        if candidate not in ("", ".", "..", "/"):
             return candidate
     return "_"  # stdin named "." or "/": a folder, which fails at decode
 
@@ -170,26 +234,30 @@ def _close_match(argument: str) -> str | None:
     return closest(name, names, count=1, shown=lambda near: printable(os.path.join(parent, near)))
 
 
-def _folder_images(argument: str, recursive: bool) -> Iterable[tuple[Path, PurePath]]:
-    """The images of a folder argument, walked lazily once at least one is known to exist."""
+def _folder_images(
+    argument: str, recursive: bool, skipped: _OutputFolders, failed: Candidate
+) -> Iterator[Candidate]:
+    """The images of a folder argument, walked lazily; one failed candidate when it has none."""
     try:
         with os.scandir(argument):
             pass
     except OSError as error:
         reason = "permission denied" if isinstance(error, PermissionError) else error.strerror
-        raise UsageError(f"input '{printable(argument)}' cannot be read ({reason})") from error
+        yield (*failed[:2], f"cannot be read ({reason})")
+        return
     root = Path(argument)
-    if next(_walk(root, recursive), None) is None:
-        nested = not recursive and next(_walk(root, recursive=True), None) is not None
-        raise UsageError(
-            f"input '{printable(argument)}' has no image files",
-            hint="it has sub-folders: add --recursive" if nested else _EXTENSIONS_HINT,
-        )
-    return _walk(root, recursive)
+    found = False
+    for candidate in _walk(root, recursive, skipped):
+        found = True
+        yield candidate
+    if not found:
+        nested = not recursive and next(_walk(root, True, skipped), None) is not None
+        hint = "it has sub-folders: add --recursive" if nested else _EXTENSIONS_HINT
+        yield (*failed[:2], f"has no image files ({hint})")
 
 
-def _walk(root: Path, recursive: bool) -> Iterator[tuple[Path, PurePath]]:
-    """Depth-first walk of ``root`` in name order, yielding (path, relative-with-stem)."""
+def _walk(root: Path, recursive: bool, skipped: _OutputFolders) -> Iterator[Candidate]:
+    """Depth-first walk of ``root`` in name order, yielding (path, relative, None)."""
     # An explicit stack rather than recursion: folder depth is not ours to bound.
     stack = [(root, PurePath(), _listing(root) or iter(()), {_identity(root)})]
     while stack:
@@ -201,14 +269,16 @@ def _walk(root: Path, recursive: bool) -> Iterator[tuple[Path, PurePath]]:
         path = folder / entry.name
         if not _is_folder(entry):
             if _has_image_extension(entry.name):
-                yield path, relative / _stem(entry.name)
+                yield path, relative / _stem(entry.name), None
             continue
         identity = _identity(path)
         if not recursive or (identity is not None and identity in ancestors):  # a symlink loop
             continue
+        if skipped.skips(path):
+            continue
         listing = _listing(path)
         if listing is None:
-            yield path, relative / entry.name  # decode reports why it cannot be read
+            yield path, relative / entry.name, None  # decode reports why it cannot be read
             continue
         stack.append((path, relative / entry.name, listing, ancestors | {identity}))
 
@@ -238,14 +308,11 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return info.st_dev, info.st_ino
 
 
-def _pattern_images(pattern: str) -> list[tuple[Path, PurePath]]:
+def _pattern_images(pattern: str, skipped: _OutputFolders, failed: Candidate) -> list[Candidate]:
     """Image files matching ``pattern``, sorted, relative to its literal leading folders."""
     matches = glob.glob(pattern, recursive=True)
     if not matches:
-        raise UsageError(
-            f"input '{printable(pattern)}' does not exist",
-            hint="no file or folder matches this pattern",
-        )
+        return [(*failed[:2], "no file or folder matches this pattern")]
     literal = itertools.takewhile(
         lambda part: not _GLOB_MAGIC.search(part), PurePath(pattern).parts
     )
@@ -254,14 +321,14 @@ def _pattern_images(pattern: str) -> list[tuple[Path, PurePath]]:
     for match in matches:
         if _has_image_extension(match) and not _is_dir_path(match):
             path = Path(match)
+            if skipped.holds(path, base):
+                continue
             parts = path.relative_to(base).parts if path.is_relative_to(base) else ()
             if not parts or any(part in (".", "..") for part in parts):
                 parts = (path.name,)  # "a/*/../b.jpg" must not lead outside --out
-            found.append((path, PurePath(*parts[:-1], _stem(parts[-1]))))
+            found.append((path, PurePath(*parts[:-1], _stem(parts[-1])), None))
     if not found:
-        raise UsageError(
-            f"input '{printable(pattern)}' matches no image files", hint=_EXTENSIONS_HINT
-        )
+        return [(*failed[:2], f"matches no image files ({_EXTENSIONS_HINT})")]
     return sorted(found, key=lambda candidate: candidate[0].parts)
 
 
@@ -272,7 +339,7 @@ def _is_dir_path(path: str) -> bool:
         return False
 
 
-def _stdin_paths(stdin: TextIO | BinaryIO | None) -> Iterator[tuple[Path, PurePath]]:
+def _stdin_paths(stdin: TextIO | BinaryIO | None) -> Iterator[Candidate]:
     """One path per non-empty line, read lazily (bytes lines decoded as the OS does)."""
     stream = stdin if stdin is not None else sys.stdin
     stream = getattr(stream, "buffer", stream)  # bytes under a text wrapper: names stay intact
@@ -280,28 +347,21 @@ def _stdin_paths(stdin: TextIO | BinaryIO | None) -> Iterator[tuple[Path, PurePa
         text = line if isinstance(line, str) else os.fsdecode(line)
         text = text.rstrip("\n").rstrip("\r")
         if text:
-            path = Path(text)
-            yield path, PurePath(_stem(path.name))
+            yield Path(text), PurePath(_name_of(text)), None
 
 
-def _unique(candidates: Iterable[tuple[Path, PurePath]]) -> Iterator[ImageSource]:
-    """Drop repeats of a file, give each image a ``relative`` no other image has (``cat-2``)."""
+def _unique(candidates: Iterable[Candidate]) -> Iterator[ImageSource]:
+    """Drop repeats of a file, give each image a ``relative`` no other image has (``cat-2.jpg``)
+    and that is neither inside another image's nor holds one."""
     seen_files: set[str] = set()
-    taken: set[str] = set()
+    names = ImageNames()
     index = itertools.count()
-    for path, relative in candidates:
+    for path, relative, problem in candidates:
         absolute = os.path.abspath(path)
         if absolute in seen_files:
             continue
         seen_files.add(absolute)
-        unique, number = relative, 1
-        while _collision_key(unique) in taken:
-            number += 1
-            unique = relative.with_name(f"{relative.name}-{number}")
-        taken.add(_collision_key(unique))
-        yield ImageSource(path=path, relative=unique, display=printable(path), index=next(index))
-
-
-def _collision_key(relative: PurePath) -> str:
-    """Names that case-insensitive or normalising file systems (macOS, Windows) would merge."""
-    return unicodedata.normalize("NFC", str(relative)).casefold()
+        if problem is None:
+            relative = names.claim(relative)
+        display = printable(path)
+        yield ImageSource(path, relative, display, next(index), problem)

@@ -73,6 +73,8 @@ class ImageJob:
         from featviz.decode import decode
         from featviz.preprocess import normalise, resized
 
+        if source.problem is not None:  # an input argument that gave no image
+            raise InputError(f"{source.display}: {source.problem}")
         image = decode(source.path, max_pixels=self.max_pixels)
         pixels = resized(image, self.model.preprocessing)
         if self.model.device.type == "cuda":

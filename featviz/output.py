@@ -1,30 +1,42 @@
 """Where outputs go on disk, atomic writes, encoders, and the per-image records.
 
-Layout under ``--out`` (``<rel>`` mirrors the input's sub-folders, see images.ImageSource):
+Layout under ``--out``. Each model (with its weights and settings) writes into a folder of its
+own, ``<model>`` (featviz.variants: ``resnet50``, ``resnet50@none``, ``mynet``, and ``-2``,
+``-3``… when another run with other settings got the name first); ``<image>`` is the image's
+folder mirroring the inputs, named after its file (featviz.images: ``a/cat``):
 
-    <rel>/maps/<layer>.png                      featviz maps (+ <layer>.npy with --save-raw)
-    <rel>/cam/<method>/<layer>/<class>.png      featviz cam overlay (<class> = index_label)
-    <rel>/cam/<method>/<layer>/<class>.heatmap.png / .npz
-    <rel>/compare.png, <rel>/sanity.png         featviz compare, featviz sanity (one per image)
-    score.csv, score.png, sanity.csv, sanity.png    the latest score / sanity run's table and plot
-    <rel>/records/<command>-<fingerprint>.json  what the image produced with those settings
-                                                (--skip-existing, the gallery)
-    filters/<model>/<layer>.png                 featviz filters
-    runs/<time>-<command>-<pid>.json            one manifest per run, never overwritten
-    manifest.json                               the latest run's manifest, listing every run
-    index.html, gallery/                        the gallery (sinks/gallery.py)
+    <model>/<image>/maps/<layer>.png                 featviz maps (+ <layer>.npy with --save-raw)
+    <model>/<image>/cam/<method>/<layer>/<class>.png featviz cam overlay (<class> = index_label)
+    <model>/<image>/cam/<method>/<layer>/<class>.heatmap.png / .npz
+    <model>/<image>/compare.png, sanity.png          featviz compare, featviz sanity
+    filters/<model>/<layer>.png                      featviz filters
+    records/<model>/<image>/<command>-<fingerprint>.json
+                                                     what the image produced with those settings
+                                                     (--skip-existing, the gallery)
+    models/<model>.json, models/<model>.<command>.json
+                                                     which model and settings own each folder
+    runs/<run>.json                                  one manifest per run, never overwritten
+    runs/<run>/score.csv, score.png, sanity.csv…     what a run made of all its images
+    manifest.json                                    the latest run's manifest, listing every run
+    index.html, gallery/                             the gallery (sinks/gallery.py)
+    .featviz-output                                  marks the folder: never read as input
 
-Every file is written under a temporary name in its own folder and renamed into place, so an
-interrupted run or a full disk never leaves a truncated PNG, NPZ or manifest behind.
+Input names never meet featviz's own: they live below a model's folder, and an image's folder
+never holds another image's. Every file is written under a temporary name in
+its own folder, created exclusively (a link planted there is never followed), and renamed over
+the final name, so an interrupted run or a full disk never leaves a truncated PNG, NPZ or
+manifest behind.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import json
 import os
 import re
+import secrets
 import struct
 import time
 import zlib
@@ -34,6 +46,7 @@ from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
 from featviz.errors import RunError, UsageError
+from featviz.images import OUTPUT_MARKER
 
 if TYPE_CHECKING:
     import numpy as np
@@ -61,14 +74,24 @@ def _best_deflate() -> Callable[[bytes], bytes]:
 deflate = _best_deflate()
 
 
+# File systems take 255 bytes a name; a name leaves room for its suffixes (".heatmap.png").
+MAX_NAME_BYTES = 200
+
+
 def safe_name(text: str) -> str:
-    """A file-name-safe form of a layer or class name: keeps letters, digits, '.', '+', '-', '_'."""
-    cleaned = re.sub(r"[^\w.+-]+", "_", text.strip()).strip("_")
-    return cleaned or "_"
+    """A file-name-safe form of a layer or class name: keeps letters, digits, '.', '+', '-',
+    '_'. A name longer than MAX_NAME_BYTES (a 235-character label) is cut and ends with a hash
+    of the whole, so that two long names never become one."""
+    cleaned = re.sub(r"[^\w.+-]+", "_", text.strip()).strip("_") or "_"
+    if len(cleaned.encode("utf-8")) <= MAX_NAME_BYTES:
+        return cleaned
+    digest = hashlib.sha256(cleaned.encode("utf-8")).hexdigest()[:10]
+    cut = cleaned.encode("utf-8")[: MAX_NAME_BYTES - 11].decode("utf-8", "ignore")
+    return f"{cut}-{digest}"
 
 
 def class_slug(index: int, label: str | None) -> str:
-    return f"{index}_{safe_name(label)}" if label else str(index)
+    return safe_name(f"{index}_{label}") if label else str(index)
 
 
 @dataclass(frozen=True)
@@ -78,15 +101,35 @@ class CamFiles:
     raw: Path
 
 
+# featviz's own names at the top of an output folder: no model folder takes one.
+RESERVED = frozenset(
+    {
+        "index.html",
+        "manifest.json",
+        "runs",
+        "gallery",
+        "records",
+        "models",
+        "filters",
+        OUTPUT_MARKER,
+    }
+)
+RECORDS = "records"
+
+
 class OutputLayout:
-    """Where each output of a run goes."""
+    """Where each output of a run goes: ``variant`` (the model's folder) and ``run`` (this
+    run's name under runs/) are set when the run opens its output folder."""
 
     def __init__(self, root: Path, image_format: str = "png") -> None:
         self.root = root
         self.picture = image_format  # the suffix of overlays, grids, panels and kernels
+        self.variant = "_"
+        self.run = "_"
 
     def prepare(self) -> None:
-        """Create the output folder, or explain why it cannot be used (before any work)."""
+        """Create the output folder and its marker, or explain why it cannot be used (before
+        any work)."""
         if self.root.exists() and not self.root.is_dir():
             raise UsageError(
                 f"output path '{self.root}' exists and is not a folder",
@@ -104,9 +147,12 @@ class OutputLayout:
                 f"output folder '{self.root}' is not writable",
                 hint="choose another folder with --out",
             )
+        marker = self.root / OUTPUT_MARKER
+        if not marker.is_file():
+            write_atomic(marker, b"featviz outputs: featviz never reads this folder as input\n")
 
     def image_dir(self, relative: PurePath) -> Path:
-        return self.root / relative
+        return self.root / self.variant / relative
 
     def maps_grid(self, relative: PurePath, layer: str) -> Path:
         return self.image_dir(relative) / "maps" / f"{safe_name(layer)}.{self.picture}"
@@ -114,15 +160,17 @@ class OutputLayout:
     def maps_raw(self, relative: PurePath, layer: str) -> Path:
         return self.maps_grid(relative, layer).with_suffix(".npy")
 
-    def path_of(self, artifact: Artifact, relative: PurePath | None, model: str) -> Path:
-        """Where ``artifact`` of the image at ``relative`` (None: of the model) is written."""
+    def path_of(self, artifact: Artifact, relative: PurePath | None) -> Path:
+        """Where ``artifact`` of the image at ``relative`` (None: of the model or the run) is
+        written."""
         if artifact.command == "filters":
             suffix = "-all-inputs" if artifact.kind == "kernels-all-inputs" else ""
-            return self.filters_picture(model, artifact.layer, suffix)
+            return self.filters_picture(artifact.layer, suffix)
         if artifact.kind == "panel":  # compare.png, sanity.png beside the image's outputs
             return self.image_dir(relative) / f"{artifact.command}.{self.picture}"
         if artifact.kind in ("table", "curves"):  # score.csv, score.png: the run's own
-            return self.root / f"{artifact.command}.{'csv' if artifact.kind == 'table' else 'png'}"
+            suffix = "csv" if artifact.kind == "table" else "png"
+            return self.root / "runs" / self.run / f"{artifact.command}.{suffix}"
         if artifact.command == "maps":
             if artifact.kind == "raw":
                 return self.maps_raw(relative, artifact.layer)
@@ -140,41 +188,62 @@ class OutputLayout:
         )
 
     def record(self, relative: PurePath, command: str, fingerprint: str) -> Path:
-        return self.image_dir(relative) / "records" / f"{command}-{fingerprint}.json"
+        return self.root / RECORDS / self.variant / relative / f"{command}-{fingerprint}.json"
 
-    def filters_picture(self, model: str, layer: str, suffix: str = "") -> Path:
+    def filters_picture(self, layer: str, suffix: str = "") -> Path:
         name = f"{safe_name(layer)}{suffix}.{self.picture}"
-        return self.root / "filters" / safe_name(model) / name
+        return self.root / "filters" / self.variant / name
 
     def manifest(self) -> Path:
         return self.root / "manifest.json"
 
-    def run_manifest(
-        self, started: float, command: str, shard: dict[str, int] | None = None
-    ) -> Path:
-        # Milliseconds: runs started in the same second still sort in the order they began.
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started)) + f"{started % 1:.3f}"[1:]
-        stamp = f"{stamp}Z"
-        # Shards on other machines may share a pid; never their shard.
-        part = f"-shard-{shard['index']}-of-{shard['count']}" if shard else ""
-        return self.root / "runs" / f"{stamp}-{command}-{os.getpid()}{part}.json"
+    def run_manifest(self) -> Path:
+        return self.root / "runs" / f"{self.run}.json"
+
+
+def run_name(started: float, command: str, shard: dict[str, int] | None = None) -> str:
+    """``<time>-<command>-<pid>[-shard-K-of-N]``: unique among runs sharing a folder."""
+    # Milliseconds: runs started in the same second still sort in the order they began.
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started)) + f"{started % 1:.3f}"[1:]
+    # Shards on other machines may share a pid; never their shard.
+    part = f"-shard-{shard['index']}-of-{shard['count']}" if shard else ""
+    return f"{stamp}Z-{command}-{os.getpid()}{part}"
+
+
+# Created only where nothing is (O_EXCL), never through a symbolic link (O_NOFOLLOW).
+_TEMPORARY_FLAGS = (
+    os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+)
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+
+    The temporary name is new each time (pid and random bits) and created exclusively: a file
+    or link planted under a guessable name in a shared folder is never written through. The
+    rename replaces the final name itself, a link there included, never what a link points to.
+    """
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(temporary, "wb") as handle:
+        descriptor = os.open(temporary, _TEMPORARY_FLAGS, 0o666)
+    except OSError as exc:
+        raise _write_failure(path, exc) from exc
+    try:
+        with open(descriptor, "wb") as handle:
             handle.write(data)
         os.replace(temporary, path)
     except OSError as exc:
         temporary.unlink(missing_ok=True)
-        reason = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
-        raise RunError(f"cannot write '{path}': {reason}") from exc
+        raise _write_failure(path, exc) from exc
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def _write_failure(path: Path, exc: OSError) -> RunError:
+    reason = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+    return RunError(f"cannot write '{path}': {reason}")
 
 
 def encode_png(image: np.ndarray) -> bytes:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from featviz.decode import declared_pixels
-from featviz.errors import InputError
+from featviz.errors import FeatvizError, InputError
 from featviz.heap import return_freed_memory
 from featviz.images import printable
 from featviz.interrupts import shielded
@@ -168,104 +168,162 @@ def run(
     config: PipelineConfig,
     stats: PipelineStats | None = None,
 ) -> Iterator[ImageResult]:
-    """Yield one ImageResult per input.
+    """Yield one ImageResult per input (``Pipeline(…).results()``)."""
+    return Pipeline(job, sources, config, stats).results()
 
-    A RunError (disk full…) propagates and stops the stream; per-image problems (InputError, a
-    batch the model rejects) become failed results and the run goes on.
-    """
-    stats = stats or PipelineStats()
-    loads: deque[tuple[ImageSource, Future[LoadedImage]]] = deque()
-    writes: deque[tuple[ImageSource, Future[ImageResult]]] = deque()
-    groups: dict[tuple[int, ...], list[LoadedImage]] = {}
-    decode_ahead = config.batch_size + config.decode_workers
-    write_ahead = config.batch_size + config.write_workers
-    pending = iter(sources)
-    waiting: tuple[ImageSource, int] | None = None  # the next image, until memory admits it
-    exhausted = False
 
-    def dispatch(batch: list[LoadedImage]) -> Iterator[ImageResult]:
-        stats.batches += 1
-        stats.largest_batch = max(stats.largest_batch, len(batch))
-        try:
-            with config.compute():
-                if stats.batches == 1 and config.first_batch is not None:
-                    config.first_batch(batch)
-                tasks = job.process(batch)
-        except InputError as exc:  # about the batch: name each image, as decode errors do
-            for item in batch:
-                stats.leave(item.source)
-                yield ImageResult(item.source, error=f"{item.source.display}: {exc.message}")
-            return
-        for item, task in zip(batch, tasks):
-            with shielded():  # a signal inside submit() would leave the pool's lock held
-                writes.append((item.source, writer.submit(task)))
+class Pipeline:
+    """One stream of images through a job: ``results()`` once; after a stop (an interrupt, a
+    fatal error, or a consumer that left early), ``stop()`` says what was finished meanwhile
+    and which images it cut off."""
 
-    def drain_writes(keep: int) -> Iterator[ImageResult]:
-        while writes and (len(writes) > keep or _finished(writes[0][1])):
-            source, future = writes.popleft()
-            if stats.costs.get(id(source), 0) >= LARGE_IMAGE_BYTES:
-                return_freed_memory()  # its buffers were freed in the writer threads' heaps
-            stats.leave(source)
-            yield _result_of(source, future)
+    def __init__(
+        self,
+        job: Job,
+        sources: Iterable[ImageSource],
+        config: PipelineConfig,
+        stats: PipelineStats | None = None,
+    ) -> None:
+        self.job = job
+        self.sources = sources
+        self.config = config
+        self.stats = stats or PipelineStats()
+        self.writes: deque[tuple[ImageSource, Future[ImageResult]]] = deque()
+        self.started: dict[int, ImageSource] = {}  # id(source) → source, until reported
+        self.stream: Iterator[ImageResult] | None = None
 
-    with (
-        ThreadPoolExecutor(config.decode_workers, "featviz-decode") as decoder,
-        ThreadPoolExecutor(config.write_workers, "featviz-write") as writer,
-    ):
-        try:
-            while True:
-                # Start decoding ahead, but never hold more than max_in_flight images.
-                while (
-                    not exhausted
-                    and len(loads) < decode_ahead
-                    and stats.in_flight < config.max_in_flight
-                ):
-                    if waiting is None:
-                        source = next(pending, None)
-                        if source is None:
-                            exhausted = True
-                            break
-                        done = job.finished(source)
-                        if done is not None:
-                            yield done
+    def results(self) -> Iterator[ImageResult]:
+        """Yield one ImageResult per input.
+
+        A RunError (disk full…) fails the image whose write met it, then propagates and stops
+        the stream; per-image problems (InputError, a batch the model rejects) become failed
+        results and the run goes on.
+        """
+        self.stream = (self._reported(result) for result in self._stream())
+        return self.stream
+
+    def stop(self) -> tuple[list[ImageResult], list[ImageSource]]:
+        """After the stream stopped early: the images whose writes finished but were not yet
+        yielded (written whole, or failed), and the images started but cut off."""
+        if self.stream is not None:
+            self.stream.close()  # cancels what has not started; running writes finish
+        finished = []
+        for source, future in self.writes:
+            if future.done() and not future.cancelled():
+                finished.append(self._reported(_settled(source, future)))
+        self.writes.clear()
+        cut_off = sorted(self.started.values(), key=lambda source: source.index)
+        return finished, cut_off
+
+    def _reported(self, result: ImageResult) -> ImageResult:
+        self.started.pop(id(result.source), None)
+        return result
+
+    def _stream(self) -> Iterator[ImageResult]:
+        job, config, stats, writes = self.job, self.config, self.stats, self.writes
+        loads: deque[tuple[ImageSource, Future[LoadedImage]]] = deque()
+        groups: dict[tuple[int, ...], list[LoadedImage]] = {}
+        decode_ahead = config.batch_size + config.decode_workers
+        write_ahead = config.batch_size + config.write_workers
+        pending = iter(self.sources)
+        waiting: tuple[ImageSource, int] | None = None  # the next image, until memory admits it
+        exhausted = False
+
+        def dispatch(batch: list[LoadedImage]) -> Iterator[ImageResult]:
+            stats.batches += 1
+            stats.largest_batch = max(stats.largest_batch, len(batch))
+            try:
+                with config.compute():
+                    if stats.batches == 1 and config.first_batch is not None:
+                        config.first_batch(batch)
+                    tasks = job.process(batch)
+            except InputError as exc:  # about the batch: name each image, as decode errors do
+                for item in batch:
+                    stats.leave(item.source)
+                    yield ImageResult(item.source, error=f"{item.source.display}: {exc.message}")
+                return
+            for item, task in zip(batch, tasks):
+                with shielded():  # a signal inside submit() would leave the pool's lock held
+                    writes.append((item.source, writer.submit(task)))
+
+        def drain_writes(keep: int) -> Iterator[ImageResult]:
+            while writes and (len(writes) > keep or _finished(writes[0][1])):
+                source, future = writes[0]
+                result = _result_of(source, future)  # a RunError leaves it queued for stop()
+                writes.popleft()
+                if stats.costs.get(id(source), 0) >= LARGE_IMAGE_BYTES:
+                    return_freed_memory()  # its buffers were freed in the writer threads' heaps
+                stats.leave(source)
+                yield result
+
+        with (
+            ThreadPoolExecutor(config.decode_workers, "featviz-decode") as decoder,
+            ThreadPoolExecutor(config.write_workers, "featviz-write") as writer,
+        ):
+            try:
+                while True:
+                    # Start decoding ahead, but never hold more than max_in_flight images.
+                    while (
+                        not exhausted
+                        and len(loads) < decode_ahead
+                        and stats.in_flight < config.max_in_flight
+                    ):
+                        if waiting is None:
+                            source = next(pending, None)
+                            if source is None:
+                                exhausted = True
+                                break
+                            done = job.finished(source)
+                            if done is not None:
+                                yield done
+                                continue
+                            waiting = (source, BYTES_PER_PIXEL * declared_pixels(source.path))
+                        source, cost = waiting
+                        if not stats.admits(cost, config.max_memory):
+                            break  # it waits until images in flight have been written
+                        waiting = None
+                        stats.enter(source, cost)
+                        self.started[id(source)] = source
+                        with shielded():
+                            loads.append((source, decoder.submit(job.load, source)))
+                    if loads:
+                        source, future = loads.popleft()
+                        try:
+                            item = future.result()
+                        except InputError as exc:
+                            stats.leave(source)
+                            yield ImageResult(source, error=exc.message)
                             continue
-                        waiting = (source, BYTES_PER_PIXEL * declared_pixels(source.path))
-                    source, cost = waiting
-                    if not stats.admits(cost, config.max_memory):
-                        break  # it waits until images in flight have been written
-                    waiting = None
-                    stats.enter(source, cost)
-                    with shielded():
-                        loads.append((source, decoder.submit(job.load, source)))
-                if loads:
-                    source, future = loads.popleft()
-                    try:
-                        item = future.result()
-                    except InputError as exc:
-                        stats.leave(source)
-                        yield ImageResult(source, error=exc.message)
-                        continue
-                    shape = tuple(item.tensor.shape)
-                    groups.setdefault(shape, []).append(item)
-                    if len(groups[shape]) >= config.batch_size:
-                        yield from dispatch(groups.pop(shape))
-                    elif sum(len(g) for g in groups.values()) >= 2 * config.batch_size:
-                        # Many shapes, none filling a batch: free memory with the largest.
+                        shape = tuple(item.tensor.shape)
+                        groups.setdefault(shape, []).append(item)
+                        if len(groups[shape]) >= config.batch_size:
+                            yield from dispatch(groups.pop(shape))
+                        elif sum(len(g) for g in groups.values()) >= 2 * config.batch_size:
+                            # Many shapes, none filling a batch: free memory with the largest.
+                            yield from dispatch(groups.pop(_largest(groups)))
+                    elif groups:
+                        # Nothing more to decode now (inputs exhausted or the cap reached).
                         yield from dispatch(groups.pop(_largest(groups)))
-                elif groups:
-                    # Nothing more to decode now (inputs exhausted or the cap reached).
-                    yield from dispatch(groups.pop(_largest(groups)))
-                elif writes:
-                    yield from drain_writes(len(writes) - 1)
-                else:
-                    break
-                yield from drain_writes(write_ahead)
-        except BaseException:
-            # Interrupted or a fatal error: drop work not started; running writes finish (they
-            # are atomic) while the pools shut down.
-            for _, queued in (*loads, *writes):
-                queued.cancel()
-            raise
+                    elif writes:
+                        yield from drain_writes(len(writes) - 1)
+                    else:
+                        break
+                    yield from drain_writes(write_ahead)
+            except BaseException:
+                # Interrupted, a fatal error or the consumer gone: drop work not started;
+                # running writes finish (they are atomic) while the pools shut down, and
+                # stop() collects them.
+                for _, queued in (*loads, *writes):
+                    queued.cancel()
+                raise
+
+
+def _settled(source: ImageSource, future: Future[ImageResult]) -> ImageResult:
+    """A finished write's result, its failure (a full disk) included."""
+    try:
+        return _result_of(source, future)
+    except FeatvizError as exc:
+        return ImageResult(source, error=f"{source.display}: {exc.message}")
 
 
 def _finished(future: Future[ImageResult]) -> bool:
@@ -278,6 +336,7 @@ def _largest(groups: dict[tuple[int, ...], list[LoadedImage]]) -> tuple[int, ...
 
 
 def _result_of(source: ImageSource, future: Future[ImageResult]) -> ImageResult:
+    """The write's result; a RunError (disk full) propagates, the failed image in stop()."""
     try:
         return future.result()
     except InputError as exc:

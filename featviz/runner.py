@@ -8,9 +8,11 @@ everything here raises FeatvizError subclasses and never prints. What is resolve
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +24,7 @@ if TYPE_CHECKING:
     from featviz.images import ImageSource
     from featviz.jobs import ImageJob
     from featviz.models import LoadedModel
-    from featviz.pipeline import ImageResult, PipelineConfig
+    from featviz.pipeline import ImageResult, Pipeline, PipelineConfig
     from featviz.report import RunTally
     from featviz.requests import (
         CamRequest,
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
         OutputRequest,
         RunRequest,
     )
+    from featviz.variants import Variant
 
 
 @dataclass(frozen=True)
@@ -51,10 +54,28 @@ class PreparedRun:
     total: int | None
     notes: list[str] = field(default_factory=list)  # filled as it runs; the summary adds them
 
-    def results(self) -> Iterator[ImageResult]:
-        from featviz.pipeline import run
+    @cached_property
+    def pipeline(self) -> Pipeline:
+        from featviz.pipeline import Pipeline
 
-        return run(self.job, self.sources, self.config)
+        return Pipeline(self.job, self.sources, self.config)
+
+    def results(self) -> Iterator[ImageResult]:
+        return self.pipeline.results()
+
+    def settle(self, tally: RunTally, stopped_by: str) -> None:
+        """After the stream stopped early: count what finished meanwhile, and say which
+        inputs were cut off and which never attempted (unknown for stdin's stream)."""
+        finished, cut_off = self.pipeline.stop()
+        for result in finished:
+            tally.add(result)
+        tally.stopped_by = stopped_by
+        tally.cut_off = [source.display for source in cut_off]
+        if not isinstance(self.sources, list):
+            tally.not_attempted = None
+            return
+        left = tally.reported | {source.index for source in cut_off}
+        tally.not_attempted = [s.display for s in self.sources if s.index not in left]
 
     def finish(self, tally: RunTally, interrupted: bool) -> Path:
         """Write what the run as a whole produced (score's table and plot), close the sinks
@@ -99,7 +120,8 @@ def prepare_maps(
     from featviz.maps import MapsJob
     from featviz.models import load_model
 
-    sources = _discover(run)  # a typo in an input fails before the model is built
+    notes: list[str] = []
+    sources = _discover(run, notes)
     loaded = load_model(model)
     layers = (
         resolve_layers(loaded.trace, list(maps.layers), spatial_only=True)
@@ -117,6 +139,7 @@ def prepare_maps(
         sources,
         loaded,
         lambda **common: MapsJob(request=maps, layers=layers, **common),
+        notes,
     )
 
 
@@ -143,7 +166,8 @@ def prepare_explaining(
     from featviz.models import load_model
     from featviz.targets import check_top_k, resolve_target
 
-    sources = _discover(run)
+    notes: list[str] = []
+    sources = _discover(run, notes)
     loaded = load_model(model)
     if request.target_fn is not None:
         loaded = _with_target_fn(command, loaded, request)
@@ -186,6 +210,7 @@ def prepare_explaining(
         sources,
         loaded,
         lambda **common: job_type(request=request, layers=layers, targets=targets, **common),
+        notes,
     )
 
 
@@ -206,16 +231,22 @@ def _with_target_fn(command: str, loaded: LoadedModel, request: ExplainRequest) 
     return with_target_fn(loaded, request.target_fn)
 
 
-def _discover(run: RunRequest) -> Iterable[ImageSource]:
-    """The inputs, validated now; a list (cheap to hold, and the progress bar gets a total)
-    unless paths stream in on stdin."""
+def _discover(run: RunRequest, notes: list[str]) -> Iterable[ImageSource]:
+    """The inputs: a list (cheap to hold, and the progress bar gets a total) unless paths
+    stream in on stdin. Featviz output folders left out are told in ``notes``."""
     import sys
 
     from featviz.images import discover
 
+    def skipped(folder: str) -> None:
+        notes.append(f"left out {folder}: a featviz output folder is never read as input")
+
     reads_stdin = "-" in run.inputs
     sources = discover(
-        run.inputs, recursive=run.recursive, stdin=sys.stdin if reads_stdin else None
+        run.inputs,
+        recursive=run.recursive,
+        stdin=sys.stdin if reads_stdin else None,
+        on_skip=skipped,
     )
     if run.shard is not None:
         # After discovery, which gives every image its unique output path over all inputs.
@@ -233,6 +264,7 @@ def _prepare(
     sources: Iterable[ImageSource],
     loaded: LoadedModel,
     make_job: Callable[..., ImageJob],
+    notes: list[str],
 ) -> PreparedRun:
     from featviz.jobs import fingerprint
     from featviz.pipeline import PipelineConfig
@@ -251,11 +283,12 @@ def _prepare(
         },
         "resolved": {**resolved, "batch_size": batch_size, "workers": workers},
     }
+    settings = _settings(command, model, options, resolved, loaded, output)
     sinks = sinks_for(
         output,
         command=command,
-        fingerprint=fingerprint(_settings(command, model, options, resolved, loaded, output)),
-        model=loaded.name,
+        fingerprint=fingerprint(settings),
+        variant=variant_of(settings, model, output),
         record=record,
     )
     job = make_job(
@@ -270,7 +303,6 @@ def _prepare(
         with autocast(), folding.applied():
             yield
 
-    notes: list[str] = []
     check = None
     if model.check_precision and model.precision != "fp32":
         check = PrecisionCheck(loaded, model.precision, notes, record["resolved"])
@@ -321,6 +353,32 @@ def _options_of(options: dict[str, Any]) -> dict[str, Any]:
     if "min_score" in kept and kept["min_score"] is None:
         del kept["min_score"]
     return kept
+
+
+# Options that only choose which files a run writes (each has its own path), never what a file
+# at a given path holds: runs differing in these share a model folder.
+_CHOOSING_FILES = {
+    "cam": {"methods", "layers", "targets", "top_k", "fuse", "heatmap", "save_raw", "min_score"},
+    "maps": {"layers", "save_raw"},
+}
+_NOT_IN_PICTURES = {"cam_batch_size", "score_batch_size"}
+
+
+def variant_of(settings: dict[str, Any], model: ModelRequest, output: OutputRequest) -> Variant:
+    """The model and the settings a run's pictures depend on (featviz.variants)."""
+    from featviz.variants import Variant, canonical_spec, folder_name
+
+    command = settings["command"]
+    choosing = _CHOOSING_FILES.get(command, set()) | _NOT_IN_PICTURES
+    described = {**settings["model"], "spec": canonical_spec(model.spec)}
+    for key in ("checkpoint", "labels"):
+        if described.get(key) and described[key] != "imagenet":
+            described[key] = os.path.abspath(described[key])
+    options = {key: v for key, v in settings["options"].items() if key not in choosing}
+    resolved = {key: v for key, v in settings["resolved"].items() if key not in choosing}
+    options = {**options, **resolved, "quality": output.quality}
+    name = folder_name(model.spec, model.weights)
+    return Variant(name, command, described, options)
 
 
 def default_workers() -> int:
@@ -432,7 +490,6 @@ def render_filters(
         )
         for layer in layers
     ]
-    name = loaded.name.rpartition(":")[2]  # a factory's callable, not its file's path
     record = {
         "model": model_record(loaded),
         "request": {"model": plain(model), "output": plain(output), "options": plain(request)},
@@ -440,9 +497,13 @@ def render_filters(
     }
     settings = _settings("filters", model, request, {"layers": layers}, loaded, output)
     sinks = sinks_for(
-        output, command="filters", fingerprint=fingerprint(settings), model=name, record=record
+        output,
+        command="filters",
+        fingerprint=fingerprint(settings),
+        variant=variant_of(settings, model, output),
+        record=record,
     )
     sinks.open()
-    result = sinks.write(ImageOutputs(None, name, None, [], artifacts))
+    result = sinks.write(ImageOutputs(None, loaded.name, None, [], artifacts))
     sinks.close(RunEnd(RunTally(), interrupted=False))
     return FiltersResult([Path(path) for path in result.outputs], skipped)

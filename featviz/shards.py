@@ -57,14 +57,14 @@ def shard_of(relative: PurePath, count: int) -> int:
 def shards_summary(own: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
     """How far the N shards of ``own``'s job have got, from every run manifest in the folder:
     the latest run of each shard of the same command and request, its counts, and which shards
-    have not finished (never run, still running, failed to finish or interrupted)."""
+    have not finished (never run, still running, interrupted or stopped by an error)."""
     count = _shard(own)["count"]
     latest: dict[int, dict[str, Any]] = {}
     for run in runs:  # in the order they started
         shard = _shard(run)
         if shard and shard["count"] == count and _same_job(run, own):
             latest[shard["index"]] = run
-    finished = sorted(k for k, run in latest.items() if not run.get("interrupted"))
+    finished = sorted(k for k, run in latest.items() if _completed(run))
     totals = {"done": 0, "failed": 0, "skipped": 0}
     for run in latest.values():
         for name in totals:
@@ -75,6 +75,12 @@ def shards_summary(own: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str,
         "unfinished": [k for k in range(1, count + 1) if k not in finished],
         "counts": totals,
     }
+
+
+def _completed(run: dict[str, Any]) -> bool:
+    """Whether a run went through all its inputs: not interrupted, nor stopped by an error."""
+    outcome = run.get("outcome")
+    return outcome["status"] == "completed" if outcome else not run.get("interrupted")
 
 
 def _shard(manifest: dict[str, Any]) -> dict[str, int] | None:

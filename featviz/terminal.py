@@ -10,6 +10,7 @@ import json
 import os
 import re
 import sys
+import time
 import traceback
 import warnings
 from collections.abc import Iterator
@@ -40,7 +41,7 @@ def _consume(run, *, json_lines: bool, quiet: bool) -> None:
 
     tally = RunTally()
     stopped: BaseException | None = None
-    progress = None if quiet or not sys.stderr.isatty() else _Progress(run.total)
+    progress = None if quiet else _progress_for(run.total)
     try:
         for result in run.results():
             tally.add(result)
@@ -55,6 +56,7 @@ def _consume(run, *, json_lines: bool, quiet: bool) -> None:
                 progress.advance()
     except (KeyboardInterrupt, Exception) as exc:
         stopped = exc
+        run.settle(tally, _stop_reason(exc))
     finally:
         if progress:
             progress.stop()
@@ -83,8 +85,35 @@ def _consume(run, *, json_lines: bool, quiet: bool) -> None:
         raise typer.Exit(1)
 
 
+def _stop_reason(exc: BaseException) -> str:
+    """Why a run stopped, for its manifest: the signal, or the error's line."""
+    if isinstance(exc, Terminated):
+        return "SIGTERM"
+    if isinstance(exc, KeyboardInterrupt):
+        return "SIGINT"
+    if isinstance(exc, FeatvizError):
+        return one_line(exc.message)
+    return f"internal error: {type(exc).__name__}: {one_line(str(exc))}"
+
+
+# A run whose stderr is not a terminal (a batch job's log) gets a progress line this often.
+PROGRESS_ENV = "FEATVIZ_PROGRESS_EVERY"
+PROGRESS_EVERY_S = 60.0
+
+
+def _progress_for(total: int | None):
+    """A progress bar on a terminal; elsewhere a line every PROGRESS_EVERY_S seconds."""
+    if sys.stderr.isatty():
+        return _Progress(total)
+    try:
+        every = float(os.environ.get(PROGRESS_ENV, PROGRESS_EVERY_S))
+    except ValueError:
+        every = PROGRESS_EVERY_S
+    return _ProgressLines(total, every) if every > 0 else None
+
+
 class _Progress:
-    """A rich progress bar on stderr: images done, images/s, ETA when the total is known."""
+    """A rich progress bar on stderr: images done, speed, ETA when the total is known."""
 
     def __init__(self, total: int | None) -> None:
         from rich.console import Console
@@ -112,23 +141,77 @@ class _Progress:
         self.bar.start()
 
     def advance(self) -> None:
+        from featviz.report import speed
+
         self.bar.advance(self.task)
-        speed = self.bar.tasks[0].speed
-        self.bar.update(self.task, rate=f"{speed:.1f} img/s" if speed else "")
+        task = self.bar.tasks[0]
+        if task.elapsed:
+            self.bar.update(self.task, rate=speed(int(task.completed), task.elapsed))
 
     def stop(self) -> None:
         self.bar.stop()
 
 
+class _ProgressLines:
+    """``progress: 120/4000 images (3 %), 2.10 images/s, about 31 min left`` on stderr every
+    ``every`` seconds, from a thread of its own: a log shows that a long run is alive even
+    while no image completes (a big model's first batch)."""
+
+    console = None
+
+    def __init__(self, total: int | None, every: float) -> None:
+        import threading
+
+        self.total = total
+        self.done = 0
+        self.started = time.monotonic()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(
+            target=self._tell, args=(every,), name="featviz-progress", daemon=True
+        )
+        self.thread.start()
+
+    def advance(self) -> None:
+        self.done += 1
+
+    def _tell(self, every: float) -> None:
+        while not self.stopped.wait(every):
+            print(self.line(time.monotonic() - self.started), file=sys.stderr, flush=True)
+
+    def line(self, elapsed: float) -> str:
+        from featviz.report import speed
+
+        done, rate = self.done, speed(self.done, elapsed)
+        if not self.total:
+            return f"progress: {done} images, {rate}, {_duration(elapsed)} in"
+        left = f"about {_duration((self.total - done) * elapsed / done)} left" if done else ""
+        return (
+            f"progress: {done}/{self.total} images ({100 * done // self.total} %), {rate}, "
+            f"{_duration(elapsed)} in" + (f", {left}" if left else "")
+        )
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join()
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 60:
+        return f"{round(seconds / 60)} min"
+    return f"{round(seconds)} s"
+
+
 def _print(line: str, progress=None) -> None:
-    if progress:
+    if progress and progress.console:
         progress.console.print(line, highlight=False, markup=False, soft_wrap=True)
     else:
         _emit(line)
 
 
 def _print_err(line: str, progress=None) -> None:
-    if progress:
+    if progress and progress.console:
         progress.console.print(line, highlight=False, markup=False, soft_wrap=True)
     else:
         print(line, file=sys.stderr, flush=True)

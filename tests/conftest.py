@@ -56,10 +56,30 @@ def example_cache(tmp_path_factory, name: str, train) -> Path:
     return folder
 
 
-def record_of(image_folder: Path, command: str = "cam") -> Path | None:
-    """The one record ``command`` wrote for the image whose outputs are in ``image_folder``
-    (records/<command>-<fingerprint>.json), or None."""
-    found = sorted((image_folder / "records").glob(f"{command}-*.json"))
+def image_folder(out: Path, relative: str | Path, model: str | None = None) -> Path:
+    """Where the outputs of the image at ``relative`` (its folder under a model's folder: the
+    input's name, ``photo.png``) are in output folder ``out``: under ``model``'s folder, or the
+    only model folder there is."""
+    if model is None:
+        from featviz.output import RESERVED
+
+        [model] = [p.name for p in out.iterdir() if p.is_dir() and p.name not in RESERVED]
+    return out / model / relative
+
+
+def record_of(
+    out: Path, relative: str | Path, command: str = "cam", model: str | None = None
+) -> Path | None:
+    """The one record ``command`` wrote for the image at ``relative`` in output folder ``out``
+    (records/<model>/<relative>/<command>-<fingerprint>.json), or None."""
+    models = [model] if model else sorted(p.name for p in (out / "records").iterdir())
+    found = [
+        path
+        for name in models
+        if (out / "records" / name / relative).is_dir()
+        for path in sorted((out / "records" / name / relative).iterdir())
+        if path.name.startswith(f"{command}-") and path.suffix == ".json"
+    ]
     assert len(found) <= 1, found
     return found[0] if found else None
 

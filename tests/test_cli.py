@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import record_of
+from conftest import image_folder, record_of
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -82,11 +82,11 @@ def test_unknown_method_is_a_usage_error(photos: Path) -> None:
     assert "'gradcam+++' is not one of" in result.stderr
 
 
-def test_missing_input_exits_2(tmp_path: Path, tiny) -> None:
-    result = invoke("maps", *tiny, tmp_path / "nope.jpg", "-o", tmp_path / "out")
-    assert result.exit_code == 2
-    assert result.stderr.startswith(f"Error: input '{tmp_path / 'nope.jpg'}' does not exist")
-    assert not (tmp_path / "out").exists()
+def test_a_missing_input_fails_alone(photos: Path, tmp_path: Path, tiny) -> None:
+    result = invoke("maps", *tiny, tmp_path / "nope.jpg", photos / "a.png", "-o", tmp_path / "out")
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[0] == f"error: {tmp_path / 'nope.jpg'}: does not exist"
+    assert result.stdout.startswith(f"{photos / 'a.png'} → 2 files in ")
 
 
 def test_output_path_that_is_a_file_exits_2(photos: Path, tmp_path: Path, tiny) -> None:
@@ -122,14 +122,16 @@ def test_maps_writes_one_grid_per_layer_mirroring_folders(
     result = invoke("maps", *tiny, "--recursive", photos, "-o", out, "--cell-size", "8")
     assert result.exit_code == 0, result.stderr
     for stem in ["a", "b", "sub/c"]:
-        grids = sorted(p.name for p in (out / stem / "maps").iterdir())
+        grids = sorted(p.name for p in (image_folder(out, stem) / "maps").iterdir())
         assert grids == ["features.0.png", "features.2.png"]
     # features.2 of TinyNet: 6 channels → 3 per row × 2 rows; a 40×30 photo becomes 43×32,
     # stride 2 → 22×16 maps, not enlarged (8 px cells are smaller).
-    grid = Image.open(out / "a" / "maps" / "features.2.png")
+    grid = Image.open(image_folder(out, "a") / "maps" / "features.2.png")
     assert grid.size == (3 * (22 + 1) + 1, 2 * (16 + 1) + 1)
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["counts"] == {"done": 3, "failed": 0, "skipped": 0}
+    assert manifest["counts"] == {
+        "done": 3, "failed": 0, "skipped": 0, "cut_off": 0, "not_attempted": 0
+    }  # fmt: skip
     assert manifest["versions"]["torch"] == torch.__version__
 
 
@@ -137,7 +139,7 @@ def test_maps_save_raw_writes_the_activations(photos: Path, tmp_path: Path, tiny
     out = tmp_path / "out"
     result = invoke("maps", *tiny, photos / "a.png", "-l", "features.0", "--save-raw", "-o", out)
     assert result.exit_code == 0, result.stderr
-    raw = np.load(out / "a" / "maps" / "features.0.npy")
+    raw = np.load(image_folder(out, "a") / "maps" / "features.0.npy")
     assert raw.shape == (4, 32, 43) and raw.dtype == np.float32
     assert (raw < 0).any()  # captured before the in-place ReLU
 
@@ -160,7 +162,7 @@ def test_cam_overlay_has_the_original_size_and_alpha_zero_is_the_original(
         out,
     )
     assert result.exit_code == 0, result.stderr
-    stem = out / "c" / "cam" / "gradcam" / "features" / "3"
+    stem = image_folder(out, "c") / "cam" / "gradcam" / "features" / "3"
     original = np.asarray(Image.open(photos / "sub" / "c.png"))
     np.testing.assert_array_equal(np.asarray(Image.open(f"{stem}.png")), original)
     assert Image.open(f"{stem}.heatmap.png").size == (30, 45)
@@ -191,16 +193,18 @@ def test_a_bad_file_fails_alone_and_the_run_exits_1(photos: Path, tmp_path: Path
     result = invoke("cam", *tiny, photos, "-o", out)
     assert result.exit_code == 1
     assert f"error: {photos / 'broken.png'}: not an image file" in result.stderr
-    assert record_of(out / "a") and record_of(out / "b")
+    assert record_of(out, "a") and record_of(out, "b")
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["counts"] == {"done": 2, "failed": 1, "skipped": 0}
+    assert manifest["counts"] == {
+        "done": 2, "failed": 1, "skipped": 0, "cut_off": 0, "not_attempted": 0
+    }  # fmt: skip
     assert "1 failed" in result.stderr
 
 
 def test_skip_existing_resumes_without_rewriting(photos: Path, tmp_path: Path, tiny) -> None:
     out = tmp_path / "out"
     assert invoke("cam", *tiny, photos, "-o", out).exit_code == 0
-    overlay = next((out / "a" / "cam").rglob("*.png"))
+    overlay = next((image_folder(out, "a") / "cam").rglob("*.png"))
     written = overlay.stat().st_mtime_ns
     again = invoke("cam", *tiny, photos, "-o", out, "--skip-existing", "--json")
     assert again.exit_code == 0
@@ -225,9 +229,9 @@ def test_target_names_and_errors(photos: Path, tmp_path: Path) -> None:
     ambiguous = invoke("cam", "-t", "bull", *args)
     assert ambiguous.exit_code == 2
     assert ambiguous.stderr.splitlines() == [
-        "Error: --target 'bull' is ambiguous: 'bullfrog', 'bull mastiff', 'bulletproof vest', "
-        "'bullet train'",
-        "Hint: give more of the name, or the class index",
+        "Error: --target 'bull' is ambiguous: 2 classes have those words: 'Boston bull', "
+        "'bull mastiff'",
+        "Hint: give the whole name, e.g. -t 'Boston bull', or the class index (195)",
     ]
     unknown = invoke("cam", "-t", "tabbby", *args)
     assert unknown.exit_code == 2
@@ -239,7 +243,9 @@ def test_target_names_and_errors(photos: Path, tmp_path: Path) -> None:
     assert too_many.stderr.splitlines()[0] == "Error: --top-k 1001: the model has only 1000 classes"
     ok = invoke("cam", "-t", "TABBY", "-t", "Egyptian", *args)
     assert ok.exit_code == 0, ok.stderr
-    names = sorted(p.name for p in (tmp_path / "o" / "a" / "cam" / "gradcam" / "layer4").iterdir())
+    names = sorted(
+        p.name for p in (image_folder(tmp_path / "o", "a") / "cam" / "gradcam" / "layer4").iterdir()
+    )
     assert names == ["281_tabby.png", "285_Egyptian_cat.png"]
 
 
@@ -271,7 +277,7 @@ def test_filters_command_draws_rgb_kernels(tmp_path: Path) -> None:
         "filters", "-m", "alexnet", "--weights", "none", "-l", "features.0", "-o", tmp_path
     )
     assert result.exit_code == 0
-    grid = Image.open(tmp_path / "filters" / "alexnet" / "features.0.png")
+    grid = Image.open(tmp_path / "filters" / "alexnet@none" / "features.0.png")
     # 64 kernels of 11×11 enlarged ×3 (32 px cells) in an 8×8 grid.
     assert grid.size == (8 * 34 + 1, 8 * 34 + 1) and grid.mode == "RGB"
     wrong = invoke("filters", "-m", "alexnet", "--weights", "none", "-l", "features.1")
@@ -354,7 +360,7 @@ def test_a_method_failing_on_a_batch_fails_those_images_only(
         f"error: {photos / name}: gradcam at layer 'features' failed on this input: out of memory"
         for name in ["a.png", "b.jpg"]
     ]
-    assert record_of(tmp_path / "out" / "sub" / "c")
+    assert record_of(tmp_path / "out", "sub/c")
 
 
 def test_console_script_exit_codes_and_flushed_output(tmp_path: Path) -> None:
@@ -371,7 +377,8 @@ def test_console_script_exit_codes_and_flushed_output(tmp_path: Path) -> None:
     )
 
 
-def test_inputs_are_checked_before_the_model_is_built(tmp_path: Path) -> None:
-    result = invoke("cam", "-m", "resnet5", tmp_path / "nope.jpg")
+def test_a_usage_error_ends_the_run_whatever_its_inputs(tmp_path: Path) -> None:
+    result = invoke("cam", "-m", "resnet5", tmp_path / "nope.jpg", "-o", tmp_path / "out")
     assert result.exit_code == 2
-    assert result.stderr.startswith(f"Error: input '{tmp_path / 'nope.jpg'}' does not exist")
+    assert result.stderr.startswith("Error: unknown model 'resnet5'\n")
+    assert not (tmp_path / "out").exists()

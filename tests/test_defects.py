@@ -66,10 +66,12 @@ def test_nan_scores_fail_that_image_alone_with_one_line() -> None:
         "error: photos/bright.png: the model's scores are NaN: there is nothing to explain"
     ]
     assert "Warning" not in result.stderr
-    assert not Path("out/bright").exists()  # no picture of NaN
-    assert record_of(Path("out/dark"))
+    assert not Path("out/m.nan/bright").exists()  # no picture of NaN
+    assert record_of(Path("out"), "dark")
     manifest = json.loads(Path("out/manifest.json").read_text())
-    assert manifest["counts"] == {"done": 1, "failed": 1, "skipped": 0}
+    assert manifest["counts"] == {
+        "done": 1, "failed": 1, "skipped": 0, "cut_off": 0, "not_attempted": 0
+    }  # fmt: skip
 
 
 def test_non_finite_maps_and_activations_fail_that_image() -> None:
@@ -84,11 +86,11 @@ def test_non_finite_maps_and_activations_fail_that_image() -> None:
     assert "error: photos/bright.png: layer 'features.0' has NaN activations" in (
         maps.stderr.splitlines()
     )
-    assert sorted(p.name for p in Path("grids/dark/maps").iterdir()) == [
+    assert sorted(p.name for p in Path("grids/m.inf/dark/maps").iterdir()) == [
         "features.0.png",
         "features.2.png",
     ]
-    assert not Path("grids/bright").exists()
+    assert not Path("grids/m.inf/bright").exists()
 
 
 def test_a_labels_file_with_the_wrong_count_is_a_usage_error() -> None:
@@ -123,12 +125,12 @@ def test_filters_expands_globs_and_skips_layers_without_kernels() -> None:
     )
     assert result.exit_code == 0, result.stderr
     convs = ["features.0", "features.3", "features.6", "features.8", "features.10"]
-    assert result.stdout.splitlines() == [f"wrote out/filters/alexnet/{c}.png" for c in convs]
+    assert result.stdout.splitlines() == [f"wrote out/filters/alexnet@none/{c}.png" for c in convs]
     assert result.stderr.splitlines() == [
         "Note: skipped 8 matching layers that are not Conv2d (features.1, features.2, "
         "features.4, features.5, features.7, …)"
     ]
-    assert sorted(p.stem for p in Path("out/filters/alexnet").iterdir()) == sorted(convs)
+    assert sorted(p.stem for p in Path("out/filters/alexnet@none").iterdir()) == sorted(convs)
     none = invoke("filters", "-m", "alexnet", "--weights", "none", "-l", "classifier.*")
     assert none.exit_code == 2
     assert none.stderr.splitlines()[0] == "Error: no Conv2d layer matches 'classifier.*'"

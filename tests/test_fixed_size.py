@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import image_folder
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -73,7 +74,7 @@ def test_a_fixed_size_model_is_fed_its_size_and_the_map_lines_up(tmp_path: Path)
         ["cam", "-m", spec, "-t", "red", "--save-raw", str(tmp_path / "photo.png"), "-o", str(out)],
     )
     assert result.exit_code == 0, result.stderr
-    raw = np.load(out / "photo" / "cam" / "gradcam" / "tokens" / "0_red.npz")
+    raw = np.load(image_folder(out, "photo") / "cam" / "gradcam" / "tokens" / "0_red.npz")
     grid = raw["layer_cam"] / raw["layer_cam"].max()
     block = np.zeros((8, 8), dtype=bool)
     block[2:6, 6:8] = True
@@ -118,7 +119,7 @@ def test_cam_and_maps_run_on_a_non_square_photo(name: str, tmp_path: Path) -> No
     common = ["-m", name, "--weights", "none", str(tmp_path / "p.png"), "-o", str(tmp_path / "o")]
     cam = CliRunner().invoke(app, ["cam", *common, "--save-raw", "--json"])
     assert cam.exit_code == 0, cam.stderr
-    [npz] = (tmp_path / "o" / "p" / "cam" / "gradcam").rglob("*.npz")
+    [npz] = (image_folder(tmp_path / "o", "p") / "cam" / "gradcam").rglob("*.npz")
     raw = np.load(npz)
     assert raw["heatmap"].shape == (240, 320)
     if not name.startswith("vit"):  # torchvision's ViT head is zero at init: scores all 0

@@ -3,6 +3,7 @@ opens ``index.html`` from disk, for a folder that two commands wrote 300 images 
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -59,6 +60,10 @@ def gallery(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert cam.exit_code == 0, cam.stderr
     maps = runner.invoke(app, ["maps", *common, str(root / "photos" / "a")])
     assert maps.exit_code == 0, maps.stderr
+    # Another model's maps of the same photos: a folder of its own, a filter of its own.
+    (root / "other_model.py").write_text(TINY_MODEL_SOURCE.replace("(0)", "(1)"))
+    other = [*common[2:], "-m", f"{root / 'other_model.py'}:build", str(root / "photos" / "a")]
+    assert runner.invoke(app, ["cam", *other]).exit_code == 0
     return root / "out"
 
 
@@ -117,19 +122,34 @@ def test_every_card_is_there_and_every_picture_resolves(page, gallery: Path) -> 
     assert page.problems == []
 
 
-def test_filters_change_what_is_shown(page) -> None:
+def test_filters_change_what_is_shown(page, gallery: Path) -> None:
     page.select_option("#method", "eigencam")
     assert page.text_content("#count") == f"{IMAGES} of {IMAGES} images"
     titles = page.locator(".outputs a").evaluate_all("links => links.map(a => a.title)")
-    assert titles and all(title.startswith("cam · eigencam · features") for title in titles)
+    model = rf"{re.escape(str(gallery.parent / 'tiny_model.py'))}:build, seed 0, input size 16"
+    assert titles and all(
+        re.match(rf"{model}, resize keep · cam · eigencam · features", title) for title in titles
+    ), titles[:3]
     page.select_option("#method", "")
     page.select_option("#command", "maps")
     assert page.text_content("#count") == f"{MAPPED} of {IMAGES} images"
     assert all(
-        title.startswith("maps · ")
+        " · maps · " in title
         for title in page.locator(".outputs a").evaluate_all("links => links.map(a => a.title)")
     )
     page.select_option("#command", "")
+    # Issue 21.1: which model made each picture, and a filter by it.
+    assert page.locator("#model option").all_text_contents()[1:] == [
+        f"other_model ({gallery.parent / 'other_model.py'}:build, seed 0, input size 16, "
+        "resize keep)",
+        f"tiny_model ({gallery.parent / 'tiny_model.py'}:build, seed 0, input size 16, "
+        "resize keep)",
+    ]
+    page.select_option("#model", "other_model")
+    assert page.text_content("#count") == f"{MAPPED} of {IMAGES} images"
+    models = page.locator(".outputs a").evaluate_all("links => links.map(a => a.dataset.model)")
+    assert models and set(models) == {"other_model"}
+    page.select_option("#model", "")
     page.fill("#name", "img_01")
     assert page.text_content("#count") == f"10 of {IMAGES} images"  # img_010 … img_019
     assert len(_names_on_every_page(page)) == 10

@@ -236,8 +236,13 @@ def input_path(name: str) -> str:
     return f"in/{name}/inside.png" if name == "x.jpg" else f"in/{name}"
 
 
+def relative(name: str) -> str:
+    """Where the outputs of in/``name`` go under the model's folder."""
+    return f"{name}/inside" if name == "x.jpg" else os.path.splitext(name)[0]
+
+
 def output_folder(root: Path, name: str) -> Path:
-    return root / "out" / (f"{name}/inside" if name == "x.jpg" else os.path.splitext(name)[0])
+    return root / "out" / "tiny_model" / relative(name)
 
 
 @pytest.fixture(scope="module")
@@ -354,7 +359,7 @@ def test_json_lines_are_utf8_json_one_per_input(hostile: HostileRun) -> None:
     assert len(lines) == len(records) == len(hostile.names)
     assert set(records) == {printable(input_path(name)) for name in hostile.names}
     if NOT_UTF8 in hostile.names:  # shown, like in messages, with the byte escaped
-        assert records["in/caf\\xe9.png"]["outputs"][0].startswith("out/caf\\xe9/cam/")
+        assert records["in/caf\\xe9.png"]["outputs"][0].startswith("out/tiny_model/caf\\xe9/cam/")
 
 
 def test_manifest_and_records_list_every_input_and_the_failures(hostile: HostileRun) -> None:
@@ -365,6 +370,8 @@ def test_manifest_and_records_list_every_input_and_the_failures(hostile: Hostile
         "done": len(hostile.names) - len(failed),
         "failed": len(failed),
         "skipped": 0,
+        "cut_off": 0,
+        "not_attempted": 0,
     }
     errors = {image["input"]: image["error"] for image in manifest["images"]}
     assert errors == {
@@ -375,7 +382,7 @@ def test_manifest_and_records_list_every_input_and_the_failures(hostile: Hostile
     }
     assert manifest["images"] == list(hostile.json_lines().values())
     for name in set(hostile.names) - set(failed):
-        record = record_of(output_folder(hostile.root, name))
+        record = record_of(hostile.root / "out", relative(name))
         assert json.loads(record.read_bytes().decode("utf-8"))["error"] is None
 
 
@@ -394,7 +401,7 @@ def test_arguments_that_are_not_utf8_give_a_valid_manifest(
     assert result.exit_code == 0, result.stderr
     assert re.fullmatch(
         r"f\\xf6to/cat\.png: class (\d) \(\d\.\d\d\) → 1 file in "
-        r"\\xff-out/cat/cam/gradcam/features/\1\.png\n",
+        r"\\xff-out/tiny_model/cat/cam/gradcam/features/\1\.png\n",
         result.stdout,
     ), result.stdout
     manifest = json.loads(Path(out, "manifest.json").read_bytes().decode("utf-8"))

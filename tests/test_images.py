@@ -1,4 +1,5 @@
-"""discover: which files a run reads, in what order, under what output names; usage errors."""
+"""discover: which files a run reads, in what order, under what output names; inputs that give
+no image fail on their own."""
 
 from __future__ import annotations
 
@@ -30,8 +31,15 @@ def make(*names: str) -> None:
 
 
 def found(inputs: list[str], **kwargs: object) -> list[tuple[str, str]]:
-    """(path, relative) of everything discovered, in order."""
-    return [(str(s.path), str(s.relative)) for s in discover(inputs, **kwargs)]  # type: ignore[arg-type]
+    """(path, relative) of every image discovered, in order."""
+    sources = discover(inputs, **kwargs)  # type: ignore[arg-type]
+    return [(str(s.path), str(s.relative)) for s in sources if s.problem is None]
+
+
+def problems(inputs: list[str], **kwargs: object) -> list[tuple[str, str]]:
+    """(display, problem) of every input that gave no image, in order."""
+    sources = discover(inputs, **kwargs)  # type: ignore[arg-type]
+    return [(s.display, s.problem) for s in sources if s.problem is not None]
 
 
 def usage_error(inputs: list[str], **kwargs: object) -> UsageError:
@@ -74,21 +82,22 @@ def test_recursive_mirrors_sub_folders_in_depth_first_name_order() -> None:
 
 def test_folder_without_images_suggests_recursive_when_sub_folders_have_some() -> None:
     make("photos/notes.txt", "photos/2024/june/beach.jpg")
-    error = usage_error(["photos"])
-    assert error.message == "input 'photos' has no image files"
-    assert error.hint == "it has sub-folders: add --recursive"
+    assert problems(["photos"]) == [
+        ("photos", "has no image files (it has sub-folders: add --recursive)")
+    ]
     assert found(["photos"], recursive=True) == [("photos/2024/june/beach.jpg", "2024/june/beach")]
 
 
 @pytest.mark.parametrize("recursive", [False, True])
 def test_folder_without_any_images(recursive: bool) -> None:
     make("docs/notes.txt", "docs/sub/more.md", "docs/.hidden.png")
-    error = usage_error(["docs"], recursive=recursive)
-    assert error.message == "input 'docs' has no image files"
-    assert error.hint == (
-        "featviz looks for .bmp .gif .jpeg .jpg .png .tif .tiff .webp files (any letter case); "
-        "name a file explicitly to use it whatever its extension"
-    )
+    assert problems(["docs"], recursive=recursive) == [
+        (
+            "docs",
+            "has no image files (featviz looks for .bmp .gif .jpeg .jpg .png .tif .tiff .webp "
+            "files, any case)",
+        )
+    ]
 
 
 def test_folder_entries_are_judged_by_what_they_are() -> None:
@@ -126,7 +135,7 @@ def test_unreadable_folder_argument(monkeypatch: pytest.MonkeyPatch) -> None:
         return real_scandir(path)  # type: ignore[arg-type]
 
     monkeypatch.setattr(os, "scandir", deny)
-    assert usage_error(["locked"]).message == "input 'locked' cannot be read (permission denied)"
+    assert problems(["locked"]) == [("locked", "cannot be read (permission denied)")]
 
 
 def test_unreadable_sub_folder_is_yielded_for_decode_to_report(
@@ -171,7 +180,8 @@ def test_arguments_keep_their_order_and_a_file_met_twice_is_yielded_once() -> No
 def test_patterns() -> None:
     make("photos/a.jpg", "photos/b.JPG", "photos/c.png", "photos/notes.txt", "photos/.h.jpg")
     make("photos/sub/d.jpg", "photos/sub/deeper/e.jpg", "photos/dir.jpg/f.png")
-    assert found(["photos/*.jpg"]) == [("photos/a.jpg", "a")]  # patterns match case as written
+    # patterns match case as written
+    assert found(["photos/*.jpg"]) == [("photos/a.jpg", "a")]
     assert found(["photos/*"]) == [
         ("photos/a.jpg", "a"),
         ("photos/b.JPG", "b"),
@@ -188,10 +198,14 @@ def test_patterns() -> None:
 
 def test_pattern_matching_nothing_or_no_image() -> None:
     make("photos/notes.txt")
-    error = usage_error(["photos/*.jpg"])
-    assert error.message == "input 'photos/*.jpg' does not exist"
-    assert error.hint == "no file or folder matches this pattern"
-    assert usage_error(["photos/*"]).message == "input 'photos/*' matches no image files"
+    assert problems(["photos/*.jpg", "photos/*"]) == [
+        ("photos/*.jpg", "no file or folder matches this pattern"),
+        (
+            "photos/*",
+            "matches no image files (featviz looks for .bmp .gif .jpeg .jpg .png .tif .tiff "
+            ".webp files, any case)",
+        ),
+    ]
 
 
 def test_a_path_that_exists_is_not_read_as_a_pattern() -> None:
@@ -236,12 +250,28 @@ def test_relatives_never_lead_outside_the_output_folder() -> None:
 
 
 def test_collisions_get_numbered_suffixes_in_the_order_met() -> None:
-    make("x/cat.jpg", "y/cat.jpg", "z/cat.png")
-    assert [r for _, r in found(["x/cat.jpg", "y/cat.jpg", "z/cat.png"])] == [
+    make("x/cat.jpg", "y/cat.jpg", "z/cat.png", "w/cat.jpg")
+    assert [r for _, r in found(["x/cat.jpg", "y/cat.jpg", "z/cat.png", "w/cat.jpg"])] == [
         "cat",
         "cat-2",
         "cat-3",
+        "cat-4",
     ]
+
+
+def test_no_image_folder_is_inside_another_images_folder() -> None:
+    """An image ``a.png`` beside a folder ``a/`` of images: the folder's images move aside, all
+    of them alike, so that featviz's names in a's folder (cam, maps, compare.png) never meet
+    theirs; met the other way round, the image moves aside."""
+    make("a.png", "d/a/compare.png.png", "d/a/cam.png", "d/b.png")
+    assert found(["a.png", "d"], recursive=True) == [
+        ("a.png", "a"),
+        ("d/a/cam.png", "a-2/cam"),
+        ("d/a/compare.png.png", "a-2/compare.png"),
+        ("d/b.png", "b"),
+    ]
+    make("e/x/y.png", "x.png")
+    assert found(["e", "x.png"], recursive=True) == [("e/x/y.png", "x/y"), ("x.png", "x-2")]
 
 
 def test_collisions_ignore_case_and_do_not_reuse_existing_names() -> None:
@@ -279,30 +309,47 @@ def test_printable() -> None:
     assert printable("\ud800") == "\\ud800"  # a lone surrogate that no file system gave us
 
 
-# --- usage errors, all before the first image -------------------------------------------------
+# --- inputs that give no image fail alone; usage errors ----------------------------------------
 
 
 def test_missing_input_suggests_a_close_name() -> None:
     make("photos/cat.jpg", "photos/dog.jpg")
-    error = usage_error(["photos/cta.jpg"])
-    assert error.message == "input 'photos/cta.jpg' does not exist"
-    assert error.hint == "closest: 'photos/cat.jpg'"
-    assert usage_error(["nowhere/x.jpg"]).hint is None
+    assert problems(["photos/cta.jpg", "nowhere/x.jpg"]) == [
+        ("photos/cta.jpg", "does not exist (closest: 'photos/cat.jpg')"),
+        ("nowhere/x.jpg", "does not exist"),
+    ]
 
 
 def test_broken_symlink_argument() -> None:
     Path("link.jpg").symlink_to("gone.jpg")
-    error = usage_error(["link.jpg"])
-    assert error.message == "input 'link.jpg' does not exist"
-    assert error.hint == "it is a symbolic link to 'gone.jpg', which does not exist"
+    assert problems(["link.jpg"]) == [
+        ("link.jpg", "does not exist (broken symbolic link to 'gone.jpg')")
+    ]
 
 
-def test_every_argument_is_checked_before_anything_is_read() -> None:
-    make("photos/a.jpg")
-    stream = io.StringIO("photos/a.jpg\n")
-    error = usage_error(["photos", "-", "photos/typo.jpg"], stdin=stream)
-    assert error.message == "input 'photos/typo.jpg' does not exist"
-    assert stream.tell() == 0
+def test_an_input_that_gives_no_image_takes_its_place_and_the_rest_go_on() -> None:
+    make("photos/a.jpg", "b.png")
+    sources = list(discover(["photos", "photos/typo.jpg", "b.png"]))
+    assert [(s.display, s.index, s.problem) for s in sources] == [
+        ("photos/a.jpg", 0, None),
+        ("photos/typo.jpg", 1, "does not exist (closest: 'photos/a.jpg')"),
+        ("b.png", 2, None),
+    ]
+
+
+def test_an_output_folder_is_never_input() -> None:
+    make("in/a.png", "in/out/.featviz-output", "in/out/m/a.png/cam/x.png", "old/manifest.json")
+    Path("old/manifest.json").write_text('{"versions": {"featviz": "0.1.0"}}')
+    make("old/m/b.png", "in/data/manifest.json", "in/data/c.png")
+    told: list[str] = []
+    assert found(["in", "in/**/*.png"], recursive=True, on_skip=told.append) == [
+        ("in/a.png", "a"),
+        ("in/data/c.png", "data/c"),
+    ]  # a manifest.json that is not featviz's is any file
+    assert told == ["in/out"]
+    assert problems(["old"]) == [
+        ("old", "is a featviz output folder, which is never read as input")
+    ]
 
 
 def test_no_inputs_and_stdin_twice() -> None:

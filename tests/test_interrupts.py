@@ -35,7 +35,8 @@ SLOW_MODEL_SOURCE = TINY_MODEL_SOURCE.replace(
 )
 IMAGES = 40
 SUMMARY = (
-    r"(interrupted: )?(?P<done>\d+) done, (?P<failed>\d+) failed, 0 skipped in \d+\.\d s "
+    r"(interrupted: )?(?P<done>\d+) done, (?P<failed>\d+) failed, 0 skipped"
+    r"(, (?P<left>\d+) not done)? in \d+\.\d s "
     r"\(\d+\.\d\d images/s\); outputs in out; manifest "
 )
 
@@ -61,12 +62,25 @@ def assert_clean(out: Path) -> dict:
             if name.endswith(".png"):
                 with Image.open(Path(folder) / name) as image:
                     image.load()
-    for record in out.rglob("records/cam-*.json"):
+    for record in out.glob("records/*/*/cam-*.json"):
         assert all(Path(output).exists() for output in json.loads(record.read_text())["outputs"])
     manifest = json.loads((out / "manifest.json").read_text())
     for image in manifest["images"]:  # what the manifest says was done is on disk
-        assert record_of(out / Path(image["input"]).stem)
+        assert bool(record_of(out, Path(image["input"]).stem)) == (image["error"] is None)
     return manifest
+
+
+def assert_accounted(out: Path, manifest: dict) -> None:
+    """Every input is in exactly one of the manifest's lists, and what it counts as done is
+    exactly what has a record on disk: nothing finished goes uncounted."""
+    counts = manifest["counts"]
+    recorded = len(list(out.glob("records/*/*/cam-*.json")))
+    assert counts["done"] == recorded, (counts, recorded)
+    listed = [image["input"] for image in manifest["images"]]
+    listed += manifest["cut_off"] + manifest["not_attempted"]
+    assert sorted(listed) == [f"in/{index:02d}.png" for index in range(IMAGES)]
+    assert counts["cut_off"] == len(manifest["cut_off"])
+    assert counts["not_attempted"] == len(manifest["not_attempted"]) > 0
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -116,15 +130,17 @@ def test_a_signal_stops_the_run_promptly_and_cleanly(
     assert match and summary.startswith("interrupted: "), summary
     done = int(match["done"])
     printed = 1 + len(rest.splitlines())
-    assert printed <= done <= printed + 1 and done < IMAGES  # + 1: stopped mid-print
+    assert printed <= done < IMAGES and int(match["left"]) == IMAGES - done
     manifest = assert_clean(workspace / "out")
     assert manifest["interrupted"] is True
-    assert manifest["counts"] == {"done": done, "failed": 0, "skipped": 0}
-    # The gallery too: every image whose outputs are complete on disk (writes running when
-    # the signal came finish, atomically, after the tally stopped counting).
+    assert manifest["counts"]["done"] == done
+    # Issue 21.4: the manifest said done: 4 while 8 records existed (writes running when the
+    # signal came finished after the tally had stopped counting).
+    reason = "SIGINT" if signum == signal.SIGINT else "SIGTERM"
+    assert manifest["outcome"] == {"status": "interrupted", "reason": reason}
+    assert_accounted(workspace / "out", manifest)
     gallery = (workspace / "out" / "gallery" / "data.js").read_text()
-    recorded = len(list((workspace / "out").rglob("records/cam-*.json")))
-    assert gallery.count('"name":') == recorded >= done
+    assert gallery.count('"name":') == done
     assert (workspace / "out" / "index.html").is_file()
 
 
@@ -187,16 +203,23 @@ def test_sigterm_while_waiting_for_decodes_stops_and_restores_the_handler(
 
 class FailingDisk:
     """``open`` for featviz.output: after ``allowed`` writes every file written fails halfway
-    with ``error``, as a full disk would (the first half of the bytes does reach the file)."""
+    with ``error``, as a full disk would (the first half of the bytes does reach the file);
+    with ``pictures_only``, only PNG files fail (the manifest still fits)."""
 
-    def __init__(self, allowed: int, error: int) -> None:
+    def __init__(self, allowed: int, error: int, pictures_only: bool = False) -> None:
         self.allowed = allowed
         self.error = error
+        self.pictures_only = pictures_only
         self.lock = threading.Lock()
+
+    def fails(self, file) -> bool:
+        """featviz.output opens its temporaries' descriptors: which file is it?"""
+        name = os.readlink(f"/proc/self/fd/{file}") if isinstance(file, int) else str(file)
+        return not self.pictures_only or ".png." in name
 
     def __call__(self, file, mode: str = "r", *args, **kwargs):
         handle = builtins.open(file, mode, *args, **kwargs)  # noqa: SIM115
-        if "w" not in mode:
+        if "w" not in mode or not self.fails(file):
             return handle
         with self.lock:
             self.allowed -= 1
@@ -254,21 +277,45 @@ def test_a_write_error_names_the_file_and_stops_cleanly(
     )
     assert match and int(match["done"]) < IMAGES, summary
     assert re.fullmatch(
-        r"Error: cannot write "
-        rf"'out/\d\d/(records/cam-[0-9a-f]+\.json|cam/gradcam/features/\d\.png)'"
-        rf": {reason}",
+        r"Error: cannot write 'out/(records/)?tiny_model/\d\d/"
+        rf"(cam-[0-9a-f]+\.json|cam/gradcam/features/\d\.png)': {reason}",
         failure,
     ), failure
     assert Path("out/manifest.json").read_bytes() == before  # the last good one, untouched
     assert_clean(workspace / "out")
 
 
+def test_a_full_disk_is_in_the_manifest_with_what_was_never_attempted(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 21.4: on a full disk the manifest said interrupted: false, done: 1 and no error,
+    though 39 inputs were never tried."""
+    disk = FailingDisk(allowed=3, error=errno.ENOSPC, pictures_only=True)
+    monkeypatch.setattr(featviz.output, "open", disk, raising=False)
+    args = ["cam", "-m", "tiny_model.py:build", "--input-size", "32", "--batch-size", "2"]
+    result = CliRunner().invoke(app, [*args, "in", "-o", "out", "--no-gallery"])
+    assert result.exit_code == 1
+    manifest = json.loads(Path("out/manifest.json").read_text())
+    assert manifest["interrupted"] is False
+    assert manifest["outcome"]["status"] == "stopped"
+    picture = r"'out/tiny_model/\d\d/cam/gradcam/features/\d\.png'"
+    assert re.fullmatch(f"cannot write {picture}: the disk is full", manifest["outcome"]["reason"])
+    failures = [image["error"] for image in manifest["images"] if image["error"]]
+    assert failures and all(
+        re.fullmatch(rf"in/\d\d\.png: cannot write {picture}: the disk is full", failure)
+        for failure in failures
+    ), failures
+    assert manifest["counts"]["done"] == 3 and manifest["counts"]["failed"] == len(failures)
+    assert_accounted(workspace / "out", manifest)
+
+
 def test_a_manifest_that_cannot_be_written_fails_the_run(
     workspace: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # 2 images × (overlay + record) = 4 writes succeed, the run's manifest fails
+    # The folder's marker, the model folder's two claims and 2 images × (overlay + record) = 7
+    # writes succeed, the run's manifest fails
     monkeypatch.setattr(
-        featviz.output, "open", FailingDisk(allowed=4, error=errno.ENOSPC), raising=False
+        featviz.output, "open", FailingDisk(allowed=7, error=errno.ENOSPC), raising=False
     )
     result = CliRunner().invoke(
         app,
@@ -346,3 +393,32 @@ def test_a_signal_inside_a_shielded_block_waits_for_its_end() -> None:
     with handled(), pytest.raises(KeyboardInterrupt):
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(1)  # outside a shield the signal raises at once
+
+
+def test_a_run_logged_to_a_file_says_it_is_alive(workspace: Path) -> None:
+    """Issue 21.15: with stderr not a terminal, a long run wrote nothing for minutes."""
+    result = subprocess.run(
+        [sys.executable, "-m", "featviz", "cam", "-m", "slow_model.py:build", "--input-size",
+         "32", "--batch-size", "2", "in", "-o", "out"],
+        capture_output=True, text=True, env={**os.environ, "FEATVIZ_PROGRESS_EVERY": "0.5"},
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    *lines, summary = result.stderr.splitlines()
+    assert re.fullmatch(SUMMARY + r"out/manifest\.json", summary), summary
+    assert len(lines) >= 2, lines
+    progress = (
+        r"progress: (?P<done>\d+)/40 images \(\d+ %\), \d+\.\d\d images/s, \d+ s in"
+        r"(, about \d+ s left)?"
+    )
+    assert all(re.fullmatch(progress, line) for line in lines), lines
+    done = [int(re.fullmatch(progress, line)["done"]) for line in lines]
+    assert done == sorted(done) and done[-1] > done[0]
+
+
+def test_slow_runs_count_seconds_per_image() -> None:
+    from featviz.report import speed
+
+    assert speed(3, 10.0) == "3.3 s/image"
+    assert speed(10, 5.0) == "2.00 images/s"
+    assert speed(0, 5.0) == "0.00 images/s"

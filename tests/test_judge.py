@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import LITE0_SPEC, SAMPLES, record_of
+from conftest import LITE0_SPEC, SAMPLES, image_folder, record_of
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -73,16 +73,17 @@ def test_score_rows_files_and_baselines(tiny, photos, tmp_path):
         assert 0 <= row["average_drop"] <= 1 and row["increase_in_confidence"] in (0, 1)
         assert 0 <= row["deletion_auc"] <= 1 and 0 <= row["insertion_auc"] <= 1
         assert -1 <= row["road_morf"] <= 1 and -1 <= row["road_lerf"] <= 1
-    with open(out / "score.csv", newline="") as handle:
+    run = json.loads((out / "manifest.json").read_text())
+    own = out / "runs" / run["run"].removesuffix(".json")  # the run's own files
+    with open(own / "score.csv", newline="") as handle:
         table = list(csv.DictReader(handle))
     assert len(table) == 12
     first = next(r for r in table if r["method"] == "gradcam" and r["input"].endswith("a.png"))
     same = next(r for r in rows if r["method"] == "gradcam" and r["input"].endswith("a.png"))
     assert float(first["deletion_auc"]) == same["deletion_auc"]
-    assert Image.open(out / "score.png").size[0] > 600
-    run = json.loads((out / "manifest.json").read_text())
-    assert sorted(run["outputs"]) == [str(out / "score.csv"), str(out / "score.png")]
-    record = json.loads(record_of(out / "a", "score").read_text())
+    assert Image.open(own / "score.png").size[0] > 600
+    assert sorted(run["outputs"]) == [str(own / "score.csv"), str(own / "score.png")]
+    record = json.loads(record_of(out, "a", "score").read_text())
     assert [r["method"] for r in record["rows"]] == ["gradcam", "eigencam", "random", "center"]
 
 
@@ -133,9 +134,9 @@ def test_compare_panel_grows_with_methods_and_targets(tiny, photos, tmp_path):
     )
     assert one.exit_code == more.exit_code == 0, one.output + more.output
     [line] = _json_rows(more.stdout)
-    assert line["outputs"] == [str(tmp_path / "more" / "a" / "compare.png")]
-    small = Image.open(tmp_path / "one" / "a" / "compare.png")
-    big = Image.open(tmp_path / "more" / "a" / "compare.png")
+    assert line["outputs"] == [str(image_folder(tmp_path / "more", "a") / "compare.png")]
+    small = Image.open(image_folder(tmp_path / "one", "a") / "compare.png")
+    big = Image.open(image_folder(tmp_path / "more", "a") / "compare.png")
     assert big.size[0] > small.size[0] and big.size[1] > 2 * small.size[1] * 0.9
 
 
@@ -149,8 +150,9 @@ def test_sanity_rows_along_the_cascade(tiny, photos, tmp_path):
     assert rows[0]["spearman"] == 1.0 and rows[0]["ssim"] == 1.0
     assert all(-1 <= r["spearman"] <= 1 and -1 <= r["ssim"] <= 1 for r in rows)
     assert rows[-1]["spearman"] < 0.99  # the map changed once every block is random
-    for name in ("sanity.csv", "sanity.png", "a/sanity.png"):
-        assert (out / name).stat().st_size > 0
+    own = out / "runs" / json.loads((out / "manifest.json").read_text())["run"][: -len(".json")]
+    for path in (own / "sanity.csv", own / "sanity.png", image_folder(out, "a") / "sanity.png"):
+        assert path.stat().st_size > 0
 
 
 def test_cascade_blocks_and_randomised_states():
@@ -237,7 +239,7 @@ def test_compare_and_sanity_pictures_reach_tensorboard(tiny, photos, tmp_path):
         tags = set(events.Tags()["images"])
         assert command in tags
         [picture] = events.Images(command)
-        written = Image.open(tmp_path / command / "a" / f"{command}.png")
+        written = Image.open(image_folder(tmp_path / command, "a") / f"{command}.png")
         assert (picture.width, picture.height) == written.size
     assert "sanity/curves" in tags
 

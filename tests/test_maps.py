@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import image_folder
 from PIL import Image
 
 from featviz.maps import select_channels
@@ -43,7 +44,7 @@ def test_grid_geometry_across_families(model: str, layer: str, photo: Path, tmp_
     )
     [result] = list(run.results())
     assert result.error is None
-    raw = np.load(tmp_path / "photo" / "maps" / f"{layer}.npy")
+    raw = np.load(image_folder(tmp_path, "photo") / "maps" / f"{layer}.npy")
     channels, height, width = raw.shape
     expected = run.model.trace.get(layer).shape
     assert channels == expected[1]
@@ -51,7 +52,7 @@ def test_grid_geometry_across_families(model: str, layer: str, photo: Path, tmp_
     per_row = math.ceil(math.sqrt(drawn))
     rows = math.ceil(drawn / per_row)
     factor = max(1, math.ceil(10 / max(height, width)))
-    grid = Image.open(tmp_path / "photo" / "maps" / f"{layer}.png")
+    grid = Image.open(image_folder(tmp_path, "photo") / "maps" / f"{layer}.png")
     assert grid.size == (per_row * (width * factor + 1) + 1, rows * (height * factor + 1) + 1)
     assert not np.isnan(raw).any()
 
@@ -90,8 +91,8 @@ def test_activation_order_draws_the_strongest_channels_first(photo: Path, tmp_pa
         ),
     )
     list(run.results())
-    raw = np.load(tmp_path / "photo" / "maps" / "features.0.npy")
-    grid = np.asarray(Image.open(tmp_path / "photo" / "maps" / "features.0.png"))
+    raw = np.load(image_folder(tmp_path, "photo") / "maps" / "features.0.npy")
+    grid = np.asarray(Image.open(image_folder(tmp_path, "photo") / "maps" / "features.0.png"))
     strongest = int(np.argmax(raw.mean(axis=(1, 2))))
     scaled = (raw[strongest] - raw[strongest].min()) / np.ptp(raw[strongest])
     height, width = raw.shape[1:]

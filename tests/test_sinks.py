@@ -52,16 +52,20 @@ def test_runs_into_one_folder_keep_every_record_and_manifest() -> None:
     latest = json.loads(Path("out/manifest.json").read_text())
     assert latest["runs"] == [f"runs/{p.name}" for p in runs]
     assert latest["request"]["options"]["methods"] == ["layercam"]
-    records = sorted(p.name.split("-")[0] for p in Path("out/0/records").iterdir())
+    records = sorted(p.name.split("-")[0] for p in Path("out/records/tiny_model/0").iterdir())
     assert records == ["cam", "cam", "maps"]  # both cam settings and the maps run
 
 
 def test_skip_existing_redoes_an_image_whose_file_another_run_rewrote() -> None:
-    first = ["cam", *TINY, "in/0.png", "-o", "out", "--alpha", "0.5"]
+    first = ["cam", *TINY, "in/0.png", "-o", "out", "--heatmap"]
     assert invoke(*first).exit_code == 0
+    # Other pixels go to a model folder of their own: the first run's files stay as they were.
     assert invoke("cam", *TINY, "in/0.png", "-o", "out", "--alpha", "0.9").exit_code == 0
+    assert json.loads(invoke(*first, "--skip-existing", "--json").stdout)["skipped"] is True
+    # Other settings of the same pictures (no heatmap) rewrite the overlay: done again.
+    assert invoke("cam", *TINY, "in/0.png", "-o", "out").exit_code == 0
     again = invoke(*first, "--skip-existing", "--json")
-    assert json.loads(again.stdout)["skipped"] is False  # same file name, other pixels now
+    assert json.loads(again.stdout)["skipped"] is False
     settled = invoke(*first, "--skip-existing", "--json")
     assert json.loads(settled.stdout)["skipped"] is True
 
@@ -93,13 +97,14 @@ def test_tensorboard_shows_the_pictures_written_to_disk() -> None:
     events = sorted(maps.Images("maps/features.2"), key=lambda event: event.step)
     assert [e.step for e in events] == [0, 1, 2]  # the images' positions in the run
     for event in events:
-        on_disk = np.asarray(Image.open(f"out/{event.step}/maps/features.2.png"))
+        on_disk = np.asarray(Image.open(f"out/tiny_model/{event.step}/maps/features.2.png"))
         np.testing.assert_array_equal(_decoded(event, on_disk), on_disk)
     cam = _event_images(Path("tb/cam"))
     for tag in cam.Tags()["images"]:
         _, method, layer, target = tag.split("/")
         for event in cam.Images(tag):
-            on_disk = np.asarray(Image.open(f"out/{event.step}/cam/{method}/{layer}/{target}.png"))
+            picture = f"out/tiny_model/{event.step}/cam/{method}/{layer}/{target}.png"
+            on_disk = np.asarray(Image.open(picture))
             np.testing.assert_array_equal(_decoded(event, on_disk), on_disk)
     texts = {
         e.step: e.tensor_proto.string_val[0].decode() for e in cam.Tensors("image/text_summary")
@@ -125,7 +130,7 @@ def test_filters_go_to_tensorboard_at_step_0() -> None:
     assert result.exit_code == 0, result.stderr
     [event] = _event_images(Path("tb")).Images("filters/features.0")
     assert event.step == 0
-    on_disk = np.asarray(Image.open("out/filters/alexnet/features.0.png"))
+    on_disk = np.asarray(Image.open("out/filters/alexnet@none/features.0.png"))
     np.testing.assert_array_equal(_decoded(event, on_disk), on_disk)
 
 
@@ -197,16 +202,17 @@ def test_the_gallery_covers_every_command_that_wrote_to_the_folder() -> None:
     images = _gallery()["images"]
     assert [image["name"] for image in images] == ["in/0.png", "in/1.png", "in/2.png"]
     for image in images:
-        commands = sorted({output[0] for output in image["outputs"]})
+        commands = sorted({output[1] for output in image["outputs"]})
         assert commands == ["cam", "maps"]
+        assert {output[0] for output in image["outputs"]} == {"tiny_model"}
         assert len(image["outputs"]) == 4  # overlay + heatmap, two grids
-        assert image["predictions"] and image["thumb"].endswith("__original__.jpg")
+        assert image["predictions"] and image["thumb"].startswith("gallery/originals/")
         for output in image["outputs"]:
-            assert Path("out", output[5]).is_file() and Path("out", output[6]).is_file()
-            with Image.open(Path("out", output[6])) as thumb:
+            assert Path("out", output[6]).is_file() and Path("out", output[7]).is_file()
+            with Image.open(Path("out", output[7])) as thumb:
                 assert thumb.format == "JPEG" and max(thumb.size) <= 240
         assert Path("out", image["link"]).resolve() == Path(image["name"]).resolve()
-    record = json.loads(record_of(Path("out/0")).read_text())
+    record = json.loads(record_of(Path("out"), "0").read_text())
     assert [a["kind"] for a in record["artifacts"]] == ["overlay", "heatmap"]
 
 
@@ -217,4 +223,4 @@ def test_no_gallery_writes_no_page_and_a_later_run_fills_the_thumbnails_in() -> 
     images = {image["name"]: image for image in _gallery()["images"]}
     assert len(images) == 3  # the cam run's images too, from their records
     for output in images["in/1.png"]["outputs"]:
-        assert Path("out", output[6]).is_file()  # made at the end from the PNGs on disk
+        assert Path("out", output[7]).is_file()  # made at the end from the PNGs on disk

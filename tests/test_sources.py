@@ -13,6 +13,7 @@ import pytest
 import timm
 import torch
 import transformers
+from conftest import image_folder
 from PIL import Image
 from safetensors.torch import save_file
 from typer.testing import CliRunner
@@ -65,7 +66,9 @@ def test_timm_model_with_weights_none_builds_offline(
         "cam", "-m", "timm/vit_tiny_patch16_224", "--weights", "none", photo, "-o", tmp_path / "o"
     )
     assert result.exit_code == 0, result.stderr
-    [overlay] = (tmp_path / "o" / "photo" / "cam" / "gradcam" / "blocks.11.norm1").iterdir()
+    [overlay] = (
+        image_folder(tmp_path / "o", "photo") / "cam" / "gradcam" / "blocks.11.norm1"
+    ).iterdir()
     assert Image.open(overlay).size == (40, 30)
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert manifest["model"]["weights"] == "none" and manifest["model"]["input_size"] == 224
@@ -206,7 +209,7 @@ def test_hugging_face_folder_runs_with_its_own_names_and_preprocessing(
     assert "Warning" not in result.stderr  # logits taken without a word: HF's output object
     # 40×30 → shorter side 32 → 43×32 → rounded to the patch grid: 40×32, a 5×4 grid.
     for folder in ("gradcam/vit.layers.1.layernorm_before", "gradrollout/attention"):
-        raw = np.load(out / "photo" / "cam" / folder / "2_tiger_cat.npz")
+        raw = np.load(image_folder(out, "photo") / "cam" / folder / "2_tiger_cat.npz")
         assert raw["layer_cam"].shape == (4, 5) and raw["heatmap"].shape == (30, 40)
     layers = invoke("layers", "-m", f"hf:{hf_folder}")
     assert layers.exit_code == 0

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import image_folder
 from PIL import Image
 from synthetic_shapes import CLASSES, HEIGHT, WIDTH, accuracy, swin, trained, two_object_scenes, vit
 from typer.testing import CliRunner
@@ -107,7 +108,8 @@ def test_vit_gradient_rollout_sits_on_each_object_end_to_end(
     for name, sides in halves.items():
         for folder, values in shares.items():
             for target, half in sides.items():
-                raw = np.load(out / name / "cam" / folder / f"{target}_{CLASSES[target]}.npz")
+                where = image_folder(out, name) / "cam" / folder
+                raw = np.load(where / f"{target}_{CLASSES[target]}.npz")
                 assert raw["layer_cam"].shape == (8, 16)  # the patch grid, 2 registers dropped
                 values.append(own_half_share(raw["heatmap"], half))
     rollout = shares["gradrollout/attention"]

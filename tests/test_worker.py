@@ -161,7 +161,7 @@ def test_a_call_through_the_worker_is_a_fresh_process_byte_for_byte(
         else:
             assert data == cold_files[name], name
     if case == "images and a broken file":
-        assert (warm / "out/0/cam/gradcam/features").is_dir()
+        assert [p.name for p in (warm / "out").glob("*/0/cam/gradcam/features")] == ["features"]
         assert b"Error" not in through.stdout and b"broken.png" in through.stderr
 
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from featviz.report import RunTally
     from featviz.requests import OutputRequest
     from featviz.sinks.files import FileSink
+    from featviz.variants import Variant
 
 
 @dataclass(frozen=True)
@@ -89,12 +90,18 @@ class Sinks:
 
 
 def sinks_for(
-    output: OutputRequest, *, command: str, fingerprint: str, model: str, record: dict[str, Any]
+    output: OutputRequest,
+    *,
+    command: str,
+    fingerprint: str,
+    variant: Variant,
+    record: dict[str, Any],
 ) -> Sinks:
     """The sinks ``output`` asks for, checked (a missing tensorboard package is a usage error)
     but not opened: nothing is written before ``Sinks.open``.
 
-    ``record``: what the manifest says about the run besides its images.
+    ``variant``: the model and settings the pictures depend on (featviz.variants: their
+    folder); ``record``: what the manifest says about the run besides its images.
     """
     from featviz.output import OutputLayout
     from featviz.sinks.files import FileSink
@@ -109,4 +116,4 @@ def sinks_for(
         from featviz.sinks.gallery import GallerySink
 
         others.append(GallerySink(layout))
-    return Sinks(FileSink(layout, command, fingerprint, model, record, output.quality), others)
+    return Sinks(FileSink(layout, command, fingerprint, variant, record, output.quality), others)

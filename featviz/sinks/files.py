@@ -15,9 +15,11 @@ from featviz.output import (
     encode_npz,
     file_stamps,
     finished_record,
+    run_name,
     write_atomic,
 )
 from featviz.shards import shards_summary
+from featviz.variants import claim
 
 if TYPE_CHECKING:
     from featviz.artifacts import Artifact, ImageOutputs
@@ -25,11 +27,13 @@ if TYPE_CHECKING:
     from featviz.output import OutputLayout
     from featviz.pipeline import ImageResult
     from featviz.sinks import RunEnd
+    from featviz.variants import Variant
 
 
 class FileSink:
     """``fingerprint`` hashes everything that decides an image's outputs, so that records of
-    other settings never pass for these (``--skip-existing``) and none is overwritten."""
+    other settings never pass for these (``--skip-existing``); ``variant`` claims the model's
+    folder, so that no other model's or settings' pictures are overwritten."""
 
     wants_activations = False
 
@@ -38,7 +42,7 @@ class FileSink:
         layout: OutputLayout,
         command: str,
         fingerprint: str,
-        model: str,
+        variant: Variant,
         record: dict[str, Any],
         quality: int = 90,
     ) -> None:
@@ -46,12 +50,17 @@ class FileSink:
         self.quality = quality
         self.command = command
         self.fingerprint = fingerprint
-        self.model = model
+        self.variant = variant
         self.run_record = record
         self.started = time.time()
 
     def open(self) -> None:
+        """Create the folder, claim the model's folder in it and name this run."""
         self.layout.prepare()
+        self.layout.variant = claim(self.layout.root, self.variant)
+        self.run_record["model"]["folder"] = self.layout.variant
+        shard = self.run_record["request"].get("run", {}).get("shard")  # filters read no images
+        self.layout.run = run_name(self.started, self.command, shard)
 
     def finished(self, source: ImageSource) -> ImageResult | None:
         """The result of an earlier run with the same settings, when its outputs are intact."""
@@ -74,7 +83,7 @@ class FileSink:
         relative = None if outputs.source is None else outputs.source.relative
         written = []
         for artifact in outputs.artifacts:
-            path = self.layout.path_of(artifact, relative, self.model)
+            path = self.layout.path_of(artifact, relative)
             write_atomic(path, _encode(artifact, path, self.quality))
             written.append((path, artifact))
         return written
@@ -90,6 +99,7 @@ class FileSink:
             "path": os.path.abspath(result.source.path),
             "command": self.command,
             "fingerprint": self.fingerprint,
+            "model_folder": self.layout.variant,
             "stamps": file_stamps([str(path) for path, _ in written]),
             "artifacts": [
                 {
@@ -114,8 +124,8 @@ class FileSink:
         data = manifest(self.command, self.run_record, end.tally, end.interrupted)
         if end.outputs:
             data["outputs"] = end.outputs  # the run's own files: score.csv, score.png, …
-        shard = data["request"].get("run", {}).get("shard")  # filters read no images
-        own = self.layout.run_manifest(self.started, self.command, shard)
+        shard = data["request"].get("run", {}).get("shard")
+        own = self.layout.run_manifest()
         write_atomic(own, encode_json(data))
         runs = sorted(own.parent.glob("*.json"))
         latest = {

@@ -1,25 +1,29 @@
 """A page to browse an output folder: ``index.html``, working offline from ``file://``.
 
-As images complete, small JPEG thumbnails of the original and of each picture are written under
-``gallery/thumbs/`` (the page never makes the browser scale full-size PNGs). When a run ends,
-even an interrupted or failed one, the page's data is rebuilt from every per-image record in
-the folder — every command and every run that wrote there, ``--skip-existing`` resumes included
-— into ``gallery/data.js`` (a script, not a JSON file: browsers refuse to fetch files from a
-``file://`` page), and ``index.html`` (the same static page each time) is written beside it.
+As images complete, small JPEG thumbnails of each picture are written under ``gallery/thumbs/``
+and of each original photo under ``gallery/originals/`` (the page never makes the browser scale
+full-size PNGs). When a run ends, even an interrupted or failed one, the page's data is rebuilt
+from every per-image record in the folder — every command, model and run that wrote there,
+``--skip-existing`` resumes included; each picture names the model folder it is in, whose
+claim (featviz.variants) says which model and weights made it — into ``gallery/data.js`` (a
+script, not a JSON file: browsers refuse to fetch files from a ``file://`` page), and
+``index.html`` (the same static page each time) is written beside it.
 Thumbnails missing then (a run with ``--no-gallery`` before) are made from the files on disk.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import re
 from importlib import resources
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
-from featviz.images import printable
-from featviz.output import write_atomic
+from featviz.output import RECORDS, write_atomic
+from featviz.variants import claims
 
 if TYPE_CHECKING:
     import numpy as np
@@ -31,9 +35,9 @@ if TYPE_CHECKING:
 THUMB_SIDE = 240  # pixels, the longer side
 THUMB_QUALITY = 80
 GALLERY = "gallery"
-ORIGINAL = "__original__.jpg"
 PICTURES = (".png", ".jpg", ".webp")  # what --format writes
 SHOWN_PREDICTIONS = 3
+_RECORD_NAME = re.compile(r"^[a-z]+-[0-9a-f]{16}\.json$")
 
 
 class GallerySink:
@@ -42,19 +46,20 @@ class GallerySink:
     def __init__(self, layout: OutputLayout) -> None:
         self.layout = layout
         self.thumbs = layout.root / GALLERY / "thumbs"
+        self.originals = layout.root / GALLERY / "originals"
 
     def open(self) -> None:
         """Nothing to create before the first thumbnail."""
 
     def write(self, outputs: ImageOutputs) -> None:
         if outputs.source is not None and outputs.original is not None:
-            write_atomic(
-                self._thumb_of_original(outputs.source.relative), thumbnail(outputs.original)
-            )
+            original = self.thumb_of_original(str(outputs.source.path))
+            if not original.exists():
+                write_atomic(original, thumbnail(outputs.original))
         relative = None if outputs.source is None else outputs.source.relative
         for artifact in outputs.artifacts:
             if artifact.pixels is not None:
-                path = self.layout.path_of(artifact, relative, outputs.model)
+                path = self.layout.path_of(artifact, relative)
                 write_atomic(self._thumb_of(path), thumbnail(artifact.pixels))
 
     def close(self, end: RunEnd) -> None:
@@ -63,8 +68,13 @@ class GallerySink:
     def _thumb_of(self, output: Path) -> Path:
         return self.thumbs / f"{output.relative_to(self.layout.root).as_posix()}.jpg"
 
-    def _thumb_of_original(self, relative: PurePath) -> Path:
-        return self.thumbs / relative / ORIGINAL
+    def thumb_of_original(self, input_path: str) -> Path:
+        """One thumbnail per input file, whatever folders its outputs are in: named by a hash
+        of its path from the output folder (input names never meet the gallery's own, and a
+        folder moved with its inputs keeps its names)."""
+        where = os.path.relpath(os.path.abspath(input_path), os.path.abspath(self.layout.root))
+        key = hashlib.sha256(os.fsencode(where)).hexdigest()[:20]
+        return self.originals / f"{key}.jpg"
 
 
 def thumbnail(pixels: np.ndarray) -> bytes:
@@ -82,13 +92,16 @@ def build_gallery(layout: OutputLayout) -> Path:
     """Write ``gallery/data.js`` and ``index.html`` for everything recorded under the folder."""
     sink = GallerySink(layout)
     root = layout.root
-    by_input: dict[str, list[tuple[Path, list[dict[str, Any]]]]] = {}
+    by_input: dict[str, list[dict[str, Any]]] = {}
     for folder, records in _records_by_image(root):
-        key = next((r["path"] for r in records if r.get("path")), str(folder))
-        by_input.setdefault(key, []).append((folder, records))
-    images = [_card(sink, folders) for folders in by_input.values()]
+        for record in records:
+            by_input.setdefault(record.get("path") or str(folder), []).append(record)
+    images = [_card(sink, records) for records in by_input.values()]
     images.extend(_filters_cards(sink, root))
-    data = json.dumps({"images": images}, ensure_ascii=False, separators=(",", ":"))
+    models = {name: held.get("description", name) for name, held in claims(root).items()}
+    data = json.dumps(
+        {"images": images, "models": models}, ensure_ascii=False, separators=(",", ":")
+    )
     script = f"window.FEATVIZ_GALLERY = {data};\n"
     write_atomic(root / GALLERY / "data.js", script.encode("utf-8", "backslashreplace"))
     page = resources.files("featviz.sinks").joinpath("gallery.html").read_bytes()
@@ -97,29 +110,23 @@ def build_gallery(layout: OutputLayout) -> Path:
 
 
 def _records_by_image(root: Path):
-    """(image folder, its records) for every folder under ``root`` with a ``records/``, in
-    name order; the gallery's own folder and the run manifests are skipped."""
-    for folder, dirs, _ in os.walk(root):
+    """(folder, its records) for every folder under ``records/`` holding an image's records,
+    in name order."""
+    for folder, dirs, files in os.walk(root / RECORDS):
         dirs.sort()
-        if Path(folder) == root:
-            dirs[:] = [d for d in dirs if d not in (GALLERY, "runs", "filters")]
-        if "records" in dirs:
-            dirs.remove("records")
-            records = []
-            for name in sorted(os.listdir(os.path.join(folder, "records"))):
-                try:
-                    records.append(json.loads(Path(folder, "records", name).read_bytes()))
-                except (OSError, ValueError):
-                    continue  # a record being replaced right now, or damaged: skip it
-            if records:
-                yield Path(folder), records
+        records = []
+        for name in sorted(name for name in files if _RECORD_NAME.match(name)):
+            try:
+                records.append(json.loads(Path(folder, name).read_bytes()))
+            except (OSError, ValueError):
+                continue  # a record being replaced right now, or damaged: skip it
+        if records:
+            yield Path(folder), records
 
 
-def _card(sink: GallerySink, folders: list[tuple[Path, list[dict[str, Any]]]]) -> dict[str, Any]:
-    """One input's card, from every output folder it was written to (a photo given inside a
-    folder and on its own has two)."""
+def _card(sink: GallerySink, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """One input's card, from every record of it: every command, model and folder."""
     root = sink.layout.root
-    records = [record for _, found in folders for record in found]
     newest = max(records, key=_written_at)
     outputs, seen = [], set()
     for record in sorted(records, key=_written_at):
@@ -131,6 +138,7 @@ def _card(sink: GallerySink, folders: list[tuple[Path, list[dict[str, Any]]]]) -
             thumb = _ensure_thumb(sink, path) if path.suffix in PICTURES else None
             outputs.append(
                 [
+                    record.get("model_folder", ""),
                     record["command"],
                     artifact["method"],
                     artifact["layer"],
@@ -140,15 +148,14 @@ def _card(sink: GallerySink, folders: list[tuple[Path, list[dict[str, Any]]]]) -
                     thumb and _link(thumb, root),
                 ]
             )
-    originals = [sink._thumb_of_original(folder.relative_to(root)) for folder, _ in folders]
-    original = next((thumb for thumb in originals if thumb.exists()), originals[0])
     source = newest.get("path")
-    if not original.exists() and source:
+    original = sink.thumb_of_original(source) if source else None
+    if original is not None and not original.exists():
         _thumb_from_file(Path(source), original)
     predictions = next((r["predictions"] for r in (newest, *records) if r.get("predictions")), [])
     return {
-        "name": newest.get("input") or printable(folders[0][0].relative_to(root).as_posix()),
-        "thumb": _link(original, root) if original.exists() else None,
+        "name": newest.get("input") or "?",
+        "thumb": _link(original, root) if original is not None and original.exists() else None,
         "link": _link(Path(source), root) if source else None,
         "predictions": [[p["label"], p["probability"]] for p in predictions[:SHOWN_PREDICTIONS]],
         "error": newest.get("error"),
@@ -162,11 +169,12 @@ def _written_at(record: dict[str, Any]) -> int:
 
 
 def _filters_cards(sink: GallerySink, root: Path) -> list[dict[str, Any]]:
-    """One card per model whose kernels `featviz filters` drew into this folder."""
+    """One card per model folder whose kernels `featviz filters` drew into this folder."""
     cards = []
     for model in sorted(path for path in (root / "filters").glob("*") if path.is_dir()):
         outputs = [
             [
+                model.name,
                 "filters",
                 "",
                 grid.stem,
