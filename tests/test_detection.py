@@ -414,6 +414,60 @@ def test_torchvision_detectors_by_name_download_nothing(torch_home: Path, tmp_pa
     ]
 
 
+RCNN = "fasterrcnn_mobilenet_v3_large_320_fpn"  # random weights: every box scores ~1/91
+
+
+def test_a_min_score_below_the_models_own_lowers_it_for_that_run_only(torch_home: Path) -> None:
+    """The R-CNN drops boxes under 0.05 itself: --min-score 0 lowers that while featviz runs
+    it (not the region proposals' threshold), and puts it back for the next run."""
+    loaded = load_model(ModelRequest(RCNN, weights="none", device="cpu"))
+    model = loaded.module
+    model.rpn.score_thresh = 0.01  # objectness (~0.5 here), not a class score: left alone
+    inputs = torch.rand(1, 3, 120, 160, generator=torch.Generator().manual_seed(0))
+    layer = loaded.default_cam_layer()
+
+    def explain(**options) -> list:
+        explainer = Explainer(loaded, ("gradcam",), [layer], [], cam_batch_size=8, **options)
+        return explainer.explain(inputs)
+
+    low = explain(top_k=2, min_score=0.0)
+    scores = [found.probability for found in low.predictions[0]]
+    assert len(scores) == 2 and max(scores) < 0.05, scores
+    assert len(low.maps[0]) == 2 and low.notes == {}
+    assert (model.roi_heads.score_thresh, model.rpn.score_thresh) == (0.05, 0.01)
+    default = explain(top_k=None)
+    assert default.predictions == [[]] and default.maps == [[]]
+    assert default.notes == {0: "no box scores at least 0.5"}
+    assert not loaded.task.latest.valid.any()  # the model's own 0.05 dropped every box again
+
+
+def test_an_image_without_a_box_says_so(torch_home: Path, tmp_path: Path) -> None:
+    photo = tmp_path / "photo.png"
+    Image.open(ROOT / "sample_images" / "chelsea.png").resize((160, 120)).save(photo)
+    for command in ("cam", "compare"):
+        done = CliRunner().invoke(
+            app,
+            [command, "-m", RCNN, "--weights", "none", str(photo), "-M", "gradcam",
+             "-o", str(tmp_path / command)],
+        )  # fmt: skip
+        assert done.exit_code == 0, done.output
+        assert (
+            done.stdout.splitlines()[0]
+            == f"{photo}: no box scores at least 0.5: nothing to explain"
+        )
+        assert not list((tmp_path / command).rglob("*.png"))
+    done = CliRunner().invoke(
+        app,
+        ["cam", "-m", RCNN, "--weights", "none", str(photo), "--json", "--target", "dog",
+         "-M", "gradcam", "-M", "eigencam", "-o", str(tmp_path / "json")],
+    )  # fmt: skip
+    assert done.exit_code == 0, done.output
+    line = json.loads(done.stdout)
+    assert line["note"] == "no dog box scores at least 0.5" and line["predictions"] == []
+    [overlay] = line["outputs"]  # eigencam maps the image all the same, boxes or not
+    assert Path(overlay).name == "all.png"
+
+
 def test_the_detection_batch_boxes_its_objects() -> None:
     """The training targets: every object's box is the bounding box of its pixels."""
     images, targets = detection_batch(8, torch.Generator().manual_seed(1))
