@@ -64,14 +64,13 @@ def _principal_direction(
     leading = int(tied.sum(dim=1).max())  # tied values come first: sorted descending
     basis = vh[:, :leading] * tied[:, :leading, None]  # (N, m, K), rows not tied zeroed
     channels = centred.shape[2]
-    mean_axis = basis.sum(dim=2) / channels**0.5  # (N, m): its coordinates in the basis
+    mean_axis = basis.sum(dim=2) / channels**0.5  # (N, m): (1, …, 1)/√K in the basis
     coordinates = centred @ basis.transpose(1, 2)  # (N, h·w, m)
     strongest = coordinates.norm(dim=2).argmax(dim=1)
     peak_axis = coordinates[torch.arange(len(centred)), strongest]  # (N, m)
     informative = mean_axis.norm(dim=1, keepdim=True) >= MEAN_AXIS_MIN
     chosen = torch.where(informative, mean_axis, peak_axis)
     direction = (chosen[:, None, :] @ basis).squeeze(1)
+    length = direction.norm(dim=1, keepdim=True)
     # An image with constant activations has nothing to project (a map of zeros): no 0/0.
-    return direction / direction.norm(dim=1, keepdim=True).clamp_min(
-        torch.finfo(torch.float64).tiny
-    )
+    return direction / length.clamp_min(torch.finfo(length.dtype).tiny)
