@@ -55,11 +55,10 @@ class CamJob(ExplainingJob):
             activations = {layer: values[i] for layer, values in layer_maps.items()}
             # On a GPU the overlays are made here, where the maps are; on a CPU in the writer.
             pictures = self._on_device(item, explained.maps[i]) if self.blend else None
-            tasks.append(
-                self._writer(
-                    item, explained.maps[i], explained.predictions[i], activations, pictures
-                )
+            write = self._writer(
+                item, explained.maps[i], explained.predictions[i], activations, pictures
             )
+            tasks.append(self.noted(write, explained.notes.get(i)))
         return tasks
 
     def _writer(

@@ -39,7 +39,10 @@ class CompareJob(ExplainingJob):
         return [
             failure(item, explained.broken[i])
             if i in explained.broken
-            else self._writer(item, explained.maps[i], explained.predictions[i])
+            else self.noted(
+                self._writer(item, explained.maps[i], explained.predictions[i]),
+                explained.notes.get(i),
+            )
             for i, item in enumerate(batch)
         ]
 
@@ -75,7 +78,12 @@ class CompareJob(ExplainingJob):
                         mark(pixels, entry.region, entry.boxes, entry.caption)
                         title = f"{entry.method} · {entry.layer}\n{entry.caption}"
                         cells.append(Cell(title, pixels))
-                rows.append(cells)
+                if cells:  # none: a detector's image without a box, for a class-specific method
+                    rows.append(cells)
+            if not rows:
+                return self.deliver(
+                    ImageOutputs(item.source, self.model.name, item.original, predictions, [])
+                )
             panel = grid_panel(
                 item.original,
                 rows,

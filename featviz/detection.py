@@ -20,12 +20,18 @@ maps cover the padded image. A hook on ``model.transform`` records what part of 
 batch each image fills, and ``align`` crops the maps to it, so that a map covers exactly the
 input featviz fed, as every other model's does. A box clipped to nothing by the detector
 (outside the photo, found in that padding) is not explained.
+
+A detector drops the boxes under a score of its own before featviz sees them (torchvision's:
+0.05 for the R-CNNs and RetinaNet, 0.2 for FCOS, 0.01 for SSD). A ``--min-score`` below it
+lowers it while featviz runs the model (``own_threshold_lowered``), so that the boxes down to
+``--min-score`` are there to explain.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from featviz.tasks import Outcome, Task, replayed
@@ -58,6 +64,9 @@ DETECTION_METHODS = (
 )  # fmt: skip
 # A perturbed re-run's box is the explained one when it has its class and overlaps it this much.
 MATCH_IOU = 0.5
+# The attribute under which torchvision's detectors keep the class score below which they drop
+# a box: on ``roi_heads`` for the R-CNNs, on the model itself for RetinaNet, FCOS and SSD.
+OWN_THRESHOLD = "score_thresh"
 
 
 def check_detection_request(command: str, request: Any) -> None:
@@ -77,6 +86,35 @@ def check_detection_request(command: str, request: Any) -> None:
             f"method {refused[0]} cannot explain a detection model's boxes",
             hint=f"choose among {', '.join(DETECTION_METHODS)}",
         )
+
+
+@contextmanager
+def own_threshold_lowered(module: Any, min_score: float) -> Iterator[None]:
+    """Inside, every ``score_thresh`` of ``module`` and its submodules above ``min_score`` is
+    ``min_score``; each is put back on the way out, whatever happened inside (a worker keeps
+    the model for the next run). A region proposal network's is left alone: it ranks
+    proposals by objectness, not boxes by class score."""
+    from torchvision.models.detection.rpn import RegionProposalNetwork
+
+    lowered = []
+    for part in module.modules():
+        own = getattr(part, OWN_THRESHOLD, None)
+        if isinstance(part, RegionProposalNetwork) or not isinstance(own, int | float):
+            continue
+        if own > min_score:
+            lowered.append((part, own))
+            setattr(part, OWN_THRESHOLD, min_score)
+    try:
+        yield
+    finally:
+        for part, own in lowered:
+            setattr(part, OWN_THRESHOLD, own)
+
+
+def nothing_found(min_score: float, classes: list[str]) -> str:
+    """Why an image has no box to explain: ``classes`` the labels asked for (--target)."""
+    which = f"{' or '.join(classes)} " if classes else ""
+    return f"no {which}box scores at least {min_score:g}"
 
 
 def chosen_boxes(

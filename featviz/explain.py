@@ -11,15 +11,23 @@ forwards.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from featviz.cam.registry import ATTENTION
-from featviz.detection import chosen_boxes, detected_boxes
+from featviz.detection import (
+    DetectionTask,
+    chosen_boxes,
+    detected_boxes,
+    nothing_found,
+    own_threshold_lowered,
+)
 from featviz.errors import InputError, first_line
 from featviz.jobs import ImageJob, model_failure, nan_or_infinite, not_finite
 from featviz.output import class_slug
-from featviz.pipeline import Prediction
+from featviz.pipeline import ImageResult, Prediction
 from featviz.requests import DEFAULT_MIN_SCORE
 from featviz.tasks import task_of
 
@@ -30,6 +38,7 @@ if TYPE_CHECKING:
     from featviz.cam.context import CamContext
     from featviz.models import LoadedModel
     from featviz.requests import ExplainRequest
+    from featviz.tasks import Task
 
 ANY_CLASS = "all"  # the "class" of a class-agnostic method's map (eigencam, rollout)
 SHOWN_PREDICTIONS = 5
@@ -61,7 +70,8 @@ class Explained:
     """A batch explained: each image's maps and predictions, and the failed images' reasons.
 
     ``targets`` (N, columns) the class indices explained; ``context`` the forward they came
-    from (for jobs that need more of it: activations, more forwards).
+    from (for jobs that need more of it: activations, more forwards); ``notes`` why an image
+    has no target to explain (a detector's image without a box), by image.
     """
 
     context: CamContext
@@ -69,6 +79,7 @@ class Explained:
     maps: list[list[ExplainedMap]]
     predictions: list[list[Prediction]]
     broken: dict[int, str] = field(default_factory=dict)
+    notes: dict[int, str] = field(default_factory=dict)
 
 
 def _compute(method: Any, context: Any, layer: str, targets: torch.Tensor) -> torch.Tensor:
@@ -152,17 +163,32 @@ class Explainer:
         """Every method's maps for ``inputs`` (N, 3, H, W); ``targets`` (N, columns) to explain
         given classes (the sanity check's randomised models explain the original's);
         ``sizes`` each original photo's (height, width), which a detector's boxes are given in
-        (default: the input's)."""
+        (default: the input's). A detector keeps its boxes down to ``min_score`` meanwhile."""
+        # A copy of the model (sanity's randomised ones) has its own copy of the task's hook.
+        task = self.model.task if module is None else task_of(module)
+        lowered = (
+            own_threshold_lowered(module or self.model.module, self.min_score)
+            if isinstance(task, DetectionTask)
+            else nullcontext()
+        )
+        with lowered:
+            return self._explained(inputs, module, targets, sizes, task)
+
+    def _explained(
+        self,
+        inputs: torch.Tensor,
+        module: nn.Module | None,
+        targets: torch.Tensor | None,
+        sizes: list[tuple[int, int]] | None,
+        task: Task | None,
+    ) -> Explained:
         context = self.forward(inputs, module)
         scores = context.logits.detach().float()
         broken = {
             i: f"the model's scores are {nan_or_infinite(scores[i])}: there is nothing to explain"
             for i in not_finite(scores).nonzero().flatten().tolist()
         }
-        # A copy of the model (sanity's randomised ones) has its own copy of the task's hook,
-        # which saw this forward.
-        task = self.model.task if module is None else task_of(module)
-        outcome = task.latest if task else None
+        outcome = task.latest if task else None  # what the task's hook saw of this forward
         boxes = outcome.boxes if outcome else None
         flat = scores.shape[1] > 1 and bool((scores.amax(dim=1) == scores.amin(dim=1)).any())
         if module is None and flat and boxes is None:
@@ -177,9 +203,12 @@ class Explainer:
         probabilities = outcome.shown if outcome else scores.softmax(dim=1)
         n = len(inputs)
         keep = None  # (N, columns): which targets are there to explain (a detector's boxes)
+        notes: dict[int, str] = {}
         if boxes is not None:
             sizes = sizes or [tuple(inputs.shape[-2:])] * n
             targets, keep, shown = self._boxes(outcome, tuple(inputs.shape[-2:]), sizes)
+            note = nothing_found(self.min_score, [self.model.label(c) for c in self.classes])
+            notes = {i: note for i in range(n) if not keep[i].any()}
         else:
             targets, shown = self._classes(probabilities, targets)
         regions = outcome.regions if outcome else None
@@ -210,7 +239,7 @@ class Explainer:
                         if regions is not None and entry.index is not None:
                             entry = replace(entry, region=(regions[i] == entry.index).cpu())
                         per_image[i].append(entry)
-        return Explained(context, targets, per_image, shown, broken)
+        return Explained(context, targets, per_image, shown, broken, notes)
 
     def _classes(
         self, probabilities: torch.Tensor, targets: torch.Tensor | None
@@ -311,3 +340,11 @@ class ExplainingJob(ImageJob):
                 DEFAULT_MIN_SCORE if self.request.min_score is None else self.request.min_score
             ),
         )
+
+    @staticmethod
+    def noted(write: Callable[[], ImageResult], note: str | None) -> Callable[[], ImageResult]:
+        """An image's write task whose result also says ``note`` (why there was nothing to
+        explain: ``Explained.notes``), when there is one."""
+        if note is None:
+            return write
+        return lambda: replace(write(), note=note)

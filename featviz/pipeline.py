@@ -64,6 +64,7 @@ class ImageResult:
     error: str | None = None
     skipped: bool = False
     rows: list[dict[str, Any]] = field(default_factory=list)  # score and sanity: one per map
+    note: str | None = None  # why there was nothing to explain (a detector found no box)
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON form: paths printable like ``input`` (no bytes that are not UTF-8); the
@@ -77,6 +78,8 @@ class ImageResult:
         }
         if self.rows:
             described["rows"] = self.rows
+        if self.note:
+            described["note"] = self.note
         return described
 
     def json_lines(self) -> list[dict[str, Any]]:

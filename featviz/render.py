@@ -194,7 +194,8 @@ def draw_boxes(
 ) -> None:
     """Draw ``boxes`` (x0 y0 x1 y1 in ``pixels``' own coordinates) on an (H, W, 3) picture in
     place, lines and label scaled with the picture; ``caption`` ("dog 0.98") labels the first
-    box, above its top-left corner (inside it at the picture's top edge)."""
+    box, above its top-left corner (inside it at the picture's top edge). Each edge lies on
+    the pixel boundary nearest its float coordinate (Python's ``round``), lines inside it."""
     height, width = pixels.shape[:2]
     thick = max(2, round(min(height, width) / 200))
     for box in boxes:

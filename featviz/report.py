@@ -66,13 +66,18 @@ def speed(images: int, seconds: float) -> str:
 
 
 def image_line(result: ImageResult) -> str:
-    """One line per image: top-1 class and probability, and what was written where (or how
-    many rows it scored, for a run whose per-image results are rows: score)."""
+    """One line per image: top-1 class and probability (or why there was nothing to explain),
+    and what was written where (or how many rows it scored, for a run whose per-image results
+    are rows: score)."""
     if result.error:
         return f"error: {result.error}"
     status = "skipped (done earlier), " if result.skipped else ""
     top = result.predictions[0] if result.predictions else None
     guess = f": {top.label} ({top.probability:.2f})" if top else ""
+    if result.note:  # a detector without a box: an answer, said in place of the top guess
+        if not result.outputs:
+            return f"{result.source.display}: {result.note}: nothing to explain"
+        guess = f": {result.note}"
     if result.rows and not result.outputs:
         return f"{result.source.display}{guess} → {status}{_count(len(result.rows), 'row')}"
     where = printable(os.path.commonpath(result.outputs)) if result.outputs else "-"

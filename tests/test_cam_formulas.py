@@ -173,16 +173,24 @@ def ref_hirescam(a, g):
 
 
 def ref_eigencam(a, g):
+    """The first principal direction of each image's centred (h·w, K) matrix, in float64; among
+    singular values tied within 1e-3 of the first, the direction of their span closest to the
+    channel-mean axis; that axis orthogonal to them (LayerNorm outputs), the one through the
+    position they represent most strongly."""
     _, k, h, w = a.shape
     maps = []
-    for image in a:
+    for image in a.double():
         matrix = image.reshape(k, h * w).T
         centred = matrix - matrix.mean(dim=0)
-        _, _, vh = torch.linalg.svd(centred)
-        projection = centred @ vh[0]
-        mean_map = matrix.mean(dim=1)
-        if torch.dot(projection, mean_map - mean_map.mean()) < 0:
-            projection = -projection
+        _, s, vh = torch.linalg.svd(centred, full_matrices=False)
+        basis = vh[s >= s[0] * (1 - 1e-3)]  # (m, K)
+        along_mean = basis @ torch.full((k,), k**-0.5, dtype=basis.dtype)
+        if along_mean.norm() >= 1e-4:
+            direction = along_mean @ basis
+        else:
+            coordinates = centred @ basis.T
+            direction = coordinates[coordinates.norm(dim=1).argmax()] @ basis
+        projection = centred @ (direction / direction.norm())
         maps.append(_relu(projection).reshape(h, w))
     return torch.stack(maps)
 

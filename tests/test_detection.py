@@ -229,6 +229,13 @@ def _iou(a: list[float], b: list[float]) -> float:
     return inter / (area - inter)
 
 
+def _drawn_edge(value: float) -> tuple[int, int]:
+    """The lowest and highest pixel boundary a box edge given as ``value`` in the JSON can be
+    drawn at: the overlay rounds the detector's float edge to the nearest boundary, and the
+    JSON keeps it to 0.1 px, so any boundary within 0.5 + 0.05 of ``value`` (one or two)."""
+    return math.ceil(value - 0.55), math.floor(value + 0.55)
+
+
 @pytest.mark.parametrize(("input_size", "covered"), [(None, 67), ("48", 66)])
 def test_maps_and_boxes_line_up_with_the_photo_through_resize_and_padding(
     cache: Path,
@@ -250,19 +257,29 @@ def test_maps_and_boxes_line_up_with_the_photo_through_resize_and_padding(
     assert done.exit_code == 0, done.output
     line = json.loads(done.stdout)
     detections = line["predictions"]
-    assert [d["label"] for d in detections] == ["square", "disc"] or [
-        d["label"] for d in detections
-    ] == ["disc", "square"]
-    for wanted in truth:  # where the object is, to about an input pixel (3 of the photo's)
-        [box] = [d["box"] for d in detections if d["label"] == wanted["label"]]
-        centre = np.add(box[:2], box[2:]) / 2 - np.add(wanted["box"][:2], wanted["box"][2:]) / 2
-        assert _iou(box, wanted["box"]) > 0.5 and np.abs(centre).max() < 4, (box, wanted)
+    # The detector is trained on the machine that runs the tests, and its float32 training
+    # rounds with the thread count: on this enlarged photo a second, weaker box on an object
+    # can pass 0.5 (one thread here). Every box must be on an object of its class; each
+    # object's best box (detections come best first) is the one followed below.
+    truth_of = {wanted["label"]: wanted["box"] for wanted in truth}
+    assert {d["label"] for d in detections} == set(truth_of)
+    assert all(_iou(d["box"], truth_of[d["label"]]) > 0.3 for d in detections), detections
+    best = {
+        label: next(r for r, d in enumerate(detections) if d["label"] == label)
+        for label in truth_of
+    }
+    # Where each object is, to about an input pixel (3 of the photo's).
+    for label, rank in best.items():
+        box, wanted = detections[rank]["box"], truth_of[label]
+        centre = np.add(box[:2], box[2:]) / 2 - np.add(wanted[:2], wanted[2:]) / 2
+        assert _iou(box, wanted) > 0.5 and np.abs(centre).max() < 4, (box, wanted)
     outputs = sorted(line["outputs"])
     assert [Path(p).name for p in outputs if p.endswith(".png")] == sorted(
         f"box{rank + 1}_{DETECTION_CLASSES.index(d['label'])}_{d['label']}.png"
         for rank, d in enumerate(detections)
     )
-    for rank, d in enumerate(detections):
+    for rank in best.values():
+        d = detections[rank]
         stem = f"box{rank + 1}_{DETECTION_CLASSES.index(d['label'])}_{d['label']}"
         raw = np.load(next(p for p in outputs if p.endswith(f"{stem}.npz")))
         values = raw["heatmap"]
@@ -274,9 +291,12 @@ def test_maps_and_boxes_line_up_with_the_photo_through_resize_and_padding(
         overlay = np.asarray(Image.open(next(p for p in outputs if p.endswith(f"{stem}.png"))))
         white = (overlay == 255).all(axis=2)
         thick = 2  # min(96, 201) / 200, at least 2
-        assert white[y0 + thick : y1 - thick, x0 : x0 + thick].all()  # left edge
-        assert white[y1 - thick : y1, x0:x1].all()  # bottom edge
-        assert not white[y0 + thick : y1 - thick, x0 + thick : x1 - thick].any()  # inside
+        # (low, high) boundaries: what is white, or inside, whichever each edge was drawn at.
+        left, top, right, bottom = (_drawn_edge(v) for v in d["box"])
+        assert white[top[1] + thick : bottom[0] - thick, left[1] : left[0] + thick].all()  # left
+        assert white[bottom[1] - thick : bottom[0], left[1] : right[0]].all()  # bottom edge
+        inside = white[top[1] + thick : bottom[0] - thick, left[1] + thick : right[0] - thick]
+        assert inside.size and not inside.any()
     # maps draws the layer's cells that cover the photo: 16 × 48 over the padded 32 × 96.
     done = CliRunner().invoke(
         app,
@@ -392,6 +412,60 @@ def test_torchvision_detectors_by_name_download_nothing(torch_home: Path, tmp_pa
         "fasterrcnn_mobilenet_v3_large_320_fpn  COCO_V1",
         "fasterrcnn_mobilenet_v3_large_fpn      COCO_V1",
     ]
+
+
+RCNN = "fasterrcnn_mobilenet_v3_large_320_fpn"  # random weights: every box scores ~1/91
+
+
+def test_a_min_score_below_the_models_own_lowers_it_for_that_run_only(torch_home: Path) -> None:
+    """The R-CNN drops boxes under 0.05 itself: --min-score 0 lowers that while featviz runs
+    it (not the region proposals' threshold), and puts it back for the next run."""
+    loaded = load_model(ModelRequest(RCNN, weights="none", device="cpu"))
+    model = loaded.module
+    model.rpn.score_thresh = 0.01  # objectness (~0.5 here), not a class score: left alone
+    inputs = torch.rand(1, 3, 120, 160, generator=torch.Generator().manual_seed(0))
+    layer = loaded.default_cam_layer()
+
+    def explain(**options) -> list:
+        explainer = Explainer(loaded, ("gradcam",), [layer], [], cam_batch_size=8, **options)
+        return explainer.explain(inputs)
+
+    low = explain(top_k=2, min_score=0.0)
+    scores = [found.probability for found in low.predictions[0]]
+    assert len(scores) == 2 and max(scores) < 0.05, scores
+    assert len(low.maps[0]) == 2 and low.notes == {}
+    assert (model.roi_heads.score_thresh, model.rpn.score_thresh) == (0.05, 0.01)
+    default = explain(top_k=None)
+    assert default.predictions == [[]] and default.maps == [[]]
+    assert default.notes == {0: "no box scores at least 0.5"}
+    assert not loaded.task.latest.valid.any()  # the model's own 0.05 dropped every box again
+
+
+def test_an_image_without_a_box_says_so(torch_home: Path, tmp_path: Path) -> None:
+    photo = tmp_path / "photo.png"
+    Image.open(ROOT / "sample_images" / "chelsea.png").resize((160, 120)).save(photo)
+    for command in ("cam", "compare"):
+        done = CliRunner().invoke(
+            app,
+            [command, "-m", RCNN, "--weights", "none", str(photo), "-M", "gradcam",
+             "-o", str(tmp_path / command)],
+        )  # fmt: skip
+        assert done.exit_code == 0, done.output
+        assert (
+            done.stdout.splitlines()[0]
+            == f"{photo}: no box scores at least 0.5: nothing to explain"
+        )
+        assert not list((tmp_path / command).rglob("*.png"))
+    done = CliRunner().invoke(
+        app,
+        ["cam", "-m", RCNN, "--weights", "none", str(photo), "--json", "--target", "dog",
+         "-M", "gradcam", "-M", "eigencam", "-o", str(tmp_path / "json")],
+    )  # fmt: skip
+    assert done.exit_code == 0, done.output
+    line = json.loads(done.stdout)
+    assert line["note"] == "no dog box scores at least 0.5" and line["predictions"] == []
+    [overlay] = line["outputs"]  # eigencam maps the image all the same, boxes or not
+    assert Path(overlay).name == "all.png"
 
 
 def test_the_detection_batch_boxes_its_objects() -> None:
