@@ -68,13 +68,13 @@ def _standard_streams(fds: list[int], stdio: dict[str, list]) -> Iterator[None]:
     encodings and buffering (``PYTHONUNBUFFERED``, line buffering on a terminal)."""
     saved = [os.dup(fd) for fd in (0, 1, 2)]
     previous = sys.stdin, sys.stdout, sys.stderr
-    for target, fd in enumerate(fds):
-        os.dup2(fd, target)
-        os.close(fd)
-    sys.stdin = _text(0, "r", *stdio["stdin"])
-    sys.stdout = _text(1, "w", *stdio["stdout"])
-    sys.stderr = _text(2, "w", *stdio["stderr"])
     try:
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)  # the call's own descriptors are closed by its owner, after it
+        # A descriptor no text stream can be opened on (a directory) fails the call here.
+        sys.stdin = _text(0, "r", *stdio["stdin"])
+        sys.stdout = _text(1, "w", *stdio["stdout"])
+        sys.stderr = _text(2, "w", *stdio["stderr"])
         yield
     finally:
         for stream in (sys.stdout, sys.stderr):

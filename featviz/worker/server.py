@@ -112,6 +112,7 @@ class Worker:
         with call.lock:
             call.state = "done"
         self.current = None
+        protocol.close(call.fds)
         if outcome is not None:
             with contextlib.suppress(OSError):
                 protocol.send(call.conn, outcome)
@@ -143,7 +144,6 @@ class Worker:
         except KeyboardInterrupt:  # Ctrl-C just as the command ended
             return {"exit": 130}
         except OSError as exc:  # its folder has gone, a descriptor cannot be duplicated
-            _close(call.fds)
             return {"refused": f"cannot take the call on: {exc}"}
 
     def _started(self, call: Call) -> bool:
@@ -179,20 +179,26 @@ class Worker:
             threading.Thread(target=self._converse, args=(conn,), daemon=True).start()
 
     def _converse(self, conn: socket.socket) -> None:
+        """Answer the connection's first message; a call is queued and then followed. Every
+        message gets an answer, a malformed one its refusal (protocol.problem)."""
         fds: list[int] = []
         try:
             uid = _peer_uid(conn)
-            request, fds = protocol.receive(conn)
+            try:
+                request, fds = protocol.receive(conn)
+                problem = protocol.problem(request, len(fds), self.version)
+            except protocol.Malformed as exc:
+                request, problem = {}, str(exc)
             if uid != os.getuid():
                 protocol.send(conn, {"refused": f"uid {uid} is not this worker's user"})
-            elif request.get("op") == "status":
+            elif problem is not None:
+                protocol.send(conn, {"refused": f"malformed request: {problem}"})
+            elif request["op"] == "status":
                 protocol.send(conn, self._status())
-            elif request.get("op") == "stop":
+            elif request["op"] == "stop":
                 self.stopping = True
                 protocol.send(conn, {"stopping": True, "pid": os.getpid()})
-            elif request.get("op") != "run" or len(fds) != protocol.MAX_FDS:
-                protocol.send(conn, {"refused": "not a featviz call"})
-            elif request.get("version") != self.version or self.stopping:
+            elif request["version"] != self.version or self.stopping:
                 # A caller of other code: this worker leaves, the caller starts a new one.
                 self.stopping = True
                 protocol.send(conn, {"refused": "version", "version": self.version})
@@ -202,9 +208,9 @@ class Worker:
                 self.queue.put(call)
                 self._follow(call)
                 return
-        except (OSError, protocol.Closed, ValueError):
+        except (OSError, protocol.Closed):
             pass
-        _close(fds)
+        protocol.close(fds)
         conn.close()
 
     def _follow(self, call: Call) -> None:
@@ -212,15 +218,18 @@ class Worker:
         mid-command stops it as SIGTERM would."""
         while True:
             try:
-                message, _ = protocol.receive(call.conn)
-            except (OSError, protocol.Closed, ValueError):
+                message, fds = protocol.receive(call.conn)
+                protocol.close(fds)  # none of a signal's business
+            except protocol.Malformed:
+                continue  # not a signal; mid-call the caller is only ever answered its outcome
+            except (OSError, protocol.Closed):
                 message = {"signal": signal.SIGTERM, "gone": True}
             with call.lock:
                 if call.state == "queued" and message.get("gone"):
                     call.state = "gone"
                 running = call.state == "running"
             signum = message.get("signal")
-            if running and signum in (signal.SIGINT, signal.SIGTERM):
+            if running and isinstance(signum, int) and signum in (signal.SIGINT, signal.SIGTERM):
                 self.forwarded = True
                 signal.pthread_kill(self.main_thread, signum)
             if message.get("gone") or call.state == "done":
@@ -253,12 +262,6 @@ def _peer_uid(conn: socket.socket) -> int:
     credentials = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, _gid = struct.unpack("3i", credentials)
     return uid
-
-
-def _close(fds: list[int]) -> None:
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
 
 
 def _rss_bytes() -> int | None:
