@@ -101,9 +101,57 @@ def slow_cam(folder: Path, env: dict[str, str], batch_size: int) -> subprocess.P
     )
 
 
+# Factories that change the process's global state as they build: a fresh process has it for
+# its one call only; a worker must not carry it into the next.
+LEAKY_FACTORIES = {
+    "float64_model.py": """
+import torch
+from tiny_model import build as tiny
+
+
+def build():
+    torch.set_default_dtype(torch.float64)
+    return tiny()
+""",
+    "relu_model.py": """
+import torch.nn.functional as F
+from tiny_model import build as tiny
+
+
+def build():
+    F.relu = lambda input, inplace=False: F.leaky_relu(input, 0.5)
+    return tiny()
+""",
+    "relu_class_model.py": """
+import torch
+from tiny_model import build as tiny
+
+torch.nn.ReLU.forward = lambda self, input: input.abs()
+build = tiny
+""",
+    # torch's function-mode stack has no setter: what is left on it cannot be taken off.
+    "mode_model.py": """
+from torch.overrides import TorchFunctionMode
+from tiny_model import build as tiny
+
+
+class PassThrough(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+def build():
+    PassThrough().__enter__()
+    return tiny()
+""",
+}
+
+
 def make_workspace(folder: Path) -> Path:
     folder.mkdir()
     (folder / "tiny_model.py").write_text(TINY_MODEL_SOURCE)
+    for name, source in LEAKY_FACTORIES.items():
+        (folder / name).write_text(source)
     (folder / "in").mkdir()
     for index in range(4):
         Image.new("RGB", (40 + index, 30), (index * 50, 90, 200)).save(folder / f"in/{index}.png")
@@ -137,6 +185,16 @@ CASES = {
         ["layers", "-m", "tiny_model.py:build", "-l", "features.9"],
     ],
     "paths on stdin": [["cam", "-m", "tiny_model.py:build", "-", "-o", "out", "-q"]],
+    **{
+        f"after {factory}": [
+            ["cam", "-m", f"{factory}:build", "in/0.png", "-o", "leaky"],
+            ["cam", "-m", "alexnet", "--weights", "none", "in/1.png", "-o", "out", "--json"],
+            ["cam", "-m", "tiny_model.py:build", "in/2.png", "-o", "out"],
+            # Its model is built again, as a fresh process builds it: with the change.
+            ["cam", "-m", f"{factory}:build", "in/3.png", "-o", "leaky"],
+        ]
+        for factory in ("float64_model.py", "relu_model.py", "relu_class_model.py")
+    },
 }
 
 
@@ -523,3 +581,34 @@ def test_a_malformed_request_is_refused_and_the_worker_serves_the_next_call(
     assert done.returncode == 0, done.stderr
     after = status(worker)
     assert (after["pid"], after["calls"]) == (state["pid"], state["calls"] + 1)
+
+
+def test_a_change_that_cannot_be_undone_retires_the_worker_after_its_call(
+    tmp_path: Path, runtime: Path
+) -> None:
+    env = worker_env(runtime)
+    warm, cold = make_workspace(tmp_path / "warm"), make_workspace(tmp_path / "cold")
+    assert featviz_run(["worker", "start"], "/", env).returncode == 0
+    pid = status(env)["pid"]
+    calls = [
+        ["cam", "-m", "mode_model.py:build", "--json", "in/0.png"],
+        ["cam", "-m", "tiny_model.py:build", "--json", "in/1.png"],
+    ]
+    for args in calls:
+        through = featviz_run(args, warm, env, text=True)
+        fresh = featviz_run(args, cold, {**env, "FEATVIZ_WORKER": "off"}, text=True)
+        assert [through.returncode, *map(normalised, (through.stdout, through.stderr))] == [
+            fresh.returncode,
+            *map(normalised, (fresh.stdout, fresh.stderr)),
+        ], args
+        assert through.returncode == 0, through.stderr
+        # The first call was the worker's, and its last: the second ran in its own process.
+        deadline = time.monotonic() + 30
+        while status(env) != {"running": False}:
+            assert time.monotonic() < deadline, "the worker did not leave"
+            time.sleep(0.1)
+    [log] = runtime.glob("featviz/*.log")
+    assert (
+        f"featviz worker (pid {pid}): call 1 changed what cannot be put back: torch function "
+        "mode stack\n"
+    ) in log.read_text()

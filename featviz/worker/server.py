@@ -1,6 +1,7 @@
 """The warm worker process: torch, torchvision and featviz imported once, recent models kept
 (model_cache.py), commands run one at a time in its main thread as the caller's process would
-run them (isolation.py).
+run them (isolation.py), and what a command changed of the process's global state put back
+after it (global_state.py).
 
 Threads: one per connection reads the caller's messages (its hello, later the signals it
 forwards, or its going away); the main thread runs the queued calls in arrival order, so two
@@ -85,10 +86,12 @@ class Worker:
 
     def serve(self, listener: socket.socket) -> None:
         from featviz import model_cache
+        from featviz.worker.global_state import GlobalState
         from featviz.worker.isolation import FreshState
 
         model_cache.install(self.cache)
         self.fresh = FreshState()
+        self.pristine = GlobalState()
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, self._on_signal)
@@ -108,6 +111,8 @@ class Worker:
 
     def _run(self, call: Call) -> None:
         self.current = call
+        with self.cache.lock:
+            models_before = set(self.cache.entries)
         outcome = self._command(call)
         with call.lock:
             call.state = "done"
@@ -117,7 +122,25 @@ class Worker:
             with contextlib.suppress(OSError):
                 protocol.send(call.conn, outcome)
         call.conn.close()
+        self._put_back_global_state(models_before)  # after the answer: off the caller's clock
         return_freed_memory()
+
+    def _put_back_global_state(self, models_before: set) -> None:
+        """What the call changed of the process's global state goes back (global_state.py).
+        A model it built is not kept then: built under that state, it would meet the next
+        call without it, where a fresh process would rebuild it with it. What cannot go back
+        makes this worker leave: the next call runs afresh."""
+        changed = self.pristine.restore()
+        if not (changed.restored or changed.stuck):
+            return
+        with self.cache.lock:
+            for key in set(self.cache.entries) - models_before:
+                del self.cache.entries[key]
+        if changed.restored:
+            _log(f"call {self.calls} changed global state; put back: {_listed(changed.restored)}")
+        if changed.stuck:
+            _log(f"call {self.calls} changed what cannot be put back: {_listed(changed.stuck)}")
+            self.stopping = True
 
     def _command(self, call: Call) -> dict[str, Any] | None:
         """The call's outcome for its caller: ``exit`` or ``signal`` once it has run,
@@ -262,6 +285,15 @@ def _peer_uid(conn: socket.socket) -> int:
     credentials = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, _gid = struct.unpack("3i", credentials)
     return uid
+
+
+def _log(line: str) -> None:
+    print(f"featviz worker (pid {os.getpid()}): {line}", file=sys.stderr, flush=True)
+
+
+def _listed(names: list[str], shown: int = 12) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def _rss_bytes() -> int | None:
