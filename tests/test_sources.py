@@ -4,8 +4,14 @@ temporary folder), one clear line when they are missing, the pip command when a 
 
 from __future__ import annotations
 
+import hashlib
+import http.server
 import json
+import os
+import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -101,14 +107,106 @@ def test_timm_weights_not_cached_offline_is_one_line_and_exit_1(photo: Path, hub
     result = invoke("cam", "-m", "timm/vit_small_patch16_224", photo)
     assert result.exit_code == 1
     error, hint = result.stderr.splitlines()
-    assert error.startswith(
+    assert error == (
         "Error: pretrained weights of timm/vit_small_patch16_224 are not cached and cannot be "
-        "downloaded (LocalEntryNotFoundError: "
+        f"downloaded (HF_HUB_OFFLINE is set; cache: {hub_cache})"
     )
-    assert f"cache: {hub_cache})" in error
     assert hint.startswith("Hint: download them once where there is a network") and (
         "--weights none" in hint
     )
+
+
+OFFLINE_CASES = {
+    "timm/resnet18": "Error: pretrained weights of timm/resnet18 are not cached and cannot be "
+    "downloaded (cannot reach http://127.0.0.1:9: ConnectError: [Errno 111] Connection refused; "
+    "cache: {cache})",
+    "hf:google/vit-base-patch16-224": "Error: hf:google/vit-base-patch16-224: the model is not "
+    "cached and cannot be downloaded (cannot reach http://127.0.0.1:9: ConnectError: [Errno 111] "
+    "Connection refused; cache: {cache})",
+}
+
+
+@pytest.mark.parametrize("spec", OFFLINE_CASES)
+def test_not_cached_and_no_network_fails_in_seconds_without_retrying(
+    spec: str, photo: Path, tmp_path: Path
+) -> None:
+    """The hub client's own backoff retried for a minute before featviz's message came."""
+    home = tmp_path / "hf_home"
+    env = {**os.environ, "HF_HOME": str(home), "HF_ENDPOINT": "http://127.0.0.1:9"}  # closed
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE"):
+        env.pop(name, None)
+    began = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "featviz", "cam", "-m", spec, str(photo), "-o", "out"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert time.monotonic() - began < 15, done.stderr
+    assert done.returncode == 1
+    assert "Retrying" not in done.stderr
+    error, hint = done.stderr.splitlines()[-2:]
+    assert error == OFFLINE_CASES[spec].format(cache=home / "hub")
+    assert hint.startswith("Hint: download ") and "--weights none" in hint
+
+
+def _serve_one_file(url_path: str, data: bytes, requests: list[str]) -> http.server.HTTPServer:
+    """A stand-in for the hub on a local port: ``data`` at ``url_path`` with the headers the hub
+    client needs, an empty 200 at ``/``, 404 elsewhere; each request noted in ``requests``."""
+
+    class Hub(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self) -> None:
+            requests.append(f"{self.command} {self.path}")
+            found = self.path == url_path
+            self.send_response(200 if found or self.path == "/" else 404)
+            if found:
+                self.send_header("X-Repo-Commit", "1" * 40)
+                self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+            self.send_header("Content-Length", str(len(data) if found else 0))
+            self.end_headers()
+
+        def do_GET(self) -> None:
+            self.do_HEAD()
+            if self.path == url_path:
+                self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_weights_not_cached_are_downloaded_once_then_read_from_the_cache(
+    photo: Path, tmp_path: Path
+) -> None:
+    torch.manual_seed(3)
+    model = timm.create_model("test_resnet.r160_in1k", pretrained=False)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "w")
+    url_path = "/timm/test_resnet.r160_in1k/resolve/main/model.safetensors"
+    requests: list[str] = []
+    server = _serve_one_file(url_path, (tmp_path / "w").read_bytes(), requests)
+    env = {**os.environ, "HF_HOME": str(tmp_path / "home")}
+    env["HF_ENDPOINT"] = f"http://127.0.0.1:{server.server_port}"
+    command = [sys.executable, "-m", "featviz", "cam", "-m", "timm/test_resnet.r160_in1k"]
+    try:
+        for out in ("first", "second"):
+            done = subprocess.run(
+                [*command, str(photo), "-o", out], cwd=tmp_path, env=env, capture_output=True
+            )
+            assert done.returncode == 0, done.stderr
+    finally:
+        server.shutdown()
+    # One question whether the hub answers, the download; the second call asks nothing.
+    assert requests == ["HEAD /", f"HEAD {url_path}", f"GET {url_path}"]
+    snapshot = tmp_path / "home/hub/models--timm--test_resnet.r160_in1k/snapshots" / ("1" * 40)
+    assert (snapshot / "model.safetensors").read_bytes() == (tmp_path / "w").read_bytes()
+    first, second = (sorted((tmp_path / out).rglob("*.png")) for out in ("first", "second"))
+    assert len(first) == 1
+    assert [path.read_bytes() for path in first] == [path.read_bytes() for path in second]
 
 
 def test_timm_unknown_names_and_tags_are_usage_errors(photo: Path) -> None:

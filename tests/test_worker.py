@@ -9,6 +9,8 @@ import os
 import re
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -25,6 +27,7 @@ from test_interrupts import IMAGES, SLOW_MODEL_SOURCE, SUMMARY, assert_clean
 import featviz
 from featviz.model_cache import ModelCache, cache_key
 from featviz.requests import ModelRequest
+from featviz.worker import protocol
 
 FEATVIZ = [sys.executable, "-m", "featviz"]
 # The run's own clock and identity: in every summary, manifest and run record, and nowhere else.
@@ -98,9 +101,57 @@ def slow_cam(folder: Path, env: dict[str, str], batch_size: int) -> subprocess.P
     )
 
 
+# Factories that change the process's global state as they build: a fresh process has it for
+# its one call only; a worker must not carry it into the next.
+LEAKY_FACTORIES = {
+    "float64_model.py": """
+import torch
+from tiny_model import build as tiny
+
+
+def build():
+    torch.set_default_dtype(torch.float64)
+    return tiny()
+""",
+    "relu_model.py": """
+import torch.nn.functional as F
+from tiny_model import build as tiny
+
+
+def build():
+    F.relu = lambda input, inplace=False: F.leaky_relu(input, 0.5)
+    return tiny()
+""",
+    "relu_class_model.py": """
+import torch
+from tiny_model import build as tiny
+
+torch.nn.ReLU.forward = lambda self, input: input.abs()
+build = tiny
+""",
+    # torch's function-mode stack has no setter: what is left on it cannot be taken off.
+    "mode_model.py": """
+from torch.overrides import TorchFunctionMode
+from tiny_model import build as tiny
+
+
+class PassThrough(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+def build():
+    PassThrough().__enter__()
+    return tiny()
+""",
+}
+
+
 def make_workspace(folder: Path) -> Path:
     folder.mkdir()
     (folder / "tiny_model.py").write_text(TINY_MODEL_SOURCE)
+    for name, source in LEAKY_FACTORIES.items():
+        (folder / name).write_text(source)
     (folder / "in").mkdir()
     for index in range(4):
         Image.new("RGB", (40 + index, 30), (index * 50, 90, 200)).save(folder / f"in/{index}.png")
@@ -134,6 +185,16 @@ CASES = {
         ["layers", "-m", "tiny_model.py:build", "-l", "features.9"],
     ],
     "paths on stdin": [["cam", "-m", "tiny_model.py:build", "-", "-o", "out", "-q"]],
+    **{
+        f"after {factory}": [
+            ["cam", "-m", f"{factory}:build", "in/0.png", "-o", "leaky"],
+            ["cam", "-m", "alexnet", "--weights", "none", "in/1.png", "-o", "out", "--json"],
+            ["cam", "-m", "tiny_model.py:build", "in/2.png", "-o", "out"],
+            # Its model is built again, as a fresh process builds it: with the change.
+            ["cam", "-m", f"{factory}:build", "in/3.png", "-o", "leaky"],
+        ]
+        for factory in ("float64_model.py", "relu_model.py", "relu_class_model.py")
+    },
 }
 
 
@@ -425,3 +486,129 @@ def test_the_model_cache_keeps_recent_models_within_its_budget(tmp_path: Path) -
     before = cache_key(request, False)
     checkpoint.write_bytes(b"22")
     assert cache_key(request, False) != before
+
+
+def exchange(socket_path: str, frame: bytes, fds: list[int] | None = None) -> dict:
+    """Send one framed message by hand; the worker's first reply."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(30)  # a reply that never comes fails the test, not the whole run
+        conn.connect(socket_path)
+        socket.send_fds(conn, [frame], fds or [])
+        return protocol.receive(conn)[0]
+
+
+def framed(body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + body
+
+
+def a_call(version: str, **changes) -> bytes:
+    """A call as the client sends it (``featviz --version``), with fields changed or removed
+    (None)."""
+    stream = ["utf-8", "strict", False, False]
+    call = {
+        "op": "run",
+        "version": version,
+        "argv": ["featviz", "--version"],
+        "prog": "featviz",
+        "cwd": "/",
+        "env": {"PATH": os.environ["PATH"]},
+        "umask": 0o22,
+        "stdio": {"stdin": stream, "stdout": stream, "stderr": stream},
+        **changes,
+    }
+    return framed(json.dumps({k: v for k, v in call.items() if v is not None}).encode())
+
+
+ENV = "'env' must be an object of strings, names without '='"
+STDIO = "'stdio' must be {stdin, stdout, stderr: [encoding, errors, line_buffering, write_through]}"
+UNKNOWN_CODEC = {name: ["nope", "strict", False, False] for name in ("stdin", "stdout", "stderr")}
+# case: (the frame, given the worker's version; the reason of its refusal)
+MALFORMED = {
+    "an array": (lambda v: framed(b"[]"), "a JSON object expected, not an array"),
+    "a string": (lambda v: framed(b'"run"'), "a JSON object expected, not a string"),
+    "deep": (lambda v: framed(b"[" * 100_000 + b"]" * 100_000), "nested deeper than 8"),
+    "not JSON": (lambda v: framed(b"{op: run}"), "not JSON"),
+    "too large": (
+        lambda v: struct.pack(">I", 2**24 + 1),
+        "a message of 16777217 bytes, over 16777216",
+    ),
+    "an unknown op": (
+        lambda v: framed(b'{"op": "dance the night away"}'),
+        'unknown op "dance the night aw…: expected one of run, status, stop',
+    ),
+    "no op": (lambda v: framed(b"{}"), "unknown op null: expected one of run, status, stop"),
+    "version a number": (lambda v: a_call(5), "'version' must be a string"),
+    "argv a string": (
+        lambda v: a_call(v, argv="featviz -h"),
+        "'argv' must be a non-empty list of strings",
+    ),
+    "argv of numbers": (
+        lambda v: a_call(v, argv=[1]),
+        "'argv' must be a non-empty list of strings",
+    ),
+    "no cwd": (lambda v: a_call(v, cwd=None), "'cwd' is missing"),
+    "a NUL in cwd": (lambda v: a_call(v, cwd="/\0"), "'cwd' must be a string"),
+    "env a list": (lambda v: a_call(v, env=[]), ENV),
+    "env of numbers": (lambda v: a_call(v, env={"N": 1}), ENV),
+    "env name with =": (lambda v: a_call(v, env={"A=B": "c"}), ENV),
+    "umask a string": (
+        lambda v: a_call(v, umask="022"),
+        "'umask' must be an integer from 0 to 0o777",
+    ),
+    "no stderr": (lambda v: a_call(v, stdio={"stdin": ["utf-8", "strict", False, False]}), STDIO),
+    "an unknown codec": (lambda v: a_call(v, stdio=UNKNOWN_CODEC), STDIO),
+}
+
+
+def test_a_malformed_request_is_refused_and_the_worker_serves_the_next_call(
+    worker, tmp_path: Path
+) -> None:
+    state = status(worker)
+    socket_path, version = state["socket"], state["version"]
+    for case, (frame, reason) in MALFORMED.items():
+        fds = [os.open(os.devnull, os.O_RDWR) for _ in range(3)]
+        try:
+            reply = exchange(socket_path, frame(version), fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        assert reply == {"refused": f"malformed request: {reason}"}, case
+    assert exchange(socket_path, a_call(version), [0, 1]) == {
+        "refused": "malformed request: a call passes 3 descriptors (stdin, stdout, stderr), not 2"
+    }
+    folder = make_workspace(tmp_path / "w")
+    done = featviz_run(["cam", "-m", "tiny_model.py:build", "--json", "in/0.png"], folder, worker)
+    assert done.returncode == 0, done.stderr
+    after = status(worker)
+    assert (after["pid"], after["calls"]) == (state["pid"], state["calls"] + 1)
+
+
+def test_a_change_that_cannot_be_undone_retires_the_worker_after_its_call(
+    tmp_path: Path, runtime: Path
+) -> None:
+    env = worker_env(runtime)
+    warm, cold = make_workspace(tmp_path / "warm"), make_workspace(tmp_path / "cold")
+    assert featviz_run(["worker", "start"], "/", env).returncode == 0
+    pid = status(env)["pid"]
+    calls = [
+        ["cam", "-m", "mode_model.py:build", "--json", "in/0.png"],
+        ["cam", "-m", "tiny_model.py:build", "--json", "in/1.png"],
+    ]
+    for args in calls:
+        through = featviz_run(args, warm, env, text=True)
+        fresh = featviz_run(args, cold, {**env, "FEATVIZ_WORKER": "off"}, text=True)
+        assert [through.returncode, *map(normalised, (through.stdout, through.stderr))] == [
+            fresh.returncode,
+            *map(normalised, (fresh.stdout, fresh.stderr)),
+        ], args
+        assert through.returncode == 0, through.stderr
+        # The first call was the worker's, and its last: the second ran in its own process.
+        deadline = time.monotonic() + 30
+        while status(env) != {"running": False}:
+            assert time.monotonic() < deadline, "the worker did not leave"
+            time.sleep(0.1)
+    [log] = runtime.glob("featviz/*.log")
+    assert (
+        f"featviz worker (pid {pid}): call 1 changed what cannot be put back: torch function "
+        "mode stack\n"
+    ) in log.read_text()

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import inspect
 import json
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from featviz.checkpoints import load_into, read_state_dict
 from featviz.errors import RunError, first_line
-from featviz.sources import HF_PREFIX, IMAGENET_MEAN, IMAGENET_STD, BuiltModel, require
+from featviz.sources import HF_PREFIX, IMAGENET_MEAN, IMAGENET_STD, BuiltModel, hub, require
 from featviz.sources.meta import parameters_on_meta
 
 if TYPE_CHECKING:
@@ -42,20 +43,22 @@ class HuggingFaceSource:
         pretrained = pretrained and request.weights.lower() != "none"
         overrides = {} if request.num_classes is None else {"num_labels": request.num_classes}
         try:
-            config = transformers.AutoConfig.from_pretrained(
-                repo, local_files_only=local or not pretrained, **overrides
-            )
-            if pretrained:
-                model = transformers.AutoModelForImageClassification.from_pretrained(
-                    repo, config=config, ignore_mismatched_sizes=bool(overrides)
+            if pretrained and not local:
+                config, model = hub.cached_first(
+                    lambda cache_only: _pretrained(transformers, repo, overrides, cache_only),
+                    (OSError, ValueError),
                 )
-            elif structure_only or request.checkpoint is not None:
-                with parameters_on_meta():
-                    model = transformers.AutoModelForImageClassification.from_config(config)
+            elif pretrained:
+                config, model = _pretrained(transformers, repo, overrides, cache_only=True)
             else:
-                model = transformers.AutoModelForImageClassification.from_config(config)
+                config = transformers.AutoConfig.from_pretrained(
+                    repo, local_files_only=True, **overrides
+                )
+                on_meta = structure_only or request.checkpoint is not None
+                with parameters_on_meta() if on_meta else nullcontext():
+                    model = transformers.AutoModelForImageClassification.from_config(config)
             processor = _processor_config(repo, local)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, hub.HubUnavailable) as exc:
             raise _unavailable(repo, pretrained, exc) from exc
         if request.checkpoint is not None and not structure_only:
             state = read_state_dict(request.checkpoint)
@@ -83,6 +86,17 @@ class HuggingFaceSource:
             interpolation=_RESAMPLE.get(processor.get("resample"), "bilinear"),
             class_token=True,  # HF's image classifiers read the [CLS] token
         )
+
+
+def _pretrained(
+    transformers: Any, repo: str, overrides: dict[str, Any], cache_only: bool
+) -> tuple[Any, nn.Module]:
+    """The model's config and pretrained model, from the hub's cache alone or downloading."""
+    config = transformers.AutoConfig.from_pretrained(repo, local_files_only=cache_only, **overrides)
+    model = transformers.AutoModelForImageClassification.from_pretrained(
+        repo, config=config, local_files_only=cache_only, ignore_mismatched_sizes=bool(overrides)
+    )
+    return config, model
 
 
 def _processor_config(repo: str, local: bool) -> dict[str, Any]:
@@ -119,12 +133,15 @@ def _adapt_calls(model: nn.Module) -> None:
 
 
 def _unavailable(repo: str, pretrained: bool, exc: Exception) -> RunError:
-    from huggingface_hub import constants
-
     what = "the model" if pretrained else "its config (--weights none needs it locally)"
+    reason = (
+        str(exc)
+        if isinstance(exc, hub.HubUnavailable)
+        else f"{type(exc).__name__}: {first_line(exc)}"
+    )
     return RunError(
         f"hf:{repo}: {what} is not cached and cannot be downloaded "
-        f"({type(exc).__name__}: {first_line(exc)}; cache: {constants.HF_HUB_CACHE})",
+        f"({reason}; cache: {hub.cache_folder()})",
         hint="download it once where there is a network (HF_HOME moves the cache), pass a "
         "local folder as hf:DIR, or use --weights none once its config is cached",
     )

@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from featviz.checkpoints import load_into, read_state_dict
-from featviz.errors import RunError, UsageError, closest, first_line
-from featviz.sources import TIMM_PREFIX, BuiltModel, require
+from featviz.errors import RunError, UsageError, closest
+from featviz.sources import TIMM_PREFIX, BuiltModel, hub, require
 from featviz.sources.meta import parameters_on_meta
 
 if TYPE_CHECKING:
@@ -96,15 +96,19 @@ class TimmSource:
 
 
 def _pretrained(timm: Any, architecture: str, kwargs: dict[str, Any]) -> nn.Module:
-    """The pretrained model from timm's cache (the Hugging Face hub's), or a RunError."""
-    from huggingface_hub import constants
+    """The pretrained model from timm's cache (the Hugging Face hub's), downloaded into it when
+    not there and the hub answers; a RunError in seconds otherwise (hub.py)."""
+
+    def create(cache_only: bool) -> nn.Module:
+        with hub.cache_only(cache_only):
+            return timm.create_model(architecture, pretrained=True, **kwargs)
 
     try:
-        return timm.create_model(architecture, pretrained=True, **kwargs)
-    except Exception as exc:  # hub, network and file errors come in many types
+        return hub.cached_first(create)  # hub, network and file errors come in many types
+    except hub.HubUnavailable as exc:
         raise RunError(
-            f"pretrained weights of timm/{architecture} are not cached and cannot be downloaded "
-            f"({type(exc).__name__}: {first_line(exc)}; cache: {constants.HF_HUB_CACHE})",
+            f"pretrained weights of timm/{architecture} are not cached and cannot be "
+            f"downloaded ({exc}; cache: {hub.cache_folder()})",
             hint="download them once where there is a network (HF_HOME moves the cache), or "
             "use --weights none for random initialisation, or --checkpoint FILE",
         ) from exc

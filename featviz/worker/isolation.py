@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 # Where libraries live: modules from anywhere else are the user's and are never kept.
-_LIBRARY_ROOTS = tuple(
+LIBRARY_ROOTS = tuple(
     os.path.join(str(Path(root).resolve()), "")
     for root in {sys.prefix, sys.base_prefix, sys.exec_prefix, Path(__file__).parent.parent}
 )
@@ -68,13 +68,13 @@ def _standard_streams(fds: list[int], stdio: dict[str, list]) -> Iterator[None]:
     encodings and buffering (``PYTHONUNBUFFERED``, line buffering on a terminal)."""
     saved = [os.dup(fd) for fd in (0, 1, 2)]
     previous = sys.stdin, sys.stdout, sys.stderr
-    for target, fd in enumerate(fds):
-        os.dup2(fd, target)
-        os.close(fd)
-    sys.stdin = _text(0, "r", *stdio["stdin"])
-    sys.stdout = _text(1, "w", *stdio["stdout"])
-    sys.stderr = _text(2, "w", *stdio["stderr"])
     try:
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)  # the call's own descriptors are closed by its owner, after it
+        # A descriptor no text stream can be opened on (a directory) fails the call here.
+        sys.stdin = _text(0, "r", *stdio["stdin"])
+        sys.stdout = _text(1, "w", *stdio["stdout"])
+        sys.stderr = _text(2, "w", *stdio["stderr"])
         yield
     finally:
         for stream in (sys.stdout, sys.stderr):
@@ -134,12 +134,16 @@ def _imports() -> Iterator[None]:
         sys.path[:] = path
         for name in set(sys.modules) - modules:
             module = sys.modules.get(name)
-            if module is not None and not _is_library(module):
+            if module is not None and not is_library(module):
                 del sys.modules[name]
 
 
-def _is_library(module: object) -> bool:
+def is_library(module: object) -> bool:
     file = getattr(module, "__file__", None)
     if not file:  # built-in and namespace modules
         return True
-    return str(Path(file).resolve()).startswith(_LIBRARY_ROOTS)
+    return is_library_file(file)
+
+
+def is_library_file(file: str) -> bool:
+    return str(Path(file).resolve()).startswith(LIBRARY_ROOTS)

@@ -1,6 +1,7 @@
 """The warm worker process: torch, torchvision and featviz imported once, recent models kept
 (model_cache.py), commands run one at a time in its main thread as the caller's process would
-run them (isolation.py).
+run them (isolation.py), and what a command changed of the process's global state put back
+after it (global_state.py).
 
 Threads: one per connection reads the caller's messages (its hello, later the signals it
 forwards, or its going away); the main thread runs the queued calls in arrival order, so two
@@ -85,10 +86,12 @@ class Worker:
 
     def serve(self, listener: socket.socket) -> None:
         from featviz import model_cache
+        from featviz.worker.global_state import GlobalState
         from featviz.worker.isolation import FreshState
 
         model_cache.install(self.cache)
         self.fresh = FreshState()
+        self.pristine = GlobalState()
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, self._on_signal)
@@ -108,15 +111,36 @@ class Worker:
 
     def _run(self, call: Call) -> None:
         self.current = call
+        with self.cache.lock:
+            models_before = set(self.cache.entries)
         outcome = self._command(call)
         with call.lock:
             call.state = "done"
         self.current = None
+        protocol.close(call.fds)
         if outcome is not None:
             with contextlib.suppress(OSError):
                 protocol.send(call.conn, outcome)
         call.conn.close()
+        self._put_back_global_state(models_before)  # after the answer: off the caller's clock
         return_freed_memory()
+
+    def _put_back_global_state(self, models_before: set) -> None:
+        """What the call changed of the process's global state goes back (global_state.py).
+        A model it built is not kept then: built under that state, it would meet the next
+        call without it, where a fresh process would rebuild it with it. What cannot go back
+        makes this worker leave: the next call runs afresh."""
+        changed = self.pristine.restore()
+        if not (changed.restored or changed.stuck):
+            return
+        with self.cache.lock:
+            for key in set(self.cache.entries) - models_before:
+                del self.cache.entries[key]
+        if changed.restored:
+            _log(f"call {self.calls} changed global state; put back: {_listed(changed.restored)}")
+        if changed.stuck:
+            _log(f"call {self.calls} changed what cannot be put back: {_listed(changed.stuck)}")
+            self.stopping = True
 
     def _command(self, call: Call) -> dict[str, Any] | None:
         """The call's outcome for its caller: ``exit`` or ``signal`` once it has run,
@@ -143,7 +167,6 @@ class Worker:
         except KeyboardInterrupt:  # Ctrl-C just as the command ended
             return {"exit": 130}
         except OSError as exc:  # its folder has gone, a descriptor cannot be duplicated
-            _close(call.fds)
             return {"refused": f"cannot take the call on: {exc}"}
 
     def _started(self, call: Call) -> bool:
@@ -179,20 +202,26 @@ class Worker:
             threading.Thread(target=self._converse, args=(conn,), daemon=True).start()
 
     def _converse(self, conn: socket.socket) -> None:
+        """Answer the connection's first message; a call is queued and then followed. Every
+        message gets an answer, a malformed one its refusal (protocol.problem)."""
         fds: list[int] = []
         try:
             uid = _peer_uid(conn)
-            request, fds = protocol.receive(conn)
+            try:
+                request, fds = protocol.receive(conn)
+                problem = protocol.problem(request, len(fds), self.version)
+            except protocol.Malformed as exc:
+                request, problem = {}, str(exc)
             if uid != os.getuid():
                 protocol.send(conn, {"refused": f"uid {uid} is not this worker's user"})
-            elif request.get("op") == "status":
+            elif problem is not None:
+                protocol.send(conn, {"refused": f"malformed request: {problem}"})
+            elif request["op"] == "status":
                 protocol.send(conn, self._status())
-            elif request.get("op") == "stop":
+            elif request["op"] == "stop":
                 self.stopping = True
                 protocol.send(conn, {"stopping": True, "pid": os.getpid()})
-            elif request.get("op") != "run" or len(fds) != protocol.MAX_FDS:
-                protocol.send(conn, {"refused": "not a featviz call"})
-            elif request.get("version") != self.version or self.stopping:
+            elif request["version"] != self.version or self.stopping:
                 # A caller of other code: this worker leaves, the caller starts a new one.
                 self.stopping = True
                 protocol.send(conn, {"refused": "version", "version": self.version})
@@ -202,9 +231,9 @@ class Worker:
                 self.queue.put(call)
                 self._follow(call)
                 return
-        except (OSError, protocol.Closed, ValueError):
+        except (OSError, protocol.Closed):
             pass
-        _close(fds)
+        protocol.close(fds)
         conn.close()
 
     def _follow(self, call: Call) -> None:
@@ -212,15 +241,18 @@ class Worker:
         mid-command stops it as SIGTERM would."""
         while True:
             try:
-                message, _ = protocol.receive(call.conn)
-            except (OSError, protocol.Closed, ValueError):
+                message, fds = protocol.receive(call.conn)
+                protocol.close(fds)  # none of a signal's business
+            except protocol.Malformed:
+                continue  # not a signal; mid-call the caller is only ever answered its outcome
+            except (OSError, protocol.Closed):
                 message = {"signal": signal.SIGTERM, "gone": True}
             with call.lock:
                 if call.state == "queued" and message.get("gone"):
                     call.state = "gone"
                 running = call.state == "running"
             signum = message.get("signal")
-            if running and signum in (signal.SIGINT, signal.SIGTERM):
+            if running and isinstance(signum, int) and signum in (signal.SIGINT, signal.SIGTERM):
                 self.forwarded = True
                 signal.pthread_kill(self.main_thread, signum)
             if message.get("gone") or call.state == "done":
@@ -255,10 +287,13 @@ def _peer_uid(conn: socket.socket) -> int:
     return uid
 
 
-def _close(fds: list[int]) -> None:
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
+def _log(line: str) -> None:
+    print(f"featviz worker (pid {os.getpid()}): {line}", file=sys.stderr, flush=True)
+
+
+def _listed(names: list[str], shown: int = 12) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def _rss_bytes() -> int | None:
