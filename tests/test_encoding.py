@@ -59,7 +59,7 @@ def test_cam_writes_jpeg_overlays_and_keeps_heatmaps_png(
         lossy = np.asarray(decoded).astype(int)
     exact = np.asarray(Image.open(png_overlay)).astype(int)
     assert 0 < np.abs(lossy - exact).mean() < 3
-    assert Path("jpg/gallery/thumbs/cat/cam").is_dir()  # the gallery shows JPEG outputs too
+    assert Path("jpg/gallery/thumbs/tiny_model/cat/cam").is_dir()  # JPEG outputs shown too
     assert '.jpg"' in Path("jpg/gallery/data.js").read_text()
 
 
