@@ -378,7 +378,7 @@ def variant_of(settings: dict[str, Any], model: ModelRequest, output: OutputRequ
     resolved = {key: v for key, v in settings["resolved"].items() if key not in choosing}
     options = {**options, **resolved, "quality": output.quality}
     name = folder_name(model.spec, model.weights)
-    return Variant(name, command, described, options)
+    return Variant(name, command, described, options, model.spec)
 
 
 def default_workers() -> int:

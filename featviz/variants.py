@@ -39,6 +39,7 @@ class Variant:
     command: str
     model: dict[str, Any]
     options: dict[str, Any]
+    spec: str  # as the user gave it (``model`` holds the absolute path of a file)
 
     @property
     def description(self) -> str:
@@ -49,7 +50,7 @@ class Variant:
             # a factory's weights are whatever its own code loads: nothing to name
             if key != "spec" and value is not None and (key, value) != ("weights", "factory")
         ]
-        return ", ".join([str(self.model.get("spec")), *details])
+        return ", ".join([self.spec, *details])
 
 
 def folder_name(spec: str, weights: str) -> str:
