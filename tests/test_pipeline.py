@@ -151,8 +151,9 @@ def test_disk_full_mid_run_stops_cleanly_with_a_valid_manifest(
     assert "the disk is full" in result.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     counts = manifest["counts"]
-    # 0.png and 1.png, and 3.png too when its write (beside 2.png's) had started
-    assert counts["done"] == len(list(out.glob("records/*/*/cam-*.json"))) in (2, 3)
+    # Every image whose write finished, before or after 2.png's failed (how many depends on
+    # how far the decoders and the model had got): exactly those have records.
+    assert counts["done"] == len(list(out.glob("records/*/*/cam-*.json"))) >= 2
     assert counts["failed"] == 1  # 2.png, whose write met the full disk
     assert counts["done"] + counts["failed"] + counts["cut_off"] + counts["not_attempted"] == 6
     assert manifest["outcome"]["status"] == "stopped"
