@@ -183,8 +183,8 @@ def torchcam_loop(
 
 def preload(photos: list[Path]) -> list[torch.Tensor]:
     """The photos as featviz feeds them to the network, in batches of BATCH."""
-    from featviz.decode import decode
-    from featviz.preprocess import Preprocessing, to_tensor
+    from featviz.inputs.decode import decode
+    from featviz.inputs.preprocess import Preprocessing, to_tensor
 
     tensors = [to_tensor(decode(path), Preprocessing(MEAN, STD, INPUT_SIZE)) for path in photos]
     return [torch.stack(tensors[i : i + BATCH]) for i in range(0, len(tensors), BATCH)]
@@ -216,8 +216,10 @@ def compute_floor(module: nn.Module, layer: str, batches: list[torch.Tensor]) ->
 
 def prepare_featviz(model: str, layer: str, folder: Path, out: Path):
     """featviz's library path, model built and layers traced (not timed)."""
-    from featviz.requests import CamRequest, ModelRequest, OutputRequest, RunRequest
-    from featviz.runner import prepare_cam
+    from featviz.model.options import ModelRequest
+    from featviz.run.plan import CamRequest, RunRequest
+    from featviz.run.prepare import prepare_cam
+    from featviz.sinks.options import OutputRequest
 
     return prepare_cam(
         ModelRequest(model, weights="none", seed=SEED, device="cpu"),

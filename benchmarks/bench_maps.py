@@ -56,8 +56,10 @@ BATCH = 8
 
 
 def prepare_featviz(folder: Path, out: Path):
-    from featviz.requests import MapsRequest, ModelRequest, OutputRequest, RunRequest
-    from featviz.runner import prepare_maps
+    from featviz.model.options import ModelRequest
+    from featviz.run.plan import MapsRequest, RunRequest
+    from featviz.run.prepare import prepare_maps
+    from featviz.sinks.options import OutputRequest
 
     run = prepare_maps(
         ModelRequest(MODEL, weights="none", device="cpu"),
@@ -125,8 +127,8 @@ def compute_floor(module: nn.Module, batches: list[torch.Tensor]) -> None:
 
 
 def preload(photos: list[Path]) -> list[torch.Tensor]:
-    from featviz.decode import decode
-    from featviz.preprocess import Preprocessing, to_tensor
+    from featviz.inputs.decode import decode
+    from featviz.inputs.preprocess import Preprocessing, to_tensor
 
     tensors = [to_tensor(decode(path), Preprocessing(MEAN, STD, INPUT_SIZE)) for path in photos]
     return [torch.stack(tensors[i : i + BATCH]) for i in range(0, len(tensors), BATCH)]
@@ -134,12 +136,13 @@ def preload(photos: list[Path]) -> list[torch.Tensor]:
 
 def stage_breakdown(run, photos: list[Path], work: Path) -> list[list[str]]:
     """featviz's maps stages one at a time, ms/image (fastest of 3), and two encoders."""
-    from featviz.decode import decode
-    from featviz.hooks import LayerTaps
-    from featviz.maps import select_channels
-    from featviz.output import encode_png, write_atomic
-    from featviz.preprocess import to_tensor
-    from featviz.render import channel_grid, colormap_lut
+    from featviz.inputs.decode import decode
+    from featviz.inputs.preprocess import to_tensor
+    from featviz.layers.taps import LayerTaps
+    from featviz.render.draw import channel_grid, colormap_lut
+    from featviz.run.jobs.maps import select_channels
+    from featviz.sinks.encode import encode_png
+    from featviz.sinks.layout import write_atomic
 
     model, options = run.model, run.job.request
     lut = colormap_lut(options.cmap)

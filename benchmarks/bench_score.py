@@ -6,16 +6,17 @@ the input and scaled to [0, 1]), it times, round-robin:
 
 1. average drop + increase in confidence, and the deletion and insertion curves (20 steps,
    deletion to 0, insertion from the input blurred):
-   - featviz: ``featviz.metrics.drop_and_increase`` + ``deletion_insertion`` as `featviz score`
-     runs them on a CPU: perturbed inputs in forwards of 8, channels-last, Lite0's batch
-     norms folded (featviz.folding);
+   - featviz: ``featviz.judge.metrics.drop_and_increase`` + ``deletion_insertion`` as
+     `featviz score` runs them on a CPU: perturbed inputs in forwards of 8, channels-last,
+     Lite0's batch norms folded (featviz.layers.folding);
    - torchcam: ``ClassificationMetric`` + ``DeletionInsertionMetric(steps=20)`` for deletion +
      a second one with ``baseline=`` the same blur for insertion (one instance has one
      baseline), each ``update(x, class_idx=...)`` on the batch; at its default batch_size (32)
      and at featviz's (8). Its CAM extractor is a stub returning the precomputed maps: torchcam
      is not charged for computing them.
 2. ROAD MoRF + LeRF at the percentiles 10…90 (noisy linear imputation, noise 0.01):
-   - featviz: ``featviz.metrics.road`` (every image's 18 imputations at once; forwards as in 1);
+   - featviz: ``featviz.judge.metrics.road`` (every image's 18 imputations at once; forwards
+     as in 1);
    - pytorch-grad-cam: ``ROADMostRelevantFirstAverage()`` + ``ROADLeastRelevantFirstAverage()``
      with ``ClassifierOutputSoftmaxTarget``, on the batch.
    Also the imputation alone, for one photo's 18 masks: featviz's batched solve against
@@ -60,11 +61,12 @@ def setup(count: int):
     """Lite0, (N, 3, 224, 224) inputs, their Grad-CAM maps at input size, top-1 targets."""
     from PIL import Image
 
-    from featviz.cam import normalise, upsample
-    from featviz.explain import Explainer
-    from featviz.folding import folded_for
-    from featviz.models import load_model
-    from featviz.requests import ModelRequest
+    from featviz.cam import normalise
+    from featviz.explain.explainer import Explainer
+    from featviz.layers.folding import folded_for
+    from featviz.layers.grids import upsample
+    from featviz.model.load import load_model
+    from featviz.model.options import ModelRequest
 
     model = load_model(ModelRequest(str(REPO / "examples/efficientnet_lite0.py") + ":build"))
     folding = folded_for(model.module, model.trace.foldable, ["bn2"])  # as `featviz score`
@@ -98,8 +100,8 @@ def main() -> None:
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
     from torchcam.metrics import ClassificationMetric, DeletionInsertionMetric
 
-    from featviz.imputation import impute
-    from featviz.metrics import deletion_insertion, drop_and_increase, gaussian_blur, road
+    from featviz.judge.imputation import impute
+    from featviz.judge.metrics import deletion_insertion, drop_and_increase, gaussian_blur, road
 
     model, folding, x, E, targets, Y = setup(args.images)
     n = len(x)

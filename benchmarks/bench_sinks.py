@@ -24,8 +24,10 @@ from _common import machine_line, make_photos, round_robin, say, table, typical
 
 
 def prepare(folder: Path, out: Path, tensorboard: Path | None, gallery: bool):
-    from featviz.requests import MapsRequest, ModelRequest, OutputRequest, RunRequest
-    from featviz.runner import prepare_maps
+    from featviz.model.options import ModelRequest
+    from featviz.run.plan import MapsRequest, RunRequest
+    from featviz.run.prepare import prepare_maps
+    from featviz.sinks.options import OutputRequest
 
     return prepare_maps(
         ModelRequest("alexnet", weights="none", device="cpu"),
@@ -36,7 +38,7 @@ def prepare(folder: Path, out: Path, tensorboard: Path | None, gallery: bool):
 
 
 def sink_costs(work: Path, images: int, repeats: int) -> str:
-    from featviz.report import RunTally
+    from featviz.sinks.manifest import RunTally
 
     photos = work / "photos"
     make_photos(photos, images)
@@ -79,8 +81,9 @@ def gallery_build(work: Path, count: int) -> str:
     """Records, overlays and thumbnails of ``count`` images, then one timed build."""
     import numpy as np
 
-    from featviz.output import OutputLayout, encode_png
+    from featviz.sinks.encode import encode_png
     from featviz.sinks.gallery import GallerySink, build_gallery, thumbnail
+    from featviz.sinks.layout import OutputLayout
 
     root = work / "gallery-10k"
     layout = OutputLayout(root)

@@ -62,7 +62,7 @@ CAM = "featviz cam -m resnet50 --weights none IMG"
 # the interpreter does not tear torch down (about 1 s here; see README "Shell loops").
 FAST_EXIT = """
 import os, sys
-from featviz.cli import app
+from featviz.cli.app import app
 sys.argv = ["featviz", *sys.argv[1:]]
 try:
     app()
@@ -79,19 +79,21 @@ import sys, time
 from pathlib import Path
 marks = [("start", time.perf_counter())]
 def mark(name): marks.append((name, time.perf_counter()))
-import featviz.cli; mark("import featviz.cli (typer; what --help pays, less rendering)")
+import featviz.cli.app; mark("import featviz.cli.app (typer; what --help pays, less rendering)")
 import torch; mark("import torch")
 import torchvision; mark("import torchvision (its ops import torch._dynamo)")
-from featviz.render import colormap_lut; colormap_lut("jet"); mark("import matplotlib, jet LUT")
-from featviz.requests import OutputRequest, CamRequest, ModelRequest, RunRequest
-from featviz.runner import prepare_cam
+from featviz.render.draw import colormap_lut; colormap_lut("jet"); mark("import matplotlib, jet LUT"
+from featviz.sinks.options import OutputRequest
+from featviz.run.plan import CamRequest, RunRequest
+from featviz.model.options import ModelRequest
+from featviz.run.prepare import prepare_cam
 run = prepare_cam(ModelRequest("resnet50", weights="none", device="cpu"),
                   RunRequest((sys.argv[1],)), OutputRequest(Path(sys.argv[2]), gallery=False),
                   CamRequest())
 mark("prepare_cam: build resnet50 (random init), trace, set up")
 results = list(run.results()); mark("the image, cold: decode, forward, backward, overlay, PNG")
 results = list(run.results()); mark("(for scale) the same image again, warm")
-from featviz.report import RunTally
+from featviz.sinks.manifest import RunTally
 tally = RunTally()
 for result in results:
     tally.add(result)

@@ -26,10 +26,10 @@ from _common import REPO, SAMPLES, TIMES_NOTE, machine_line, round_robin, say, t
 from PIL import Image
 
 from featviz.cam import forward_for_cam, load_method, method_names
-from featviz.models import load_model
-from featviz.preprocess import Preprocessing, to_tensor
-from featviz.requests import ModelRequest
-from featviz.tracing import trace_model
+from featviz.inputs.preprocess import Preprocessing, to_tensor
+from featviz.layers.trace import trace_model
+from featviz.model.load import load_model
+from featviz.model.options import ModelRequest
 
 SLOW = {"scorecam"}  # K full forwards: timed once
 

@@ -3,7 +3,7 @@
 1. agreement: every CAM method's heatmaps from the whole ``featviz cam`` pipeline on CUDA
    against the same run on the CPU (resnet18, random init, the sample photos), max |Δ| per
    method against its tolerance; and the overlays CUDA renders on the GPU
-   (featviz.device_render) against the CPU's rendering (featviz.render) of the very heatmaps
+   (featviz.render.device) against the CPU's rendering (featviz.render.draw) of the very heatmaps
    the GPU computed: byte for byte. (The overlays of the two runs differ a little beside
    that, since their heatmaps differ by up to the tolerance: shown, not judged.)
 2. throughput: ``featviz cam`` (library path, batches of 32, decode and writing in threads) on
@@ -30,8 +30,10 @@ import numpy as np
 import torch
 from _common import SAMPLES, make_photos, table
 
-from featviz.requests import CamRequest, ModelRequest, OutputRequest, RunRequest
-from featviz.runner import prepare_cam
+from featviz.model.options import ModelRequest
+from featviz.run.plan import CamRequest, RunRequest
+from featviz.run.prepare import prepare_cam
+from featviz.sinks.options import OutputRequest
 
 # Normalised heatmaps in [0, 1]: gradient methods agree to float rounding; the SVD of eigencam
 # and the many forwards of the perturbation methods add cuDNN's different summation orders.
@@ -109,9 +111,9 @@ def agreement(device: str, work: Path, methods: list[str]) -> bool:
 
 def rendered_alike(out: Path, pictures: dict[str, np.ndarray]) -> int:
     """How many of ``pictures`` (overlays a run wrote under ``out``, with --save-raw) equal
-    featviz.render's overlay of their own heatmap over their photo, on the CPU."""
-    from featviz.decode import decode
-    from featviz.render import colormap_lut, overlay
+    featviz.render.draw's overlay of their own heatmap over their photo, on the CPU."""
+    from featviz.inputs.decode import decode
+    from featviz.render.draw import colormap_lut, overlay
 
     lut = colormap_lut("jet")
     photos = {path.stem: np.asarray(decode(path)) for path in SAMPLES.glob("*.[pj][np]g")}

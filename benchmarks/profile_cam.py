@@ -34,19 +34,19 @@ from _common import fastest_of, make_photos, median, say, table
 RATE = 100  # py-spy samples per second
 # (stage, function, file): a sample goes to the innermost frame's rule (see _stage_of)
 RULES = [
-    ("PNG encode", "encode_png", "featviz/output.py"),
-    ("file writes", "write_atomic", "featviz/output.py"),
-    ("JSON record", "finish", "featviz/jobs.py"),
-    ("colour map + blend", "overlay", "featviz/render.py"),
-    ("colormap LUT (matplotlib)", "colormap_lut", "featviz/render.py"),
-    ("upsample + normalise", "upsample", "featviz/cam/base.py"),
+    ("PNG encode", "encode_png", "featviz/sinks/encode.py"),
+    ("file writes", "write_atomic", "featviz/sinks/layout.py"),
+    ("JSON record", "record", "featviz/sinks/files.py"),
+    ("colour map + blend", "overlay", "featviz/render/draw.py"),
+    ("colormap LUT (matplotlib)", "colormap_lut", "featviz/render/draw.py"),
+    ("upsample + normalise", "upsample", "featviz/layers/grids.py"),
     ("upsample + normalise", "heatmap", "featviz/cam/base.py"),
     ("backward to the layer", "_gradients", "featviz/cam/context.py"),
     ("CAM weights", "compute", "featviz/cam/base.py"),
     ("forward", "forward_for_cam", "featviz/cam/context.py"),
-    ("resize input", "resized", "featviz/preprocess.py"),
-    ("normalise input", "normalise", "featviz/preprocess.py"),
-    ("decode", "decode", "featviz/decode.py"),
+    ("resize input", "resized", "featviz/inputs/preprocess.py"),
+    ("normalise input", "normalise", "featviz/inputs/preprocess.py"),
+    ("decode", "decode", "featviz/inputs/decode.py"),
 ]
 
 
@@ -55,13 +55,17 @@ def stage_breakdown(model: str, layer: str, photos: list[Path], work: Path) -> l
     import numpy as np
     import torch
 
-    from featviz.cam import forward_for_cam, load_method, normalise, upsample
-    from featviz.decode import decode
-    from featviz.output import encode_json, encode_png, write_atomic
-    from featviz.preprocess import to_tensor
-    from featviz.render import colormap_lut, overlay
-    from featviz.requests import CamRequest, ModelRequest, OutputRequest, RunRequest
-    from featviz.runner import prepare_cam
+    from featviz.cam import forward_for_cam, load_method, normalise
+    from featviz.inputs.decode import decode
+    from featviz.inputs.preprocess import to_tensor
+    from featviz.layers.grids import upsample
+    from featviz.model.options import ModelRequest
+    from featviz.render.draw import colormap_lut, overlay
+    from featviz.run.plan import CamRequest, RunRequest
+    from featviz.run.prepare import prepare_cam
+    from featviz.sinks.encode import encode_json, encode_png
+    from featviz.sinks.layout import write_atomic
+    from featviz.sinks.options import OutputRequest
 
     run = prepare_cam(
         ModelRequest(model, weights="none", device="cpu"),
@@ -171,8 +175,10 @@ def _child(model: str, layer: str, folder: Path, out: Path, runs: int, threads: 
     """What py-spy watches: one warm-up, then ``runs`` timed runs; prints seconds per run."""
     import torch
 
-    from featviz.requests import CamRequest, ModelRequest, OutputRequest, RunRequest
-    from featviz.runner import prepare_cam
+    from featviz.model.options import ModelRequest
+    from featviz.run.plan import CamRequest, RunRequest
+    from featviz.run.prepare import prepare_cam
+    from featviz.sinks.options import OutputRequest
 
     if threads:
         torch.set_num_threads(threads)
@@ -212,7 +218,7 @@ def _categorise(raw: Path) -> Counter[str]:
         stack, _, count = line.rpartition(" ")
         frames = stack.split(";")
         pooled = "featviz-decode" in frames[0] or "featviz-write" in frames[0]
-        if pooled or any("featviz/pipeline.py" in frame for frame in frames):
+        if pooled or any("featviz/run/pipeline.py" in frame for frame in frames):
             counts[_stage_of(frames)] += int(count)
         # else: imports and model build, outside the pipeline
     return counts

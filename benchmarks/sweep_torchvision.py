@@ -25,9 +25,9 @@ from _common import SAMPLES, machine_line, table
 from PIL import Image
 from typer.testing import CliRunner
 
-from featviz.cli import app
-from featviz.models import load_model
-from featviz.requests import ModelRequest
+from featviz.cli.app import app
+from featviz.model.load import load_model
+from featviz.model.options import ModelRequest
 
 
 def main() -> None:

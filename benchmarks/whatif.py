@@ -71,10 +71,10 @@ def isal_compress() -> Callable[[bytes], bytes] | None:
 @contextmanager
 def png_encoder(encode: Callable[[np.ndarray], bytes]) -> Iterator[None]:
     """featviz's cam and maps jobs write PNGs through ``encode`` meanwhile."""
-    import featviz.cam_job
-    import featviz.maps
+    import featviz.run.jobs.cam
+    import featviz.run.jobs.maps
 
-    modules = (featviz.cam_job, featviz.maps)
+    modules = (featviz.run.jobs.cam, featviz.run.jobs.maps)
     saved = [module.encode_png for module in modules]
     for module in modules:
         module.encode_png = encode

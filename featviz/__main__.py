@@ -1,3 +1,3 @@
-from featviz.launch import main
+from featviz.cli.launch import main
 
 main()

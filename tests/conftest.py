@@ -61,7 +61,7 @@ def image_folder(out: Path, relative: str | Path, model: str | None = None) -> P
     input's name, ``photo.png``) are in output folder ``out``: under ``model``'s folder, or the
     only model folder there is."""
     if model is None:
-        from featviz.output import RESERVED
+        from featviz.sinks.layout import RESERVED
 
         [model] = [p.name for p in out.iterdir() if p.is_dir() and p.name not in RESERVED]
     return out / model / relative
@@ -128,7 +128,7 @@ def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(scope="session")
 def lite0():
     """The real ImageNet-pretrained EfficientNet-Lite0 from examples/, loaded once."""
-    from featviz.models import load_model
-    from featviz.requests import ModelRequest
+    from featviz.model.load import load_model
+    from featviz.model.options import ModelRequest
 
     return load_model(ModelRequest(LITE0_SPEC, device="cpu"))

@@ -17,9 +17,9 @@ import transformers
 from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer
 
-from featviz.attention import AttentionCapture
 from featviz.cam import forward_for_cam, load_method
-from featviz.tracing import trace_model
+from featviz.layers.attention import AttentionCapture
+from featviz.layers.trace import trace_model
 
 TARGETS = torch.tensor([2, 5])
 

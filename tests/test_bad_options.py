@@ -20,7 +20,7 @@ from conftest import TINY_MODEL_SOURCE
 from PIL import Image
 from typer.testing import CliRunner
 
-from featviz.cli import app
+from featviz.cli.app import app
 
 TINY = ["-m", "tiny_model.py:build", "--input-size", "32"]
 PHOTO = "photos/cat.png"
@@ -379,7 +379,7 @@ def test_an_unexpected_error_is_one_line_and_featviz_debug_shows_its_traceback(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("something broke\n  on a second line")
 
-    monkeypatch.setattr("featviz.runner.prepare_cam", broken)
+    monkeypatch.setattr("featviz.run.prepare.prepare_cam", broken)
     result = invoke("cam", *TINY, PHOTO)
     assert_error(
         result,

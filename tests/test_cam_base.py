@@ -8,12 +8,13 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from featviz.cam import forward_for_cam, load_method, method_info, method_names, normalise, upsample
+from featviz.cam import forward_for_cam, load_method, method_info, method_names, normalise
 from featviz.errors import RunError, UsageError
-from featviz.models import load_model
-from featviz.requests import ModelRequest
-from featviz.scores import logits_of
-from featviz.tracing import trace_model
+from featviz.layers.grids import upsample
+from featviz.layers.outputs import logits_of
+from featviz.layers.trace import trace_model
+from featviz.model.load import load_model
+from featviz.model.options import ModelRequest
 
 # Methods that read one layer (the rollout methods read attention: tests/test_attention.py).
 LAYER_METHODS = [name for name in method_names() if not method_info(name).needs_attention]

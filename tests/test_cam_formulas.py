@@ -21,7 +21,7 @@ from torch import nn
 from featviz.cam import forward_for_cam, load_method, normalise
 from featviz.cam.context import CamContext
 from featviz.errors import UsageError
-from featviz.tracing import trace_model
+from featviz.layers.trace import trace_model
 
 TARGETS = torch.tensor([3, 7])
 # float32 (ours) vs float64 (reference) from the same float32 A and g: ~1e-6 relative.

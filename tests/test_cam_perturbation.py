@@ -9,8 +9,9 @@ import torch
 import torchvision
 from torch import nn
 
-from featviz.cam import forward_for_cam, load_method, perturbation
-from featviz.tracing import trace_model
+from featviz.cam import forward_for_cam, load_method
+from featviz.cam.methods import perturbation
+from featviz.layers.trace import trace_model
 
 
 def _model(arch: str) -> nn.Module:

@@ -13,9 +13,10 @@ import torch
 from conftest import SAMPLES
 from PIL import Image
 
-from featviz.cam import forward_for_cam, load_method, normalise, upsample
-from featviz.preprocess import to_tensor
-from featviz.tracing import trace_model
+from featviz.cam import forward_for_cam, load_method, normalise
+from featviz.inputs.preprocess import to_tensor
+from featviz.layers.grids import upsample
+from featviz.layers.trace import trace_model
 
 TABBY, ESPRESSO = 281, 967
 CAT_WIDTH, IMAGE_WIDTH = 451, 901

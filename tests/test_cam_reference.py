@@ -32,7 +32,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 
 from featviz.cam import forward_for_cam, load_method, normalise
-from featviz.tracing import trace_model
+from featviz.layers.trace import trace_model
 
 TARGETS = [3, 7]
 

@@ -61,7 +61,8 @@ def test_duplicate_registration_is_refused():
     before = dict(registry._METHODS)
     with pytest.raises(
         ValueError,
-        match=r"CAM method 'gradcam' is already registered \(featviz\.cam\.gradient\.GradCam\)",
+        match=r"CAM method .gradcam. is already registered "
+        r"\(featviz\.cam\.methods\.gradient\.GradCam\)",
     ):
         register(
             "gradcam",
@@ -77,7 +78,7 @@ def test_register_adds_a_new_entry(monkeypatch):
     monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
     info = register(
         "gradcam-copy",
-        module="featviz.cam.gradient",
+        module="featviz.cam.methods.gradient",
         class_name="GradCam",
         summary="a copy; 1 forward",
         needs_gradients=True,

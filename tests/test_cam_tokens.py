@@ -25,8 +25,8 @@ from torch import nn
 
 from featviz.cam import forward_for_cam, load_method, normalise
 from featviz.cam.context import CamContext
-from featviz.layouts import Layout
-from featviz.tracing import trace_model
+from featviz.layers.layouts import Layout
+from featviz.layers.trace import trace_model
 
 TARGETS = torch.tensor([3, 7])
 

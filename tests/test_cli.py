@@ -15,7 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from featviz import __version__
-from featviz.cli import app
+from featviz.cli.app import app
 
 runner = CliRunner()
 
@@ -49,7 +49,7 @@ def test_version() -> None:
 
 def test_help_does_not_import_torch() -> None:
     code = (
-        "import sys; from typer.testing import CliRunner; from featviz.cli import app; "
+        "import sys; from typer.testing import CliRunner; from featviz.cli.app import app; "
         "r = CliRunner().invoke(app, ['cam', '--help']); "
         "print(r.exit_code, 'torch' in sys.modules, 'gradcam++' in r.stdout)"
     )
@@ -341,7 +341,7 @@ def test_library_warnings_are_one_line(photos: Path, tmp_path: Path) -> None:
 def test_a_method_failing_on_a_batch_fails_those_images_only(
     photos: Path, tmp_path: Path, tiny, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from featviz.cam.gradient import GradCam
+    from featviz.cam.methods.gradient import GradCam
 
     real = GradCam._weights
     calls: list[int] = []
@@ -365,7 +365,7 @@ def test_a_method_failing_on_a_batch_fails_those_images_only(
 
 def test_console_script_exit_codes_and_flushed_output(tmp_path: Path) -> None:
     """main() leaves through os._exit: the exit code and everything printed must survive."""
-    script = [sys.executable, "-c", "from featviz.cli import main; main()"]
+    script = [sys.executable, "-c", "from featviz.cli.app import main; main()"]
     version = subprocess.run([*script, "--version"], capture_output=True, text=True)
     assert (version.returncode, version.stdout) == (0, f"featviz {__version__}\n")
     usage = subprocess.run(

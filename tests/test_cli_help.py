@@ -8,7 +8,7 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from featviz.cli import app
+from featviz.cli.app import app
 
 COMMANDS = [
     [],

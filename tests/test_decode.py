@@ -24,8 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from featviz.decode import BACKGROUND, DEFAULT_MAX_PIXELS, MAX_PIXELS_HINT, decode
 from featviz.errors import InputError, UsageError
+from featviz.inputs.decode import BACKGROUND, DEFAULT_MAX_PIXELS, MAX_PIXELS_HINT, decode
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 

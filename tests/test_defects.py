@@ -12,7 +12,7 @@ from PIL import Image
 from typer.main import get_command
 from typer.testing import CliRunner
 
-from featviz.cli import app
+from featviz.cli.app import app
 from featviz.errors import first_line
 
 # A model whose scores are NaN for bright images and finite for dark ones, so one run has both.
@@ -207,7 +207,7 @@ def test_first_line_of_an_exception_without_a_message() -> None:
 def test_a_method_failing_with_an_empty_message_fails_its_images(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from featviz.cam.gradient import GradCam
+    from featviz.cam.methods.gradient import GradCam
 
     def fail(self, ctx, layer, targets):
         raise RuntimeError()

@@ -29,10 +29,10 @@ from synthetic_shapes import (
 from typer.testing import CliRunner
 
 from featviz.cam import heatmap
-from featviz.cli import app
-from featviz.explain import Explainer
-from featviz.models import load_model
-from featviz.requests import ModelRequest
+from featviz.cli.app import app
+from featviz.explain.explainer import Explainer
+from featviz.model.load import load_model
+from featviz.model.options import ModelRequest
 
 EXAMPLE = ROOT / "examples" / "shapes_detector.py"
 FINE = "backbone.3"  # the backbone at 1/2 resolution: a 16 × 32 grid, 4 × 4 cells per object
@@ -115,7 +115,7 @@ def _matched(detections: dict, box: torch.Tensor, label: int) -> float:
 def test_perturbation_maps_match_a_recomputation_with_matched_boxes(found, method: str) -> None:
     """scorecam and ablationcam re-run the detector: each re-run's score for a box is its own
     best box of that class overlapping the explained one (IoU ≥ 0.5)."""
-    from featviz.cam.base import upsample
+    from featviz.layers.grids import upsample
 
     inputs = _scenes(2, seed=7)
     explainer = Explainer(found, (method,), [FINE], [], top_k=None, cam_batch_size=16)

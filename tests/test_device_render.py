@@ -11,13 +11,13 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from featviz import device_render
-from featviz.cli import app
-from featviz.device_render import DeviceBlend
-from featviz.models import load_model
-from featviz.preprocess import resized, to_tensor
-from featviz.render import OVERLAY_BAND_ROWS, colormap_lut, overlay
-from featviz.requests import ModelRequest
+from featviz.cli.app import app
+from featviz.inputs.preprocess import resized, to_tensor
+from featviz.model.load import load_model
+from featviz.model.options import ModelRequest
+from featviz.render import device as device_render
+from featviz.render.device import DeviceBlend
+from featviz.render.draw import OVERLAY_BAND_ROWS, colormap_lut, overlay
 
 
 @pytest.mark.parametrize("cmap", ["jet", "gray", "viridis"])

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-import featviz.output
-from featviz.cli import app
-from featviz.output import deflate_zlib, encode_png
+import featviz.sinks.encode
+from featviz.cli.app import app
+from featviz.sinks.encode import deflate_zlib, encode_png
 
 
 @pytest.mark.parametrize("shape", [(37, 53, 3), (41, 29)])
@@ -26,9 +26,9 @@ def test_png_through_isal_and_through_zlib_decode_to_the_same_pixels(
     smooth = np.linspace(0, 255, shape[0] * shape[1]).reshape(shape[:2])
     image = (smooth[..., None] if len(shape) == 3 else smooth) + rng.integers(0, 40, shape)
     image = np.clip(image, 0, 255).astype(np.uint8)
-    assert featviz.output.deflate is not deflate_zlib  # isal is installed: featviz uses it
+    assert featviz.sinks.encode.deflate is not deflate_zlib  # isal is installed: featviz uses it
     through_isal = encode_png(image)
-    monkeypatch.setattr(featviz.output, "deflate", deflate_zlib)
+    monkeypatch.setattr(featviz.sinks.encode, "deflate", deflate_zlib)
     through_zlib = encode_png(image)
     assert through_isal != through_zlib  # two different encoders really ran
     for data in (through_isal, through_zlib):

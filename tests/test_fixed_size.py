@@ -11,10 +11,10 @@ from conftest import image_folder
 from PIL import Image
 from typer.testing import CliRunner
 
-from featviz.cli import app
-from featviz.models import load_model
-from featviz.requests import ModelRequest
-from featviz.sources.torchvision_models import classification_models
+from featviz.cli.app import app
+from featviz.model.load import load_model
+from featviz.model.options import ModelRequest
+from featviz.model.sources.torchvision_models import classification_models
 
 # A ViT-shaped model that asserts its 32×32 input: 4×4 patches become 64 tokens behind a class
 # token; class 0's score is the mean redness of the patches, so its map is where the photo is red.

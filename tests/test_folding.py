@@ -13,10 +13,10 @@ from PIL import Image
 from torch import nn
 from typer.testing import CliRunner
 
-from featviz import runner
-from featviz.cli import app
-from featviz.folding import FoldedBatchNorms, folded_for
-from featviz.tracing import trace_model
+from featviz.cli.app import app
+from featviz.layers.folding import FoldedBatchNorms, folded_for
+from featviz.layers.trace import trace_model
+from featviz.run import prepare as runner
 
 BN_MODEL_SOURCE = '''
 import torch

@@ -17,9 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from featviz.decode import decode
-from featviz.requests import CamRequest, ModelRequest, OutputRequest, RunRequest
-from featviz.runner import PreparedRun, prepare_cam
+from featviz.inputs.decode import decode
+from featviz.model.options import ModelRequest
+from featviz.run.plan import CamRequest, RunRequest
+from featviz.run.prepare import PreparedRun, prepare_cam
+from featviz.sinks.options import OutputRequest
 
 NAMES = ["a.png", "b.jpg", "c.png", "d.jpg"]
 MAX_PIXELS = 1_000_000  # a mutated header may declare any size: keep refusals cheap

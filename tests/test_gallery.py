@@ -13,7 +13,7 @@ from conftest import TINY_MODEL_SOURCE
 from PIL import Image
 from typer.testing import CliRunner
 
-from featviz.cli import app
+from featviz.cli.app import app
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 IMAGES = 300

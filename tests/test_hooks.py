@@ -7,8 +7,8 @@ import torch
 import torchvision
 from torch import nn
 
-from featviz.hooks import LayerTaps
-from featviz.tracing import trace_model
+from featviz.layers.taps import LayerTaps
+from featviz.layers.trace import trace_model
 
 
 def _no_hooks_left(model: nn.Module) -> bool:

@@ -30,8 +30,8 @@ from conftest import TINY_MODEL_SOURCE, record_of
 from PIL import Image
 from typer.testing import CliRunner
 
-from featviz.cli import app
-from featviz.images import printable
+from featviz.cli.app import app
+from featviz.inputs.discover import printable
 
 RED, GREEN, BLUE, BLACK, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (0, 0, 0), (255, 255, 255)
 NOT_UTF8 = os.fsdecode(b"caf\xe9.png")

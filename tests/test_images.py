@@ -10,7 +10,7 @@ from pathlib import Path, PurePath
 import pytest
 
 from featviz.errors import UsageError
-from featviz.images import ImageSource, discover, printable
+from featviz.inputs.discover import ImageSource, discover, printable
 
 
 @pytest.fixture(autouse=True)

@@ -24,8 +24,8 @@ from conftest import TINY_MODEL_SOURCE, record_of
 from PIL import Image
 from typer.testing import CliRunner
 
-import featviz.output
-from featviz.cli import app
+import featviz.sinks.layout
+from featviz.cli.app import app
 
 # A model whose forward takes 0.1 s: the run lasts seconds whatever the machine, and the main
 # thread spends most of it inside the model, where an interrupt is most likely to land.
@@ -149,9 +149,9 @@ def test_sigterm_while_waiting_for_decodes_stops_and_restores_the_handler(
 ) -> None:
     """In-process: the main thread waits in a future's result() for slow decodes when the
     signal comes (sent from a decode thread, once the run is under way)."""
-    import featviz.decode
+    import featviz.inputs.decode
 
-    real_decode = featviz.decode.decode
+    real_decode = featviz.inputs.decode.decode
     decodes = iter(range(IMAGES))
     signalled: list[float] = []
 
@@ -162,7 +162,7 @@ def test_sigterm_while_waiting_for_decodes_stops_and_restores_the_handler(
         time.sleep(0.3)
         return real_decode(*args, **kwargs)
 
-    monkeypatch.setattr(featviz.decode, "decode", slow_decode)
+    monkeypatch.setattr(featviz.inputs.decode, "decode", slow_decode)
     received: list[int] = []
 
     def record(signum: int, frame: object) -> None:
@@ -202,7 +202,7 @@ def test_sigterm_while_waiting_for_decodes_stops_and_restores_the_handler(
 
 
 class FailingDisk:
-    """``open`` for featviz.output: after ``allowed`` writes every file written fails halfway
+    """``open`` for featviz.sinks.layout: after ``allowed`` writes every file written fails halfway
     with ``error``, as a full disk would (the first half of the bytes does reach the file);
     with ``pictures_only``, only PNG files fail (the manifest still fits)."""
 
@@ -213,7 +213,7 @@ class FailingDisk:
         self.lock = threading.Lock()
 
     def fails(self, file) -> bool:
-        """featviz.output opens its temporaries' descriptors: which file is it?"""
+        """featviz.sinks.layout opens its temporaries' descriptors: which file is it?"""
         name = os.readlink(f"/proc/self/fd/{file}") if isinstance(file, int) else str(file)
         return not self.pictures_only or ".png." in name
 
@@ -266,7 +266,9 @@ def test_a_write_error_names_the_file_and_stops_cleanly(
     assert CliRunner().invoke(app, args).exit_code == 0
     before = Path("out/manifest.json").read_bytes()
     with monkeypatch.context() as disk:
-        disk.setattr(featviz.output, "open", FailingDisk(allowed=9, error=error), raising=False)
+        disk.setattr(
+            featviz.sinks.layout, "open", FailingDisk(allowed=9, error=error), raising=False
+        )
         result = CliRunner().invoke(app, args)
     assert result.exit_code == 1
     assert isinstance(result.exception, SystemExit)
@@ -291,7 +293,7 @@ def test_a_full_disk_is_in_the_manifest_with_what_was_never_attempted(
     """Issue 21.4: on a full disk the manifest said interrupted: false, done: 1 and no error,
     though 39 inputs were never tried."""
     disk = FailingDisk(allowed=3, error=errno.ENOSPC, pictures_only=True)
-    monkeypatch.setattr(featviz.output, "open", disk, raising=False)
+    monkeypatch.setattr(featviz.sinks.layout, "open", disk, raising=False)
     args = ["cam", "-m", "tiny_model.py:build", "--input-size", "32", "--batch-size", "2"]
     result = CliRunner().invoke(app, [*args, "in", "-o", "out", "--no-gallery"])
     assert result.exit_code == 1
@@ -315,7 +317,7 @@ def test_a_manifest_that_cannot_be_written_fails_the_run(
     # The folder's marker, the model folder's two claims and 2 images × (overlay + record) = 7
     # writes succeed, the run's manifest fails
     monkeypatch.setattr(
-        featviz.output, "open", FailingDisk(allowed=7, error=errno.ENOSPC), raising=False
+        featviz.sinks.layout, "open", FailingDisk(allowed=7, error=errno.ENOSPC), raising=False
     )
     result = CliRunner().invoke(
         app,
@@ -345,7 +347,7 @@ def test_a_manifest_that_cannot_be_written_fails_the_run(
 def test_a_bug_mid_run_still_writes_the_manifest_and_the_summary(
     workspace: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from featviz.cam_job import CamJob
+    from featviz.run.jobs.cam import CamJob
 
     real_process = CamJob.process
     batches = iter(range(IMAGES))
@@ -382,7 +384,7 @@ def test_a_bug_mid_run_still_writes_the_manifest_and_the_summary(
 
 
 def test_a_signal_inside_a_shielded_block_waits_for_its_end() -> None:
-    from featviz.interrupts import Terminated, handled, shielded
+    from featviz.run.interrupts import Terminated, handled, shielded
 
     reached_end = False
     with handled(), pytest.raises(Terminated), shielded():
@@ -417,7 +419,7 @@ def test_a_run_logged_to_a_file_says_it_is_alive(workspace: Path) -> None:
 
 
 def test_slow_runs_count_seconds_per_image() -> None:
-    from featviz.report import speed
+    from featviz.sinks.manifest import speed
 
     assert speed(3, 10.0) == "3.3 s/image"
     assert speed(10, 5.0) == "2.00 images/s"

@@ -14,8 +14,8 @@ from conftest import LITE0_SPEC, SAMPLES, image_folder, record_of
 from PIL import Image
 from typer.testing import CliRunner
 
-from featviz.cli import app
-from featviz.score_job import METRICS
+from featviz.cli.app import app
+from featviz.judge.metrics import METRICS
 
 runner = CliRunner()
 
@@ -158,8 +158,8 @@ def test_sanity_rows_along_the_cascade(tiny, photos, tmp_path):
 def test_cascade_blocks_and_randomised_states():
     from torchvision.models import resnet18
 
-    from featviz.randomize import cascade_blocks, randomised_states
-    from featviz.tracing import trace_model
+    from featviz.judge.randomize import cascade_blocks, randomised_states
+    from featviz.layers.trace import trace_model
 
     torch.manual_seed(0)
     model = resnet18().eval()

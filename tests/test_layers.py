@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from featviz.errors import UsageError
-from featviz.layers import resolve_layers
-from featviz.models import load_model
-from featviz.requests import ModelRequest
-from featviz.tracing import trace_model
+from featviz.layers.catalog import resolve_layers
+from featviz.layers.trace import trace_model
+from featviz.model.load import load_model
+from featviz.model.options import ModelRequest
 
 
 def _trace(name: str, size: int = 224):

@@ -1,5 +1,5 @@
 """The output folder's layout: what one run writes never overwrites or hides another's, whatever
-the models, settings and input names (featviz.output, featviz.variants, featviz.images)."""
+the models, settings and input names (featviz.sinks: layout, variants; featviz.inputs)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ from conftest import TINY_MODEL_SOURCE
 from PIL import Image
 from typer.testing import CliRunner
 
-import featviz.output
-from featviz.cli import app
+import featviz.sinks.layout
+from featviz.cli.app import app
 from featviz.errors import RunError
-from featviz.output import MAX_NAME_BYTES, safe_name, write_atomic
+from featviz.explain.names import MAX_NAME_BYTES, safe_name
+from featviz.sinks.layout import write_atomic
 
 
 def invoke(*args: str | Path, input: str | None = None):
@@ -159,7 +160,7 @@ def test_temporary_files_are_created_afresh_and_never_through_a_link(
     assert victim.read_text() == "precious"
     assert not final.is_symlink() and final.read_bytes() == b"new bytes"
     # Even a link at the very name picked (random bits) is refused, not followed.
-    monkeypatch.setattr(featviz.output.secrets, "token_hex", lambda n: "cafe")
+    monkeypatch.setattr(featviz.sinks.layout.secrets, "token_hex", lambda n: "cafe")
     (folder / f".y.png.{os.getpid()}.cafe.partial").symlink_to(victim)
     with pytest.raises(RunError, match=r"^cannot write '.*/y.png': File exists$"):
         write_atomic(folder / "y.png", b"more")

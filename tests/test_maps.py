@@ -10,9 +10,11 @@ import pytest
 from conftest import image_folder
 from PIL import Image
 
-from featviz.maps import select_channels
-from featviz.requests import MapsRequest, ModelRequest, OutputRequest, RunRequest
-from featviz.runner import prepare_maps
+from featviz.model.options import ModelRequest
+from featviz.run.jobs.maps import select_channels
+from featviz.run.plan import MapsRequest, RunRequest
+from featviz.run.prepare import prepare_maps
+from featviz.sinks.options import OutputRequest
 
 
 @pytest.fixture(scope="module")

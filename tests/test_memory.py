@@ -18,11 +18,13 @@ import torch
 from conftest import TINY_MODEL_SOURCE
 from PIL import Image
 
-from featviz.images import ImageSource
-from featviz.pipeline import PipelineStats
-from featviz.pipeline import run as run_pipeline
-from featviz.requests import CamRequest, MapsRequest, ModelRequest, OutputRequest, RunRequest
-from featviz.runner import PreparedRun, prepare_cam, prepare_maps
+from featviz.inputs.discover import ImageSource
+from featviz.model.options import ModelRequest
+from featviz.run.pipeline import PipelineStats
+from featviz.run.pipeline import run as run_pipeline
+from featviz.run.plan import CamRequest, MapsRequest, RunRequest
+from featviz.run.prepare import PreparedRun, prepare_cam, prepare_maps
+from featviz.sinks.options import OutputRequest
 
 SHAPES = [(40, 30), (30, 40), (48, 24), (40, 30)]  # several shapes: several batch groups
 

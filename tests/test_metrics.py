@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from featviz.cam import normalise, upsample
-from featviz.imputation import impute
-from featviz.metrics import (
+from featviz.cam import normalise
+from featviz.judge.imputation import impute
+from featviz.judge.metrics import (
     centre_map,
     confidence,
     deletion_insertion,
@@ -24,7 +24,8 @@ from featviz.metrics import (
     random_map,
     road,
 )
-from featviz.similarity import spearman, ssim
+from featviz.judge.similarity import spearman, ssim
+from featviz.layers.grids import upsample
 
 
 def _small_cnn(classes: int = 7) -> nn.Module:

@@ -11,8 +11,8 @@ import torchvision
 from torch import nn
 
 from featviz.errors import RunError, UsageError
-from featviz.models import LoadedModel, load_model
-from featviz.requests import ModelRequest
+from featviz.model.load import LoadedModel, load_model
+from featviz.model.options import ModelRequest
 
 RESNET18_FILE = "resnet18-f37072fd.pth"
 
@@ -217,7 +217,7 @@ def test_unavailable_device_is_a_usage_error() -> None:
 def test_lite0_example_predicts_a_cat(lite0) -> None:
     from PIL import Image
 
-    from featviz.preprocess import to_tensor
+    from featviz.inputs.preprocess import to_tensor
 
     image = Image.open(Path(__file__).parent.parent / "sample_images" / "chelsea.png")
     x = to_tensor(image.convert("RGB"), lite0.preprocessing)
@@ -229,7 +229,7 @@ def test_lite0_example_predicts_a_cat(lite0) -> None:
 def test_importing_featviz_does_not_import_torch() -> None:
     import subprocess
 
-    code = "import sys, featviz, featviz.cli; print('torch' in sys.modules)"
+    code = "import sys, featviz, featviz.cli.app; print('torch' in sys.modules)"
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )

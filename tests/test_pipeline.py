@@ -12,11 +12,13 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from featviz.cli import app
+from featviz.cli.app import app
 from featviz.errors import InputError, RunError
-from featviz.images import ImageSource
-from featviz.output import write_atomic
-from featviz.pipeline import ImageResult, LoadedImage, PipelineConfig, PipelineStats, run
+from featviz.inputs.discover import ImageSource
+from featviz.inputs.loaded import LoadedImage
+from featviz.run.pipeline import PipelineConfig, PipelineStats, run
+from featviz.sinks.layout import write_atomic
+from featviz.sinks.results import ImageResult
 
 
 class FakeJob:
@@ -122,7 +124,7 @@ def test_disk_full_mid_run_stops_cleanly_with_a_valid_manifest(
     for index in range(6):
         Image.new("RGB", (40, 30), (index * 40, 0, 0)).save(folder / f"{index}.png")
     out = tmp_path / "out"
-    import featviz.output as output
+    import featviz.sinks.layout as output
 
     real = output.write_atomic
 
@@ -189,7 +191,7 @@ def test_quiet_run_prints_nothing_and_non_tty_gets_no_progress_bar(
 def test_png_writer_round_trips_exactly_through_pillow(shape: tuple[int, ...]) -> None:
     import io
 
-    from featviz.output import encode_png
+    from featviz.sinks.encode import encode_png
 
     pixels = np.random.default_rng(len(shape)).integers(0, 256, shape, dtype=np.uint8)
     decoded = Image.open(io.BytesIO(encode_png(pixels)))

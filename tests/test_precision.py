@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from featviz.cli import app
+from featviz.cli.app import app
 
 
 @pytest.fixture

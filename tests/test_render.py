@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from featviz.errors import UsageError
-from featviz.render import (
+from featviz.render.draw import (
     SEPARATOR_RGB,
     apply_colormap,
     channel_grid,

@@ -24,10 +24,10 @@ from synthetic_shapes import (
 )
 from typer.testing import CliRunner
 
-from featviz.cli import app
-from featviz.explain import Explainer
-from featviz.models import load_model
-from featviz.requests import ModelRequest
+from featviz.cli.app import app
+from featviz.explain.explainer import Explainer
+from featviz.model.load import load_model
+from featviz.model.options import ModelRequest
 
 EXAMPLE = ROOT / "examples" / "shapes_segmenter.py"
 

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from PIL import Image
 from typer.testing import CliRunner
 
-from featviz.cli import app
-from featviz.shards import Shard, shard_of
+from featviz.cli.app import app
+from featviz.inputs.shards import Shard, shard_of
 
 _PARTS = st.text(
     st.characters(blacklist_categories=("Cs",), blacklist_characters="/\0"), min_size=1

@@ -20,7 +20,7 @@ from conftest import TINY_MODEL_SOURCE, record_of
 from PIL import Image
 from typer.testing import CliRunner
 
-from featviz.cli import app
+from featviz.cli.app import app
 
 TINY = ["-m", "tiny_model.py:build", "--input-size", "32"]
 

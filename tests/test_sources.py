@@ -24,7 +24,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from featviz.cli import app
+from featviz.cli.app import app
 
 TIMM_TAGGED = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
 
@@ -89,8 +89,8 @@ def test_timm_pretrained_weights_come_from_the_hub_cache(
         {k: v.contiguous() for k, v in saved.items()},
         _cache_file(hub_cache, f"timm/{TIMM_TAGGED}", "model.safetensors"),
     )
-    from featviz.models import load_model
-    from featviz.requests import ModelRequest
+    from featviz.model.load import load_model
+    from featviz.model.options import ModelRequest
 
     loaded = load_model(ModelRequest(f"timm/{TIMM_TAGGED}", device="cpu"))
     for key, value in loaded.module.state_dict().items():
@@ -279,8 +279,8 @@ def hf_folder(tmp_path: Path) -> Path:
 def test_hugging_face_folder_runs_with_its_own_names_and_preprocessing(
     hf_folder: Path, photo: Path, tmp_path: Path
 ) -> None:
-    from featviz.models import load_model
-    from featviz.requests import ModelRequest
+    from featviz.model.load import load_model
+    from featviz.model.options import ModelRequest
 
     loaded = load_model(ModelRequest(f"hf:{hf_folder}", device="cpu"))
     assert loaded.categories == ["cat", "dog", "tiger cat"]

@@ -12,7 +12,7 @@ from conftest import TINY_MODEL_SOURCE
 from PIL import Image
 from typer.testing import CliRunner
 
-from featviz.cli import app
+from featviz.cli.app import app
 
 SCORES = '''
 import torch
@@ -63,8 +63,8 @@ def test_a_margin_is_explained_as_its_gradient_says(workspace: Path, tiny_model)
     assert overlay.endswith("/cam/gradcam/features/0_margin.png")  # named after the function
     [shown] = line["predictions"]
     # Recomputed: the same preprocessing featviz used, Grad-CAM of the margin at `features`.
-    from featviz.decode import decode
-    from featviz.preprocess import Preprocessing, to_tensor
+    from featviz.inputs.decode import decode
+    from featviz.inputs.preprocess import Preprocessing, to_tensor
 
     x = to_tensor(decode("0.png"), Preprocessing((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 20))
     taken = {}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from featviz.errors import UsageError
-from featviz.sources.torchvision_models import imagenet_categories
-from featviz.targets import resolve_target
+from featviz.explain.targets import resolve_target
+from featviz.model.sources.torchvision_models import imagenet_categories
 
 IMAGENET = imagenet_categories()
 

@@ -23,8 +23,8 @@ from synthetic_shapes import CLASSES, HEIGHT, WIDTH, accuracy, swin, trained, tw
 from typer.testing import CliRunner
 
 from featviz.cam import forward_for_cam, heatmap, load_method
-from featviz.cli import app
-from featviz.tracing import trace_model
+from featviz.cli.app import app
+from featviz.layers.trace import trace_model
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 

@@ -25,8 +25,8 @@ from PIL import Image
 from test_interrupts import IMAGES, SLOW_MODEL_SOURCE, SUMMARY, assert_clean
 
 import featviz
-from featviz.model_cache import ModelCache, cache_key
-from featviz.requests import ModelRequest
+from featviz.model.cache import ModelCache, cache_key
+from featviz.model.options import ModelRequest
 from featviz.worker import protocol
 
 FEATVIZ = [sys.executable, "-m", "featviz"]
@@ -390,7 +390,7 @@ def test_a_worker_of_other_code_is_replaced_not_used(tmp_path: Path, runtime: Pa
     assert featviz_run(["worker", "start"], "/", env).returncode == 0
     old = status(env)
     # An upgrade, as far as the caller can tell: featviz's code changed on disk.
-    source = Path(featviz.__file__).parent / "sizes.py"
+    source = Path(featviz.__file__).parent / "run" / "sizes.py"
     times = source.stat()
     try:
         os.utime(source, ns=(times.st_atime_ns, times.st_mtime_ns + 10**9))
@@ -452,7 +452,7 @@ def test_off_bypasses_the_worker_and_the_caller_imports_neither_torch_nor_typer(
     assert off.returncode == 0 and status(worker)["calls"] == served
     probe = (
         "import sys; from featviz.worker.client import delegate; "
-        "code = delegate(['featviz', 'layers', '-m', 'tiny_model.py:build']); "
+        "code = delegate(['featviz', 'layers', '-m', 'tiny_model.py:build'], 'featviz.cli.serve'); "
         "print(code, sorted({'torch', 'typer', 'numpy'} & set(sys.modules)), file=sys.stderr)"
     )
     done = subprocess.run(

@@ -30,7 +30,6 @@ __all__ = [
     "method_names",
     "normalise",
     "register",
-    "upsample",
 ]
 
 _LAZY = {
@@ -40,7 +39,6 @@ _LAZY = {
     "fuse": "base",
     "heatmap": "base",
     "normalise": "base",
-    "upsample": "base",
 }
 
 

@@ -1,18 +1,19 @@
 """What every CAM method shares: the method base class and the map helpers (normalise,
-upsample, heatmap, fuse). The forward they all read is in cam/context.py."""
+upsample, heatmap, fuse). The forward they all read is in cam/context.py.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
-import torch.nn.functional as F
 
 from featviz.cam.registry import MethodInfo, method_info
 from featviz.errors import UsageError
 
 if TYPE_CHECKING:
     from featviz.cam.context import CamContext
+from featviz.layers.grids import upsample
 
 
 def logits_match(predicted: torch.Tensor, reference: torch.Tensor) -> bool:
@@ -90,13 +91,6 @@ def normalise(maps: torch.Tensor) -> torch.Tensor:
     low = flat.amin(dim=1)[:, None, None]
     span = flat.amax(dim=1)[:, None, None] - low
     return safe_divide(maps - low, span)
-
-
-def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(N, h, w) → (N, H, W) for ``size`` = (H, W), bilinear with ``align_corners=False``."""
-    return F.interpolate(
-        maps[:, None].float(), size=tuple(size), mode="bilinear", align_corners=False
-    )[:, 0]
 
 
 def heatmap(layer_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -1,17 +1,18 @@
 """One forward per batch that every CAM method reads: activations, scores, gradients, attention.
 
 ``forward_for_cam`` runs a batch once with the tapped layers turned into autograd leaves (see
-featviz.hooks) and returns a ``CamContext``. Methods read activations and gradients from it as
-(N, K, h, w) maps whatever the layer's layout (featviz.layouts): tokens and channels-last
+featviz.layers.taps) and returns a ``CamContext``. Methods read activations and gradients from it as
+(N, K, h, w) maps whatever the layer's layout (featviz.layers.layouts): tokens and channels-last
 outputs are converted the same way for both. ``CamContext.gradients`` answers
 d(score)/d(activation) for every tapped layer and every image in ONE ``torch.autograd.grad``
 call, a different target class per image: in eval mode the images of a batch do not interact,
 so the gradient of the summed scores holds each image's own gradient. Parameters stay frozen
 (the caller freezes them), so no weight gradient is ever computed.
 
-With ``attention=True`` the forward also records every self-attention matrix (featviz.attention)
-for the rollout methods; gradients with respect to them are then gradients of the model's own
-tensors, which needs the graph from the input on (the input becomes the leaf).
+With ``attention=True`` the forward also records every self-attention matrix
+(featviz.layers.attention) for the rollout methods; gradients with respect to them are then
+gradients of the model's own tensors, which needs the graph from the input on (the input becomes the
+leaf).
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from featviz.attention import AttentionCapture
 from featviz.errors import RunError, UsageError
-from featviz.hooks import LayerTaps
-from featviz.layouts import Layout
-from featviz.scores import logits_of
+from featviz.layers.attention import AttentionCapture
+from featviz.layers.layouts import Layout
+from featviz.layers.outputs import logits_of
+from featviz.layers.taps import LayerTaps
 
 T = TypeVar("T")
 _NCHW = Layout("nchw")

@@ -92,10 +92,13 @@ def load_method(name: str, *, batch_size: int = 32) -> CamMethod:
     return cls(batch_size=batch_size)
 
 
-_GRADIENT = "featviz.cam.gradient"
-_PERTURBATION = "featviz.cam.perturbation"
-_PROJECTION = "featviz.cam.projection"
-_ROLLOUT = "featviz.cam.rollout"
+# compare, score and sanity: every class-specific gradient method, and eigencam.
+JUDGED_METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam")
+
+_GRADIENT = "featviz.cam.methods.gradient"
+_PERTURBATION = "featviz.cam.methods.perturbation"
+_PROJECTION = "featviz.cam.methods.projection"
+_ROLLOUT = "featviz.cam.methods.rollout"
 
 register(
     "cam",

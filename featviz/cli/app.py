@@ -1,6 +1,6 @@
 """The ``featviz`` command line: parse options, call one runner function, report, exit.
 
-Only this module, cli_options.py (the shared options) and terminal.py (streaming, progress, the
+Only this module, cli/options.py (the shared options) and cli/terminal.py (streaming, progress, the
 error funnel) import typer or print. Exit codes: 0 all done · 1 some inputs failed or the run
 failed · 2 usage error · 130/143 interrupted by SIGINT/SIGTERM. Nothing here imports torch at
 module level: ``featviz --help`` and shell loops stay cheap.
@@ -18,22 +18,22 @@ from typing import Annotated
 import typer
 
 from featviz import __version__
-from featviz.cli_help import MAX_HELP_WIDTH, HelpCommand, HelpGroup, MethodsHelpCommand, choices
-from featviz.cli_options import Explaining, Report, shared_options
+from featviz.cam.registry import JUDGED_METHODS
+from featviz.cli.help import MAX_HELP_WIDTH, HelpCommand, HelpGroup, MethodsHelpCommand, choices
+from featviz.cli.options import Explaining, Report, shared_options
+from featviz.cli.terminal import errors, one_line, stream
 from featviz.errors import FeatvizError
-from featviz.requests import (
-    JUDGED_METHODS,
+from featviz.model.options import ModelRequest
+from featviz.run.plan import (
     CamRequest,
     CompareRequest,
     FiltersRequest,
     MapsRequest,
-    ModelRequest,
-    OutputRequest,
     RunRequest,
     SanityRequest,
     ScoreRequest,
 )
-from featviz.terminal import errors, one_line, stream
+from featviz.sinks.options import OutputRequest
 
 
 class _Commands(HelpGroup):
@@ -147,7 +147,7 @@ def maps(
     Example: featviz maps -m resnet50 -l layer1 -l 'layer4.*' photos/cat.jpg -o out/
     """
     with errors():
-        from featviz.runner import prepare_maps
+        from featviz.run.prepare import prepare_maps
 
         request = MapsRequest(
             layers=tuple(layer or ()),
@@ -184,7 +184,7 @@ def cam(
     Example: featviz cam -m resnet50 -M gradcam++ -t tabby -t 'tiger cat' cat.jpg
     """
     with errors():
-        from featviz.runner import prepare_cam
+        from featviz.run.prepare import prepare_cam
 
         request = CamRequest(
             **explaining.fields(("gradcam",)),
@@ -216,8 +216,8 @@ def compare(
     Example: featviz compare -m resnet50 --top-k 2 photos/
     """
     with errors():
-        from featviz.compare_job import CompareJob
-        from featviz.runner import prepare_explaining
+        from featviz.run.jobs.compare import CompareJob
+        from featviz.run.prepare import prepare_explaining
 
         request = CompareRequest(**explaining.fields(JUDGED_METHODS), cmap=cmap, alpha=alpha)
         stream(prepare_explaining("compare", CompareJob, model, run, output, request), report)
@@ -258,8 +258,8 @@ def score(
     Example: featviz score -m resnet50 photos/ -o scores/
     """
     with errors():
-        from featviz.runner import prepare_explaining
-        from featviz.score_job import ScoreJob
+        from featviz.run.jobs.score import ScoreJob
+        from featviz.run.prepare import prepare_explaining
 
         request = ScoreRequest(
             **explaining.fields(JUDGED_METHODS),
@@ -288,8 +288,8 @@ def sanity(
     Example: featviz sanity -m resnet50 photo.jpg
     """
     with errors():
-        from featviz.runner import prepare_explaining
-        from featviz.sanity_job import SanityJob
+        from featviz.run.jobs.sanity import SanityJob
+        from featviz.run.prepare import prepare_explaining
 
         # --seed: also the re-initialised weights'
         request = SanityRequest(**explaining.fields(JUDGED_METHODS), seed=model.seed)
@@ -317,9 +317,11 @@ def layers(model: ModelRequest = None) -> None:
     Example: featviz layers -m resnet50
     """
     with errors():
-        from featviz.runner import describe_layers
+        from featviz.cli.text import layer_table
+        from featviz.run.prepare import describe_layers
 
-        typer.echo(describe_layers(model))
+        catalog = describe_layers(model)
+        typer.echo(layer_table(catalog.trace, catalog.default, catalog.multiple))
 
 
 class Source(str, Enum):
@@ -344,8 +346,8 @@ def models(
     Example: featviz models resnet · featviz models --source timm vit_small
     """
     with errors():
-        from featviz.report import models_table
-        from featviz.runner import list_models
+        from featviz.cli.text import models_table
+        from featviz.run.prepare import list_models
 
         entries = list_models(name_filter, source.value)
         if not entries:
@@ -388,8 +390,8 @@ def filters(
     Example: featviz filters -m alexnet -l features.0
     """
     with errors():
-        from featviz.images import printable
-        from featviz.runner import render_filters
+        from featviz.inputs.discover import printable
+        from featviz.run.prepare import render_filters
 
         request = FiltersRequest(
             layers=tuple(layer), all_inputs=all_inputs, cmap=cmap, cell_size=cell_size
@@ -422,10 +424,11 @@ app.add_typer(worker_app, name="worker")
 def worker_start() -> None:
     """Start this environment's worker (if none runs) and wait until it answers."""
     with errors():
+        from featviz.cli.launch import SERVER
         from featviz.worker import control
 
         where = _worker_place()
-        started = control.start(where)
+        started = control.start(where, SERVER)
         if started.problem:
             raise FeatvizError(f"the featviz worker did not start: {started.problem}")
         started.connection.close()
@@ -454,7 +457,7 @@ def worker_status(
     with errors():
         import json
 
-        from featviz.report import worker_status_text
+        from featviz.cli.text import worker_status_text
         from featviz.worker import control
 
         state = control.status(_worker_place())
@@ -483,7 +486,7 @@ def _worker_place():
 
 
 def main() -> None:
-    """The in-process command line (launch.py calls it when no worker takes the call). Leaves
+    """The in-process command line (cli/launch.py calls it when no worker takes the call). Leaves
     through ``os._exit`` once everything is written and flushed: the interpreter's normal exit
     tears torch down for about 1 s, which every call of a shell loop would pay (one-image
     ``featviz cam``: 5.7 → 4.4 s). featviz registers no atexit work, and every file is closed

@@ -7,13 +7,16 @@ from __future__ import annotations
 import os
 import sys
 
+# The module whose main() a worker started from here runs.
+SERVER = "featviz.cli.serve"
+
 
 def main() -> None:
     from featviz.worker.client import delegate
 
-    code = delegate(sys.argv)
+    code = delegate(sys.argv, SERVER)
     if code is None:
-        from featviz.cli import main as in_process
+        from featviz.cli.app import main as in_process
 
         in_process()
     os._exit(code)

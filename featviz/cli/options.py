@@ -25,17 +25,15 @@ from typing import Annotated, Any
 import typer
 
 from featviz.cam.registry import method_names
-from featviz.cli_help import choices
+from featviz.cli.help import choices
 from featviz.errors import UsageError
-from featviz.requests import (
-    DEFAULT_MAX_PIXELS,
-    DEFAULT_MIN_SCORE,
-    ModelRequest,
-    OutputRequest,
-    RunRequest,
-)
-from featviz.shards import Shard
-from featviz.sizes import parse_bytes
+from featviz.inputs.limits import DEFAULT_MAX_PIXELS
+from featviz.inputs.shards import Shard
+from featviz.model.options import ModelRequest
+from featviz.run.plan import RunRequest
+from featviz.run.sizes import parse_bytes
+from featviz.sinks.options import OutputRequest
+from featviz.tasks.detection import DEFAULT_MIN_SCORE
 
 MODEL_PANEL = "Model"
 INPUT_PANEL = "Input"

@@ -1,7 +1,7 @@
 """The command line's terminal side: streaming results to stdout/stderr, the progress bar,
 signals, warnings, and the one error funnel that turns exceptions into exit codes.
 
-Together with cli.py (the commands and their options) this is the only code that prints.
+Together with cli/app.py (the commands and their options) this is the only code that prints.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from contextlib import contextmanager
 import typer
 
 from featviz.errors import FeatvizError
-from featviz.interrupts import Terminated, handled
+from featviz.run.interrupts import Terminated, handled
 
 DEBUG_ENV = "FEATVIZ_DEBUG"
 
@@ -36,8 +36,9 @@ def stream(run, report) -> None:
 
 
 def _consume(run, *, json_lines: bool, quiet: bool) -> None:
-    from featviz.images import printable
-    from featviz.report import RunTally, image_line
+    from featviz.cli.text import image_line
+    from featviz.inputs.discover import printable
+    from featviz.sinks.manifest import RunTally
 
     tally = RunTally()
     stopped: BaseException | None = None
@@ -141,7 +142,7 @@ class _Progress:
         self.bar.start()
 
     def advance(self) -> None:
-        from featviz.report import speed
+        from featviz.sinks.manifest import speed
 
         self.bar.advance(self.task)
         task = self.bar.tasks[0]
@@ -179,7 +180,7 @@ class _ProgressLines:
             print(self.line(time.monotonic() - self.started), file=sys.stderr, flush=True)
 
     def line(self, elapsed: float) -> str:
-        from featviz.report import speed
+        from featviz.sinks.manifest import speed
 
         done, rate = self.done, speed(self.done, elapsed)
         if not self.total:

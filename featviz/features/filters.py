@@ -12,14 +12,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from featviz.errors import UsageError
-from featviz.layers import resolve_layers
-from featviz.render import apply_colormap, colormap_lut, enlarge, enlarge_factor, scale_each, tile
+from featviz.layers.catalog import resolve_layers
+from featviz.render.draw import (
+    apply_colormap,
+    colormap_lut,
+    enlarge,
+    enlarge_factor,
+    scale_each,
+    tile,
+)
 
 if TYPE_CHECKING:
     import numpy as np
     from torch import nn
 
-    from featviz.layers import ModelTrace
+    from featviz.layers.catalog import ModelTrace
 
 
 def conv_layers(

@@ -43,8 +43,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from featviz.errors import InputError, UsageError
-from featviz.images import printable
-from featviz.requests import DEFAULT_MAX_PIXELS
+from featviz.inputs.discover import printable
+from featviz.inputs.limits import DEFAULT_MAX_PIXELS
 
 BACKGROUND: tuple[int, int, int] = (255, 255, 255)
 """What transparent pixels become: white, as browsers and image viewers show them."""
@@ -56,7 +56,7 @@ MAX_PIXELS_HINT = "raise it with --max-pixels N if you trust the file"
 
 # Pillow remarks on stderr about files it decodes anyway ("Truncated File Read", "Corrupt EXIF
 # data", its decompression-bomb warning); a file either decodes or raises InputError here, and
-# only cli.py talks to the user. A filter, because catching warnings per call is not thread-safe.
+# only the CLI talks to the user. A filter, because catching warnings per call is not thread-safe.
 warnings.filterwarnings("ignore", module=r"PIL\.")
 # Its TIFF reader also logs errors, which Python prints on stderr when logging is not set up; a
 # handler that drops them stops that and still lets an application's own logging see them.

@@ -26,7 +26,7 @@ would still collide (``x/cat.jpg`` and ``y/cat.jpg`` named together, ``cat.jpg``
 ``cat.png``) get ``-2``, ``-3``… in the order met, judged ignoring letter case and Unicode
 normalisation as macOS and Windows file systems would; and no image's folder is ever inside
 another's (``a.png`` beside a folder ``a/`` of images: the folder's images go to ``a-2/``),
-so the names featviz writes in an image's folder never meet an input's (featviz.image_names).
+so the names featviz writes in an image's folder never meet an input's (featviz.inputs.names).
 ``relative`` keeps the bytes of Linux file names that are not UTF-8 (as
 Python's surrogate escapes), so outputs are written under the same bytes; ``display`` is the
 printable form for messages and JSON (see ``printable``).
@@ -53,7 +53,7 @@ from pathlib import Path, PurePath
 from typing import BinaryIO, TextIO
 
 from featviz.errors import UsageError, closest
-from featviz.image_names import ImageNames
+from featviz.inputs.names import ImageNames
 
 IMAGE_EXTENSIONS = frozenset({".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"})
 

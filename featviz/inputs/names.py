@@ -1,4 +1,4 @@
-"""Unique folder names for the images of one run (see featviz.images: ``relative``).
+"""Unique folder names for the images of one run (see featviz.inputs.discover: ``relative``).
 
 Two images never share a folder, and no image's folder is inside another's, whichever way the
 names met: ``x/cat.jpg`` and ``y/cat.jpg`` named together become ``cat`` and ``cat-2``; an image

@@ -26,15 +26,15 @@ with random-resized crops have seen aspect changes of 3:4 to 4:3 throughout trai
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-from featviz.requests import ResizeMode
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
 
 MAX_ASPECT = 4
+
+ResizeMode = Literal["keep", "square"]
 
 
 @dataclass(frozen=True)

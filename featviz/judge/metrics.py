@@ -19,8 +19,8 @@ runs on perturbed copies of the inputs in chunks of ``batch_size`` rows, under n
   are imputed by noisy linear imputation — each the weighted mean of its 8 neighbours (1/6
   edges, 1/12 corners) solved jointly, plus N(0, 0.01²) noise — and the confidence change
   O − Y is averaged over the percentiles (as pytorch-grad-cam's ROAD…Average). Lower MoRF and
-  higher LeRF mean a more faithful map. The imputation (featviz.imputation) solves every image,
-  percentile and channel at once.
+  higher LeRF mean a more faithful map. The imputation (featviz.judge.imputation) solves every
+  image, percentile and channel at once.
 """
 
 from __future__ import annotations
@@ -32,9 +32,21 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from featviz.imputation import ROAD_NOISE, impute
+from featviz.judge.imputation import ROAD_NOISE, impute
 
 ROAD_PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
+# What `featviz score` reports for every map, in its columns' order, and which are better low.
+METRICS = (
+    "average_drop",
+    "increase_in_confidence",
+    "deletion_auc",
+    "insertion_auc",
+    "road_morf",
+    "road_lerf",
+)
+LOWER_IS_BETTER = {"average_drop", "deletion_auc", "road_morf"}
+# Maps that explain nothing, scored like methods: a method must beat them.
+BASELINES = ("random", "center")
 BLUR_SIGMA, BLUR_KERNEL = 5.0, 11
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]  # (B, 3, H, W) inputs → (B, classes) logits

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from featviz.layers import ModelTrace
+    from featviz.layers.catalog import ModelTrace
 
 
 def cascade_blocks(model: nn.Module, trace: ModelTrace) -> list[str]:

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 
 from featviz.errors import UsageError, closest
-from featviz.layouts import Layout
+from featviz.layers.layouts import Layout
 
 
 @dataclass(frozen=True)
@@ -58,9 +58,9 @@ class ModelTrace:
     size_step: int | None
     attention_inputs: tuple[str, ...]
     # What the output is: None class scores; "segmentation" (N, classes, H, W) logits
-    # (featviz.tasks); "detection" boxes (featviz.detection).
+    # (featviz.tasks); "detection" boxes (featviz.tasks.detection).
     task: str | None = None
-    # (conv, batch norm) pairs whose conv output only that batch norm reads (featviz.folding).
+    # (conv, batch norm) pairs whose conv output only that batch norm reads (layers/folding.py).
     foldable: tuple[tuple[str, str], ...] = ()
 
     def get(self, name: str) -> LayerInfo:

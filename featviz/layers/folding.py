@@ -219,7 +219,7 @@ def folded_for(
 ) -> FoldedBatchNorms:
     """The foldable ``pairs`` (the model's trace) less those with a ``kept`` module (a
     tapped layer, or a dict entry of one)."""
-    from featviz.hooks import split_entry
+    from featviz.layers.taps import split_entry
 
     untouchable = {split_entry(name)[0] for name in kept}
     return FoldedBatchNorms(

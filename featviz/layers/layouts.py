@@ -1,7 +1,7 @@
 """Turning any tapped output into (N, C, h, w) feature maps: one place, decided once per layer.
 
 A layer's output comes in one of three layouts, recognised from its shapes in the meta-device
-trace (layers.py), never from the model's name:
+trace (layers/catalog.py), never from the model's name:
 
 - ``nchw``: (N, C, h, w), convolutional networks; nothing to do.
 - ``nhwc``: (N, h, w, C), channels last: Swin stages, timm blocks that work NHWC. Permuted.

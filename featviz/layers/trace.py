@@ -8,7 +8,7 @@ model accepts (S × (S + step)): that tells
 
 - the input sizes the model takes (``size_step``): any (CNNs, dynamic-size ViTs), multiples of a
   step (MaxViT's windows), or only S × S (torchvision's ViTs assert it; timm's by default);
-- each output's layout (layouts.py): the dimensions that grow with the width are spatial.
+- each output's layout (layers/layouts.py): the dimensions that grow with the width are spatial.
 """
 
 from __future__ import annotations
@@ -16,17 +16,16 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from featviz.detection import detections_of
 from featviz.errors import RunError, first_line
-from featviz.hooks import ENTRY
-from featviz.layers import LayerInfo, ModelTrace
-from featviz.layouts import detect
-from featviz.tasks import segmentation_logits
+from featviz.layers.catalog import LayerInfo, ModelTrace
+from featviz.layers.layouts import detect
+from featviz.layers.outputs import detections_of, segmentation_logits
+from featviz.layers.taps import ENTRY
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from featviz.folding import ConvReaders
+    from featviz.layers.folding import ConvReaders
 
 _POOLING = ("Pool",)
 # Widths added to probe whether a model takes other sizes; a step ≤ FREE_STEP means any size.
@@ -53,7 +52,7 @@ def trace_model(model: nn.Module, input_shape: tuple[int, ...]) -> ModelTrace:
 
     Raises RunError when the model cannot run at ``input_shape`` at all.
     """
-    from featviz.folding import ConvReaders
+    from featviz.layers.folding import ConvReaders
 
     *lead, height, width = input_shape
     readers = ConvReaders(model)
@@ -141,7 +140,7 @@ def _run(
     readers: ConvReaders | None = None,
 ) -> tuple[str, _Recording | None, Any]:
     """(mode, recording, model output) of the first forward that works, or (mode, None, the
-    last exception) when none does. ``readers`` watch the meta forward (folding.py); should
+    last exception) when none does. ``readers`` watch the meta forward (layers/folding.py); should
     the watch itself upset the model, meta runs again unwatched (and nothing is folded)."""
     error: Exception | None = None
     attempts = [(mode, readers if mode == "meta" else None) for mode in modes]
@@ -177,8 +176,8 @@ def _run(
 def _hooks(model: nn.Module, recording: _Recording) -> list[Any]:
     import torch
 
-    from featviz.attention import attention_kind
-    from featviz.hooks import first_tensor, plain_dict
+    from featviz.layers.attention import attention_kind
+    from featviz.layers.taps import first_tensor, plain_dict
 
     def after(name: str):
         def hook(module: nn.Module, inputs: object, output: object) -> None:
@@ -241,7 +240,7 @@ def _forward(model: nn.Module, input_shape: tuple[int, ...], *, meta: bool) -> A
 
 
 def _classes_of(output: object) -> int | None:
-    from featviz.scores import logits_of
+    from featviz.layers.outputs import logits_of
 
     try:
         scores, _ = logits_of(output)

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from featviz.models import LoadedModel
-    from featviz.requests import ModelRequest
+    from featviz.model.load import LoadedModel
+    from featviz.model.options import ModelRequest
 
 # Where torchvision, timm and Hugging Face look for weights, and whether they may download.
 _WEIGHTS_ENV = (

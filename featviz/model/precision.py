@@ -17,8 +17,8 @@ from featviz.errors import UsageError
 if TYPE_CHECKING:
     import torch
 
-    from featviz.models import LoadedModel
-    from featviz.pipeline import LoadedImage
+    from featviz.inputs.loaded import LoadedImage
+    from featviz.model.load import LoadedModel
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -52,7 +52,7 @@ class PrecisionCheck:
     def __call__(self, batch: list[LoadedImage]) -> None:
         import torch
 
-        from featviz.scores import logits_of
+        from featviz.layers.outputs import logits_of
 
         inputs = self.model.batch([item.tensor for item in batch])
         with torch.no_grad():

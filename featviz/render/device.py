@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from featviz.render import OVERLAY_BAND_ROWS, blend_table
+from featviz.render.draw import OVERLAY_BAND_ROWS, blend_table
 
 if TYPE_CHECKING:
     import numpy as np

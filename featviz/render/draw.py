@@ -140,7 +140,7 @@ def blend_table(alpha: float) -> np.ndarray:
     """The overlay's blend (1 − α)·v + α·c, rounded, for every photo value v and colour value
     c, flat at v·256 + c ((65536,) uint8, read-only). Each entry is the float32 formula itself,
     so one lookup per byte gives its exact result, about 3× faster than the arithmetic (on
-    the CPU, ``overlay``, and on a GPU, featviz.device_render)."""
+    the CPU, ``overlay``, and on a GPU, featviz.render.device)."""
     import numpy as np
 
     values = np.arange(256, dtype=np.float32)

@@ -1,6 +1,6 @@
 """The library entry points behind each command: build what a run needs, then stream it.
 
-cli.py turns options into frozen requests (featviz.requests) and calls one function per command;
+cli/app.py turns options into frozen requests (featviz.requests) and calls one function per command;
 everything here raises FeatvizError subclasses and never prints. What is resolved from a request
 (layer globs → names, class names → indices) goes into the job and into the manifest's
 ``resolved`` section, next to the request exactly as given.
@@ -17,25 +17,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from featviz.errors import UsageError
-from featviz.requests import DEFAULT_MIN_SCORE, plain
+from featviz.run.plan import plain
+from featviz.tasks.detection import DEFAULT_MIN_SCORE
 
 if TYPE_CHECKING:
-    from featviz.folding import FoldedBatchNorms
-    from featviz.images import ImageSource
-    from featviz.jobs import ImageJob
-    from featviz.models import LoadedModel
-    from featviz.pipeline import ImageResult, Pipeline, PipelineConfig
-    from featviz.report import RunTally
-    from featviz.requests import (
-        CamRequest,
-        ExplainRequest,
-        FiltersRequest,
-        MapsRequest,
-        ModelRequest,
-        OutputRequest,
-        RunRequest,
-    )
-    from featviz.variants import Variant
+    from featviz.inputs.discover import ImageSource
+    from featviz.layers.catalog import ModelTrace
+    from featviz.layers.folding import FoldedBatchNorms
+    from featviz.model.load import LoadedModel
+    from featviz.model.options import ModelRequest
+    from featviz.run.jobs.base import ImageJob
+    from featviz.run.pipeline import Pipeline, PipelineConfig
+    from featviz.run.plan import CamRequest, ExplainRequest, FiltersRequest, MapsRequest, RunRequest
+    from featviz.sinks.manifest import RunTally
+    from featviz.sinks.options import OutputRequest
+    from featviz.sinks.results import ImageResult
+    from featviz.sinks.variants import Variant
 
 
 @dataclass(frozen=True)
@@ -56,7 +53,7 @@ class PreparedRun:
 
     @cached_property
     def pipeline(self) -> Pipeline:
-        from featviz.pipeline import Pipeline
+        from featviz.run.pipeline import Pipeline
 
         return Pipeline(self.job, self.sources, self.config)
 
@@ -80,8 +77,8 @@ class PreparedRun:
     def finish(self, tally: RunTally, interrupted: bool) -> Path:
         """Write what the run as a whole produced (score's table and plot), close the sinks
         (manifest, TensorBoard, gallery); returns the manifest's path."""
-        from featviz.artifacts import ImageOutputs
         from featviz.sinks import RunEnd
+        from featviz.sinks.artifacts import ImageOutputs
 
         artifacts = self.job.run_outputs(tally.results)
         outputs = []
@@ -116,9 +113,9 @@ def default_map_layers(model: LoadedModel) -> list[str]:
 def prepare_maps(
     model: ModelRequest, run: RunRequest, output: OutputRequest, maps: MapsRequest
 ) -> PreparedRun:
-    from featviz.layers import resolve_layers
-    from featviz.maps import MapsJob
-    from featviz.models import load_model
+    from featviz.layers.catalog import resolve_layers
+    from featviz.model.load import load_model
+    from featviz.run.jobs.maps import MapsJob
 
     notes: list[str] = []
     sources = _discover(run, notes)
@@ -146,7 +143,7 @@ def prepare_maps(
 def prepare_cam(
     model: ModelRequest, run: RunRequest, output: OutputRequest, cam: CamRequest
 ) -> PreparedRun:
-    from featviz.cam_job import CamJob
+    from featviz.run.jobs.cam import CamJob
 
     return prepare_explaining("cam", CamJob, model, run, output, cam)
 
@@ -161,10 +158,10 @@ def prepare_explaining(
 ) -> PreparedRun:
     """A run of a command that explains classes (cam, compare, score, sanity): the layers and
     classes resolved from the request, then ``job_type`` over them."""
-    from featviz.detection import check_detection_request
-    from featviz.layers import resolve_layers
-    from featviz.models import load_model
-    from featviz.targets import check_top_k, resolve_target
+    from featviz.explain.targets import check_top_k, resolve_target
+    from featviz.layers.catalog import resolve_layers
+    from featviz.model.load import load_model
+    from featviz.tasks.detection import check_detection_request
 
     notes: list[str] = []
     sources = _discover(run, notes)
@@ -215,7 +212,7 @@ def prepare_explaining(
 
 
 def _with_target_fn(command: str, loaded: LoadedModel, request: ExplainRequest) -> LoadedModel:
-    from featviz.tasks import with_target_fn
+    from featviz.tasks.target_fn import with_target_fn
 
     if command == "score":
         raise UsageError(
@@ -236,7 +233,7 @@ def _discover(run: RunRequest, notes: list[str]) -> Iterable[ImageSource]:
     stream in on stdin. Featviz output folders left out are told in ``notes``."""
     import sys
 
-    from featviz.images import discover
+    from featviz.inputs.discover import discover
 
     def skipped(folder: str) -> None:
         notes.append(f"left out {folder}: a featviz output folder is never read as input")
@@ -266,9 +263,9 @@ def _prepare(
     make_job: Callable[..., ImageJob],
     notes: list[str],
 ) -> PreparedRun:
-    from featviz.jobs import fingerprint
-    from featviz.pipeline import PipelineConfig
-    from featviz.precision import PrecisionCheck, autocast_for
+    from featviz.model.precision import PrecisionCheck, autocast_for
+    from featviz.run.jobs.base import fingerprint
+    from featviz.run.pipeline import PipelineConfig
     from featviz.sinks import sinks_for
 
     batch_size = run.batch_size or (32 if loaded.device.type == "cuda" else 8)
@@ -329,7 +326,7 @@ def _prepare(
 def _folding(command: str, loaded: LoadedModel, resolved: dict[str, Any]) -> FoldedBatchNorms:
     """The batch norms folded for this run's batches: none for sanity, which randomises the
     weights of the very layers (batch norms among them) that folding would merge."""
-    from featviz.folding import folded_for
+    from featviz.layers.folding import folded_for
 
     pairs = () if command == "sanity" else loaded.trace.foldable
     return folded_for(loaded.module, pairs, resolved["layers"])
@@ -365,8 +362,8 @@ _NOT_IN_PICTURES = {"cam_batch_size", "score_batch_size"}
 
 
 def variant_of(settings: dict[str, Any], model: ModelRequest, output: OutputRequest) -> Variant:
-    """The model and the settings a run's pictures depend on (featviz.variants)."""
-    from featviz.variants import Variant, canonical_spec, folder_name
+    """The model and the settings a run's pictures depend on (featviz.sinks.variants)."""
+    from featviz.sinks.variants import Variant, canonical_spec, folder_name
 
     command = settings["command"]
     choosing = _CHOOSING_FILES.get(command, set()) | _NOT_IN_PICTURES
@@ -383,7 +380,7 @@ def variant_of(settings: dict[str, Any], model: ModelRequest, output: OutputRequ
 
 def default_workers() -> int:
     """Decode (and write) threads: one per core this process may run on, 2 to 32."""
-    from featviz.worker.place import usable_cpus
+    from featviz.run.cpus import usable_cpus
 
     return min(32, max(2, len(usable_cpus())))
 
@@ -423,16 +420,26 @@ def model_record(loaded: LoadedModel) -> dict[str, Any]:
     }
 
 
-def describe_layers(model: ModelRequest) -> str:
-    from featviz.models import load_model
-    from featviz.report import layer_table
+@dataclass(frozen=True)
+class LayerCatalog:
+    """What ``featviz layers`` shows: the model's trace, its default CAM layer (None when it
+    has none) and the input side's multiple (None: one size only)."""
+
+    trace: ModelTrace
+    default: str | None
+    multiple: int | None
+
+
+def describe_layers(model: ModelRequest) -> LayerCatalog:
+    """The model's layers, built on the meta device: nothing is downloaded."""
+    from featviz.model.load import load_model
 
     loaded = load_model(model, structure_only=True)
     try:
         default = loaded.default_cam_layer()
     except UsageError:
         default = None
-    return layer_table(loaded.trace, default, loaded.preprocessing.multiple)
+    return LayerCatalog(loaded.trace, default, loaded.preprocessing.multiple)
 
 
 def list_models(
@@ -440,10 +447,10 @@ def list_models(
 ) -> list[tuple[str, list[str]]]:
     """(name for --model, its weights) of the source's models whose name contains the filter."""
     if source == "timm":
-        from featviz.sources.timm_models import timm_models
+        from featviz.model.sources.timm_models import timm_models
 
         return timm_models(name_filter)
-    from featviz.sources.torchvision_models import model_weights_names, torchvision_models
+    from featviz.model.sources.torchvision_models import model_weights_names, torchvision_models
 
     names = [
         name
@@ -464,12 +471,12 @@ class FiltersResult:
 def render_filters(
     model: ModelRequest, output: OutputRequest, request: FiltersRequest
 ) -> FiltersResult:
-    from featviz.artifacts import Artifact, ImageOutputs
-    from featviz.filters import conv_layers, filter_grid
-    from featviz.jobs import fingerprint
-    from featviz.models import load_model
-    from featviz.report import RunTally
+    from featviz.features.filters import conv_layers, filter_grid
+    from featviz.model.load import load_model
+    from featviz.run.jobs.base import fingerprint
     from featviz.sinks import RunEnd, sinks_for
+    from featviz.sinks.artifacts import Artifact, ImageOutputs
+    from featviz.sinks.manifest import RunTally
 
     loaded = load_model(model)
     modules = dict(loaded.module.named_modules())

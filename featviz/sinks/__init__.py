@@ -1,4 +1,4 @@
-"""Where results go: each image's rendered outputs (featviz.artifacts) are handed to sinks.
+"""Where results go: each image's rendered outputs (featviz.sinks.artifacts) are handed to sinks.
 
 The file layout (``files.py``) is always on: it writes PNG/NPY/NPZ files, the per-image records
 that ``--skip-existing`` and the gallery read, and the run's manifest. ``--tensorboard DIR``
@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from featviz.artifacts import ImageOutputs
-    from featviz.images import ImageSource
-    from featviz.pipeline import ImageResult
-    from featviz.report import RunTally
-    from featviz.requests import OutputRequest
+    from featviz.inputs.discover import ImageSource
+    from featviz.sinks.artifacts import ImageOutputs
     from featviz.sinks.files import FileSink
-    from featviz.variants import Variant
+    from featviz.sinks.manifest import RunTally
+    from featviz.sinks.options import OutputRequest
+    from featviz.sinks.results import ImageResult
+    from featviz.sinks.variants import Variant
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class Sinks:
     def write(self, outputs: ImageOutputs, rows: list[dict[str, Any]] | None = None) -> ImageResult:
         """Every sink writes the image's outputs; its record comes last (its presence means
         everything it lists is complete). ``rows``: score's and sanity's numbers."""
-        from featviz.pipeline import ImageResult
+        from featviz.sinks.results import ImageResult
 
         written = self.files.write(outputs)
         for sink in self.others:
@@ -100,11 +100,11 @@ def sinks_for(
     """The sinks ``output`` asks for, checked (a missing tensorboard package is a usage error)
     but not opened: nothing is written before ``Sinks.open``.
 
-    ``variant``: the model and settings the pictures depend on (featviz.variants: their
+    ``variant``: the model and settings the pictures depend on (featviz.sinks.variants: their
     folder); ``record``: what the manifest says about the run besides its images.
     """
-    from featviz.output import OutputLayout
     from featviz.sinks.files import FileSink
+    from featviz.sinks.layout import OutputLayout
 
     layout = OutputLayout(output.out, output.image_format)
     others: list[Sink] = []

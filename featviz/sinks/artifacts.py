@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     import numpy as np
 
-    from featviz.images import ImageSource
-    from featviz.pipeline import Prediction
+    from featviz.explain.predictions import Prediction
+    from featviz.inputs.discover import ImageSource
 
 Command = Literal["maps", "cam", "filters", "compare", "score", "sanity"]
 Kind = Literal[
@@ -56,7 +56,7 @@ class Artifact:
     def png(self) -> bytes:
         """The picture as PNG, encoded once for every sink that wants it (the file layout and
         TensorBoard store the same bytes)."""
-        from featviz.output import encode_png
+        from featviz.sinks.encode import encode_png
 
         return encode_png(self.pixels)
 

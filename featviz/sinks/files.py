@@ -9,25 +9,19 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from featviz.output import (
-    encode_json,
-    encode_npy,
-    encode_npz,
-    file_stamps,
-    finished_record,
-    run_name,
-    write_atomic,
-)
-from featviz.shards import shards_summary
-from featviz.variants import claim
+from featviz.inputs.shards import shards_summary
+from featviz.sinks.encode import encode_json, encode_npy, encode_npz
+from featviz.sinks.layout import run_name, write_atomic
+from featviz.sinks.records import file_stamps, finished_record
+from featviz.sinks.variants import claim
 
 if TYPE_CHECKING:
-    from featviz.artifacts import Artifact, ImageOutputs
-    from featviz.images import ImageSource
-    from featviz.output import OutputLayout
-    from featviz.pipeline import ImageResult
+    from featviz.inputs.discover import ImageSource
     from featviz.sinks import RunEnd
-    from featviz.variants import Variant
+    from featviz.sinks.artifacts import Artifact, ImageOutputs
+    from featviz.sinks.layout import OutputLayout
+    from featviz.sinks.results import ImageResult
+    from featviz.sinks.variants import Variant
 
 
 class FileSink:
@@ -64,7 +58,8 @@ class FileSink:
 
     def finished(self, source: ImageSource) -> ImageResult | None:
         """The result of an earlier run with the same settings, when its outputs are intact."""
-        from featviz.pipeline import ImageResult, Prediction
+        from featviz.explain.predictions import Prediction
+        from featviz.sinks.results import ImageResult
 
         path = self.layout.record(source.relative, self.command, self.fingerprint)
         record = finished_record(path, self.fingerprint)
@@ -118,8 +113,8 @@ class FileSink:
 
     def close(self, end: RunEnd) -> Path:
         """This run's manifest under runs/, and manifest.json: the same, listing every run."""
-        from featviz.images import printable
-        from featviz.report import manifest
+        from featviz.inputs.discover import printable
+        from featviz.sinks.manifest import manifest
 
         data = manifest(self.command, self.run_record, end.tally, end.interrupted)
         if end.outputs:

@@ -5,7 +5,7 @@ and of each original photo under ``gallery/originals/`` (the page never makes th
 full-size PNGs). When a run ends, even an interrupted or failed one, the page's data is rebuilt
 from every per-image record in the folder — every command, model and run that wrote there,
 ``--skip-existing`` resumes included; each picture names the model folder it is in, whose
-claim (featviz.variants) says which model and weights made it — into ``gallery/data.js`` (a
+claim (featviz.sinks.variants) says which model and weights made it — into ``gallery/data.js`` (a
 script, not a JSON file: browsers refuse to fetch files from a ``file://`` page), and
 ``index.html`` (the same static page each time) is written beside it.
 Thumbnails missing then (a run with ``--no-gallery`` before) are made from the files on disk.
@@ -22,15 +22,15 @@ from importlib import resources
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
-from featviz.output import RECORDS, write_atomic
-from featviz.variants import claims
+from featviz.sinks.layout import RECORDS, write_atomic
+from featviz.sinks.variants import claims
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from featviz.artifacts import ImageOutputs
-    from featviz.output import OutputLayout
     from featviz.sinks import RunEnd
+    from featviz.sinks.artifacts import ImageOutputs
+    from featviz.sinks.layout import OutputLayout
 
 THUMB_SIDE = 240  # pixels, the longer side
 THUMB_QUALITY = 80
@@ -210,8 +210,8 @@ def _thumb_from_file(image: Path, thumb: Path) -> None:
     shows no picture, the run does not fail)."""
     import numpy as np
 
-    from featviz.decode import decode
     from featviz.errors import InputError
+    from featviz.inputs.decode import decode
 
     try:
         write_atomic(thumb, thumbnail(np.asarray(decode(image))))

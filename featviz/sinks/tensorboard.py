@@ -24,8 +24,8 @@ HISTOGRAM_SAMPLE = 65_536
 if TYPE_CHECKING:
     import numpy as np
 
-    from featviz.artifacts import Artifact, ImageOutputs
     from featviz.sinks import RunEnd
+    from featviz.sinks.artifacts import Artifact, ImageOutputs
 
 
 def _fast_checksums() -> None:

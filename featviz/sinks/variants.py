@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from featviz.errors import RunError
-from featviz.output import RESERVED, encode_json, safe_name, write_atomic
+from featviz.explain.names import safe_name
+from featviz.sinks.encode import encode_json
+from featviz.sinks.layout import RESERVED, write_atomic
 
 MODELS = "models"
 

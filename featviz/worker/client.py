@@ -1,5 +1,5 @@
 """The caller's side of the warm worker: hand this process's command to a running worker and
-exit as the command did. Imports neither torch nor typer (launch.py runs it before either).
+exit as the command did. Imports neither torch nor typer (cli/launch.py runs it before either).
 
 ``FEATVIZ_WORKER``: ``on`` (the default) uses a worker when one runs, ``auto`` also starts one
 when none does, ``off`` never uses one. A call the worker cannot take — no worker, one of other
@@ -26,8 +26,9 @@ SUPPORTED = sys.platform.startswith("linux") and hasattr(socket, "SO_PEERCRED")
 _IN_PROCESS = {"worker", "--help", "-h", "--version"}
 
 
-def delegate(argv: list[str]) -> int | None:
-    """The exit code of ``argv`` run by the worker, or None: run it in this process."""
+def delegate(argv: list[str], server: str) -> int | None:
+    """The exit code of ``argv`` run by the worker, or None: run it in this process.
+    ``server``: the module whose ``main()`` serves, for a worker started here."""
     mode = _mode()
     if mode == "off" or not argv[1:] or _IN_PROCESS.intersection(argv[1:]):
         return None
@@ -43,10 +44,10 @@ def delegate(argv: list[str]) -> int | None:
     if conn is None and mode == "auto":
         from featviz.worker.control import start
 
-        conn = start(where).connection
+        conn = start(where, server).connection
     if conn is None:
         return None
-    return _run(conn, where, argv)
+    return _run(conn, where, argv, server)
 
 
 def connect(where: Place) -> socket.socket | None:
@@ -74,7 +75,7 @@ def ask(where: Place, op: str) -> dict[str, Any] | None:
         return None
 
 
-def _run(conn: socket.socket, where: Place, argv: list[str]) -> int | None:
+def _run(conn: socket.socket, where: Place, argv: list[str], server: str) -> int | None:
     with conn:
         try:
             protocol.send(conn, _call(argv), fds=[0, 1, 2])  # the working folder may be gone
@@ -88,7 +89,7 @@ def _run(conn: socket.socket, where: Place, argv: list[str]) -> int | None:
             if reply.get("refused") == "version":
                 from featviz.worker.control import replace
 
-                replace(where)
+                replace(where, server)
             return None
         return _follow(conn, reply["pid"])
 

@@ -27,9 +27,10 @@ class Started:
     problem: str | None = None
 
 
-def start(where: Place) -> Started:
-    """Start a worker unless one runs, and wait until it answers."""
-    process = _spawn(where)
+def start(where: Place, server: str) -> Started:
+    """Start a worker unless one runs, and wait until it answers. ``server``: the module whose
+    ``main()`` serves (the CLI's, which runs each call's command line)."""
+    process = _spawn(where, server)
     deadline = time.monotonic() + _READY_S
     while time.monotonic() < deadline:
         status = ask(where, "status")
@@ -43,10 +44,10 @@ def start(where: Place) -> Started:
     return Started(problem=f"it did not answer within {_READY_S:.0f} s; its log: {where.log}")
 
 
-def replace(where: Place) -> None:
+def replace(where: Place, server: str) -> None:
     """A worker of other code was asked to leave: start this code's, without waiting for it
     (it takes over the socket once the old one has gone)."""
-    _spawn(where)
+    _spawn(where, server)
 
 
 def stop(where: Place) -> int | None:
@@ -65,12 +66,11 @@ def status(where: Place) -> dict[str, Any] | None:
     return ask(where, "status")
 
 
-def _spawn(where: Place) -> subprocess.Popen:
+def _spawn(where: Place, server: str) -> subprocess.Popen:
     # The very featviz code of this call, whatever the working directory.
     package_root = Path(__file__).resolve().parent.parent.parent
     code = (
-        f"import sys; sys.path.insert(0, {str(package_root)!r}); "
-        "from featviz.worker.server import main; main()"
+        f"import sys; sys.path.insert(0, {str(package_root)!r}); from {server} import main; main()"
     )
     log = open(where.log, "ab")  # noqa: SIM115 - handed to the child
     with log:

@@ -17,6 +17,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from featviz.run.cpus import usable_cpus
+
 MODE_ENV = "FEATVIZ_WORKER"  # off · on (the default: use a running worker) · auto (start one)
 IDLE_ENV = "FEATVIZ_WORKER_IDLE"  # seconds without a call before the worker leaves
 MODELS_ENV = "FEATVIZ_WORKER_MODELS"  # memory the worker may keep models in
@@ -99,13 +101,6 @@ def environment_key() -> str:
     parts += [f"{name}={os.environ.get(name, '')}" for name in START_TIME_ENV]
     parts.append(",".join(map(str, sorted(usable_cpus()))))
     return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogateescape")).hexdigest()[:12]
-
-
-def usable_cpus() -> set[int]:
-    """The CPUs this process may run on (its affinity, where the system has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return os.sched_getaffinity(0)
-    return set(range(os.cpu_count() or 1))
 
 
 def place() -> Place:

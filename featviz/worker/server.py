@@ -1,5 +1,5 @@
 """The warm worker process: torch, torchvision and featviz imported once, recent models kept
-(model_cache.py), commands run one at a time in its main thread as the caller's process would
+(model/cache.py), commands run one at a time in its main thread as the caller's process would
 run them (isolation.py), and what a command changed of the process's global state put back
 after it (global_state.py).
 
@@ -9,8 +9,8 @@ calls never share the process state or interleave their output. A call waiting i
 has started nothing: a caller interrupted there just leaves.
 
 Started by the client (``featviz worker start`` or ``FEATVIZ_WORKER=auto``) as
-``python -c "…; from featviz.worker.server import main; main()"`` with stdout and stderr on
-its log file.
+``python -c "…; from featviz.cli.serve import main; main()"`` with stdout and stderr on its log
+file: the CLI hands ``serve`` the function that runs a command line, and what to import first.
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from featviz.heap import return_freed_memory
-from featviz.sizes import parse_bytes
+from featviz.run.heap import return_freed_memory
+from featviz.run.sizes import parse_bytes
 from featviz.worker import protocol
 from featviz.worker.place import (
     DEFAULT_IDLE_S,
@@ -42,6 +43,7 @@ from featviz.worker.place import (
     place,
 )
 
+RunCommand = Callable[[list[str], "str | None"], int]
 _LOCK_WAIT_S = 60.0  # a worker of the old code finishing its last call before it leaves
 _POLL_S = 0.5
 
@@ -65,10 +67,13 @@ class Call:
 
 
 class Worker:
-    def __init__(self, where: Place, idle_s: float, models_budget: int) -> None:
-        from featviz.model_cache import ModelCache
+    def __init__(
+        self, where: Place, idle_s: float, models_budget: int, run_command: RunCommand
+    ) -> None:
+        from featviz.model.cache import ModelCache
 
         self.place = where
+        self.run_command = run_command
         self.idle_s = idle_s
         self.cache = ModelCache(models_budget)
         self.version = code_version()
@@ -85,7 +90,7 @@ class Worker:
     # The main thread ------------------------------------------------------------------------
 
     def serve(self, listener: socket.socket) -> None:
-        from featviz import model_cache
+        from featviz.model import cache as model_cache
         from featviz.worker.global_state import GlobalState
         from featviz.worker.isolation import FreshState
 
@@ -146,7 +151,6 @@ class Worker:
         """The call's outcome for its caller: ``exit`` or ``signal`` once it has run,
         ``refused`` when its state could not be taken on (the caller then runs it itself),
         None when the caller has gone."""
-        from featviz.cli import run_command
         from featviz.worker.isolation import call_state
 
         request = call.request
@@ -156,7 +160,7 @@ class Worker:
                     return None
                 self.in_command = True
                 try:
-                    return {"exit": run_command(request["argv"][1:], request["prog"])}
+                    return {"exit": self.run_command(request["argv"][1:], request["prog"])}
                 except Exception:  # a bug outside the error funnel: as Python would show it
                     traceback.print_exc()
                     return {"exit": 1}
@@ -302,23 +306,6 @@ def _rss_bytes() -> int | None:
     return None
 
 
-def _warm_up() -> None:
-    """Import now what every call needs, so the first call is as quick as the next."""
-    import torch  # noqa: F401
-    import torchvision.models  # noqa: F401
-
-    import featviz.cli
-    import featviz.explain
-    import featviz.pipeline
-    import featviz.render
-    import featviz.runner
-    import featviz.sinks.files
-    from featviz.cam.registry import method_names
-
-    featviz.cli.click_command()  # typer builds it in about 50 ms
-    method_names()
-
-
 def _hold_lock(where: Place) -> Any:
     """The worker's lock, once a previous worker (old code, leaving) has let it go; None when a
     live worker keeps it."""
@@ -348,15 +335,18 @@ def _listen(where: Place) -> socket.socket:
     return listener
 
 
-def main() -> None:
+def serve(run_command: RunCommand, warm_up: Callable[[], None]) -> None:
+    """Be this environment's worker until idle or stopped: ``run_command(args, prog_name)``
+    runs one call's command line and returns its exit code; ``warm_up`` imports beforehand
+    what every call needs, so the first call is as quick as the next."""
     where = place()
     lock = _hold_lock(where)
     if lock is None:
         return
     idle_s = float(os.environ.get(IDLE_ENV) or DEFAULT_IDLE_S)
     budget = parse_bytes(os.environ.get(MODELS_ENV) or DEFAULT_MODELS, what=MODELS_ENV)
-    _warm_up()
-    worker = Worker(where, idle_s, budget)
+    warm_up()
+    worker = Worker(where, idle_s, budget, run_command)
     listener = _listen(where)
     identity = os.stat(where.socket).st_ino
     try:

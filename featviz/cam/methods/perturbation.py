@@ -23,12 +23,13 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from featviz.cam.base import CamMethod, logits_match, safe_divide, upsample
+from featviz.cam.base import CamMethod, logits_match, safe_divide
 from featviz.cam.context import CamContext
 from featviz.errors import first_line
-from featviz.hooks import split_entry, with_tapped
-from featviz.scores import logits_of
-from featviz.tasks import replaying
+from featviz.layers.grids import upsample
+from featviz.layers.outputs import logits_of
+from featviz.layers.taps import split_entry, with_tapped
+from featviz.tasks.base import replaying
 
 # Score-CAM's mask denominator max − min + ε: a constant channel gives an all-zero mask.
 _MASK_EPS = 1e-8

@@ -21,7 +21,7 @@ import torch
 from featviz.cam.base import CamMethod
 from featviz.cam.context import CamContext
 from featviz.errors import UsageError
-from featviz.layouts import token_grid
+from featviz.layers.layouts import token_grid
 
 
 class _Rollout(CamMethod):

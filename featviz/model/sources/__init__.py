@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from torch import nn
 
-    from featviz.requests import ModelRequest
+    from featviz.model.options import ModelRequest
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -79,17 +79,17 @@ def source_for(spec: str) -> ModelSource:
     ``file.py:callable`` / ``pkg.mod:callable`` for a user's factory, anything else a
     torchvision model name."""
     if spec.startswith(TIMM_PREFIX):
-        from featviz.sources.timm_models import TimmSource
+        from featviz.model.sources.timm_models import TimmSource
 
         return TimmSource()
     if spec.startswith(HF_PREFIX):
-        from featviz.sources.hf_models import HuggingFaceSource
+        from featviz.model.sources.hf_models import HuggingFaceSource
 
         return HuggingFaceSource()
     if ":" in spec:
-        from featviz.sources.factory import FactorySource
+        from featviz.model.sources.factory import FactorySource
 
         return FactorySource()
-    from featviz.sources.torchvision_models import TorchvisionSource
+    from featviz.model.sources.torchvision_models import TorchvisionSource
 
     return TorchvisionSource()

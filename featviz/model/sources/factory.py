@@ -10,14 +10,14 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from featviz.checkpoints import load_into, read_state_dict
 from featviz.errors import RunError, UsageError
-from featviz.sources import IMAGENET_MEAN, IMAGENET_STD, BuiltModel
-from featviz.sources.meta import parameters_on_meta
+from featviz.model.checkpoints import load_into, read_state_dict
+from featviz.model.sources import IMAGENET_MEAN, IMAGENET_STD, BuiltModel
+from featviz.model.sources.meta import parameters_on_meta
 from featviz.user_code import import_callable
 
 if TYPE_CHECKING:
-    from featviz.requests import ModelRequest
+    from featviz.model.options import ModelRequest
 
 
 class FactorySource:
@@ -46,7 +46,7 @@ class FactorySource:
             )
         labels = getattr(source, "LABELS", None)
         if isinstance(labels, str):
-            from featviz.models import read_labels
+            from featviz.model.labels import read_labels
 
             labels = read_labels(labels)
         return BuiltModel(

@@ -20,15 +20,15 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from featviz.checkpoints import load_into, read_state_dict
 from featviz.errors import RunError, first_line
-from featviz.sources import HF_PREFIX, IMAGENET_MEAN, IMAGENET_STD, BuiltModel, hub, require
-from featviz.sources.meta import parameters_on_meta
+from featviz.model.checkpoints import load_into, read_state_dict
+from featviz.model.sources import HF_PREFIX, IMAGENET_MEAN, IMAGENET_STD, BuiltModel, hub, require
+from featviz.model.sources.meta import parameters_on_meta
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from featviz.requests import ModelRequest
+    from featviz.model.options import ModelRequest
 
 # PIL's resampling numbers, as image-processor configs store them.
 _RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}

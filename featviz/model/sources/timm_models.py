@@ -11,15 +11,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from featviz.checkpoints import load_into, read_state_dict
 from featviz.errors import RunError, UsageError, closest
-from featviz.sources import TIMM_PREFIX, BuiltModel, hub, require
-from featviz.sources.meta import parameters_on_meta
+from featviz.model.checkpoints import load_into, read_state_dict
+from featviz.model.sources import TIMM_PREFIX, BuiltModel, hub, require
+from featviz.model.sources.meta import parameters_on_meta
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from featviz.requests import ModelRequest
+    from featviz.model.options import ModelRequest
 
 
 def timm_models(name_filter: str | None) -> list[tuple[str, list[str]]]:
@@ -125,7 +125,7 @@ def _reads_class_token(model: nn.Module) -> bool | None:
 
 def _categories(timm: Any, model: nn.Module) -> list[str] | None:
     """ImageNet's class names when the head is one of the ImageNet subsets timm knows."""
-    from featviz.sources.torchvision_models import imagenet_categories
+    from featviz.model.sources.torchvision_models import imagenet_categories
 
     subset = timm.data.infer_imagenet_subset(model)
     if subset is None:

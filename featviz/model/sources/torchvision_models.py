@@ -12,16 +12,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from featviz.checkpoints import load_into, read_state_dict
 from featviz.errors import RunError, UsageError, closest
-from featviz.sources import BuiltModel
-from featviz.sources.meta import parameters_on_meta
+from featviz.model.checkpoints import load_into, read_state_dict
+from featviz.model.sources import BuiltModel
+from featviz.model.sources.meta import parameters_on_meta
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from featviz.requests import ModelRequest
+    from featviz.model.options import ModelRequest
 
 
 def classification_models() -> list[str]:

@@ -1,7 +1,7 @@
 """``featviz cam``: class-activation maps for each image × method × layer × target.
 
-The maps come from one forward per batch (featviz.explain); each is upsampled bilinearly from
-the layer's resolution straight onto the ORIGINAL image (preprocessing never crops, so the
+The maps come from one forward per batch (featviz.explain.explainer); each is upsampled bilinearly
+from the layer's resolution straight onto the ORIGINAL image (preprocessing never crops, so the
 layer's grid covers the whole photo), colour-mapped and blended, and handed to the sinks.
 """
 
@@ -11,16 +11,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from featviz.artifacts import Artifact, ImageOutputs
-from featviz.explain import ExplainedMap, ExplainingJob
-from featviz.jobs import failure
-from featviz.pipeline import ImageResult, LoadedImage, Prediction
+from featviz.explain.explainer import ExplainedMap
+from featviz.explain.predictions import Prediction
+from featviz.inputs.loaded import LoadedImage
+from featviz.run.jobs.base import failure
+from featviz.run.jobs.explaining import ExplainingJob
+from featviz.sinks.artifacts import Artifact, ImageOutputs
+from featviz.sinks.results import ImageResult
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from featviz.requests import CamRequest
+    from featviz.run.plan import CamRequest
 
 FUSED = "fused"
 
@@ -30,8 +33,8 @@ class CamJob(ExplainingJob):
     request: CamRequest
 
     def __post_init__(self) -> None:
-        from featviz.device_render import DeviceBlend, renders_on
-        from featviz.render import colormap_lut
+        from featviz.render.device import DeviceBlend, renders_on
+        from featviz.render.draw import colormap_lut
 
         self.lut = colormap_lut(self.request.cmap)  # an unknown name fails before any image
         super().__post_init__()
@@ -70,7 +73,7 @@ class CamJob(ExplainingJob):
         pictures: list[Picture] | None,
     ):
         def write() -> ImageResult:
-            from featviz.render import overlay
+            from featviz.render.draw import overlay
 
             def blend(values: torch.Tensor) -> np.ndarray:
                 return overlay(
@@ -115,7 +118,7 @@ class CamJob(ExplainingJob):
         CPU) and its overlay by ``blend``, then one fusion of layers per method and target
         with ``--fuse``."""
         from featviz.cam import fuse, heatmap
-        from featviz.render import mark
+        from featviz.render.draw import mark
 
         size = item.original.shape[:2]
         made: list[Picture] = []
@@ -136,7 +139,7 @@ class CamJob(ExplainingJob):
         return made
 
     def _artifacts(self, picture: Picture) -> list[Artifact]:
-        from featviz.render import apply_colormap
+        from featviz.render.draw import apply_colormap
 
         entry = picture.entry
         where = {

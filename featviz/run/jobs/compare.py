@@ -3,7 +3,7 @@
 ``<rel>/compare.png``: the original, then a grid of overlays: one row per method, one column per
 layer × target (``-l``, ``-t`` / ``--top-k``); each cell titled with its method, layer, class and
 probability; one colour bar for all (every map is scaled to [0, 1]). All the maps come from one
-forward and, for the gradient methods, one backward per target (featviz.explain).
+forward and, for the gradient methods, one backward per target (featviz.explain.explainer).
 """
 
 from __future__ import annotations
@@ -12,13 +12,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from featviz.artifacts import Artifact, ImageOutputs
-from featviz.explain import ExplainedMap, ExplainingJob
-from featviz.jobs import failure
-from featviz.pipeline import ImageResult, LoadedImage, Prediction
+from featviz.explain.explainer import ExplainedMap
+from featviz.explain.predictions import Prediction
+from featviz.inputs.loaded import LoadedImage
+from featviz.run.jobs.base import failure
+from featviz.run.jobs.explaining import ExplainingJob
+from featviz.sinks.artifacts import Artifact, ImageOutputs
+from featviz.sinks.results import ImageResult
 
 if TYPE_CHECKING:
-    from featviz.requests import CompareRequest
+    from featviz.run.plan import CompareRequest
 
 
 @dataclass(kw_only=True)
@@ -26,7 +29,7 @@ class CompareJob(ExplainingJob):
     request: CompareRequest
 
     def __post_init__(self) -> None:
-        from featviz.render import colormap_lut
+        from featviz.render.draw import colormap_lut
 
         self.lut = colormap_lut(self.request.cmap)
         super().__post_init__()
@@ -49,8 +52,8 @@ class CompareJob(ExplainingJob):
     def _writer(self, item: LoadedImage, maps: list[ExplainedMap], predictions: list[Prediction]):
         def write() -> ImageResult:
             from featviz.cam import heatmap
-            from featviz.figures import Cell, grid_panel
-            from featviz.render import mark, overlay
+            from featviz.render.draw import mark, overlay
+            from featviz.render.figures import Cell, grid_panel
 
             size = item.original.shape[:2]
             # One column per target of this image (a detector's images have as many as boxes).

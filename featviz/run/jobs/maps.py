@@ -12,15 +12,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from featviz.artifacts import Artifact, ImageOutputs
-from featviz.hooks import LayerTaps
-from featviz.jobs import ImageJob, failure, model_failure, nan_or_infinite, not_finite
-from featviz.pipeline import ImageResult, LoadedImage
+from featviz.explain.checks import model_failure, nan_or_infinite, not_finite
+from featviz.inputs.loaded import LoadedImage
+from featviz.layers.taps import LayerTaps
+from featviz.run.jobs.base import ImageJob, failure
+from featviz.sinks.artifacts import Artifact, ImageOutputs
+from featviz.sinks.results import ImageResult
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from featviz.requests import ChannelOrder, MapsRequest
+    from featviz.run.plan import ChannelOrder, MapsRequest
 
 
 def select_channels(maps: np.ndarray, max_channels: int, order: ChannelOrder) -> np.ndarray:
@@ -40,7 +42,7 @@ class MapsJob(ImageJob):
     layers: list[str]  # resolved module names, in execution order
 
     def __post_init__(self) -> None:
-        from featviz.render import colormap_lut
+        from featviz.render.draw import colormap_lut
 
         self.lut = colormap_lut(self.request.cmap)  # an unknown name fails before any image
 
@@ -75,7 +77,7 @@ class MapsJob(ImageJob):
         ]
 
     def _writer(self, item: LoadedImage, maps: dict[str, np.ndarray]):
-        from featviz.render import channel_grid, is_grey
+        from featviz.render.draw import channel_grid, is_grey
 
         grey = is_grey(self.lut)
 

@@ -1,6 +1,6 @@
 """``featviz sanity``: does the map depend on the model? (Adebayo et al., NeurIPS 2018)
 
-Cascading randomisation (featviz.randomize): the model's blocks are re-initialised one by one
+Cascading randomisation (featviz.judge.randomize): the model's blocks are re-initialised one by one
 from the top, and after each step every method's map is computed again on a randomised copy
 for the same classes, and compared with the map of the trained model: Spearman's rank
 correlation of |map| at the layer's resolution, and SSIM of the maps scaled to [0, 1] at the
@@ -20,14 +20,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from featviz.artifacts import Artifact, ImageOutputs
 from featviz.errors import UsageError
-from featviz.explain import ExplainingJob
-from featviz.jobs import failure, run_rows
-from featviz.pipeline import ImageResult, LoadedImage
+from featviz.inputs.loaded import LoadedImage
+from featviz.run.jobs.base import failure, run_rows
+from featviz.run.jobs.explaining import ExplainingJob
+from featviz.sinks.artifacts import Artifact, ImageOutputs
+from featviz.sinks.results import ImageResult
 
 if TYPE_CHECKING:
-    from featviz.requests import SanityRequest
+    from featviz.run.plan import SanityRequest
 
 
 @dataclass(kw_only=True)
@@ -35,7 +36,7 @@ class SanityJob(ExplainingJob):
     request: SanityRequest
 
     def __post_init__(self) -> None:
-        from featviz.randomize import cascade_blocks, randomised_states
+        from featviz.judge.randomize import cascade_blocks, randomised_states
 
         super().__post_init__()
         module = self.model.module
@@ -77,8 +78,9 @@ class SanityJob(ExplainingJob):
     ) -> list[dict[str, Any]]:
         """Every map's similarity to the trained model's along the cascade; SSIM at the
         network's input ``size``."""
-        from featviz.cam import normalise, upsample
-        from featviz.similarity import spearman, ssim
+        from featviz.cam import normalise
+        from featviz.judge.similarity import spearman, ssim
+        from featviz.layers.grids import upsample
 
         rows = []
         for j, entry in enumerate(trained):
@@ -117,8 +119,8 @@ class SanityJob(ExplainingJob):
     ):
         def write() -> ImageResult:
             from featviz.cam import heatmap
-            from featviz.figures import Cell, grid_panel
-            from featviz.render import apply_colormap, colormap_lut
+            from featviz.render.draw import apply_colormap, colormap_lut
+            from featviz.render.figures import Cell, grid_panel
 
             lut = colormap_lut("jet")
             size = item.original.shape[:2]
@@ -152,8 +154,8 @@ class SanityJob(ExplainingJob):
         return write
 
     def run_outputs(self, results: list[dict[str, Any]]) -> list[Artifact]:
-        from featviz.figures import curves_plot
-        from featviz.report import score_csv
+        from featviz.judge.tables import score_csv
+        from featviz.render.figures import curves_plot
 
         rows = run_rows(results)
         if not rows:
@@ -183,7 +185,7 @@ class SanityJob(ExplainingJob):
         ]
 
     def report(self, results: list[dict[str, Any]]) -> str | None:
-        from featviz.report import sanity_table
+        from featviz.judge.tables import sanity_table
 
         rows = run_rows(results)
         return sanity_table(rows, self.blocks) if rows and self.blocks else None

@@ -1,6 +1,6 @@
 """``featviz score``: how faithful is each map? Numbers per image × method × layer × target.
 
-Each map E is upsampled to the network's input and scaled to [0, 1]; featviz.metrics then
+Each map E is upsampled to the network's input and scaled to [0, 1]; featviz.judge.metrics then
 perturbs the input by it (average drop / increase in confidence, deletion / insertion AUC,
 ROAD MoRF / LeRF), every image of a batch and every perturbation of it in as few forwards as
 ``--score-batch-size`` allows, on the model's device. Two baselines are scored like methods, at
@@ -19,30 +19,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from featviz.artifacts import Artifact, ImageOutputs
-from featviz.explain import ExplainingJob
-from featviz.jobs import failure, run_rows
-from featviz.pipeline import ImageResult, LoadedImage
+from featviz.inputs.loaded import LoadedImage
+from featviz.run.jobs.base import failure, run_rows
+from featviz.run.jobs.explaining import ExplainingJob
+from featviz.sinks.artifacts import Artifact, ImageOutputs
+from featviz.sinks.results import ImageResult
 
 if TYPE_CHECKING:
     import torch
 
-    from featviz.requests import ScoreRequest
+    from featviz.run.plan import ScoreRequest
 
-BASELINES = ("random", "center")
 # The random baseline is the mean over this many seeded random maps: one draw's numbers vary
 # more between draws than the methods do between themselves (insertion AUC 0.26 and 0.39 for
 # two draws on coffee.png).
 RANDOM_DRAWS = 4
-METRICS = (
-    "average_drop",
-    "increase_in_confidence",
-    "deletion_auc",
-    "insertion_auc",
-    "road_morf",
-    "road_lerf",
-)
-LOWER_IS_BETTER = {"average_drop", "deletion_auc", "road_morf"}
 
 
 @dataclass(kw_only=True)
@@ -85,7 +76,7 @@ class ScoreJob(ExplainingJob):
         positions in the run, which seed the random maps."""
         import torch
 
-        from featviz.metrics import centre_map, random_map
+        from featviz.judge.metrics import centre_map, random_map
 
         targets = explained.targets[keep].cpu()
         grids: dict[str, tuple[int, int]] = {}
@@ -112,7 +103,7 @@ class ScoreJob(ExplainingJob):
                 yield "center", layer, [centre], targets[:, column]
 
     def _row(self, method: str, layer: str, index: int) -> dict[str, Any]:
-        from featviz.output import class_slug
+        from featviz.explain.names import class_slug
 
         return {
             "method": method,
@@ -150,8 +141,9 @@ class ScoreJob(ExplainingJob):
     ) -> dict[str, torch.Tensor]:
         import numpy as np
 
-        from featviz.cam import normalise, upsample
-        from featviz.metrics import deletion_insertion, drop_and_increase, road
+        from featviz.cam import normalise
+        from featviz.judge.metrics import deletion_insertion, drop_and_increase, road
+        from featviz.layers.grids import upsample
 
         scorer = self._scorer
         size = self.request.score_batch_size or (64 if self.model.device.type == "cuda" else 8)
@@ -190,7 +182,7 @@ class ScoreJob(ExplainingJob):
         both ways, and channels-last is kept only when it runs and gives the same logits."""
         import torch
 
-        from featviz.scores import logits_of
+        from featviz.layers.outputs import logits_of
 
         module = self.model.module
         if self.channels_last is None:
@@ -216,8 +208,8 @@ class ScoreJob(ExplainingJob):
     def run_outputs(self, results: list[dict[str, Any]]) -> list[Artifact]:
         import numpy as np
 
-        from featviz.figures import curves_plot
-        from featviz.report import score_csv
+        from featviz.judge.tables import score_csv
+        from featviz.render.figures import curves_plot
 
         rows = run_rows(results)
         if not rows:
@@ -253,7 +245,7 @@ class ScoreJob(ExplainingJob):
         ]
 
     def report(self, results: list[dict[str, Any]]) -> str | None:
-        from featviz.report import score_table
+        from featviz.judge.tables import score_table
 
         rows = run_rows(results)
         return score_table(rows) if rows else None

@@ -1,30 +1,13 @@
-"""Detection models: one map per detected box (DESIGN.md "Tasks").
+"""What a command asks for, as frozen values built once by the CLI and passed down unchanged.
 
-A detector's output is one dict per image with ``boxes`` (K, 4) x0 y0 x1 y1 in the input's
-pixels, ``scores`` (K,) and ``labels`` (K,): torchvision's convention (Faster/Mask/Keypoint
-R-CNN, RetinaNet, FCOS, SSD), and that of any model of the user's that returns it. The task's
-hook on the model's root turns it into (N, boxes) scores, padded with zeros: the targets are
-then box ranks, 0 the highest-scoring box of each image, and every CAM method reads them as it
-reads a classifier's classes.
+``ModelRequest`` (which network, which weights, how to feed it) and ``OutputRequest`` (where
+results go: the output folder, TensorBoard, the gallery) are shared by every command;
+``RunRequest`` says which images a per-image command reads; each command adds its own options
+(``MapsRequest``, ``CamRequest``, ``FiltersRequest``). What the library resolves from
+them (layer names from globs, class indices from names) lives in the job, never back in here:
+a request is exactly what the user said, which is what the manifest records.
 
-The score of a box is its class score as the model reports it (the softmax of the box head of
-a two-stage detector, a one-stage head's sigmoid), which is differentiable with respect to the
-backbone's features. The box's coordinates do not enter it: pytorch-grad-cam's
-``FasterRCNNBoxScoreTarget`` adds the IoU of each predicted box with the explained one, which
-on the forward that found the box is 1, at a kink of the IoU whose gradient autograd picks
-arbitrarily; featviz leaves it out.
-
-torchvision's detectors resize and pad their input themselves (``GeneralizedRCNNTransform``:
-the shorter side to ``min_size``, every side padded up to a multiple of 32), and their layers'
-maps cover the padded image. A hook on ``model.transform`` records what part of the padded
-batch each image fills, and ``align`` crops the maps to it, so that a map covers exactly the
-input featviz fed, as every other model's does. A box clipped to nothing by the detector
-(outside the photo, found in that padding) is not explained.
-
-A detector drops the boxes under a score of its own before featviz sees them (torchvision's:
-0.05 for the R-CNNs and RetinaNet, 0.2 for FCOS, 0.01 for SSD). A ``--min-score`` below it
-lowers it while featviz runs the model (``own_threshold_lowered``), so that the boxes down to
-``--min-score`` are there to explain.
+No torch here: the CLI builds these before deciding whether torch is needed at all.
 """
 
 from __future__ import annotations
@@ -34,24 +17,15 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from featviz.tasks import Outcome, Task, replayed
+from featviz.tasks.base import Outcome, Task, replayed
 
 if TYPE_CHECKING:
     import torch
+from featviz.layers.outputs import detections_of
 
-
-def detections_of(output: Any) -> list[Mapping[str, Any]] | None:
-    """The per-image detections in a model's output (a list of dicts with boxes, scores and
-    labels; a scripted torchvision detector's (losses, detections) tuple), or None."""
-
-    def is_detection(item: Any) -> bool:
-        return isinstance(item, Mapping) and {"boxes", "scores", "labels"} <= item.keys()
-
-    if isinstance(output, tuple) and len(output) == 2 and isinstance(output[0], Mapping):
-        output = output[1]
-    if isinstance(output, Sequence) and output and all(is_detection(item) for item in output):
-        return list(output)
-    return None
+# A detector's boxes below this score are not explained unless --min-score says otherwise:
+# torchvision's detection examples draw from 0.5 up; its models keep boxes down to 0.05.
+DEFAULT_MIN_SCORE = 0.5
 
 
 # Methods that explain a detector's boxes: every method but cam, which needs a classifier's
@@ -62,8 +36,12 @@ DETECTION_METHODS = (
     "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "scorecam", "ablationcam",
     "eigencam",
 )  # fmt: skip
+
+
 # A perturbed re-run's box is the explained one when it has its class and overlaps it this much.
 MATCH_IOU = 0.5
+
+
 # The attribute under which torchvision's detectors keep the class score below which they drop
 # a box: on ``roi_heads`` for the R-CNNs, on the model itself for RetinaNet, FCOS and SSD.
 OWN_THRESHOLD = "score_thresh"
@@ -236,7 +214,7 @@ class DetectionTask(Task):
         upsampled to the padded size, cropped to the image's part of it."""
         if self.frame is None:
             return maps
-        from featviz.cam.base import upsample
+        from featviz.layers.grids import upsample
 
         (height, width), padded = self.frame
         if (height, width) == padded:

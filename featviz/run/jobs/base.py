@@ -8,39 +8,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from featviz.errors import InputError, first_line
-from featviz.pipeline import ImageResult, LoadedImage
+from featviz.errors import InputError
+from featviz.inputs.loaded import LoadedImage
+from featviz.sinks.results import ImageResult
 
 if TYPE_CHECKING:
-    import torch
-
-    from featviz.artifacts import Artifact, ImageOutputs
-    from featviz.images import ImageSource
-    from featviz.models import LoadedModel
+    from featviz.inputs.discover import ImageSource
+    from featviz.model.load import LoadedModel
     from featviz.sinks import Sinks
-
-
-def model_failure(inputs: torch.Tensor, error: RuntimeError) -> InputError:
-    """The model rejected a batch (too small for its pooling, out of memory…): its images fail
-    with this one line, and the run goes on."""
-    height, width = inputs.shape[-2:]
-    return InputError(
-        f"the model cannot run on this input ({width}×{height} after resizing): {first_line(error)}"
-    )
-
-
-def not_finite(values: torch.Tensor) -> torch.Tensor:
-    """(N, …) → (N,) bool: which rows hold a NaN or an infinity."""
-    import torch
-
-    return ~torch.isfinite(values.flatten(1)).all(dim=1)
-
-
-def nan_or_infinite(values: torch.Tensor) -> str:
-    """How to name what is wrong with a row that is not finite."""
-    import torch
-
-    return "NaN" if bool(torch.isnan(values).any()) else "infinite"
+    from featviz.sinks.artifacts import Artifact, ImageOutputs
 
 
 def failure(item: LoadedImage, reason: str) -> Callable[[], ImageResult]:
@@ -70,8 +46,8 @@ class ImageJob:
     def load(self, source: ImageSource) -> LoadedImage:
         import numpy as np
 
-        from featviz.decode import decode
-        from featviz.preprocess import normalise, resized
+        from featviz.inputs.decode import decode
+        from featviz.inputs.preprocess import normalise, resized
 
         if source.problem is not None:  # an input argument that gave no image
             raise InputError(f"{source.display}: {source.problem}")

@@ -1,14 +1,28 @@
-"""Which part of a model's output holds its class scores."""
+"""What a model's final output holds: the class scores (a tensor, a tuple's first tensor, a
+dict's ``logits``), a segmenter's per-pixel logits, a detector's list of boxes.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from featviz.errors import RunError
-
 if TYPE_CHECKING:
     import torch
+from collections.abc import Sequence
+
+from featviz.errors import RunError
+
+
+def segmentation_logits(output: Any) -> Any:
+    """The (N, classes, H, W) logits of a segmentation model's output, or None."""
+    import torch
+
+    if isinstance(output, Mapping):
+        output = output.get("out", next(iter(output.values()), None))
+    if isinstance(output, torch.Tensor) and output.ndim == 4:
+        return output
+    return None
 
 
 def logits_of(output: Any) -> tuple[torch.Tensor, str]:
@@ -38,3 +52,17 @@ def logits_of(output: Any) -> tuple[torch.Tensor, str]:
         f"the model returned a {type(output).__name__} with no tensor in it; a CAM needs class "
         "scores of shape [N, classes]"
     )
+
+
+def detections_of(output: Any) -> list[Mapping[str, Any]] | None:
+    """The per-image detections in a model's output (a list of dicts with boxes, scores and
+    labels; a scripted torchvision detector's (losses, detections) tuple), or None."""
+
+    def is_detection(item: Any) -> bool:
+        return isinstance(item, Mapping) and {"boxes", "scores", "labels"} <= item.keys()
+
+    if isinstance(output, tuple) and len(output) == 2 and isinstance(output[0], Mapping):
+        output = output[1]
+    if isinstance(output, Sequence) and output and all(is_detection(item) for item in output):
+        return list(output)
+    return None

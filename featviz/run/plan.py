@@ -16,33 +16,12 @@ from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from featviz.shards import Shard
+from featviz.cam.registry import JUDGED_METHODS
+from featviz.inputs.limits import DEFAULT_MAX_PIXELS
+from featviz.inputs.shards import Shard
 
-ResizeMode = Literal["keep", "square"]
-ImageFormat = Literal["png", "jpg", "webp"]
-
-DEFAULT_MAX_MEMORY = 2 * 10**9  # --max-memory 2GB
-DEFAULT_MAX_PIXELS = 178_956_970
-"""Pillow's own default refusal point (about 13,400 × 13,400; 537 MB as 8-bit RGB): it opens
-every photo a 108-megapixel phone takes, and refuses nothing Pillow would open by default."""
 ChannelOrder = Literal["index", "activation"]
-
-
-@dataclass(frozen=True)
-class ModelRequest:
-    """The network and its inputs' preparation (every command's "Model options")."""
-
-    spec: str = "alexnet"
-    weights: str = "DEFAULT"
-    checkpoint: Path | None = None
-    num_classes: int | None = None
-    labels: str | None = None
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "fp32"  # fp32 · bf16 · fp16: autocast around the model's forwards
-    check_precision: bool = False
-    input_size: int | None = None
-    resize: ResizeMode = "keep"
+DEFAULT_MAX_MEMORY = 2 * 10**9  # --max-memory 2GB
 
 
 @dataclass(frozen=True)
@@ -60,17 +39,6 @@ class RunRequest:
 
 
 @dataclass(frozen=True)
-class OutputRequest:
-    """Where results go: the output folder (always), TensorBoard event files, the gallery."""
-
-    out: Path = Path("featviz-out")
-    tensorboard: Path | None = None
-    gallery: bool = True
-    image_format: ImageFormat = "png"  # overlays, grids, panels, kernels (heatmaps stay PNG)
-    quality: int = 90  # JPEG and WebP
-
-
-@dataclass(frozen=True)
 class MapsRequest:
     layers: tuple[str, ...] = ()
     max_channels: int = 64
@@ -78,14 +46,6 @@ class MapsRequest:
     cmap: str = "gray"
     cell_size: int = 64
     save_raw: bool = False
-
-
-# A detector's boxes below this score are not explained unless --min-score says otherwise:
-# torchvision's detection examples draw from 0.5 up; its models keep boxes down to 0.05.
-DEFAULT_MIN_SCORE = 0.5
-
-# compare, score and sanity: every class-specific gradient method, and eigencam.
-JUDGED_METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam")
 
 
 @dataclass(frozen=True)

@@ -17,88 +17,18 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from featviz.decode import declared_pixels
 from featviz.errors import FeatvizError, InputError
-from featviz.heap import return_freed_memory
-from featviz.images import printable
-from featviz.interrupts import shielded
-from featviz.requests import DEFAULT_MAX_MEMORY
+from featviz.inputs.decode import declared_pixels
+from featviz.run.heap import return_freed_memory
+from featviz.run.interrupts import shielded
+from featviz.run.plan import DEFAULT_MAX_MEMORY
 
 if TYPE_CHECKING:
-    import numpy as np
-    import torch
-
-    from featviz.images import ImageSource
-
-
-@dataclass
-class Prediction:
-    """A class and its probability; for a detector, a box of that class and its score, with
-    ``box`` x0 y0 x1 y1 in the original photo's pixels."""
-
-    index: int
-    label: str
-    probability: float
-    box: tuple[float, float, float, float] | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        described = {
-            "index": self.index,
-            "label": self.label,
-            "probability": round(self.probability, 6),
-        }
-        if self.box is not None:
-            described["box"] = [round(value, 1) for value in self.box]
-        return described
-
-
-@dataclass
-class ImageResult:
-    """What happened to one input: its outputs, or why it failed, or that it was skipped."""
-
-    source: ImageSource
-    outputs: list[str] = field(default_factory=list)
-    predictions: list[Prediction] = field(default_factory=list)
-    error: str | None = None
-    skipped: bool = False
-    rows: list[dict[str, Any]] = field(default_factory=list)  # score and sanity: one per map
-    note: str | None = None  # why there was nothing to explain (a detector found no box)
-
-    def as_dict(self) -> dict[str, Any]:
-        """The JSON form: paths printable like ``input`` (no bytes that are not UTF-8); the
-        rows of score and sanity under ``rows``."""
-        described = {
-            "input": self.source.display,
-            "outputs": [printable(path) for path in self.outputs],
-            "predictions": [p.as_dict() for p in self.predictions],
-            "error": self.error,
-            "skipped": self.skipped,
-        }
-        if self.rows:
-            described["rows"] = self.rows
-        if self.note:
-            described["note"] = self.note
-        return described
-
-    def json_lines(self) -> list[dict[str, Any]]:
-        """What ``--json`` prints for this image: one object per row where it has rows (each
-        naming its input), else its ``as_dict``."""
-        if self.rows and not self.error:
-            return [{"input": self.source.display, **row} for row in self.rows]
-        return [self.as_dict()]
-
-
-@dataclass
-class LoadedImage:
-    """A decoded input: the original pixels (H, W, 3) uint8 and the model's (3, h, w) input,
-    normalised, or for a GPU uint8 pixels at the size it sees (``LoadedModel.batch``
-    normalises them there)."""
-
-    source: ImageSource
-    original: np.ndarray
-    tensor: torch.Tensor
+    from featviz.inputs.discover import ImageSource
+from featviz.inputs.loaded import LoadedImage
+from featviz.sinks.results import ImageResult
 
 
 class Job(Protocol):
@@ -141,6 +71,8 @@ class PipelineStats:
 # through `featviz cam` (benchmarks/bench_memory.py): the decoded photo (3 bytes), its
 # full-resolution heatmap (4), the overlay (3), its PNG (~2) and the encoders' buffers.
 BYTES_PER_PIXEL = 16
+
+
 LARGE_IMAGE_BYTES = BYTES_PER_PIXEL * 4_000_000  # from 4 megapixels on, heaps are trimmed after
 
 

@@ -11,36 +11,37 @@ forwards.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from featviz.cam.registry import ATTENTION
-from featviz.detection import (
+from featviz.errors import InputError, first_line
+from featviz.explain.checks import model_failure, nan_or_infinite, not_finite
+from featviz.explain.names import class_slug
+from featviz.explain.predictions import Prediction
+from featviz.tasks.base import task_of
+from featviz.tasks.detection import (
+    DEFAULT_MIN_SCORE,
     DetectionTask,
     chosen_boxes,
     detected_boxes,
     nothing_found,
     own_threshold_lowered,
 )
-from featviz.errors import InputError, first_line
-from featviz.jobs import ImageJob, model_failure, nan_or_infinite, not_finite
-from featviz.output import class_slug
-from featviz.pipeline import ImageResult, Prediction
-from featviz.requests import DEFAULT_MIN_SCORE
-from featviz.tasks import task_of
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
     from featviz.cam.context import CamContext
-    from featviz.models import LoadedModel
-    from featviz.requests import ExplainRequest
-    from featviz.tasks import Task
+    from featviz.model.load import LoadedModel
+    from featviz.tasks.base import Task
+
 
 ANY_CLASS = "all"  # the "class" of a class-agnostic method's map (eigencam, rollout)
+
+
 SHOWN_PREDICTIONS = 5
 
 
@@ -317,34 +318,3 @@ class Explainer:
         return ExplainedMap(
             method.name, layer, target, found.index, caption, layer_cam, boxes=(found.box,)
         )
-
-
-@dataclass(kw_only=True)
-class ExplainingJob(ImageJob):
-    """A job that explains its batches (cam, compare, score, sanity): its Explainer, built once
-    from the request's methods and the resolved layers and classes."""
-
-    request: ExplainRequest
-    layers: list[str]  # resolved module names, in execution order
-    targets: list[int]  # resolved class indices; empty → the top-k predictions
-
-    def __post_init__(self) -> None:
-        self.explainer = Explainer(
-            self.model,
-            self.request.methods,
-            self.layers,
-            self.targets,
-            top_k=self.request.top_k,
-            cam_batch_size=self.request.cam_batch_size,
-            min_score=(
-                DEFAULT_MIN_SCORE if self.request.min_score is None else self.request.min_score
-            ),
-        )
-
-    @staticmethod
-    def noted(write: Callable[[], ImageResult], note: str | None) -> Callable[[], ImageResult]:
-        """An image's write task whose result also says ``note`` (why there was nothing to
-        explain: ``Explained.notes``), when there is one."""
-        if note is None:
-            return write
-        return lambda: replace(write(), note=note)

@@ -1,9 +1,9 @@
 """Where outputs go on disk, atomic writes, encoders, and the per-image records.
 
 Layout under ``--out``. Each model (with its weights and settings) writes into a folder of its
-own, ``<model>`` (featviz.variants: ``resnet50``, ``resnet50@none``, ``mynet``, and ``-2``,
+own, ``<model>`` (featviz.sinks.variants: ``resnet50``, ``resnet50@none``, ``mynet``, and ``-2``,
 ``-3``… when another run with other settings got the name first); ``<image>`` is the image's
-folder mirroring the inputs, named after its file (featviz.images: ``a/cat``):
+folder mirroring the inputs, named after its file (featviz.inputs.discover: ``a/cat``):
 
     <model>/<image>/maps/<layer>.png                 featviz maps (+ <layer>.npy with --save-raw)
     <model>/<image>/cam/<method>/<layer>/<class>.png featviz cam overlay (<class> = index_label)
@@ -31,67 +31,19 @@ manifest behind.
 from __future__ import annotations
 
 import errno
-import hashlib
-import io
-import json
 import os
-import re
 import secrets
-import struct
 import time
-import zlib
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from featviz.errors import RunError, UsageError
-from featviz.images import OUTPUT_MARKER
+from featviz.inputs.discover import OUTPUT_MARKER
 
 if TYPE_CHECKING:
-    import numpy as np
-
-    from featviz.artifacts import Artifact
-
-PNG_COMPRESS_LEVEL = 1  # zlib level 1 writes ~3x faster than level 6, files ~15% larger
-ISAL_COMPRESS_LEVEL = 2  # ISA-L level 2: the files of zlib level 1, about 4x faster
-
-
-def deflate_zlib(raw: bytes) -> bytes:
-    return zlib.compress(raw, PNG_COMPRESS_LEVEL)
-
-
-def _best_deflate() -> Callable[[bytes], bytes]:
-    """ISA-L's deflate (the ``isal`` package) when it imports, zlib's otherwise: both write a
-    zlib stream that every PNG reader decodes to the same pixels."""
-    try:
-        from isal import isal_zlib
-    except ImportError:
-        return deflate_zlib
-    return lambda raw: isal_zlib.compress(raw, ISAL_COMPRESS_LEVEL)
-
-
-deflate = _best_deflate()
-
-
-# File systems take 255 bytes a name; a name leaves room for its suffixes (".heatmap.png").
-MAX_NAME_BYTES = 200
-
-
-def safe_name(text: str) -> str:
-    """A file-name-safe form of a layer or class name: keeps letters, digits, '.', '+', '-',
-    '_'. A name longer than MAX_NAME_BYTES (a 235-character label) is cut and ends with a hash
-    of the whole, so that two long names never become one."""
-    cleaned = re.sub(r"[^\w.+-]+", "_", text.strip()).strip("_") or "_"
-    if len(cleaned.encode("utf-8")) <= MAX_NAME_BYTES:
-        return cleaned
-    digest = hashlib.sha256(cleaned.encode("utf-8")).hexdigest()[:10]
-    cut = cleaned.encode("utf-8")[: MAX_NAME_BYTES - 11].decode("utf-8", "ignore")
-    return f"{cut}-{digest}"
-
-
-def class_slug(index: int, label: str | None) -> str:
-    return safe_name(f"{index}_{label}") if label else str(index)
+    from featviz.sinks.artifacts import Artifact
+from featviz.explain.names import safe_name
 
 
 @dataclass(frozen=True)
@@ -114,6 +66,8 @@ RESERVED = frozenset(
         OUTPUT_MARKER,
     }
 )
+
+
 RECORDS = "records"
 
 
@@ -244,88 +198,3 @@ def write_atomic(path: Path, data: bytes) -> None:
 def _write_failure(path: Path, exc: OSError) -> RunError:
     reason = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
     return RunError(f"cannot write '{path}': {reason}")
-
-
-def encode_png(image: np.ndarray) -> bytes:
-    """(H, W, 3) RGB or (H, W) grey uint8 → PNG bytes.
-
-    A small writer instead of Pillow's: every row gets PNG's "Up" filter (the difference to the
-    row above, computed for the whole image in one numpy operation) and one zlib stream from
-    ``deflate`` (ISA-L when installed). PNG encoding is the largest cost after the model in a
-    run (an overlay of a 640×480 photo: 24 ms with Pillow, 13 ms here through zlib, about 4 ms
-    through ISA-L, same size), and both release the GIL, so the writer threads encode in
-    parallel.
-    """
-    import numpy as np
-
-    if image.dtype != np.uint8 or image.ndim not in (2, 3) or image.shape[2:] not in ((), (3,)):
-        raise ValueError(f"expected (H, W) or (H, W, 3) uint8, got {image.dtype} {image.shape}")
-    height, width = image.shape[:2]
-    rows = np.ascontiguousarray(image).reshape(height, -1)
-    filtered = np.empty((height, rows.shape[1] + 1), dtype=np.uint8)
-    filtered[:, 0] = 2  # filter type "Up"
-    filtered[0, 1:] = rows[0]  # the row above the first counts as zeros
-    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # uint8 wraps modulo 256, as PNG does
-    header = struct.pack(">IIBBBBB", width, height, 8, 2 if image.ndim == 3 else 0, 0, 0, 0)
-    data = deflate(memoryview(filtered).cast("B"))  # no bytes copy of the whole image
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _chunk(b"IHDR", header)
-        + _chunk(b"IDAT", data)
-        + _chunk(b"IEND", b"")
-    )
-
-
-def _chunk(kind: bytes, payload: bytes) -> bytes:
-    crc = zlib.crc32(payload, zlib.crc32(kind))
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
-
-
-def encode_npy(array: np.ndarray) -> bytes:
-    import numpy as np
-
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
-
-
-def encode_npz(arrays: Mapping[str, np.ndarray]) -> bytes:
-    import numpy as np
-
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    return buffer.getvalue()
-
-
-def encode_json(data: Any) -> bytes:
-    """UTF-8 JSON; a path's bytes that are not UTF-8 (surrogate escapes) become \\udcXX escapes,
-    which read back as the same path, rather than bytes no JSON reader accepts."""
-    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
-    return text.encode("utf-8", "backslashreplace")
-
-
-def file_stamps(paths: list[str]) -> dict[str, list[int]]:
-    """(size, mtime in ns) of each written file: what a record remembers of its outputs."""
-    stamps = {}
-    for name in paths:
-        info = os.stat(os.fsencode(name))
-        stamps[name] = [info.st_size, info.st_mtime_ns]
-    return stamps
-
-
-def finished_record(path: Path, fingerprint: str) -> dict[str, Any] | None:
-    """The record of an earlier run of the same settings whose outputs are all still there as
-    it wrote them, or None. A file another run has since rewritten (same name, other options)
-    has another size or time: its image is done again."""
-    try:
-        record = json.loads(path.read_bytes())
-    except (OSError, ValueError):
-        return None
-    if record.get("fingerprint") != fingerprint or record.get("error"):
-        return None
-    stamps = record.get("stamps", {})
-    try:
-        current = file_stamps(record.get("outputs", []))
-    except OSError:
-        return None
-    return record if current == stamps else None

@@ -1,36 +1,37 @@
 """Building the network a user names, once per run, ready to explain.
 
-A source (featviz.sources) builds the module; everything after is the same for every model: eval
-mode, every parameter frozen (CAM backward passes then never compute weight gradients), the
-device and memory layout, one meta-device trace of its layers, and the class names checked
-against the number of classes the model really outputs.
+A source (featviz.model.sources) builds the module; everything after is the same for every model:
+eval mode, every parameter frozen (CAM backward passes then never compute weight gradients), the
+device and memory layout, one meta-device trace of its layers, and the class names checked against
+the number of classes the model really outputs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from featviz import model_cache
 from featviz.errors import UsageError
-from featviz.preprocess import Preprocessing
-from featviz.sources import source_for
-from featviz.tasks import SegmentationTask, Task
+from featviz.inputs.preprocess import Preprocessing
+from featviz.model import cache as model_cache
+from featviz.model.sources import source_for
+from featviz.tasks.base import Task
+from featviz.tasks.segmentation import SegmentationTask
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from featviz.layers import ModelTrace
-    from featviz.requests import ModelRequest
+    from featviz.layers.catalog import ModelTrace
+    from featviz.model.options import ModelRequest
+from featviz.model.labels import _checked_categories, read_labels
 
 
 @dataclass(frozen=True)
 class LoadedModel:
     """A ready network and what it takes to feed it and read its output.
 
-    ``trace`` is one shapes-only forward at ``preprocessing.input_size`` (see tracing.py);
+    ``trace`` is one shapes-only forward at ``preprocessing.input_size`` (see layers/trace.py);
     ``class_token`` whether a transformer's head reads its first token (sources.BuiltModel).
     """
 
@@ -58,7 +59,7 @@ class LoadedModel:
         normalised on the device after the copy; float inputs are already normalised."""
         import torch
 
-        from featviz.preprocess import normalise
+        from featviz.inputs.preprocess import normalise
 
         stacked = torch.stack([tensor.to(self.device, non_blocking=True) for tensor in tensors])
         if stacked.dtype == torch.uint8:
@@ -78,7 +79,7 @@ class LoadedModel:
 
 
 def load_model(request: ModelRequest, *, structure_only: bool = False) -> LoadedModel:
-    """Build the model ``request`` names, or take it from the worker's cache (model_cache.py).
+    """Build the model ``request`` names, or take it from the worker's cache (model/cache.py).
 
     ``structure_only``: parameters may stay on the meta device (``featviz layers``): nothing is
     downloaded and no initialisation is paid; the model is on the CPU and cannot run for real.
@@ -92,7 +93,7 @@ def load_model(request: ModelRequest, *, structure_only: bool = False) -> Loaded
 def _build(request: ModelRequest, structure_only: bool) -> LoadedModel:
     import torch
 
-    from featviz.tracing import TraceError, size_multiple
+    from featviz.layers.trace import TraceError, size_multiple
 
     device = torch.device("cpu") if structure_only else resolve_device(request.device)
     torch.manual_seed(request.seed)
@@ -143,12 +144,12 @@ def _build(request: ModelRequest, structure_only: bool) -> LoadedModel:
 
 
 def _traced(module: nn.Module, size: int, structure_only: bool) -> ModelTrace:
-    """The model's trace (tracing.py). A structure-only model that meta tensors cannot run
+    """The model's trace (layers/trace.py). A structure-only model that meta tensors cannot run
     through (a detector's non-maximum suppression has no meta kernel) and whose parameters
     are on meta gets zeros for them and is traced for real: its shapes do not depend on them."""
     import torch
 
-    from featviz.tracing import TraceError, trace_model
+    from featviz.layers.trace import TraceError, trace_model
 
     try:
         return trace_model(module, (1, 3, size, size))
@@ -166,26 +167,10 @@ def _task_for(trace: ModelTrace, module: nn.Module) -> Task | None:
     if trace.task == "segmentation":
         return SegmentationTask()
     if trace.task == "detection":
-        from featviz.detection import DetectionTask
+        from featviz.tasks.detection import DetectionTask
 
         return DetectionTask(module)
     return None
-
-
-def _checked_categories(
-    categories: list[str] | None, origin: str | None, classes: int | None, *, given: bool
-) -> list[str] | None:
-    """Names that fit the model's output. Names a person gave (``--labels``, ``LABELS``) that do
-    not fit are a usage error; the weights' own names that no longer fit (a head resized with
-    ``--num-classes``) are dropped, since nothing names the new classes."""
-    if categories is None or classes is None or len(categories) == classes:
-        return categories
-    if not given:
-        return None
-    raise UsageError(
-        f"{origin} has {len(categories)} names, the model has {classes} classes",
-        hint="give one class name per line, in the order of the model's outputs",
-    )
 
 
 def resolve_device(device: str) -> torch.device:
@@ -202,32 +187,3 @@ def resolve_device(device: str) -> torch.device:
     if device not in ("cpu", "cuda", "mps"):
         raise UsageError(f"unknown device '{device}'", hint="choose auto, cpu, cuda or mps")
     return torch.device(device)
-
-
-def read_labels(labels: str) -> list[str]:
-    """``imagenet`` or a text file with one class name per line."""
-    if labels == "imagenet":
-        from featviz.sources.torchvision_models import imagenet_categories
-
-        return imagenet_categories()
-    try:
-        raw = Path(labels).read_bytes()
-    except OSError as exc:
-        raise UsageError(
-            f"--labels: cannot read '{labels}' ({exc.strerror})",
-            hint="pass `imagenet` or a text file with one class name per line",
-        ) from exc
-    try:
-        # utf-8-sig: a byte-order mark (Notepad writes one) is not part of the first name
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = exc.object.count(b"\n", 0, exc.start) + 1
-        raise UsageError(
-            f"--labels: '{labels}' line {line} is not UTF-8 text",
-            hint="save it as UTF-8, one class name per line",
-        ) from exc
-    names = [line.strip() for line in text.splitlines()]
-    names = [name for name in names if name]
-    if not names:
-        raise UsageError(f"--labels: '{labels}' holds no class names")
-    return names

@@ -1,0 +1,5 @@
+"""CAM methods, one module per family: ``gradient`` (Grad-CAM and its kin), ``perturbation``
+(Score-CAM, Ablation-CAM), ``projection`` (Eigen-CAM), ``rollout`` (attention rollouts).
+
+A new method is one class in the family's module plus one row in ``cam.registry``.
+"""

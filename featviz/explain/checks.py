@@ -1,0 +1,35 @@
+"""A batch's failures, said per image: the model rejecting the input, scores or maps that are
+not finite.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from featviz.errors import InputError, first_line
+
+if TYPE_CHECKING:
+    import torch
+
+
+def model_failure(inputs: torch.Tensor, error: RuntimeError) -> InputError:
+    """The model rejected a batch (too small for its pooling, out of memory…): its images fail
+    with this one line, and the run goes on."""
+    height, width = inputs.shape[-2:]
+    return InputError(
+        f"the model cannot run on this input ({width}×{height} after resizing): {first_line(error)}"
+    )
+
+
+def not_finite(values: torch.Tensor) -> torch.Tensor:
+    """(N, …) → (N,) bool: which rows hold a NaN or an infinity."""
+    import torch
+
+    return ~torch.isfinite(values.flatten(1)).all(dim=1)
+
+
+def nan_or_infinite(values: torch.Tensor) -> str:
+    """How to name what is wrong with a row that is not finite."""
+    import torch
+
+    return "NaN" if bool(torch.isnan(values).any()) else "infinite"

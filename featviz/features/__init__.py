@@ -1,0 +1,1 @@
+"""Features: what a layer's channels respond to (the learned kernels of ``filters``)."""

@@ -1,0 +1,6 @@
+"""Jobs: what each command does with a batch, and writes for each image.
+
+``base`` loads inputs and hands each image's outputs to the sinks; ``explaining`` builds the
+Explainer that cam, compare, score and sanity share; ``cam``, ``compare``, ``score``,
+``sanity`` and ``maps`` are one command each. A new command is one module here.
+"""

@@ -1,0 +1,50 @@
+"""The job of every command that explains its batches (cam, compare, score, sanity): its
+Explainer, built once from the request's methods and the resolved layers and classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from featviz.run.jobs.base import ImageJob
+from featviz.sinks.results import ImageResult
+from featviz.tasks.detection import (
+    DEFAULT_MIN_SCORE,
+)
+
+if TYPE_CHECKING:
+    from featviz.run.plan import ExplainRequest
+from featviz.explain.explainer import Explainer
+
+
+@dataclass(kw_only=True)
+class ExplainingJob(ImageJob):
+    """A job that explains its batches (cam, compare, score, sanity): its Explainer, built once
+    from the request's methods and the resolved layers and classes."""
+
+    request: ExplainRequest
+    layers: list[str]  # resolved module names, in execution order
+    targets: list[int]  # resolved class indices; empty → the top-k predictions
+
+    def __post_init__(self) -> None:
+        self.explainer = Explainer(
+            self.model,
+            self.request.methods,
+            self.layers,
+            self.targets,
+            top_k=self.request.top_k,
+            cam_batch_size=self.request.cam_batch_size,
+            min_score=(
+                DEFAULT_MIN_SCORE if self.request.min_score is None else self.request.min_score
+            ),
+        )
+
+    @staticmethod
+    def noted(write: Callable[[], ImageResult], note: str | None) -> Callable[[], ImageResult]:
+        """An image's write task whose result also says ``note`` (why there was nothing to
+        explain: ``Explained.notes``), when there is one."""
+        if note is None:
+            return write
+        return lambda: replace(write(), note=note)

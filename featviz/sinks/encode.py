@@ -1,0 +1,96 @@
+"""Pictures and arrays as file bytes: PNG (a small writer: row filters in numpy, deflate through
+ISA-L or zlib), NPY, NPZ and JSON.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zlib
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+PNG_COMPRESS_LEVEL = 1  # zlib level 1 writes ~3x faster than level 6, files ~15% larger
+
+
+ISAL_COMPRESS_LEVEL = 2  # ISA-L level 2: the files of zlib level 1, about 4x faster
+
+
+def deflate_zlib(raw: bytes) -> bytes:
+    return zlib.compress(raw, PNG_COMPRESS_LEVEL)
+
+
+def _best_deflate() -> Callable[[bytes], bytes]:
+    """ISA-L's deflate (the ``isal`` package) when it imports, zlib's otherwise: both write a
+    zlib stream that every PNG reader decodes to the same pixels."""
+    try:
+        from isal import isal_zlib
+    except ImportError:
+        return deflate_zlib
+    return lambda raw: isal_zlib.compress(raw, ISAL_COMPRESS_LEVEL)
+
+
+deflate = _best_deflate()
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """(H, W, 3) RGB or (H, W) grey uint8 → PNG bytes.
+
+    A small writer instead of Pillow's: every row gets PNG's "Up" filter (the difference to the
+    row above, computed for the whole image in one numpy operation) and one zlib stream from
+    ``deflate`` (ISA-L when installed). PNG encoding is the largest cost after the model in a
+    run (an overlay of a 640×480 photo: 24 ms with Pillow, 13 ms here through zlib, about 4 ms
+    through ISA-L, same size), and both release the GIL, so the writer threads encode in
+    parallel.
+    """
+    import numpy as np
+
+    if image.dtype != np.uint8 or image.ndim not in (2, 3) or image.shape[2:] not in ((), (3,)):
+        raise ValueError(f"expected (H, W) or (H, W, 3) uint8, got {image.dtype} {image.shape}")
+    height, width = image.shape[:2]
+    rows = np.ascontiguousarray(image).reshape(height, -1)
+    filtered = np.empty((height, rows.shape[1] + 1), dtype=np.uint8)
+    filtered[:, 0] = 2  # filter type "Up"
+    filtered[0, 1:] = rows[0]  # the row above the first counts as zeros
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # uint8 wraps modulo 256, as PNG does
+    header = struct.pack(">IIBBBBB", width, height, 8, 2 if image.ndim == 3 else 0, 0, 0, 0)
+    data = deflate(memoryview(filtered).cast("B"))  # no bytes copy of the whole image
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", data)
+        + _chunk(b"IEND", b"")
+    )
+
+
+def _chunk(kind: bytes, payload: bytes) -> bytes:
+    crc = zlib.crc32(payload, zlib.crc32(kind))
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+
+def encode_npy(array: np.ndarray) -> bytes:
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def encode_npz(arrays: Mapping[str, np.ndarray]) -> bytes:
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def encode_json(data: Any) -> bytes:
+    """UTF-8 JSON; a path's bytes that are not UTF-8 (surrogate escapes) become \\udcXX escapes,
+    which read back as the same path, rather than bytes no JSON reader accepts."""
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    return text.encode("utf-8", "backslashreplace")
