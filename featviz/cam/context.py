@@ -58,6 +58,9 @@ class CamContext:
     attentions: list[torch.Tensor] = field(default_factory=list)
     token_prefix: int = 1
     class_token: bool = True
+    # Each image's seed for the methods that draw noise (from --seed and the image's position in
+    # the run, never its place in the batch): ``generator(i)``.
+    seeds: tuple[int, ...] = ()
     _memo: dict[Hashable, Any] = field(default_factory=dict, init=False, repr=False)
 
     @property
@@ -67,6 +70,12 @@ class CamContext:
     @property
     def input_hw(self) -> tuple[int, int]:
         return tuple(self.inputs.shape[-2:])
+
+    def generator(self, i: int) -> torch.Generator:
+        """A fresh generator for image ``i``'s noise, on the inputs' device: the same numbers
+        for the same image and seed, whatever else is in its batch."""
+        seed = self.seeds[i] if self.seeds else 0
+        return torch.Generator(device=self.inputs.device).manual_seed(seed)
 
     def layout(self, layer: str) -> Layout:
         return self.layouts.get(layer, _NCHW)

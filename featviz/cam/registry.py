@@ -20,13 +20,20 @@ ATTENTION = "attention"
 """The "layer" of methods that read a transformer's attention rather than one layer's output:
 their maps are written under cam/<method>/attention/."""
 
+INPUT = "input"
+"""The "layer" of pixel-level methods, whose maps are attributions to the input's pixels."""
+
 
 @dataclass(frozen=True)
 class MethodInfo:
     """One registered method: its CLI name, where its class lives, and a one-line summary.
 
     ``summary`` says what the method needs and what it costs, for help text;
-    ``needs_attention``: it reads every self-attention matrix instead of a tapped layer.
+    ``needs_attention``: it reads every self-attention matrix instead of a tapped layer;
+    ``pixel_level``: its map is at the input's resolution (layer ``INPUT``), not a layer's;
+    ``signed``: the sign of its map means something (drawn on a diverging colour map);
+    ``random``: it draws noise, seeded by ``--seed`` and each image's position in the run
+    (``CamContext.generator``), never by its place in a batch.
     """
 
     name: str
@@ -36,6 +43,9 @@ class MethodInfo:
     needs_gradients: bool
     class_specific: bool
     needs_attention: bool = False
+    pixel_level: bool = False
+    signed: bool = False
+    random: bool = False
 
 
 _METHODS: dict[str, MethodInfo] = {}
@@ -50,6 +60,9 @@ def register(
     needs_gradients: bool,
     class_specific: bool = True,
     needs_attention: bool = False,
+    pixel_level: bool = False,
+    signed: bool = False,
+    random: bool = False,
 ) -> MethodInfo:
     """Add a method; a name is registered once (a second registration is a bug, not an update)."""
     if name in _METHODS:
@@ -58,7 +71,16 @@ def register(
             f"CAM method '{name}' is already registered ({existing.module}.{existing.class_name})"
         )
     info = MethodInfo(
-        name, module, class_name, summary, needs_gradients, class_specific, needs_attention
+        name,
+        module,
+        class_name,
+        summary,
+        needs_gradients,
+        class_specific,
+        needs_attention,
+        pixel_level,
+        signed,
+        random,
     )
     _METHODS[name] = info
     return info

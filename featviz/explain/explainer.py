@@ -112,6 +112,7 @@ class Explainer:
         top_k: int | None,
         cam_batch_size: int,
         min_score: float = DEFAULT_MIN_SCORE,
+        seed: int = 0,
     ) -> None:
         from featviz.cam import load_method
 
@@ -121,6 +122,7 @@ class Explainer:
         self.classes = classes
         self.top_k = top_k
         self.min_score = min_score
+        self.seed = seed
         self.attention = any(method.info.needs_attention for method in self.methods)
         # The layers are tapped only for methods that read them (not for rollouts alone).
         self.tapped = [] if all(m.info.needs_attention for m in self.methods) else layers
@@ -160,11 +162,14 @@ class Explainer:
         module: nn.Module | None = None,
         targets: torch.Tensor | None = None,
         sizes: list[tuple[int, int]] | None = None,
+        ids: list[int] | None = None,
     ) -> Explained:
         """Every method's maps for ``inputs`` (N, 3, H, W); ``targets`` (N, columns) to explain
         given classes (the sanity check's randomised models explain the original's);
         ``sizes`` each original photo's (height, width), which a detector's boxes are given in
-        (default: the input's). A detector keeps its boxes down to ``min_score`` meanwhile."""
+        (default: the input's); ``ids`` each image's position in the run, which with ``seed``
+        seeds the methods that draw noise (default: its place in the batch). A detector keeps
+        its boxes down to ``min_score`` meanwhile."""
         # A copy of the model (sanity's randomised ones) has its own copy of the task's hook.
         task = self.model.task if module is None else task_of(module)
         lowered = (
@@ -173,7 +178,7 @@ class Explainer:
             else nullcontext()
         )
         with lowered:
-            return self._explained(inputs, module, targets, sizes, task)
+            return self._explained(inputs, module, targets, sizes, task, ids)
 
     def _explained(
         self,
@@ -182,8 +187,11 @@ class Explainer:
         targets: torch.Tensor | None,
         sizes: list[tuple[int, int]] | None,
         task: Task | None,
+        ids: list[int] | None,
     ) -> Explained:
         context = self.forward(inputs, module)
+        ids = ids if ids is not None else list(range(len(inputs)))
+        context.seeds = tuple(self.seed * 1_000_003 + i for i in ids)
         scores = context.logits.detach().float()
         broken = {
             i: f"the model's scores are {nan_or_infinite(scores[i])}: there is nothing to explain"

@@ -206,7 +206,9 @@ def prepare_explaining(
         resolved,
         sources,
         loaded,
-        lambda **common: job_type(request=request, layers=layers, targets=targets, **common),
+        lambda **common: job_type(
+            request=request, layers=layers, targets=targets, seed=model.seed, **common
+        ),
         notes,
     )
 

@@ -46,7 +46,9 @@ class CamJob(ExplainingJob):
     def process(self, batch: list[LoadedImage]) -> list[Callable[[], ImageResult]]:
         inputs = self.model.batch([item.tensor for item in batch])
         explained = self.explainer.explain(
-            inputs, sizes=[item.original.shape[:2] for item in batch]
+            inputs,
+            sizes=[item.original.shape[:2] for item in batch],
+            ids=[item.source.index for item in batch],
         )
         tapped = self.explainer.tapped if self.sinks.wants_activations else []
         layer_maps = {layer: explained.context.activation(layer).cpu().numpy() for layer in tapped}

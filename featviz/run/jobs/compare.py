@@ -38,6 +38,7 @@ class CompareJob(ExplainingJob):
         explained = self.explainer.explain(
             self.model.batch([item.tensor for item in batch]),
             sizes=[item.original.shape[:2] for item in batch],
+            ids=[item.source.index for item in batch],
         )
         return [
             failure(item, explained.broken[i])

@@ -27,6 +27,7 @@ class ExplainingJob(ImageJob):
     request: ExplainRequest
     layers: list[str]  # resolved module names, in execution order
     targets: list[int]  # resolved class indices; empty → the top-k predictions
+    seed: int = 0  # --seed: with each image's position, the noise of the random methods
 
     def __post_init__(self) -> None:
         self.explainer = Explainer(
@@ -39,6 +40,7 @@ class ExplainingJob(ImageJob):
             min_score=(
                 DEFAULT_MIN_SCORE if self.request.min_score is None else self.request.min_score
             ),
+            seed=self.seed,
         )
 
     @staticmethod

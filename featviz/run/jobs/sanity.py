@@ -53,7 +53,8 @@ class SanityJob(ExplainingJob):
 
     def process(self, batch: list[LoadedImage]) -> list[Callable[[], ImageResult]]:
         inputs = self.model.batch([item.tensor for item in batch])
-        original = self.explainer.explain(inputs)
+        ids = [item.source.index for item in batch]
+        original = self.explainer.explain(inputs, ids=ids)
         keep = [i for i in range(len(batch)) if i not in original.broken]
         steps: list[list[list[Any]]] = []  # per step, per image: its maps
         if keep:
@@ -61,7 +62,7 @@ class SanityJob(ExplainingJob):
             for state in self.states:
                 self.copy.load_state_dict(state, strict=False)
                 randomised = self.explainer.explain(
-                    inputs, module=self.copy, targets=original.targets
+                    inputs, module=self.copy, targets=original.targets, ids=ids
                 )
                 steps.append(randomised.maps)
         size = tuple(inputs.shape[-2:])

@@ -50,7 +50,7 @@ class ScoreJob(ExplainingJob):
 
     def process(self, batch: list[LoadedImage]) -> list[Callable[[], ImageResult]]:
         inputs = self.model.batch([item.tensor for item in batch])
-        explained = self.explainer.explain(inputs)
+        explained = self.explainer.explain(inputs, ids=[item.source.index for item in batch])
         keep = [i for i in range(len(batch)) if i not in explained.broken]
         rows: dict[int, list[dict[str, Any]]] = {i: [] for i in keep}
         if keep:
