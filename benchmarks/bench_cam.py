@@ -3,8 +3,8 @@
 For each model (resnet50 at ``layer4``, alexnet at ``features.11``), on one folder of photos
 (default 32 at 640×480, made from sample_images/), it times:
 
-- featviz: its library path in-process, ``prepare_cam(...).results()`` (decode and PNG writing
-  in thread pools, batches of 8 on CPU), the model built beforehand;
+- featviz: its library path in-process, ``prepare(Plan("cam", …)).results()`` (decode and PNG
+  writing in thread pools, batches of 8 on CPU), the model built beforehand;
 - pytorch-grad-cam: the documented per-image loop, ``with GradCAM(model=..., target_layers=[...])
   as cam: cam(input_tensor=..., targets=None)``, ``show_cam_on_image`` at the original size,
   ``cv2.imwrite``;
@@ -217,15 +217,18 @@ def compute_floor(module: nn.Module, layer: str, batches: list[torch.Tensor]) ->
 def prepare_featviz(model: str, layer: str, folder: Path, out: Path):
     """featviz's library path, model built and layers traced (not timed)."""
     from featviz.model.options import ModelRequest
-    from featviz.run.plan import CamRequest, RunRequest
-    from featviz.run.prepare import prepare_cam
+    from featviz.run.plan import CamRequest, Plan, RunRequest
+    from featviz.run.prepare import prepare
     from featviz.sinks.options import OutputRequest
 
-    return prepare_cam(
-        ModelRequest(model, weights="none", seed=SEED, device="cpu"),
-        RunRequest((str(folder),)),
-        OutputRequest(out, gallery=False),
-        CamRequest(layers=(layer,)),
+    return prepare(
+        Plan(
+            "cam",
+            ModelRequest(model, weights="none", seed=SEED, device="cpu"),
+            OutputRequest(out, gallery=False),
+            CamRequest(layers=(layer,)),
+            RunRequest((str(folder),)),
+        )
     )
 
 

@@ -5,7 +5,8 @@ On one folder of photos (default 32 at 640×480, made from sample_images/), alex
 (seed 0), featviz's defaults (every Conv2d: features.0/3/6/8/10; 64 channels each, grey, cells
 of at least 64 px), it times:
 
-- featviz: its library path in-process, ``prepare_maps(...).results()``, model built beforehand;
+- featviz: its library path in-process, ``prepare(Plan("maps", …)).results()``, model built
+  beforehand;
 - reference loop: the classic forward-hook tutorial, one image at a time: torchvision
   transforms, hooks on the same layers, each channel min-max scaled, nearest enlargement,
   ``torchvision.utils.make_grid`` and ``save_image`` (Pillow's default PNG level);
@@ -57,15 +58,18 @@ BATCH = 8
 
 def prepare_featviz(folder: Path, out: Path):
     from featviz.model.options import ModelRequest
-    from featviz.run.plan import MapsRequest, RunRequest
-    from featviz.run.prepare import prepare_maps
+    from featviz.run.plan import MapsRequest, Plan, RunRequest
+    from featviz.run.prepare import prepare
     from featviz.sinks.options import OutputRequest
 
-    run = prepare_maps(
-        ModelRequest(MODEL, weights="none", device="cpu"),
-        RunRequest((str(folder),)),
-        OutputRequest(out, gallery=False),
-        MapsRequest(),
+    run = prepare(
+        Plan(
+            "maps",
+            ModelRequest(MODEL, weights="none", device="cpu"),
+            OutputRequest(out, gallery=False),
+            MapsRequest(),
+            RunRequest((str(folder),)),
+        )
     )
     assert run.job.layers == LAYERS, run.job.layers
     return run

@@ -25,15 +25,18 @@ from _common import machine_line, make_photos, round_robin, say, table, typical
 
 def prepare(folder: Path, out: Path, tensorboard: Path | None, gallery: bool):
     from featviz.model.options import ModelRequest
-    from featviz.run.plan import MapsRequest, RunRequest
-    from featviz.run.prepare import prepare_maps
+    from featviz.run.plan import MapsRequest, Plan, RunRequest
+    from featviz.run.prepare import prepare
     from featviz.sinks.options import OutputRequest
 
-    return prepare_maps(
-        ModelRequest("alexnet", weights="none", device="cpu"),
-        RunRequest((str(folder),)),
-        OutputRequest(out, tensorboard=tensorboard, gallery=gallery),
-        MapsRequest(),
+    return prepare(
+        Plan(
+            "maps",
+            ModelRequest("alexnet", weights="none", device="cpu"),
+            OutputRequest(out, tensorboard=tensorboard, gallery=gallery),
+            MapsRequest(),
+            RunRequest((str(folder),)),
+        )
     )
 
 

@@ -86,11 +86,12 @@ from featviz.render.draw import colormap_lut; colormap_lut("jet"); mark("import 
 from featviz.sinks.options import OutputRequest
 from featviz.run.plan import CamRequest, RunRequest
 from featviz.model.options import ModelRequest
-from featviz.run.prepare import prepare_cam
-run = prepare_cam(ModelRequest("resnet50", weights="none", device="cpu"),
-                  RunRequest((sys.argv[1],)), OutputRequest(Path(sys.argv[2]), gallery=False),
-                  CamRequest())
-mark("prepare_cam: build resnet50 (random init), trace, set up")
+from featviz.run.plan import Plan
+from featviz.run.prepare import prepare
+model = ModelRequest("resnet50", weights="none", device="cpu")
+output = OutputRequest(Path(sys.argv[2]), gallery=False)
+run = prepare(Plan("cam", model, output, CamRequest(), RunRequest((sys.argv[1],))))
+mark("prepare: build resnet50 (random init), trace, set up")
 results = list(run.results()); mark("the image, cold: decode, forward, backward, overlay, PNG")
 results = list(run.results()); mark("(for scale) the same image again, warm")
 from featviz.sinks.manifest import RunTally

@@ -31,8 +31,8 @@ import torch
 from _common import SAMPLES, make_photos, table
 
 from featviz.model.options import ModelRequest
-from featviz.run.plan import CamRequest, RunRequest
-from featviz.run.prepare import prepare_cam
+from featviz.run.plan import CamRequest, Plan, RunRequest
+from featviz.run.prepare import prepare
 from featviz.sinks.options import OutputRequest
 
 # Normalised heatmaps in [0, 1]: gradient methods agree to float rounding; the SVD of eigencam
@@ -51,11 +51,14 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def heatmaps(device: str, out: Path, methods: list[str]) -> dict[str, np.ndarray]:
-    run = prepare_cam(
-        ModelRequest("resnet18", weights="none", device=device),
-        RunRequest((str(SAMPLES),)),
-        OutputRequest(out, gallery=False),
-        CamRequest(methods=tuple(methods), save_raw=True),
+    run = prepare(
+        Plan(
+            "cam",
+            ModelRequest("resnet18", weights="none", device=device),
+            OutputRequest(out, gallery=False),
+            CamRequest(methods=tuple(methods), save_raw=True),
+            RunRequest((str(SAMPLES),)),
+        )
     )
     results = list(run.results())
     assert all(result.error is None for result in results), [r.error for r in results]
@@ -127,8 +130,14 @@ def rendered_alike(out: Path, pictures: dict[str, np.ndarray]) -> int:
 
 def featviz_rate(model: str, device: str, photos: Path, out: Path, precision: str) -> tuple:
     request = ModelRequest(model, weights="none", device=device, precision=precision)
-    run = prepare_cam(
-        request, RunRequest((str(photos),)), OutputRequest(out, gallery=False), CamRequest()
+    run = prepare(
+        Plan(
+            "cam",
+            request,
+            OutputRequest(out, gallery=False),
+            CamRequest(),
+            RunRequest((str(photos),)),
+        )
     )
     if device == "cuda":
         torch.cuda.synchronize()

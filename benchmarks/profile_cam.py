@@ -7,7 +7,7 @@ Two views, printed as Markdown by ``bench_cam.py --profile`` (or run this file d
    timed serially on the same photos, ms per image, fastest of 3, and the candidate
    replacements of whatif.py (PNG writers) on the same data, with PNG sizes.
    Their sum against the pipelined run shows what the decode and write thread pools hide.
-2. A py-spy profile of ``prepare_cam(...).results()`` in a child process, every Python thread
+2. A py-spy profile of ``prepare(Plan("cam", …)).results()`` in a child process, every Python thread
    sampled (main = model work, featviz-decode, featviz-write), each sample filed under the
    innermost featviz function on its stack: busy time per stage as the real, threaded run
    spends it. Skipped when py-spy is not installed (``pip install py-spy``).
@@ -61,17 +61,20 @@ def stage_breakdown(model: str, layer: str, photos: list[Path], work: Path) -> l
     from featviz.layers.grids import upsample
     from featviz.model.options import ModelRequest
     from featviz.render.draw import colormap_lut, overlay
-    from featviz.run.plan import CamRequest, RunRequest
-    from featviz.run.prepare import prepare_cam
+    from featviz.run.plan import CamRequest, Plan, RunRequest
+    from featviz.run.prepare import prepare
     from featviz.sinks.encode import encode_json, encode_png
     from featviz.sinks.layout import write_atomic
     from featviz.sinks.options import OutputRequest
 
-    run = prepare_cam(
-        ModelRequest(model, weights="none", device="cpu"),
-        RunRequest((str(photos[0]),)),
-        OutputRequest(work, gallery=False),
-        CamRequest(layers=(layer,)),
+    run = prepare(
+        Plan(
+            "cam",
+            ModelRequest(model, weights="none", device="cpu"),
+            OutputRequest(work, gallery=False),
+            CamRequest(layers=(layer,)),
+            RunRequest((str(photos[0]),)),
+        )
     )
     module, calls = run.model.module, run.model.trace.calls()
     gradcam = load_method("gradcam")
@@ -176,17 +179,20 @@ def _child(model: str, layer: str, folder: Path, out: Path, runs: int, threads: 
     import torch
 
     from featviz.model.options import ModelRequest
-    from featviz.run.plan import CamRequest, RunRequest
-    from featviz.run.prepare import prepare_cam
+    from featviz.run.plan import CamRequest, Plan, RunRequest
+    from featviz.run.prepare import prepare
     from featviz.sinks.options import OutputRequest
 
     if threads:
         torch.set_num_threads(threads)
-    run = prepare_cam(
-        ModelRequest(model, weights="none", device="cpu"),
-        RunRequest((str(folder),)),
-        OutputRequest(out, gallery=False),
-        CamRequest(layers=(layer,)),
+    run = prepare(
+        Plan(
+            "cam",
+            ModelRequest(model, weights="none", device="cpu"),
+            OutputRequest(out, gallery=False),
+            CamRequest(layers=(layer,)),
+            RunRequest((str(folder),)),
+        )
     )
     list(run.results())
     times = []

@@ -379,7 +379,7 @@ def test_an_unexpected_error_is_one_line_and_featviz_debug_shows_its_traceback(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("something broke\n  on a second line")
 
-    monkeypatch.setattr("featviz.run.prepare.prepare_cam", broken)
+    monkeypatch.setattr("featviz.run.prepare.prepare", broken)
     result = invoke("cam", *TINY, PHOTO)
     assert_error(
         result,

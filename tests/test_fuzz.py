@@ -19,8 +19,8 @@ from PIL import Image
 
 from featviz.inputs.decode import decode
 from featviz.model.options import ModelRequest
-from featviz.run.plan import CamRequest, RunRequest
-from featviz.run.prepare import PreparedRun, prepare_cam
+from featviz.run.plan import CamRequest, Plan, RunRequest
+from featviz.run.prepare import PreparedRun, prepare
 from featviz.sinks.options import OutputRequest
 
 NAMES = ["a.png", "b.jpg", "c.png", "d.jpg"]
@@ -82,11 +82,14 @@ def fuzz_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Prepare
     (root / "in").mkdir()
     for name in NAMES:
         (root / "in" / name).write_bytes(SEEDS[0])
-    run = prepare_cam(
-        ModelRequest(f"{root / 'tiny_model.py'}:build", input_size=32, device="cpu"),
-        RunRequest((str(root / "in"),), max_pixels=MAX_PIXELS, batch_size=2),
-        OutputRequest(root / "out", gallery=False),
-        CamRequest(methods=("gradcam", "eigencam"), heatmap=True),
+    run = prepare(
+        Plan(
+            "cam",
+            ModelRequest(f"{root / 'tiny_model.py'}:build", input_size=32, device="cpu"),
+            OutputRequest(root / "out", gallery=False),
+            CamRequest(methods=("gradcam", "eigencam"), heatmap=True),
+            RunRequest((str(root / "in"),), max_pixels=MAX_PIXELS, batch_size=2),
+        )
     )
     assert [source.path.name for source in run.sources] == sorted(NAMES)
     yield run, root

@@ -126,7 +126,8 @@ def test_filters_change_what_is_shown(page, gallery: Path) -> None:
     page.select_option("#method", "eigencam")
     assert page.text_content("#count") == f"{IMAGES} of {IMAGES} images"
     titles = page.locator(".outputs a").evaluate_all("links => links.map(a => a.title)")
-    model = rf"{re.escape(str(gallery.parent / 'tiny_model.py'))}:build, seed 0, input size 16"
+    spec = re.escape(str(gallery.parent / "tiny_model.py"))
+    model = rf"{spec}:build, seed 0, precision fp32, input size 16"
     assert titles and all(
         re.match(rf"{model}, resize keep · cam · eigencam · features", title) for title in titles
     ), titles[:3]
@@ -140,10 +141,10 @@ def test_filters_change_what_is_shown(page, gallery: Path) -> None:
     page.select_option("#command", "")
     # Issue 21.1: which model made each picture, and a filter by it.
     assert page.locator("#model option").all_text_contents()[1:] == [
-        f"other_model ({gallery.parent / 'other_model.py'}:build, seed 0, input size 16, "
-        "resize keep)",
-        f"tiny_model ({gallery.parent / 'tiny_model.py'}:build, seed 0, input size 16, "
-        "resize keep)",
+        f"other_model ({gallery.parent / 'other_model.py'}:build, seed 0, precision fp32, "
+        "input size 16, resize keep)",
+        f"tiny_model ({gallery.parent / 'tiny_model.py'}:build, seed 0, precision fp32, "
+        "input size 16, resize keep)",
     ]
     page.select_option("#model", "other_model")
     assert page.text_content("#count") == f"{MAPPED} of {IMAGES} images"

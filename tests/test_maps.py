@@ -12,8 +12,8 @@ from PIL import Image
 
 from featviz.model.options import ModelRequest
 from featviz.run.jobs.maps import select_channels
-from featviz.run.plan import MapsRequest, RunRequest
-from featviz.run.prepare import prepare_maps
+from featviz.run.plan import MapsRequest, Plan, RunRequest
+from featviz.run.prepare import prepare
 from featviz.sinks.options import OutputRequest
 
 
@@ -38,11 +38,14 @@ def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ],
 )
 def test_grid_geometry_across_families(model: str, layer: str, photo: Path, tmp_path: Path) -> None:
-    run = prepare_maps(
-        ModelRequest(model, weights="none", device="cpu", input_size=96),
-        RunRequest((str(photo),)),
-        OutputRequest(tmp_path, gallery=False),
-        MapsRequest(layers=(layer,), max_channels=20, cell_size=10, save_raw=True),
+    run = prepare(
+        Plan(
+            "maps",
+            ModelRequest(model, weights="none", device="cpu", input_size=96),
+            OutputRequest(tmp_path, gallery=False),
+            MapsRequest(layers=(layer,), max_channels=20, cell_size=10, save_raw=True),
+            RunRequest((str(photo),)),
+        )
     )
     [result] = list(run.results())
     assert result.error is None
@@ -60,11 +63,14 @@ def test_grid_geometry_across_families(model: str, layer: str, photo: Path, tmp_
 
 
 def test_the_default_taps_are_every_conv2d(photo: Path, tmp_path: Path) -> None:
-    run = prepare_maps(
-        ModelRequest("alexnet", weights="none", device="cpu"),
-        RunRequest((str(photo),)),
-        OutputRequest(tmp_path, gallery=False),
-        MapsRequest(),
+    run = prepare(
+        Plan(
+            "maps",
+            ModelRequest("alexnet", weights="none", device="cpu"),
+            OutputRequest(tmp_path, gallery=False),
+            MapsRequest(),
+            RunRequest((str(photo),)),
+        )
     )
     assert run.job.layers == [
         "features.0",
@@ -84,13 +90,20 @@ def test_channels_by_index_or_by_mean_activation() -> None:
 
 
 def test_activation_order_draws_the_strongest_channels_first(photo: Path, tmp_path: Path) -> None:
-    run = prepare_maps(
-        ModelRequest("alexnet", weights="none", device="cpu", input_size=64),
-        RunRequest((str(photo),)),
-        OutputRequest(tmp_path, gallery=False),
-        MapsRequest(
-            layers=("features.0",), max_channels=4, order="activation", cell_size=1, save_raw=True
-        ),
+    run = prepare(
+        Plan(
+            "maps",
+            ModelRequest("alexnet", weights="none", device="cpu", input_size=64),
+            OutputRequest(tmp_path, gallery=False),
+            MapsRequest(
+                layers=("features.0",),
+                max_channels=4,
+                order="activation",
+                cell_size=1,
+                save_raw=True,
+            ),
+            RunRequest((str(photo),)),
+        )
     )
     list(run.results())
     raw = np.load(image_folder(tmp_path, "photo") / "maps" / "features.0.npy")

@@ -22,8 +22,8 @@ from featviz.inputs.discover import ImageSource
 from featviz.model.options import ModelRequest
 from featviz.run.pipeline import PipelineStats
 from featviz.run.pipeline import run as run_pipeline
-from featviz.run.plan import CamRequest, MapsRequest, RunRequest
-from featviz.run.prepare import PreparedRun, prepare_cam, prepare_maps
+from featviz.run.plan import CamRequest, MapsRequest, Plan, RunRequest
+from featviz.run.prepare import PreparedRun, prepare
 from featviz.sinks.options import OutputRequest
 
 SHAPES = [(40, 30), (30, 40), (48, 24), (40, 30)]  # several shapes: several batch groups
@@ -43,15 +43,15 @@ def photos(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     return paths
 
 
-def prepare(
+def prepared(
     command: str, input_size: int = 32, methods: tuple[str, ...] = ("gradcam",)
 ) -> PreparedRun:
     model = ModelRequest("tiny_model.py:build", input_size=input_size, device="cpu")
     inputs = RunRequest(("in",), batch_size=4)
     output = OutputRequest(Path("out"), gallery=False)
     if command == "maps":
-        return prepare_maps(model, inputs, output, MapsRequest(cell_size=8))
-    return prepare_cam(model, inputs, output, CamRequest(methods=methods))
+        return prepare(Plan("maps", model, output, MapsRequest(cell_size=8), inputs))
+    return prepare(Plan("cam", model, output, CamRequest(methods=methods), inputs))
 
 
 def many(photos: list[Path], start: int, count: int) -> Iterator[ImageSource]:
@@ -73,7 +73,7 @@ def live_tensors() -> int:
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux's /proc")
 def test_memory_stays_flat_over_a_long_run(photos: list[Path]) -> None:
-    run = prepare("cam", input_size=64)
+    run = prepared("cam", input_size=64)
     stats = PipelineStats()
     warm_up = run_pipeline(run.job, many(photos, 0, 20), run.config, stats)  # imports, caches…
     assert all(result.error is None for result in warm_up)
@@ -130,7 +130,7 @@ def break_on_call(module: torch.nn.Module, call: int, error: BaseException) -> N
 def test_a_batch_the_model_fails_on_fails_alone_and_leaves_no_hook(
     photos: list[Path], command: str
 ) -> None:
-    run = prepare(command)
+    run = prepared(command)
     break_on_call(run.model.module.features[2], 3, RuntimeError("boom"))
     results = list(replace(run, sources=many(photos, 0, 16)).results())
     failed = [result for result in results if result.error]
@@ -149,7 +149,7 @@ def test_a_batch_the_model_fails_on_fails_alone_and_leaves_no_hook(
 def test_a_run_stopped_inside_the_forward_leaves_no_hook(
     photos: list[Path], command: str, error: BaseException
 ) -> None:
-    run = prepare(command)
+    run = prepared(command)
     assert hooks_left(run.model.module) == []
     break_on_call(run.model.module.features[2], 3, error)
     with pytest.raises(type(error)):
@@ -162,7 +162,7 @@ def test_images_are_admitted_by_their_pixels_within_the_budget(
 ) -> None:
     """At 16 bytes a pixel, 1 MB holds two 200×150 photos at once, never three; a photo
     larger than the whole budget still runs, on its own."""
-    run = prepare("cam")
+    run = prepared("cam")
     sizes = [(200, 150)] * 7 + [(400, 300)] + [(200, 150)] * 4
     paths = []
     for index, size in enumerate(sizes):

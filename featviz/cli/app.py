@@ -29,6 +29,7 @@ from featviz.run.plan import (
     CompareRequest,
     FiltersRequest,
     MapsRequest,
+    Plan,
     RunRequest,
     SanityRequest,
     ScoreRequest,
@@ -147,7 +148,7 @@ def maps(
     Example: featviz maps -m resnet50 -l layer1 -l 'layer4.*' photos/cat.jpg -o out/
     """
     with errors():
-        from featviz.run.prepare import prepare_maps
+        from featviz.run.prepare import prepare
 
         request = MapsRequest(
             layers=tuple(layer or ()),
@@ -157,7 +158,7 @@ def maps(
             cell_size=cell_size,
             save_raw=save_raw,
         )
-        stream(prepare_maps(model, run, output, request), report)
+        stream(prepare(Plan("maps", model, output, request, run)), report)
 
 
 @app.command(cls=MethodsHelpCommand)
@@ -184,7 +185,7 @@ def cam(
     Example: featviz cam -m resnet50 -M gradcam++ -t tabby -t 'tiger cat' cat.jpg
     """
     with errors():
-        from featviz.run.prepare import prepare_cam
+        from featviz.run.prepare import prepare
 
         request = CamRequest(
             **explaining.fields(("gradcam",)),
@@ -194,7 +195,7 @@ def cam(
             heatmap=heatmap,
             save_raw=save_raw,
         )
-        stream(prepare_cam(model, run, output, request), report)
+        stream(prepare(Plan("cam", model, output, request, run)), report)
 
 
 @app.command(cls=MethodsHelpCommand)
@@ -216,11 +217,10 @@ def compare(
     Example: featviz compare -m resnet50 --top-k 2 photos/
     """
     with errors():
-        from featviz.run.jobs.compare import CompareJob
-        from featviz.run.prepare import prepare_explaining
+        from featviz.run.prepare import prepare
 
         request = CompareRequest(**explaining.fields(JUDGED_METHODS), cmap=cmap, alpha=alpha)
-        stream(prepare_explaining("compare", CompareJob, model, run, output, request), report)
+        stream(prepare(Plan("compare", model, output, request, run)), report)
 
 
 @app.command(cls=MethodsHelpCommand)
@@ -258,8 +258,7 @@ def score(
     Example: featviz score -m resnet50 photos/ -o scores/
     """
     with errors():
-        from featviz.run.jobs.score import ScoreJob
-        from featviz.run.prepare import prepare_explaining
+        from featviz.run.prepare import prepare
 
         request = ScoreRequest(
             **explaining.fields(JUDGED_METHODS),
@@ -267,7 +266,7 @@ def score(
             score_batch_size=score_batch_size,
             seed=model.seed,  # --seed: also the random baseline's and ROAD's noise
         )
-        stream(prepare_explaining("score", ScoreJob, model, run, output, request), report)
+        stream(prepare(Plan("score", model, output, request, run)), report)
 
 
 @app.command(cls=MethodsHelpCommand)
@@ -288,12 +287,11 @@ def sanity(
     Example: featviz sanity -m resnet50 photo.jpg
     """
     with errors():
-        from featviz.run.jobs.sanity import SanityJob
-        from featviz.run.prepare import prepare_explaining
+        from featviz.run.prepare import prepare
 
         # --seed: also the re-initialised weights'
         request = SanityRequest(**explaining.fields(JUDGED_METHODS), seed=model.seed)
-        stream(prepare_explaining("sanity", SanityJob, model, run, output, request), report)
+        stream(prepare(Plan("sanity", model, output, request, run)), report)
 
 
 @app.command(cls=HelpCommand)
@@ -318,7 +316,7 @@ def layers(model: ModelRequest = None) -> None:
     """
     with errors():
         from featviz.cli.text import layer_table
-        from featviz.run.prepare import describe_layers
+        from featviz.run.info import describe_layers
 
         catalog = describe_layers(model)
         typer.echo(layer_table(catalog.trace, catalog.default, catalog.multiple))
@@ -347,7 +345,7 @@ def models(
     """
     with errors():
         from featviz.cli.text import models_table
-        from featviz.run.prepare import list_models
+        from featviz.run.info import list_models
 
         entries = list_models(name_filter, source.value)
         if not entries:
@@ -391,12 +389,12 @@ def filters(
     """
     with errors():
         from featviz.inputs.discover import printable
-        from featviz.run.prepare import render_filters
+        from featviz.run.filters import render_filters
 
         request = FiltersRequest(
             layers=tuple(layer), all_inputs=all_inputs, cmap=cmap, cell_size=cell_size
         )
-        result = render_filters(model, output, request)
+        result = render_filters(Plan("filters", model, output, request))
         for path in result.written:
             typer.echo(f"wrote {printable(path)}")
         if result.skipped:

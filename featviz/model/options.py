@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from featviz.inputs.preprocess import ResizeMode
+
+# An option that never changes what a run writes (featviz.run.plan reads these marks).
+NO_EFFECT = {"outputs": "none"}
 
 
 @dataclass(frozen=True)
@@ -18,8 +21,8 @@ class ModelRequest:
     num_classes: int | None = None
     labels: str | None = None
     seed: int = 0
-    device: str = "auto"
+    device: str = field(default="auto", metadata=NO_EFFECT)
     precision: str = "fp32"  # fp32 · bf16 · fp16: autocast around the model's forwards
-    check_precision: bool = False
+    check_precision: bool = field(default=False, metadata=NO_EFFECT)
     input_size: int | None = None
     resize: ResizeMode = "keep"

@@ -40,14 +40,12 @@ def autocast_for(precision: str, device: torch.device) -> Callable[[], AbstractC
 
 class PrecisionCheck:
     """Called with the first batch, inside its autocast: top-1 classes at float32 against
-    the run's precision; the outcome goes to ``notes`` (the summary) and ``record`` (the
-    manifest's ``resolved``)."""
+    the run's precision; the outcome goes to ``notes`` (the summary) and to ``resolved``'s
+    ``precision_check`` (the manifest's)."""
 
-    def __init__(
-        self, model: LoadedModel, precision: str, notes: list[str], record: dict[str, Any]
-    ) -> None:
+    def __init__(self, model: LoadedModel, precision: str, notes: list[str], resolved: Any) -> None:
         self.model, self.precision = model, precision
-        self.notes, self.record = notes, record
+        self.notes, self.resolved = notes, resolved
 
     def __call__(self, batch: list[LoadedImage]) -> None:
         import torch
@@ -61,7 +59,7 @@ class PrecisionCheck:
                 exact = logits_of(self.model.module(inputs.float()))[0].float().softmax(1)
         changed = int((reduced.argmax(1) != exact.argmax(1)).sum())
         drift = float((reduced - exact).abs().max())
-        self.record["precision_check"] = {
+        self.resolved.precision_check = {
             "images": len(batch),
             "top1_changed": changed,
             "max_probability_change": round(drift, 6),

@@ -1,36 +1,32 @@
-"""The library entry points behind each command: build what a run needs, then stream it.
-
-cli/app.py turns options into frozen requests (featviz.requests) and calls one function per command;
-everything here raises FeatvizError subclasses and never prints. What is resolved from a request
-(layer globs → names, class names → indices) goes into the job and into the manifest's
-``resolved`` section, next to the request exactly as given.
+"""From a plan to a run ready to stream: the model built, layers and classes resolved, the job
+and its sinks set up (``prepare``). Raises FeatvizError subclasses and never prints: the CLI
+and the library are its callers. What is resolved (layer globs → names, class names →
+indices, batch sizes) is a ``Resolved`` beside the plan; the manifest, the fingerprint and
+the model folder are derived from both (featviz.run.plan).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from featviz.errors import UsageError
-from featviz.run.plan import plain
+from featviz.run.plan import Resolved
 from featviz.tasks.detection import DEFAULT_MIN_SCORE
 
 if TYPE_CHECKING:
+    from featviz.explain.options import ExplainRequest
     from featviz.inputs.discover import ImageSource
-    from featviz.layers.catalog import ModelTrace
     from featviz.layers.folding import FoldedBatchNorms
     from featviz.model.load import LoadedModel
-    from featviz.model.options import ModelRequest
     from featviz.run.jobs.base import ImageJob
     from featviz.run.pipeline import Pipeline, PipelineConfig
-    from featviz.run.plan import CamRequest, ExplainRequest, FiltersRequest, MapsRequest, RunRequest
+    from featviz.run.plan import MapsRequest, Plan, RunRequest
     from featviz.sinks.manifest import RunTally
-    from featviz.sinks.options import OutputRequest
     from featviz.sinks.results import ImageResult
     from featviz.sinks.variants import Variant
 
@@ -92,6 +88,21 @@ class PreparedRun:
         return self.job.report(tally.results)
 
 
+def prepare(plan: Plan) -> PreparedRun:
+    """Build what ``plan`` (a per-image command: maps, cam, compare, score, sanity) needs, and
+    open its output folder once every option has been checked: a typo leaves no folder."""
+    from featviz.model.load import load_model
+
+    notes: list[str] = []
+    sources = _discover(plan.run, notes)
+    loaded = load_model(plan.model)
+    if plan.command == "maps":
+        resolved, make_job = _maps(plan.options, loaded)
+    else:
+        loaded, resolved, make_job = _explaining(plan, loaded)
+    return _prepared(plan, loaded, resolved, make_job, sources, notes)
+
+
 def default_map_layers(model: LoadedModel) -> list[str]:
     """Every Conv2d that runs in the forward, as in the classic hook tutorial."""
     from torch import nn
@@ -110,64 +121,30 @@ def default_map_layers(model: LoadedModel) -> list[str]:
     return convs
 
 
-def prepare_maps(
-    model: ModelRequest, run: RunRequest, output: OutputRequest, maps: MapsRequest
-) -> PreparedRun:
+def _maps(request: MapsRequest, loaded: LoadedModel) -> tuple[Resolved, Callable[..., ImageJob]]:
     from featviz.layers.catalog import resolve_layers
-    from featviz.model.load import load_model
     from featviz.run.jobs.maps import MapsJob
 
-    notes: list[str] = []
-    sources = _discover(run, notes)
-    loaded = load_model(model)
     layers = (
-        resolve_layers(loaded.trace, list(maps.layers), spatial_only=True)
-        if maps.layers
+        resolve_layers(loaded.trace, list(request.layers), spatial_only=True)
+        if request.layers
         else default_map_layers(loaded)
     )
-    resolved = {"layers": layers}
-    return _prepare(
-        "maps",
-        model,
-        run,
-        output,
-        maps,
-        resolved,
-        sources,
-        loaded,
-        lambda **common: MapsJob(request=maps, layers=layers, **common),
-        notes,
-    )
+    return Resolved(layers), lambda **common: MapsJob(request=request, layers=layers, **common)
 
 
-def prepare_cam(
-    model: ModelRequest, run: RunRequest, output: OutputRequest, cam: CamRequest
-) -> PreparedRun:
-    from featviz.run.jobs.cam import CamJob
-
-    return prepare_explaining("cam", CamJob, model, run, output, cam)
-
-
-def prepare_explaining(
-    command: str,
-    job_type: type,
-    model: ModelRequest,
-    run: RunRequest,
-    output: OutputRequest,
-    request: ExplainRequest,
-) -> PreparedRun:
-    """A run of a command that explains classes (cam, compare, score, sanity): the layers and
-    classes resolved from the request, then ``job_type`` over them."""
+def _explaining(
+    plan: Plan, loaded: LoadedModel
+) -> tuple[LoadedModel, Resolved, Callable[..., ImageJob]]:
+    """A command that explains classes (cam, compare, score, sanity): its layers and classes
+    resolved from the request, then its job over them."""
     from featviz.explain.targets import check_top_k, resolve_target
     from featviz.layers.catalog import resolve_layers
-    from featviz.model.load import load_model
     from featviz.tasks.detection import check_detection_request
 
-    notes: list[str] = []
-    sources = _discover(run, notes)
-    loaded = load_model(model)
+    request = plan.options
     if request.target_fn is not None:
-        loaded = _with_target_fn(command, loaded, request)
+        loaded = _with_target_fn(plan.command, loaded, request)
     layers = (
         resolve_layers(loaded.trace, list(request.layers), spatial_only=True)
         if request.layers
@@ -177,7 +154,7 @@ def prepare_explaining(
     targets = [resolve_target(text, loaded.categories, classes) for text in request.targets]
     detector = loaded.trace.task == "detection" and request.target_fn is None
     if detector:
-        check_detection_request(command, request)
+        check_detection_request(plan.command, request)
     elif request.min_score is not None:
         raise UsageError(
             f"--min-score: {loaded.name} is not a detection model; it scores boxes",
@@ -191,26 +168,32 @@ def prepare_explaining(
         )
     if request.top_k is not None:
         check_top_k(request.top_k, None if detector else classes)
-    resolved = {"layers": layers, "targets": targets}
+    boxes = None
     if detector:
-        resolved["boxes"] = {
-            "min_score": DEFAULT_MIN_SCORE if request.min_score is None else request.min_score,
-            "top_k": request.top_k,
-        }
-    return _prepare(
-        command,
-        model,
-        run,
-        output,
-        request,
-        resolved,
-        sources,
-        loaded,
-        lambda **common: job_type(
-            request=request, layers=layers, targets=targets, seed=model.seed, **common
-        ),
-        notes,
-    )
+        min_score = DEFAULT_MIN_SCORE if request.min_score is None else request.min_score
+        boxes = {"min_score": min_score, "top_k": request.top_k}
+    job_type = _job_type(plan.command)
+
+    def make_job(**common: object) -> ImageJob:
+        return job_type(
+            request=request, layers=layers, targets=targets, seed=plan.model.seed, **common
+        )
+
+    return loaded, Resolved(layers, targets, boxes), make_job
+
+
+def _job_type(command: str) -> type:
+    if command == "cam":
+        from featviz.run.jobs.cam import CamJob as job
+    elif command == "compare":
+        from featviz.run.jobs.compare import CompareJob as job
+    elif command == "score":
+        from featviz.run.jobs.score import ScoreJob as job
+    elif command == "sanity":
+        from featviz.run.jobs.sanity import SanityJob as job
+    else:
+        raise ValueError(f"no job for command '{command}'")
+    return job
 
 
 def _with_target_fn(command: str, loaded: LoadedModel, request: ExplainRequest) -> LoadedModel:
@@ -253,49 +236,34 @@ def _discover(run: RunRequest, notes: list[str]) -> Iterable[ImageSource]:
     return sources if reads_stdin else list(sources)
 
 
-def _prepare(
-    command: str,
-    model: ModelRequest,
-    run: RunRequest,
-    output: OutputRequest,
-    options: MapsRequest | ExplainRequest,
-    resolved: dict[str, Any],
-    sources: Iterable[ImageSource],
+def _prepared(
+    plan: Plan,
     loaded: LoadedModel,
+    resolved: Resolved,
     make_job: Callable[..., ImageJob],
+    sources: Iterable[ImageSource],
     notes: list[str],
 ) -> PreparedRun:
     from featviz.model.precision import PrecisionCheck, autocast_for
-    from featviz.run.jobs.base import fingerprint
     from featviz.run.pipeline import PipelineConfig
     from featviz.sinks import sinks_for
 
-    batch_size = run.batch_size or (32 if loaded.device.type == "cuda" else 8)
-    workers = run.workers or default_workers()
-    record = {
-        "model": model_record(loaded),
-        "request": {
-            "model": plain(model),
-            "run": plain(run),
-            "output": plain(output),
-            "options": plain(options),
-        },
-        "resolved": {**resolved, "batch_size": batch_size, "workers": workers},
-    }
-    settings = _settings(command, model, options, resolved, loaded, output)
+    run = plan.run
+    resolved.batch_size = run.batch_size or (32 if loaded.device.type == "cuda" else 8)
+    resolved.workers = run.workers or default_workers()
     sinks = sinks_for(
-        output,
-        command=command,
-        fingerprint=fingerprint(settings),
-        variant=variant_of(settings, model, output),
-        record=record,
+        plan.output,
+        command=plan.command,
+        fingerprint=plan.fingerprint(loaded, resolved),
+        variant=model_folder(plan, loaded, resolved),
+        record=lambda: plan.record(loaded, resolved),
     )
     job = make_job(
         model=loaded, sinks=sinks, max_pixels=run.max_pixels, skip_existing=run.skip_existing
     )
-    autocast = autocast_for(model.precision, loaded.device)  # fp16 on a CPU: a usage error
-    folding = _folding(command, loaded, resolved)
-    record["resolved"]["folded_batch_norms"] = len(folding)
+    autocast = autocast_for(plan.model.precision, loaded.device)  # fp16 on a CPU: a usage error
+    folding = _folding(plan.command, loaded, resolved)
+    resolved.folded_batch_norms = len(folding)
 
     @contextmanager
     def compute() -> Iterator[None]:
@@ -303,19 +271,19 @@ def _prepare(
             yield
 
     check = None
-    if model.check_precision and model.precision != "fp32":
-        check = PrecisionCheck(loaded, model.precision, notes, record["resolved"])
+    if plan.model.check_precision and plan.model.precision != "fp32":
+        check = PrecisionCheck(loaded, plan.model.precision, notes, resolved)
     sinks.open()  # after the job checked its options: a typo leaves no folder behind
     return PreparedRun(
-        command=command,
+        command=plan.command,
         model=loaded,
-        out=output.out,
+        out=plan.output.out,
         job=job,
         sources=sources,
         config=PipelineConfig(
-            batch_size=batch_size,
-            decode_workers=workers,
-            write_workers=workers,
+            batch_size=resolved.batch_size,
+            decode_workers=resolved.workers,
+            write_workers=resolved.workers,
             max_memory=run.max_memory,
             compute=compute,
             first_batch=check,
@@ -325,59 +293,23 @@ def _prepare(
     )
 
 
-def _folding(command: str, loaded: LoadedModel, resolved: dict[str, Any]) -> FoldedBatchNorms:
+def _folding(command: str, loaded: LoadedModel, resolved: Resolved) -> FoldedBatchNorms:
     """The batch norms folded for this run's batches: none for sanity, which randomises the
     weights of the very layers (batch norms among them) that folding would merge."""
     from featviz.layers.folding import folded_for
 
     pairs = () if command == "sanity" else loaded.trace.foldable
-    return folded_for(loaded.module, pairs, resolved["layers"])
+    return folded_for(loaded.module, pairs, resolved.layers)
 
 
-def _outputs_of(model: dict[str, Any]) -> dict[str, Any]:
-    """The model request's fields that change outputs, as records have always hashed them:
-    not whether precision is checked, and the precision only when it is not fp32."""
-    kept = {key: value for key, value in model.items() if key != "check_precision"}
-    if kept["precision"] == "fp32":
-        del kept["precision"]
-    return kept
-
-
-def _options_of(options: dict[str, Any]) -> dict[str, Any]:
-    """The command's options as records have always hashed them: --top-k's default as 1
-    and --min-score only when given (a detector's run says it in ``resolved``)."""
-    kept = dict(options)
-    if "top_k" in kept and kept["top_k"] is None:
-        kept["top_k"] = 1
-    if "min_score" in kept and kept["min_score"] is None:
-        del kept["min_score"]
-    return kept
-
-
-# Options that only choose which files a run writes (each has its own path), never what a file
-# at a given path holds: runs differing in these share a model folder.
-_CHOOSING_FILES = {
-    "cam": {"methods", "layers", "targets", "top_k", "fuse", "heatmap", "save_raw", "min_score"},
-    "maps": {"layers", "save_raw"},
-}
-_NOT_IN_PICTURES = {"cam_batch_size", "score_batch_size"}
-
-
-def variant_of(settings: dict[str, Any], model: ModelRequest, output: OutputRequest) -> Variant:
+def model_folder(plan: Plan, loaded: LoadedModel, resolved: Resolved) -> Variant:
     """The model and the settings a run's pictures depend on (featviz.sinks.variants)."""
     from featviz.sinks.variants import Variant, canonical_spec, folder_name
 
-    command = settings["command"]
-    choosing = _CHOOSING_FILES.get(command, set()) | _NOT_IN_PICTURES
-    described = {**settings["model"], "spec": canonical_spec(model.spec)}
-    for key in ("checkpoint", "labels"):
-        if described.get(key) and described[key] != "imagenet":
-            described[key] = os.path.abspath(described[key])
-    options = {key: v for key, v in settings["options"].items() if key not in choosing}
-    resolved = {key: v for key, v in settings["resolved"].items() if key not in choosing}
-    options = {**options, **resolved, "quality": output.quality}
-    name = folder_name(model.spec, model.weights)
-    return Variant(name, command, described, options, model.spec)
+    model, options = plan.pictures(loaded, resolved)
+    model = {**model, "spec": canonical_spec(plan.model.spec)}
+    name = folder_name(plan.model.spec, plan.model.weights)
+    return Variant(name, plan.command, model, options, plan.model.spec)
 
 
 def default_workers() -> int:
@@ -385,134 +317,3 @@ def default_workers() -> int:
     from featviz.run.cpus import usable_cpus
 
     return min(32, max(2, len(usable_cpus())))
-
-
-def _settings(
-    command: str,
-    model: ModelRequest,
-    options: MapsRequest | ExplainRequest | FiltersRequest,
-    resolved: dict[str, Any],
-    loaded: LoadedModel,
-    output: OutputRequest,
-) -> dict[str, Any]:
-    """What decides an image's outputs: not the device, the batch size or where files go."""
-    settings = {
-        "command": command,
-        "model": {
-            **_outputs_of(plain(model)),
-            "weights": loaded.weights,
-            "input_size": loaded.preprocessing.input_size,
-            "device": None,
-        },
-        "options": _options_of(plain(options)),
-        "resolved": resolved,
-    }
-    if output.image_format != "png":  # PNG runs keep the fingerprints they always had
-        settings["pictures"] = {"format": output.image_format, "quality": output.quality}
-    return settings
-
-
-def model_record(loaded: LoadedModel) -> dict[str, Any]:
-    """The model as the manifest describes it."""
-    return {
-        "name": loaded.name,
-        "weights": loaded.weights,
-        "device": str(loaded.device),
-        "input_size": loaded.preprocessing.input_size,
-    }
-
-
-@dataclass(frozen=True)
-class LayerCatalog:
-    """What ``featviz layers`` shows: the model's trace, its default CAM layer (None when it
-    has none) and the input side's multiple (None: one size only)."""
-
-    trace: ModelTrace
-    default: str | None
-    multiple: int | None
-
-
-def describe_layers(model: ModelRequest) -> LayerCatalog:
-    """The model's layers, built on the meta device: nothing is downloaded."""
-    from featviz.model.load import load_model
-
-    loaded = load_model(model, structure_only=True)
-    try:
-        default = loaded.default_cam_layer()
-    except UsageError:
-        default = None
-    return LayerCatalog(loaded.trace, default, loaded.preprocessing.multiple)
-
-
-def list_models(
-    name_filter: str | None, source: str = "torchvision"
-) -> list[tuple[str, list[str]]]:
-    """(name for --model, its weights) of the source's models whose name contains the filter."""
-    if source == "timm":
-        from featviz.model.sources.timm_models import timm_models
-
-        return timm_models(name_filter)
-    from featviz.model.sources.torchvision_models import model_weights_names, torchvision_models
-
-    names = [
-        name
-        for name in torchvision_models()
-        if not name_filter or name_filter.lower() in name.lower()
-    ]
-    return [(name, model_weights_names(name)) for name in names]
-
-
-@dataclass(frozen=True)
-class FiltersResult:
-    """The grids written, and the layers a glob matched that have no kernels to draw."""
-
-    written: list[Path]
-    skipped: list[str]
-
-
-def render_filters(
-    model: ModelRequest, output: OutputRequest, request: FiltersRequest
-) -> FiltersResult:
-    from featviz.features.filters import conv_layers, filter_grid
-    from featviz.model.load import load_model
-    from featviz.run.jobs.base import fingerprint
-    from featviz.sinks import RunEnd, sinks_for
-    from featviz.sinks.artifacts import Artifact, ImageOutputs
-    from featviz.sinks.manifest import RunTally
-
-    loaded = load_model(model)
-    modules = dict(loaded.module.named_modules())
-    layers, skipped = conv_layers(loaded.trace, modules, list(request.layers))
-    kind = "kernels-all-inputs" if request.all_inputs else "kernels"
-    artifacts = [
-        Artifact(
-            "filters",
-            kind,
-            layer,
-            pixels=filter_grid(
-                modules[layer],
-                layer,
-                all_inputs=request.all_inputs,
-                cmap=request.cmap,
-                cell_size=request.cell_size,
-            ),
-        )
-        for layer in layers
-    ]
-    record = {
-        "model": model_record(loaded),
-        "request": {"model": plain(model), "output": plain(output), "options": plain(request)},
-        "resolved": {"layers": layers},
-    }
-    settings = _settings("filters", model, request, {"layers": layers}, loaded, output)
-    sinks = sinks_for(
-        output,
-        command="filters",
-        fingerprint=fingerprint(settings),
-        variant=variant_of(settings, model, output),
-        record=record,
-    )
-    sinks.open()
-    result = sinks.write(ImageOutputs(None, loaded.name, None, [], artifacts))
-    sinks.close(RunEnd(RunTally(), interrupted=False))
-    return FiltersResult([Path(path) for path in result.outputs], skipped)

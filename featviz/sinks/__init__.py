@@ -12,6 +12,7 @@ at the end of every run (interrupted and failed ones too). A new sink is one mod
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -95,13 +96,14 @@ def sinks_for(
     command: str,
     fingerprint: str,
     variant: Variant,
-    record: dict[str, Any],
+    record: Callable[[], dict[str, Any]],
 ) -> Sinks:
     """The sinks ``output`` asks for, checked (a missing tensorboard package is a usage error)
     but not opened: nothing is written before ``Sinks.open``.
 
     ``variant``: the model and settings the pictures depend on (featviz.sinks.variants: their
-    folder); ``record``: what the manifest says about the run besides its images.
+    folder); ``record``: what the manifest says about the run besides its images, asked when
+    the manifest is written (what the run found out meanwhile included).
     """
     from featviz.sinks.files import FileSink
     from featviz.sinks.layout import OutputLayout

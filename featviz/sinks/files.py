@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +38,7 @@ class FileSink:
         command: str,
         fingerprint: str,
         variant: Variant,
-        record: dict[str, Any],
+        record: Callable[[], dict[str, Any]],
         quality: int = 90,
     ) -> None:
         self.layout = layout
@@ -45,15 +46,14 @@ class FileSink:
         self.command = command
         self.fingerprint = fingerprint
         self.variant = variant
-        self.run_record = record
+        self.run_record = record  # what the manifest says besides the images, asked at the end
         self.started = time.time()
 
     def open(self) -> None:
         """Create the folder, claim the model's folder in it and name this run."""
         self.layout.prepare()
         self.layout.variant = claim(self.layout.root, self.variant)
-        self.run_record["model"]["folder"] = self.layout.variant
-        shard = self.run_record["request"].get("run", {}).get("shard")  # filters read no images
+        shard = self.run_record()["request"].get("run", {}).get("shard")  # filters: no images
         self.layout.run = run_name(self.started, self.command, shard)
 
     def finished(self, source: ImageSource) -> ImageResult | None:
@@ -116,7 +116,9 @@ class FileSink:
         from featviz.inputs.discover import printable
         from featviz.sinks.manifest import manifest
 
-        data = manifest(self.command, self.run_record, end.tally, end.interrupted)
+        record = self.run_record()
+        record["model"]["folder"] = self.layout.variant
+        data = manifest(self.command, record, end.tally, end.interrupted)
         if end.outputs:
             data["outputs"] = end.outputs  # the run's own files: score.csv, score.png, …
         shard = data["request"].get("run", {}).get("shard")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -22,12 +20,6 @@ if TYPE_CHECKING:
 def failure(item: LoadedImage, reason: str) -> Callable[[], ImageResult]:
     """The write task of an image that failed in the model's thread: it writes nothing."""
     return lambda: ImageResult(item.source, error=f"{item.source.display}: {reason}")
-
-
-def fingerprint(settings: dict[str, Any]) -> str:
-    """A short stable hash of everything that changes an image's outputs."""
-    text = json.dumps(settings, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass(kw_only=True)

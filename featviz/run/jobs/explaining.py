@@ -15,7 +15,7 @@ from featviz.tasks.detection import (
 )
 
 if TYPE_CHECKING:
-    from featviz.run.plan import ExplainRequest
+    from featviz.explain.options import ExplainRequest
 from featviz.explain.explainer import Explainer
 
 
