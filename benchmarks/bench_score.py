@@ -62,7 +62,7 @@ def setup(count: int):
     from PIL import Image
 
     from featviz.cam import normalise
-    from featviz.explain.explainer import Explainer
+    from featviz.explainer.batch import Explainer
     from featviz.layers.folding import folded_for
     from featviz.layers.grids import upsample
     from featviz.model.load import load_model

@@ -30,7 +30,7 @@ from typer.testing import CliRunner
 
 from featviz.cam import heatmap
 from featviz.cli.app import app
-from featviz.explain.explainer import Explainer
+from featviz.explainer.batch import Explainer
 from featviz.model.load import load_model
 from featviz.model.options import ModelRequest
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 import featviz.sinks.layout
 from featviz.cli.app import app
 from featviz.errors import RunError
-from featviz.explain.names import MAX_NAME_BYTES, safe_name
+from featviz.explainer.names import MAX_NAME_BYTES, safe_name
 from featviz.sinks.layout import write_atomic
 
 

@@ -25,7 +25,7 @@ from synthetic_shapes import (
 from typer.testing import CliRunner
 
 from featviz.cli.app import app
-from featviz.explain.explainer import Explainer
+from featviz.explainer.batch import Explainer
 from featviz.model.load import load_model
 from featviz.model.options import ModelRequest
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from featviz.errors import UsageError
-from featviz.explain.targets import resolve_target
+from featviz.explainer.targets import resolve_target
 from featviz.model.sources.torchvision_models import imagenet_categories
 
 IMAGENET = imagenet_categories()

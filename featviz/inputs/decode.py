@@ -167,7 +167,7 @@ def _decode_file(file: BinaryIO, display: str, max_pixels: int) -> Image.Image:
         image.load()
         ImageOps.exif_transpose(image, in_place=True)
         # Always a new image: ``image`` is unusable once the ``with`` closes it.
-        return _to_rgb(image)
+        return to_rgb(image)
 
 
 def _over_limit(display: str, pixels: str | None, max_pixels: int) -> InputError:
@@ -182,7 +182,7 @@ def _short(pixels: int) -> str:
     return re.sub(r"e\+?0*(\d)", r"e\1", f"{pixels:.2g}")
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image) -> Image.Image:
     """A new 8-bit RGB image; transparent pixels composited over ``BACKGROUND``."""
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         image = _to_8bit_grey(image)

@@ -50,7 +50,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
-from typing import BinaryIO, TextIO
+from typing import Any, BinaryIO, TextIO
 
 from featviz.errors import UsageError, closest
 from featviz.inputs.names import ImageNames
@@ -100,6 +100,8 @@ class ImageSource:
     unique within a run (see the module docstring). ``display``: ``printable(path)``.
     ``index``: its position in the run, from 0 (TensorBoard's step). ``problem``: why an input
     argument gave no image (it then fails with that reason instead of being decoded).
+    ``image``: the picture itself when a library caller handed it over in memory (a PIL image
+    or a uint8 array, featviz.inputs.memory); ``path`` then only names it.
     """
 
     path: Path
@@ -107,6 +109,7 @@ class ImageSource:
     display: str
     index: int = 0
     problem: str | None = None
+    image: Any = None
 
 
 # (path, relative, problem): what an argument gives before names are made unique.

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     import torch
 
     from featviz.inputs.discover import ImageSource
+    from featviz.inputs.preprocess import Preprocessing
 
 
 @dataclass
@@ -21,3 +22,32 @@ class LoadedImage:
     source: ImageSource
     original: np.ndarray
     tensor: torch.Tensor
+
+
+def load_image(
+    source: ImageSource, preprocessing: Preprocessing, device: torch.device, max_pixels: int
+) -> LoadedImage:
+    """``source`` decoded (or taken from memory) and made the model's input: normalised here on
+    a CPU; on a GPU kept as bytes, page-locked, for the device to normalise.
+
+    Raises InputError when it cannot be used (the message names it)."""
+    import numpy as np
+
+    from featviz.errors import InputError
+    from featviz.inputs.decode import decode
+    from featviz.inputs.memory import picture
+    from featviz.inputs.preprocess import normalise, resized
+
+    if source.problem is not None:  # an input argument that gave no image
+        raise InputError(f"{source.display}: {source.problem}")
+    image = (
+        picture(source.image)
+        if source.image is not None
+        else decode(source.path, max_pixels=max_pixels)
+    )
+    pixels = resized(image, preprocessing)
+    # On a GPU: bytes, page-locked, so that the batch's copy is one DMA of a quarter of the
+    # floats' size that need not wait (the GPU normalises them); on a CPU: normalised here, in
+    # the decode threads, beside the model's work rather than before it.
+    pixels = pixels.pin_memory() if device.type == "cuda" else normalise(pixels, preprocessing)
+    return LoadedImage(source, np.asarray(image), pixels)

@@ -8,13 +8,15 @@ the number of classes the model really outputs.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from featviz.errors import UsageError
 from featviz.inputs.preprocess import Preprocessing
 from featviz.model import cache as model_cache
-from featviz.model.sources import source_for
+from featviz.model.sources import BuiltModel, ModelSource, source_for
 from featviz.tasks.base import Task
 from featviz.tasks.segmentation import SegmentationTask
 
@@ -48,6 +50,9 @@ class LoadedModel:
     trace: ModelTrace
     class_token: bool | None = None
     task: Task | None = None  # None: a classifier (featviz.tasks)
+    # Built by featviz (a spec): frozen in eval mode for good, its task hook on it. A module a
+    # library caller handed over is not: ``in_use`` does all that for the length of the work.
+    owned: bool = True
 
     @property
     def num_classes(self) -> int | None:
@@ -68,6 +73,29 @@ class LoadedModel:
             return stacked.contiguous(memory_format=torch.channels_last)
         return stacked
 
+    @contextmanager
+    def in_use(self) -> Iterator[None]:
+        """The model ready for featviz's forwards meanwhile: in eval mode, its parameters
+        frozen (CAM backward passes then never compute weight gradients), its task's hook on
+        it. A model featviz built is so already; a caller's module is put back as it was."""
+        if self.owned:
+            yield
+            return
+        module = self.module
+        training = [(child, child.training) for child in module.modules()]
+        frozen = [(parameter, parameter.requires_grad) for parameter in module.parameters()]
+        module.eval().requires_grad_(False)
+        hook = module.register_forward_hook(self.task) if self.task is not None else None
+        try:
+            yield
+        finally:
+            if hook is not None:
+                hook.remove()
+            for child, mode in training:
+                child.training = mode
+            for parameter, flag in frozen:
+                parameter.requires_grad_(flag)
+
     def category(self, index: int) -> str | None:
         """The class name of ``index``, or None when the model has no names (or not that one)."""
         if self.categories and 0 <= index < len(self.categories):
@@ -78,34 +106,33 @@ class LoadedModel:
         return self.category(index) or f"class {index}"
 
 
-def load_model(request: ModelRequest, *, structure_only: bool = False) -> LoadedModel:
+def load_model(
+    request: ModelRequest, *, structure_only: bool = False, source: ModelSource | None = None
+) -> LoadedModel:
     """Build the model ``request`` names, or take it from the worker's cache (model/cache.py).
 
     ``structure_only``: parameters may stay on the meta device (``featviz layers``): nothing is
     downloaded and no initialisation is paid; the model is on the CPU and cannot run for real.
+    ``source``: where the model comes from instead of the spec's (a caller's module).
     """
     cache = model_cache.active()
-    if cache is None:
-        return _build(request, structure_only)
-    return cache.load(request, structure_only, lambda: _build(request, structure_only))
+    if cache is None or source is not None:
+        return _build(request, structure_only, source)
+    return cache.load(request, structure_only, lambda: _build(request, structure_only, None))
 
 
-def _build(request: ModelRequest, structure_only: bool) -> LoadedModel:
+def _build(request: ModelRequest, structure_only: bool, source: ModelSource | None) -> LoadedModel:
     import torch
 
     from featviz.layers.trace import TraceError, size_multiple
 
-    device = torch.device("cpu") if structure_only else resolve_device(request.device)
     torch.manual_seed(request.seed)
-    built = source_for(request.spec).build(request, structure_only=structure_only)
-    module = built.module.eval().requires_grad_(False)
-    channels_last = not built.fixed_layout and not structure_only
-    if not structure_only:
-        layout = torch.channels_last if channels_last else torch.contiguous_format
-        module = module.to(device, memory_format=layout)
+    built = (source or source_for(request.spec)).build(request, structure_only=structure_only)
+    module, device, channels_last = _placed(built, request, structure_only)
     size = request.input_size or built.input_size
     try:
-        trace = _traced(module, size, structure_only)
+        with _evaluating(module):
+            trace = _traced(module, size, structure_only)
     except TraceError as exc:
         if request.input_size is None:
             raise
@@ -114,7 +141,7 @@ def _build(request: ModelRequest, structure_only: bool) -> LoadedModel:
             hint=f"the model's own size is {built.input_size}: leave --input-size out",
         ) from exc
     task = _task_for(trace, module)
-    if task is not None:
+    if task is not None and built.owned:
         # Its output becomes (N, targets) scores for everything downstream (featviz.tasks).
         module.register_forward_hook(task)
     preprocessing = Preprocessing(
@@ -140,7 +167,44 @@ def _build(request: ModelRequest, structure_only: bool) -> LoadedModel:
         trace=trace,
         class_token=built.class_token,
         task=task,
+        owned=built.owned,
     )
+
+
+def _placed(
+    built: BuiltModel, request: ModelRequest, structure_only: bool
+) -> tuple[nn.Module, torch.device, bool]:
+    """(module, device, channels_last): a model featviz built, frozen in eval mode on the
+    requested device, channels-last where its forward allows; a caller's module where its
+    parameters are, unless a device was asked for, in its own memory layout."""
+    import torch
+
+    module = built.module
+    if structure_only:
+        return module.eval().requires_grad_(False), torch.device("cpu"), False
+    if not built.owned:
+        if request.device == "module":
+            device = next((p.device for p in module.parameters()), torch.device("cpu"))
+            return module, device, False
+        device = resolve_device(request.device)
+        return module.to(device), device, False
+    device = resolve_device(request.device)
+    channels_last = not built.fixed_layout
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    module = module.eval().requires_grad_(False).to(device, memory_format=layout)
+    return module, device, channels_last
+
+
+@contextmanager
+def _evaluating(module: nn.Module) -> Iterator[None]:
+    """Eval mode for the trace (a caller's module may be training), as it was after."""
+    modes = [(child, child.training) for child in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for child, mode in modes:
+            child.training = mode
 
 
 def _traced(module: nn.Module, size: int, structure_only: bool) -> ModelTrace:

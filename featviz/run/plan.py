@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from featviz.cam.registry import JUDGED_METHODS
-from featviz.explain.options import NO_EFFECT, ExplainRequest
+from featviz.explainer.options import NO_EFFECT, ExplainRequest
 from featviz.inputs.limits import DEFAULT_MAX_PIXELS
 from featviz.inputs.shards import Shard
 from featviz.model.options import ModelRequest

@@ -19,7 +19,7 @@ from featviz.run.plan import Resolved
 from featviz.tasks.detection import DEFAULT_MIN_SCORE
 
 if TYPE_CHECKING:
-    from featviz.explain.options import ExplainRequest
+    from featviz.explainer.options import ExplainRequest
     from featviz.inputs.discover import ImageSource
     from featviz.layers.folding import FoldedBatchNorms
     from featviz.model.load import LoadedModel
@@ -99,7 +99,8 @@ def prepare(plan: Plan) -> PreparedRun:
     if plan.command == "maps":
         resolved, make_job = _maps(plan.options, loaded)
     else:
-        loaded, resolved, make_job = _explaining(plan, loaded)
+        loaded, resolved = resolve_explaining(plan.command, plan.options, loaded)
+        make_job = _explaining_job(plan, resolved)
     return _prepared(plan, loaded, resolved, make_job, sources, notes)
 
 
@@ -133,18 +134,17 @@ def _maps(request: MapsRequest, loaded: LoadedModel) -> tuple[Resolved, Callable
     return Resolved(layers), lambda **common: MapsJob(request=request, layers=layers, **common)
 
 
-def _explaining(
-    plan: Plan, loaded: LoadedModel
-) -> tuple[LoadedModel, Resolved, Callable[..., ImageJob]]:
-    """A command that explains classes (cam, compare, score, sanity): its layers and classes
-    resolved from the request, then its job over them."""
-    from featviz.explain.targets import check_top_k, resolve_target
+def resolve_explaining(
+    command: str, request: ExplainRequest, loaded: LoadedModel
+) -> tuple[LoadedModel, Resolved]:
+    """What a command that explains classes (cam, compare, score, sanity) asks for, resolved
+    on ``loaded``: its layers and classes, a detector's boxes; ``--target-fn``'s model."""
+    from featviz.explainer.targets import check_top_k, resolve_target
     from featviz.layers.catalog import resolve_layers
     from featviz.tasks.detection import check_detection_request
 
-    request = plan.options
     if request.target_fn is not None:
-        loaded = _with_target_fn(plan.command, loaded, request)
+        loaded = _with_target_fn(command, loaded, request)
     layers = (
         resolve_layers(loaded.trace, list(request.layers), spatial_only=True)
         if request.layers
@@ -154,7 +154,7 @@ def _explaining(
     targets = [resolve_target(text, loaded.categories, classes) for text in request.targets]
     detector = loaded.trace.task == "detection" and request.target_fn is None
     if detector:
-        check_detection_request(plan.command, request)
+        check_detection_request(command, request)
     elif request.min_score is not None:
         raise UsageError(
             f"--min-score: {loaded.name} is not a detection model; it scores boxes",
@@ -172,17 +172,26 @@ def _explaining(
     if detector:
         min_score = DEFAULT_MIN_SCORE if request.min_score is None else request.min_score
         boxes = {"min_score": min_score, "top_k": request.top_k}
-    job_type = _job_type(plan.command)
+    return loaded, Resolved(layers, targets, boxes)
 
-    def make_job(**common: object) -> ImageJob:
-        return job_type(
-            request=request, layers=layers, targets=targets, seed=plan.model.seed, **common
+
+def _explaining_job(plan: Plan, resolved: Resolved) -> Callable[..., ImageJob]:
+    job = job_type(plan.command)
+
+    def make(**common: object) -> ImageJob:
+        return job(
+            request=plan.options,
+            layers=resolved.layers,
+            targets=resolved.targets,
+            seed=plan.model.seed,
+            **common,
         )
 
-    return loaded, Resolved(layers, targets, boxes), make_job
+    return make
 
 
-def _job_type(command: str) -> type:
+def job_type(command: str) -> type:
+    """The job class of a command that explains classes."""
     if command == "cam":
         from featviz.run.jobs.cam import CamJob as job
     elif command == "compare":
@@ -267,7 +276,7 @@ def _prepared(
 
     @contextmanager
     def compute() -> Iterator[None]:
-        with autocast(), folding.applied():
+        with loaded.in_use(), autocast(), folding.applied():
             yield
 
     check = None

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     import numpy as np
 
-    from featviz.explain.predictions import Prediction
+    from featviz.explainer.predictions import Prediction
     from featviz.inputs.discover import ImageSource
 
 Command = Literal["maps", "cam", "filters", "compare", "score", "sanity"]

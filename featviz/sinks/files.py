@@ -58,7 +58,7 @@ class FileSink:
 
     def finished(self, source: ImageSource) -> ImageResult | None:
         """The result of an earlier run with the same settings, when its outputs are intact."""
-        from featviz.explain.predictions import Prediction
+        from featviz.explainer.predictions import Prediction
         from featviz.sinks.results import ImageResult
 
         path = self.layout.record(source.relative, self.command, self.fingerprint)

@@ -43,7 +43,7 @@ from featviz.inputs.discover import OUTPUT_MARKER
 
 if TYPE_CHECKING:
     from featviz.sinks.artifacts import Artifact
-from featviz.explain.names import safe_name
+from featviz.explainer.names import safe_name
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from featviz.inputs.discover import printable
 
 if TYPE_CHECKING:
     from featviz.inputs.discover import ImageSource
-from featviz.explain.predictions import Prediction
+from featviz.explainer.predictions import Prediction
 
 
 @dataclass

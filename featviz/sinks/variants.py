@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from featviz.errors import RunError
-from featviz.explain.names import safe_name
+from featviz.explainer.names import safe_name
 from featviz.sinks.encode import encode_json
 from featviz.sinks.layout import RESERVED, write_atomic
 

@@ -65,6 +65,7 @@ class BuiltModel:
     fixed_layout: bool = True
     interpolation: str = "bilinear"
     class_token: bool | None = None
+    owned: bool = True  # False: a caller's module, which featviz must leave as it found it
 
 
 class ModelSource(Protocol):

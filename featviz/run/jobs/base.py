@@ -6,7 +6,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from featviz.errors import InputError
 from featviz.inputs.loaded import LoadedImage
 from featviz.sinks.results import ImageResult
 
@@ -28,31 +27,19 @@ class ImageJob:
     handing each image's rendered outputs to the sinks (which also know the finished ones)."""
 
     model: LoadedModel
-    sinks: Sinks
-    max_pixels: int
+    sinks: Sinks  # or a featviz.sinks.memory.MemorySinks (the library)
+    max_pixels: int | None  # None: the default limit
     skip_existing: bool
 
     def finished(self, source: ImageSource) -> ImageResult | None:
         return self.sinks.finished(source) if self.skip_existing else None
 
     def load(self, source: ImageSource) -> LoadedImage:
-        import numpy as np
+        from featviz.inputs.limits import DEFAULT_MAX_PIXELS
+        from featviz.inputs.loaded import load_image
 
-        from featviz.inputs.decode import decode
-        from featviz.inputs.preprocess import normalise, resized
-
-        if source.problem is not None:  # an input argument that gave no image
-            raise InputError(f"{source.display}: {source.problem}")
-        image = decode(source.path, max_pixels=self.max_pixels)
-        pixels = resized(image, self.model.preprocessing)
-        if self.model.device.type == "cuda":
-            # Bytes, page-locked: the batch's copy to the GPU is one DMA of a quarter of the
-            # floats' size, which need not wait, and the GPU normalises them.
-            pixels = pixels.pin_memory()
-        else:
-            # Here, in the decode threads, beside the model's work rather than before it.
-            pixels = normalise(pixels, self.model.preprocessing)
-        return LoadedImage(source, np.asarray(image), pixels)
+        limit = self.max_pixels or DEFAULT_MAX_PIXELS
+        return load_image(source, self.model.preprocessing, self.model.device, limit)
 
     def deliver(
         self, outputs: ImageOutputs, rows: list[dict[str, Any]] | None = None

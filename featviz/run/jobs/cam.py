@@ -1,6 +1,6 @@
 """``featviz cam``: class-activation maps for each image × method × layer × target.
 
-The maps come from one forward per batch (featviz.explain.explainer); each is upsampled bilinearly
+The maps come from one forward per batch (featviz.explainer.batch); each is upsampled bilinearly
 from the layer's resolution straight onto the ORIGINAL image (preprocessing never crops, so the
 layer's grid covers the whole photo), colour-mapped and blended, and handed to the sinks.
 """
@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from featviz.explain.explainer import ExplainedMap
-from featviz.explain.predictions import Prediction
+from featviz.explainer.batch import ExplainedMap
+from featviz.explainer.predictions import Prediction
 from featviz.inputs.loaded import LoadedImage
 from featviz.run.jobs.base import failure
 from featviz.run.jobs.explaining import ExplainingJob

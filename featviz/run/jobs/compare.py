@@ -3,7 +3,7 @@
 ``<rel>/compare.png``: the original, then a grid of overlays: one row per method, one column per
 layer × target (``-l``, ``-t`` / ``--top-k``); each cell titled with its method, layer, class and
 probability; one colour bar for all (every map is scaled to [0, 1]). All the maps come from one
-forward and, for the gradient methods, one backward per target (featviz.explain.explainer).
+forward and, for the gradient methods, one backward per target (featviz.explainer.batch).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from featviz.explain.explainer import ExplainedMap
-from featviz.explain.predictions import Prediction
+from featviz.explainer.batch import ExplainedMap
+from featviz.explainer.predictions import Prediction
 from featviz.inputs.loaded import LoadedImage
 from featviz.run.jobs.base import failure
 from featviz.run.jobs.explaining import ExplainingJob

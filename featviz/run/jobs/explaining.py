@@ -15,8 +15,8 @@ from featviz.tasks.detection import (
 )
 
 if TYPE_CHECKING:
-    from featviz.explain.options import ExplainRequest
-from featviz.explain.explainer import Explainer
+    from featviz.explainer.options import ExplainRequest
+from featviz.explainer.batch import Explainer
 
 
 @dataclass(kw_only=True)

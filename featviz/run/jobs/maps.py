@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from featviz.explain.checks import model_failure, nan_or_infinite, not_finite
+from featviz.explainer.checks import model_failure, nan_or_infinite, not_finite
 from featviz.inputs.loaded import LoadedImage
 from featviz.layers.taps import LayerTaps
 from featviz.run.jobs.base import ImageJob, failure

@@ -103,7 +103,7 @@ class ScoreJob(ExplainingJob):
                 yield "center", layer, [centre], targets[:, column]
 
     def _row(self, method: str, layer: str, index: int) -> dict[str, Any]:
-        from featviz.explain.names import class_slug
+        from featviz.explainer.names import class_slug
 
         return {
             "method": method,

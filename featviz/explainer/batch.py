@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from featviz.cam.registry import ATTENTION
 from featviz.errors import InputError, first_line
-from featviz.explain.checks import model_failure, nan_or_infinite, not_finite
-from featviz.explain.names import class_slug
-from featviz.explain.predictions import Prediction
+from featviz.explainer.checks import model_failure, nan_or_infinite, not_finite
+from featviz.explainer.names import class_slug
+from featviz.explainer.predictions import Prediction
 from featviz.tasks.base import task_of
 from featviz.tasks.detection import (
     DEFAULT_MIN_SCORE,
@@ -51,7 +51,8 @@ class ExplainedMap:
 
     ``target``: the class slug (``281_tabby``; a detector's ``box1_18_dog``, its best box) or
     ``all``; ``index`` the class (None for a class-agnostic map); ``caption`` how a person
-    reads it ("tabby 0.87").
+    reads it ("tabby 0.87"); ``probability`` the class's probability (a detector's box
+    score; None for a class-agnostic map).
     """
 
     method: str
@@ -64,6 +65,7 @@ class ExplainedMap:
     region: torch.Tensor | None = None
     # A detector's box(es) this map is of, x0 y0 x1 y1 in the original photo's pixels.
     boxes: tuple[tuple[float, float, float, float], ...] = ()
+    probability: float | None = None
 
 
 @dataclass
@@ -293,8 +295,11 @@ class Explainer:
         if not method.info.class_specific:
             return ExplainedMap(method.name, layer, ANY_CLASS, None, "all classes", layer_cam)
         target = class_slug(index, self.model.category(index))
-        caption = f"{self.model.label(index)} {probabilities[index]:.2f}"
-        return ExplainedMap(method.name, layer, target, index, caption, layer_cam)
+        probability = float(probabilities[index])
+        caption = f"{self.model.label(index)} {probability:.2f}"
+        return ExplainedMap(
+            method.name, layer, target, index, caption, layer_cam, probability=probability
+        )
 
     def _detections(
         self, outcome: Any, boxes: torch.Tensor, i: int, keep: torch.Tensor, ranks: torch.Tensor
@@ -324,5 +329,12 @@ class Explainer:
         target = f"box{place + 1}_{class_slug(found.index, self.model.category(found.index))}"
         caption = f"{found.label} {found.probability:.2f}"
         return ExplainedMap(
-            method.name, layer, target, found.index, caption, layer_cam, boxes=(found.box,)
+            method.name,
+            layer,
+            target,
+            found.index,
+            caption,
+            layer_cam,
+            boxes=(found.box,),
+            probability=found.probability,
         )

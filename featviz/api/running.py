@@ -1,0 +1,70 @@
+"""What every library call shares: images in memory as a run's inputs, the request resolved as
+a command's would be, and the pipeline that batches them as the CLI does."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from featviz.errors import InputError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from featviz.explainer.options import ExplainRequest
+    from featviz.inputs.discover import ImageSource
+    from featviz.model.load import LoadedModel
+    from featviz.run.pipeline import Job
+    from featviz.run.plan import Resolved
+    from featviz.sinks.results import ImageResult
+
+
+def in_memory(images: Any) -> tuple[list[ImageSource], bool]:
+    """(the images as a run's inputs, whether one image was given rather than a list)."""
+    from featviz.inputs.memory import sources
+
+    return sources(images)
+
+
+def resolved_request(
+    command: str, request: ExplainRequest, loaded: LoadedModel
+) -> tuple[LoadedModel, Resolved]:
+    """The request's layers and classes resolved on ``loaded`` exactly as the command's are."""
+    from featviz.run.prepare import resolve_explaining
+
+    return resolve_explaining(command, request, loaded)
+
+
+def run_pipeline(
+    loaded: LoadedModel,
+    job: Job,
+    found: list[ImageSource],
+    batch_size: int | None,
+    layers: list[str],
+) -> list[ImageResult]:
+    """Every image through ``job`` in the CLI's batches; raises InputError naming the images
+    that failed (the first one's reason, and how many more)."""
+    from featviz.layers.folding import folded_for
+    from featviz.run.pipeline import PipelineConfig, run
+    from featviz.run.prepare import default_workers
+
+    folding = folded_for(loaded.module, loaded.trace.foldable, layers)
+    workers = default_workers()
+
+    @contextmanager
+    def compute() -> Iterator[None]:
+        with loaded.in_use(), folding.applied():
+            yield
+
+    config = PipelineConfig(
+        batch_size=batch_size or (32 if loaded.device.type == "cuda" else 8),
+        decode_workers=workers,
+        write_workers=workers,
+        compute=compute,
+    )
+    results = list(run(job, found, config))
+    failures = [result.error for result in results if result.error]
+    if failures:
+        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+        raise InputError(failures[0] + more)
+    return results

@@ -1,6 +1,0 @@
-"""Explain: every method's map for every layer and target of a batch, from one forward.
-
-``explainer`` is what cam, compare, score, sanity and the library share; ``targets`` resolves
-class names; ``predictions`` and ``names`` say what a map is of and how its files are named;
-``checks`` fails an image, not the run, when its scores or maps are not finite.
-"""
