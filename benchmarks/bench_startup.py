@@ -59,7 +59,7 @@ BARE_FROZEN = (
 IMPORT = "python -c 'import featviz'"
 CAM = "featviz cam -m resnet50 --weights none IMG"
 # Candidate fix: featviz's own CLI, but leaving through os._exit once all output is flushed, so
-# the interpreter does not tear torch down (about 1 s here; see README "Shell loops").
+# the interpreter does not tear torch down (about 1 s here; see docs/commands/worker.md).
 FAST_EXIT = """
 import os, sys
 from featviz.cli.app import app

@@ -1,6 +1,6 @@
 """The warm worker, with real processes: a call through it gives the very outputs, stdout,
 stderr and exit code of a fresh process; signals, a dead or stale worker, other code, other
-users and parallel calls behave as documented in README "Shell loops: the warm worker"."""
+users and parallel calls behave as documented in docs/commands/worker.md."""
 
 from __future__ import annotations
 
