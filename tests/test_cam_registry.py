@@ -23,6 +23,12 @@ EXPECTED_ORDER = [
     "eigencam",
     "gradrollout",
     "rollout",
+    "gradcamelementwise",
+    "eigengradcam",
+    "kpcacam",
+    "fem",
+    "shapleycam",
+    "finercam",
 ]
 
 
@@ -50,9 +56,20 @@ def test_summary_is_one_line_saying_the_cost(name):
 
 def test_gradient_flags():
     needing = [name for name in method_names() if method_info(name).needs_gradients]
-    assert needing == ["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "gradrollout"]
+    assert needing == [
+        "gradcam",
+        "gradcam++",
+        "xgradcam",
+        "layercam",
+        "hirescam",
+        "gradrollout",
+        "gradcamelementwise",
+        "eigengradcam",
+        "shapleycam",
+        "finercam",
+    ]
     agnostic = [name for name in method_names() if not method_info(name).class_specific]
-    assert agnostic == ["eigencam", "rollout"]
+    assert agnostic == ["eigencam", "rollout", "kpcacam", "fem"]
     attention = [name for name in method_names() if method_info(name).needs_attention]
     assert attention == ["gradrollout", "rollout"]
 

@@ -119,6 +119,9 @@ class CamContext:
                 f"class {int(outside[0])} is out of range: the model has {self.num_classes} "
                 f"classes (0–{self.num_classes - 1})"
             )
+        if targets.is_inference():  # an index saved for backward must be a normal tensor
+            with torch.inference_mode(False):
+                targets = targets.clone()
         return targets.long()
 
     def gradients(self, targets: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -135,10 +138,25 @@ class CamContext:
         self, targets: torch.Tensor
     ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
         targets = self.check_targets(targets)
-        return self.cached(("gradients", *targets.tolist()), lambda: self._gradients(targets))
+
+        def picked(logits: torch.Tensor) -> torch.Tensor:
+            return logits[torch.arange(len(targets), device=targets.device), targets]
+
+        return self.cached(("gradients", *targets.tolist()), lambda: self._gradients(picked))
+
+    def score_gradients(
+        self, key: Hashable, score: Callable[[torch.Tensor], torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """d(score(logits)[n])/d(activations) per layer, (N, K, h, w) maps each, cached by ``key``.
+
+        ``score`` maps the (N, classes) logits, still in the graph, to one (N,) score per image
+        (a contrast of classes, say); like ``gradients``, one backward serves every layer.
+        """
+        grads, _ = self.cached(("score gradients", key), lambda: self._gradients(score))
+        return grads
 
     def _gradients(
-        self, targets: torch.Tensor
+        self, score: Callable[[torch.Tensor], torch.Tensor]
     ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
         names = list(self.activations)
         wanted = [self.activations[name] for name in names] + list(self.attentions)
@@ -148,12 +166,9 @@ class CamContext:
         # Picking the scores is part of the graph: it must not run under the caller's
         # inference_mode or no_grad.
         with torch.inference_mode(False), torch.enable_grad():
-            if targets.is_inference():
-                targets = targets.clone()
             if self.logits.requires_grad:  # else no tapped layer is on the path to the scores
-                rows = torch.arange(len(targets), device=targets.device)
                 grads = torch.autograd.grad(
-                    self.logits[rows, targets].sum(),
+                    score(self.logits).sum(),
                     wanted,
                     retain_graph=True,  # a second target for the same batch reuses the graph
                     allow_unused=True,

@@ -204,3 +204,47 @@ register(
     class_specific=False,
     needs_attention=True,
 )
+register(
+    "gradcamelementwise",
+    module=_GRADIENT,
+    class_name="GradCamElementWise",
+    summary="ReLU(gradients × activations) per position, summed; 1 forward + partial backward",
+    needs_gradients=True,
+)
+register(
+    "eigengradcam",
+    module=_PROJECTION,
+    class_name="EigenGradCam",
+    summary="first principal component of gradients × activations; forward + backward + SVD",
+    needs_gradients=True,
+)
+register(
+    "kpcacam",
+    module=_PROJECTION,
+    class_name="KpcaCam",
+    summary="no gradients, not class-specific; 1 forward + kernel PCA over the h·w positions",
+    needs_gradients=False,
+    class_specific=False,
+)
+register(
+    "fem",
+    module=_PROJECTION,
+    class_name="Fem",
+    summary="no gradients, not class-specific: channels weighted by their outliers; 1 forward",
+    needs_gradients=False,
+    class_specific=False,
+)
+register(
+    "shapleycam",
+    module=_GRADIENT,
+    class_name="ShapleyCam",
+    summary="gradient − ½ Hessian × activations, averaged per channel; forward + 2 backwards",
+    needs_gradients=True,
+)
+register(
+    "finercam",
+    module=_GRADIENT,
+    class_name="FinerCam",
+    summary="Grad-CAM of the target against its 3 nearest-scoring classes; 1 forward + backward",
+    needs_gradients=True,
+)

@@ -121,3 +121,81 @@ class HiResCam(_GradientMethod):
 
     def _map(self, ctx: CamContext, layer: str, targets: torch.Tensor) -> torch.Tensor:
         return (self._gradient(ctx, layer, targets) * ctx.activation(layer)).sum(dim=1)
+
+
+class GradCamElementWise(_GradientMethod):
+    """L = Σ_k ReLU(g_kij·A_kij): each position's product rectified before the channel sum, so
+    a channel cannot cancel another's evidence (pytorch-grad-cam's GradCAMElementWise)."""
+
+    name = "gradcamelementwise"
+
+    def _map(self, ctx: CamContext, layer: str, targets: torch.Tensor) -> torch.Tensor:
+        return (self._gradient(ctx, layer, targets) * ctx.activation(layer)).clamp(min=0).sum(dim=1)
+
+
+class FinerCam(_GradientMethod):
+    """Grad-CAM of a contrast score: the target against the classes the model confuses it with.
+
+    F = Σ_j p_j·(S^c − α·S^j) / (Σ_j p_j + ε) over the ``COMPARED`` classes j whose scores are
+    nearest to S^c (p = softmax(S), differentiated too); w_k = mean_ij ∂F/∂A_kij;
+    L = ReLU(Σ_k w_k A_k). As pytorch-grad-cam's FinerCAM with its GradCAM base, α = 1.
+    """
+
+    name = "finercam"
+    ALPHA = 1.0
+    COMPARED = 3
+    _EPS = 1e-9
+
+    def _weights(self, ctx: CamContext, layer: str, targets: torch.Tensor) -> torch.Tensor:
+        grads = ctx.score_gradients(("finercam", *targets.tolist()), self._contrast(targets))
+        return grads[layer].mean(dim=(2, 3))
+
+    def _contrast(self, targets: torch.Tensor):
+        def score(logits: torch.Tensor) -> torch.Tensor:
+            rows = torch.arange(len(targets), device=logits.device)
+            target = logits[rows, targets]
+            distance = (logits.detach() - target.detach()[:, None]).abs()
+            distance[rows, targets] = torch.inf  # the target is not its own rival
+            compared = min(self.COMPARED, logits.shape[1] - 1)
+            rivals = distance.topk(compared, dim=1, largest=False).indices  # nearest scores
+            p = logits.softmax(dim=1).gather(1, rivals)
+            contrast = (p * (target[:, None] - self.ALPHA * logits.gather(1, rivals))).sum(dim=1)
+            return contrast / (p.sum(dim=1) + self._EPS)
+
+        return score
+
+
+class ShapleyCam(_GradientMethod):
+    """w_k = mean_ij (g − ½·H·A)_kij, H = ∂²S^c/∂A² the score's Hessian at the layer (Cai et
+    al. 2025: Grad-CAM as a second-order Shapley estimate); L = ReLU(Σ_k w_k A_k).
+
+    H·A is one Hessian-vector product, a backward of the backward. After a tap followed only
+    by piecewise-linear layers (ReLU, max-pool, Linear) H is zero and this is Grad-CAM.
+    """
+
+    name = "shapleycam"
+
+    def _weights(self, ctx: CamContext, layer: str, targets: torch.Tensor) -> torch.Tensor:
+        g = self._gradient(ctx, layer, targets)  # also says when the layer is off the path
+        hvp = ctx.cached(
+            ("hessian", layer, *targets.tolist()), lambda: _hessian_vector(ctx, layer, targets)
+        )
+        return (g - 0.5 * hvp).mean(dim=(2, 3))
+
+
+def _hessian_vector(ctx: CamContext, layer: str, targets: torch.Tensor) -> torch.Tensor:
+    """(N, K, h, w) H·A at ``layer`` for each image's own target, H = ∂²S^c/∂A²."""
+    raw = ctx.activations[layer]
+    with torch.inference_mode(False), torch.enable_grad():
+        rows = torch.arange(len(targets), device=targets.device)
+        (g,) = torch.autograd.grad(
+            ctx.logits[rows, targets].sum(), raw, create_graph=True, retain_graph=True
+        )
+        product = None
+        if g.requires_grad:  # else the score is linear in A from here on
+            (product,) = torch.autograd.grad(
+                g, raw, grad_outputs=raw.detach(), retain_graph=True, allow_unused=True
+            )
+    if product is None:
+        product = torch.zeros_like(raw)
+    return ctx.layout(layer).to_nchw(product.detach().float(), ctx.input_hw)

@@ -1,4 +1,5 @@
-"""Eigen-CAM: the activations' first principal component, class-agnostic."""
+"""Maps from the structure of a layer's activations: their principal components (Eigen-CAM,
+Eigen-Grad-CAM on gradients × activations, KPCA-CAM with a kernel) and their outliers (FEM)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,49 @@ class EigenCam(CamMethod):
         return ctx.cached(("eigencam", layer), lambda: _principal_projection(ctx.activation(layer)))
 
 
+class EigenGradCam(CamMethod):
+    """Eigen-CAM of g ⊙ A (g = ∂S^c/∂A): the first principal component of the class evidence
+    per position, its sign fixed as EigenCam's; then ReLU. pytorch-grad-cam's EigenGradCAM up
+    to that sign (theirs is the SVD's)."""
+
+    name = "eigengradcam"
+
+    def _map(self, ctx: CamContext, layer: str, targets: torch.Tensor) -> torch.Tensor:
+        evidence = ctx.gradients(targets)[layer].float() * ctx.activation(layer)
+        return _principal_projection(evidence)
+
+
+class KpcaCam(CamMethod):
+    """KPCA-CAM (Karmani et al. 2024): the first kernel principal component of the centred
+    (h·w, K) activations, with the sigmoid kernel k(x, y) = tanh(x·y / K + 1), as
+    scikit-learn's KernelPCA defaults (which pytorch-grad-cam calls).
+
+    The kernel matrix is centred in feature space and its leading eigenvector v (eigenvalue λ)
+    gives the projection √λ·v, in float64. Its sign is the one that makes the position with the
+    largest |projection| positive (scikit-learn's choice too). Class-agnostic; cost O((h·w)³).
+    """
+
+    name = "kpcacam"
+
+    def _map(self, ctx: CamContext, layer: str, targets: torch.Tensor) -> torch.Tensor:
+        return ctx.cached(("kpcacam", layer), lambda: _kernel_projection(ctx.activation(layer)))
+
+
+class Fem(CamMethod):
+    """FEM (Fuad et al. 2020): a channel's weight is the share of its positions above its
+    mean + ``K_SIGMA``·std (population std over the positions): L = ReLU(Σ_k w_k A_k).
+    Class-agnostic, no gradients."""
+
+    name = "fem"
+    K_SIGMA = 2.0
+
+    def _weights(self, ctx: CamContext, layer: str, targets: torch.Tensor) -> torch.Tensor:
+        activations = ctx.activation(layer)
+        mean = activations.mean(dim=(2, 3), keepdim=True)
+        std = activations.std(dim=(2, 3), correction=0, keepdim=True)
+        return (activations > mean + self.K_SIGMA * std).float().mean(dim=(2, 3))
+
+
 def _principal_projection(activations: torch.Tensor) -> torch.Tensor:
     """(N, K, h, w) → (N, h, w) float32 projections on the principal direction (see EigenCam)."""
     n, _, h, w = activations.shape
@@ -74,3 +118,18 @@ def _principal_direction(
     length = direction.norm(dim=1, keepdim=True)
     # An image with constant activations has nothing to project (a map of zeros): no 0/0.
     return direction / length.clamp_min(torch.finfo(length.dtype).tiny)
+
+
+def _kernel_projection(activations: torch.Tensor) -> torch.Tensor:
+    """(N, K, h, w) → (N, h, w) float32 first sigmoid-kernel principal component (KpcaCam)."""
+    n, channels, h, w = activations.shape
+    positions = activations.flatten(2).transpose(1, 2).double()  # (N, P, K)
+    centred = positions - positions.mean(dim=1, keepdim=True)
+    kernel = torch.tanh(centred @ centred.transpose(1, 2) / channels + 1)  # (N, P, P)
+    kernel = kernel - kernel.mean(dim=1, keepdim=True)
+    kernel = kernel - kernel.mean(dim=2, keepdim=True)  # centred in feature space
+    values, vectors = torch.linalg.eigh(kernel)  # ascending
+    first = vectors[:, :, -1] * values[:, -1:].clamp(min=0).sqrt()  # (N, P)
+    strongest = first.abs().argmax(dim=1, keepdim=True)
+    first = first * first.gather(1, strongest).sign()
+    return first.view(n, h, w).float()
