@@ -29,6 +29,9 @@ EXPECTED_ORDER = [
     "fem",
     "shapleycam",
     "finercam",
+    "sscam",
+    "iscam",
+    "smoothgradcam++",
 ]
 
 
@@ -67,11 +70,14 @@ def test_gradient_flags():
         "eigengradcam",
         "shapleycam",
         "finercam",
+        "smoothgradcam++",
     ]
     agnostic = [name for name in method_names() if not method_info(name).class_specific]
     assert agnostic == ["eigencam", "rollout", "kpcacam", "fem"]
     attention = [name for name in method_names() if method_info(name).needs_attention]
     assert attention == ["gradrollout", "rollout"]
+    random = [name for name in method_names() if method_info(name).random]
+    assert random == ["sscam", "smoothgradcam++"]  # iscam's steps are fixed
 
 
 def test_duplicate_registration_is_refused():

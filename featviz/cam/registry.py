@@ -121,6 +121,7 @@ _GRADIENT = "featviz.cam.methods.gradient"
 _PERTURBATION = "featviz.cam.methods.perturbation"
 _PROJECTION = "featviz.cam.methods.projection"
 _ROLLOUT = "featviz.cam.methods.rollout"
+_SMOOTHED = "featviz.cam.methods.smoothed"
 
 register(
     "cam",
@@ -247,4 +248,27 @@ register(
     class_name="FinerCam",
     summary="Grad-CAM of the target against its 3 nearest-scoring classes; 1 forward + backward",
     needs_gradients=True,
+)
+register(
+    "sscam",
+    module=_SMOOTHED,
+    class_name="SsCam",
+    summary="no gradients; 1 + 35·K full forwards, masks with noise (K channels; batched); slow",
+    needs_gradients=False,
+    random=True,
+)
+register(
+    "iscam",
+    module=_SMOOTHED,
+    class_name="IsCam",
+    summary="no gradients; 1 + 10·K full forwards, masked inputs scaled up in 10 steps; slow",
+    needs_gradients=False,
+)
+register(
+    "smoothgradcam++",
+    module=_SMOOTHED,
+    class_name="SmoothGradCamPlusPlus",
+    summary="gradcam++ with derivatives averaged over 4 noisy inputs; 1 + 4 forwards + backwards",
+    needs_gradients=True,
+    random=True,
 )
