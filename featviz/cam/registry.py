@@ -20,6 +20,10 @@ ATTENTION = "attention"
 """The "layer" of methods that read a transformer's attention rather than one layer's output:
 their maps are written under cam/<method>/attention/."""
 
+ALL = "all"
+"""``--method all``: every registered method that applies to the model (``every_method``)."""
+ALL_SUMMARY = "every method above that applies to the model; scorecam, sscam and iscam are slow"
+
 INPUT = "input"
 """The "layer" of pixel-level methods, whose maps are attributions to the input's pixels."""
 
@@ -89,6 +93,13 @@ def register(
 def method_names() -> list[str]:
     """Registered names, in registration order (cheapest and best-known first)."""
     return list(_METHODS)
+
+
+def every_method(*, attention: bool) -> tuple[str, ...]:
+    """What ``all`` stands for: every registered method in registration order, the ones that
+    read self-attention only for a model that has it (``attention``). Methods registered later
+    are in it with no change here."""
+    return tuple(name for name, info in _METHODS.items() if attention or not info.needs_attention)
 
 
 def method_info(name: str) -> MethodInfo:

@@ -18,7 +18,7 @@ from typing import Any
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
-from featviz.cam.registry import method_info, method_names
+from featviz.cam.registry import ALL, ALL_SUMMARY, method_info, method_names
 
 # The click that this Typer runs on: the click package, or (recent Typer) its own copy of it.
 _BaseContext = TyperCommand.context_class
@@ -105,7 +105,9 @@ class MethodsHelpCommand(HelpCommand):
 
     def format_epilog(self, ctx: _BaseContext, formatter: HelpFormatter) -> None:
         with formatter.section("Methods (--method)"):
-            formatter.write_dl([(name, method_info(name).summary) for name in method_names()])
+            rows = [(name, method_info(name).summary) for name in method_names()]
+            rows.append((ALL, ALL_SUMMARY))
+            formatter.write_dl(rows)
 
 
 class HelpGroup(TyperGroup):

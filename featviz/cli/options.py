@@ -24,7 +24,7 @@ from typing import Annotated, Any
 
 import typer
 
-from featviz.cam.registry import method_names
+from featviz.cam.registry import ALL, method_names
 from featviz.cli.help import choices
 from featviz.errors import UsageError
 from featviz.inputs.limits import DEFAULT_MAX_PIXELS
@@ -402,7 +402,7 @@ _OUTPUT_OPTIONS: dict[str, tuple[Any, Any]] = {
     ),
 }
 
-Method = Enum("Method", {name: name for name in method_names()}, type=str)  # one registry
+Method = Enum("Method", {name: name for name in (*method_names(), ALL)}, type=str)
 
 _EXPLAIN_OPTIONS: dict[str, tuple[Any, Any]] = {
     "method": (
@@ -413,7 +413,7 @@ _EXPLAIN_OPTIONS: dict[str, tuple[Any, Any]] = {
                 "-M",
                 metavar="METHOD",
                 show_default="gradcam",
-                help="CAM method, repeatable (listed below).",
+                help="CAM method, repeatable (listed below); all: every one that applies.",
             ),
         ],
         None,

@@ -15,8 +15,8 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from featviz.cam.registry import ATTENTION
-from featviz.errors import InputError, first_line
+from featviz.cam.registry import ALL, ATTENTION, every_method
+from featviz.errors import InputError, UsageError, first_line
 from featviz.explainer.checks import model_failure, nan_or_infinite, not_finite
 from featviz.explainer.names import class_slug
 from featviz.explainer.predictions import Prediction
@@ -119,6 +119,14 @@ class Explainer:
         from featviz.cam import load_method
 
         self.model = model
+        # --method all: those of its methods that turn out not to apply to this model (cam on
+        # a net without global-average-pool → Linear) are left out on the first batch.
+        self.unprobed: set[str] = set()
+        if ALL in methods:
+            every = every_method(attention=_has_global_attention(model))
+            self.unprobed = set(every) - set(methods)
+            named = [every if name == ALL else (name,) for name in methods]
+            methods = tuple(dict.fromkeys(name for names in named for name in names))
         self.methods = [load_method(name, batch_size=cam_batch_size) for name in methods]
         self.layers = layers
         self.classes = classes
@@ -222,6 +230,8 @@ class Explainer:
             notes = {i: note for i in range(n) if not keep[i].any()}
         else:
             targets, shown = self._classes(probabilities, targets)
+        if self.unprobed and targets.shape[1]:
+            self._leave_out_inapplicable(context, targets[:, 0])
         regions = outcome.regions if outcome else None
         per_image: list[list[ExplainedMap]] = [[] for _ in range(n)]
         for method in self.methods:
@@ -251,6 +261,20 @@ class Explainer:
                             entry = replace(entry, region=(regions[i] == entry.index).cpu())
                         per_image[i].append(entry)
         return Explained(context, targets, per_image, shown, broken, notes)
+
+    def _leave_out_inapplicable(self, context: CamContext, targets: torch.Tensor) -> None:
+        """``--method all``, first batch: a method that says it cannot work on this model (a
+        UsageError: cam on a net without global-average-pool → Linear) is left out of the run
+        with a warning instead of failing it. What the methods computed here is cached in the
+        context, so the maps that follow do not compute it again."""
+        for method in [m for m in self.methods if m.name in self.unprobed]:
+            try:
+                for layer in self.layers_of(method):
+                    _compute(method, context, layer, targets)
+            except UsageError as exc:
+                warnings.warn(f"--method all leaves out {method.name}: {exc}", stacklevel=2)
+                self.methods.remove(method)
+        self.unprobed.clear()
 
     def _classes(
         self, probabilities: torch.Tensor, targets: torch.Tensor | None
@@ -338,3 +362,12 @@ class Explainer:
             boxes=(found.box,),
             probability=found.probability,
         )
+
+
+def _has_global_attention(model: LoadedModel) -> bool:
+    """Whether the attention methods can read this model's self-attention."""
+    try:
+        model.trace.attention_prefix()
+    except UsageError:
+        return False
+    return True
