@@ -1,12 +1,14 @@
 """The layer methods featviz took from pytorch-grad-cam and torchcam, each timed against its
 peer on the same CPU work, side by side in one run, with the ratio.
 
-Random-init resnet18 (seed 0) at ``layer4``, a batch of sample photos squashed to a square, one
-target class (281) per image. Each contender computes every image's map from the pixels:
-featviz ``forward_for_cam`` + ``method.compute`` + ``normalise``; the peer its documented call
-(pytorch-grad-cam: ``cam(input_tensor, targets)``, which also resizes to the input, so featviz
-upsamples too; torchcam: a forward, then ``extractor(class_idx)``, maps at layer resolution
-like featviz's). The peer's model is a copy whose parameters require grad, as users run it.
+Random-init resnet18 (``--weights none``, seed 0) at ``layer4``, a batch of sample photos
+squashed to a square, one target class (281) per image. Each contender computes every image's
+map from the pixels: featviz as ``featviz cam`` runs it (the model as ``featviz.load`` builds it,
+channels-last, with its batch norms folded for the batch's work; ``forward_for_cam`` +
+``method.compute`` + ``normalise``), the peer its documented call (pytorch-grad-cam:
+``cam(input_tensor, targets)``, which also resizes to the input, so featviz upsamples too;
+torchcam: a forward, then ``extractor(class_idx)``, maps at layer resolution like featviz's) on
+a copy of the same weights in the usual layout, parameters requiring grad, as users run it.
 
 SS-CAM, IS-CAM run one full forward per channel and perturbation (35 × 512 and 10 × 512 per
 image at their defaults): they are timed at ``--small`` px with ``--draws`` perturbations on
@@ -27,7 +29,6 @@ import copy
 from collections.abc import Callable
 
 import torch
-import torchvision
 from _common import (
     SAMPLE_NAMES,
     SAMPLES,
@@ -42,8 +43,11 @@ from PIL import Image
 
 from featviz.cam import forward_for_cam, load_method, normalise
 from featviz.inputs.preprocess import Preprocessing, to_tensor
+from featviz.layers.folding import folded_for
 from featviz.layers.grids import upsample
 from featviz.layers.trace import trace_model
+from featviz.model.load import load_model
+from featviz.model.options import ModelRequest
 
 LAYER = "layer4"
 TARGET = 281
@@ -67,16 +71,19 @@ def photos(count: int, size: int) -> torch.Tensor:
     return torch.stack([to_tensor(Image.open(SAMPLES / n).convert("RGB"), pre) for n in names])
 
 
-def ours(model, calls, x, name: str, draws: int, full_size: bool) -> Callable[[], object]:
+def ours(loaded, calls, x, name: str, draws: int, full_size: bool) -> Callable[[], object]:
+    model = loaded.module
+    folded = folded_for(model, loaded.trace.foldable, [LAYER])
     method = load_method(name)
     if name in DRAWN:
         method.SAMPLES = draws  # an instance attribute: the class keeps its default
     targets = torch.full((len(x),), TARGET)
 
     def run() -> torch.Tensor:
-        ctx = forward_for_cam(model, x, [LAYER], calls)
-        ctx.seeds = tuple(range(len(x)))
-        maps = normalise(method.compute(ctx, LAYER, targets))
+        with folded.applied():
+            ctx = forward_for_cam(model, x, [LAYER], calls)
+            ctx.seeds = tuple(range(len(x)))
+            maps = normalise(method.compute(ctx, LAYER, targets))
         return upsample(maps, x.shape[-2:]) if full_size else maps
 
     return run
@@ -123,9 +130,10 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join([*GRAD_CAM, *TORCHCAM]))
     args = parser.parse_args()
 
-    torch.manual_seed(0)
-    model = torchvision.models.resnet18(weights=None).eval().requires_grad_(False)
-    peer_model = copy.deepcopy(model).requires_grad_(True)
+    loaded = load_model(ModelRequest("resnet18", weights="none", device="cpu"))
+    model = loaded.module
+    peer_model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+    peer_model.requires_grad_(True)
     inputs = {size: photos(args.images, size) for size in (args.size, args.small)}
     calls = {size: trace_model(model, (1, 3, size, size)).calls() for size in inputs}
     rows = []
@@ -137,7 +145,7 @@ def main() -> None:
         else:
             peer, peer_name = torchcam_peer(peer_model, x, name, args.draws), "torchcam"
         contenders = {
-            "featviz": ours(model, calls[size], x, name, args.draws, name in GRAD_CAM),
+            "featviz": ours(loaded, calls[size], x, name, args.draws, name in GRAD_CAM),
             peer_name: peer,
         }
         repeats = 1 if name in DRAWN else args.repeats

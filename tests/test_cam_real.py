@@ -44,9 +44,15 @@ def _left_share(method, ctx, target: int) -> float:
     return float(heatmap[:, :edge].sum() / heatmap.sum())
 
 
-# Measured (224 px, keep aspect): cam, gradcam, xgradcam, hirescam 0.98 tabby-left and 0.96
-# espresso-right; ablationcam 0.98 / 0.91.
-@pytest.mark.parametrize("name", ["cam", "gradcam", "xgradcam", "hirescam", "ablationcam"])
+# Measured (224 px, keep aspect): cam, gradcam, xgradcam, hirescam, shapleycam 0.98 tabby-left
+# and 0.96 espresso-right; ablationcam 0.98 / 0.91; eigengradcam, finercam 1.00 / 1.00.
+@pytest.mark.parametrize(
+    "name",
+    [
+        *("cam", "gradcam", "xgradcam", "hirescam", "ablationcam"),
+        *("shapleycam", "eigengradcam", "finercam"),
+    ],
+)
 def test_each_class_map_sits_on_its_object(ctx224, name):
     method = load_method(name)
     assert _left_share(method, ctx224, TABBY) > 0.5
@@ -55,8 +61,9 @@ def test_each_class_map_sits_on_its_object(ctx224, name):
         assert method.fallbacks == {}  # timm's model splits with fx: only pool + classifier rerun
 
 
-# Measured: gradcam++ 0.69 / 0.73, layercam 0.69 / 0.73 (both spread over the whole image more).
-@pytest.mark.parametrize("name", ["gradcam++", "layercam"])
+# Measured: gradcam++, layercam, gradcamelementwise, smoothgradcam++ 0.69 / 0.73 (they spread
+# over the whole image more: positive gradients, or products rectified one by one).
+@pytest.mark.parametrize("name", ["gradcam++", "layercam", "gradcamelementwise", "smoothgradcam++"])
 def test_each_class_map_leans_to_its_object(ctx224, name):
     method = load_method(name)
     tabby_left = _left_share(method, ctx224, TABBY)
