@@ -11,6 +11,7 @@ Usage (from the repository root):
 
     python benchmarks/cam_method_costs.py                   # 224 px, median of 5 (scorecam: 1)
     python benchmarks/cam_method_costs.py --size 160 --cam-batch-size 8 --models lite0
+    python benchmarks/cam_method_costs.py --methods gradcam,finercam   # a few (gradcam first)
 
 Table to stdout (Markdown), progress to stderr.
 """
@@ -31,7 +32,7 @@ from featviz.layers.trace import trace_model
 from featviz.model.load import load_model
 from featviz.model.options import ModelRequest
 
-SLOW = {"scorecam"}  # K full forwards: timed once
+SLOW = {"scorecam", "sscam", "iscam"}  # K (35·K, 10·K) full forwards: timed once
 
 
 def build(name: str) -> tuple[torch.nn.Module, str, tuple, tuple]:
@@ -61,7 +62,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cam-batch-size", type=int, default=32)
+    parser.add_argument("--methods", default=",".join(method_names()))
     args = parser.parse_args()
+    methods = args.methods.split(",")
 
     image = Image.open(SAMPLES / "chelsea.png").convert("RGB")
     models = args.models.split(",")
@@ -74,7 +77,7 @@ def main() -> None:
             method: one_image(
                 model, layer, calls, x, load_method(method, batch_size=args.cam_batch_size)
             )
-            for method in method_names()
+            for method in methods
         }
         for method, run in runs.items():  # warm-up: oneDNN builds its kernels on first use
             if method not in SLOW:
@@ -88,7 +91,7 @@ def main() -> None:
     for name in models:
         headers += [f"{name} s/image", f"{name} × gradcam"]
     rows = []
-    for method in method_names():
+    for method in methods:
         row: list[object] = [method]
         for name in models:
             value = seconds[name][method]

@@ -129,7 +129,9 @@ def resnet():
 
 
 def test_smoothgradcampp_without_noise_is_gradcampp(resnet, monkeypatch):
-    _, _, ctx = resnet
+    model, x, shared = resnet
+    # A context of its own: the moments it caches are those of σ = 0.
+    ctx = forward_for_cam(model, x, ["layer3", "layer4"], shared.calls)
     monkeypatch.setattr(SmoothGradCamPlusPlus, "SIGMA", 0.0)
     for layer in ("layer3", "layer4"):
         ours = load_method("smoothgradcam++").compute(ctx, layer, torch.tensor(TARGETS))
