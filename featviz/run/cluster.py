@@ -50,19 +50,18 @@ WAIT_TICK_S = 0.5  # the driver wakes this often while it waits: Ctrl-C is never
 
 def prepare_on_cluster(plan: Plan, build: Callable[[], PreparedRun]) -> ClusterRun:
     """Connect to ``plan.run.ray``'s cluster (a usage error when there is none, before the
-    model is built), ``build`` the driver's run and start the actors."""
+    model is built) and ``build`` the driver's run; the actors start with the first chunk."""
     ray = _import_ray()
     request = plan.run.ray
     started = _connect(ray, request.address)
     try:
         prepared = build()
-        actors = _start_actors(ray, plan, request)
     except BaseException:
         if started:
             ray.shutdown()
         raise
-    prepared.notes.append(f"{len(actors)} Ray actors ran the images ({request.address})")
-    return ClusterRun(prepared, ray, actors, started)
+    count = request.actors or _actors_held(ray, request)
+    return ClusterRun(prepared, ray, lambda: _start_actors(ray, plan, count), started, count)
 
 
 class ClusterActor:
@@ -85,6 +84,8 @@ class ClusterActor:
         called, those finished by then."""
         from featviz.run.pipeline import Pipeline
 
+        if self.stopping.is_set():  # a chunk queued behind the interrupted one
+            return []
         pipeline = Pipeline(self.prepared.job, sources, self.prepared.config)
         results = []
         for result in pipeline.results():
@@ -102,13 +103,21 @@ class ClusterRun:
     """A run whose images go to Ray actors: the same ``results``, ``settle``, ``finish`` and
     ``report`` as ``PreparedRun``'s, which it wraps (the terminal streams either)."""
 
-    def __init__(self, prepared: PreparedRun, ray: Any, actors: list[Any], started: bool):
+    def __init__(
+        self,
+        prepared: PreparedRun,
+        ray: Any,
+        launch: Callable[[], list[Any]],
+        started: bool,
+        count: int,
+    ) -> None:
         self.prepared = prepared
         self.ray = ray
-        self.actors = actors
+        self.launch = launch  # the actors, started with the first chunk: none when all skip
+        self.actors: list[Any] = []
         self.started = started  # whether this run started Ray, and so shuts it down
         self.pending: dict[Any, tuple[Any, list[ImageSource]]] = {}  # call → (actor, chunk)
-        self.chunk_size = _chunk_size(prepared, len(actors))
+        self.chunk_size = _chunk_size(prepared, count)
 
     @property
     def out(self) -> Path:
@@ -124,15 +133,16 @@ class ClusterRun:
 
     def results(self) -> Iterator[ImageResult]:
         """One result per input, as the actors return their chunks (skipped ones first)."""
-        queued = {actor: 0 for actor in self.actors}
+        queued: dict[Any, int] = {}
         chunks = _chunks(self.prepared, self.chunk_size)
         exhausted = False
         while True:
-            while not exhausted and min(queued.values()) < TASKS_PER_ACTOR:
+            while not exhausted and min(queued.values(), default=0) < TASKS_PER_ACTOR:
                 chunk = next(chunks, None)
                 if chunk is None:
                     exhausted = True
                 elif isinstance(chunk, list):
+                    queued = queued or dict.fromkeys(self._actors(), 0)
                     actor = min(queued, key=queued.get)
                     self.pending[actor.run.remote(chunk)] = (actor, chunk)
                     queued[actor] += 1
@@ -146,13 +156,20 @@ class ClusterRun:
                 queued[actor] -= 1
                 yield from self._returned(call, chunk)
 
+    def _actors(self) -> list[Any]:
+        self.actors = self.launch()
+        self.prepared.notes.append(f"{len(self.actors)} Ray actors ran the images")
+        return self.actors
+
     def settle(self, tally: RunTally, stopped_by: str) -> None:
         """After the stream stopped early: every actor stops after the images it is writing,
         what they finished is counted, and the images cut off and never attempted are named."""
         for actor in self.actors:
             actor.stop.remote()
         calls = list(self.pending)
-        ready, _ = self.ray.wait(calls, num_returns=len(calls), timeout=STOP_WAIT_S)
+        ready = []
+        if calls:
+            ready, _ = self.ray.wait(calls, num_returns=len(calls), timeout=STOP_WAIT_S)
         for call in ready:
             _, chunk = self.pending.pop(call)
             for result in self._returned(call, chunk, raising=False):
@@ -258,10 +275,10 @@ def _connect(ray: Any, address: str) -> bool:
     return True
 
 
-def _start_actors(ray: Any, plan: Plan, request: RayRequest) -> list[Any]:
-    """The actors, each loading the model; started together, they load at the same time.
+def _start_actors(ray: Any, plan: Plan, count: int) -> list[Any]:
+    """``count`` actors, each loading the model; started together, they load at the same time.
     They do not skip finished images (the driver did): a chunk run again redoes all of its."""
-    count = request.actors or _actors_held(ray, request)
+    request = plan.run.ray
     actor_plan = replace(plan, run=replace(plan.run, ray=None, skip_existing=False))
     remote = ray.remote(
         num_cpus=request.cpus,
