@@ -161,6 +161,26 @@ def test_ctrl_c_stops_the_actors_and_names_what_is_left(cluster, job):
     assert not list(out.rglob("*.partial"))  # every actor stopped between writes
 
 
+def test_the_ray_data_callable_gives_the_maps_of_explain(cluster, job):
+    import featviz
+    from ray_data import explain_images  # examples/ray_data.py, the library page's example
+
+    root, _ = job
+    folder = root / "few"
+    folder.mkdir()
+    for i in range(5):
+        (folder / f"im{i}.png").write_bytes((root / "in" / f"im{i:02d}.png").read_bytes())
+    spec = f"{root / 'tiny.py'}:build"
+    rows = explain_images(str(folder), spec, actors=1, batch_size=2, target=["3"])
+    expected = featviz.explain(featviz.load(spec), sorted(folder.iterdir()), target="3")
+    assert [Path(row["path"]).name for row in rows] == [f"im{i}.png" for i in range(5)]
+    for row, explanation in zip(rows, expected, strict=True):
+        assert row["heatmap"].shape == (48, 64)
+        np.testing.assert_allclose(row["heatmap"], explanation.heatmap, atol=1e-5)
+        assert (row["class_index"], row["label"]) == (3, explanation.label)
+        assert row["probability"] == pytest.approx(explanation.probability, abs=1e-6)
+
+
 def test_ray_options_need_ray():
     result = featviz("cam", "--ray-actors", "2", "x.png")
     assert result.exit_code == 2
