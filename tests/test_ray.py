@@ -20,6 +20,7 @@ from conftest import TINY_MODEL_SOURCE
 from PIL import Image
 from typer.testing import CliRunner
 
+from featviz import explain, load
 from featviz.cli.app import app
 
 ray = pytest.importorskip("ray")
@@ -53,11 +54,11 @@ def job(tmp_path_factory) -> tuple[Path, list[str]]:
 def plain(job) -> dict[str, bytes]:
     """The pictures of the same run without Ray."""
     root, options = job
-    assert featviz(*options, "-o", root / "plain").exit_code == 0
+    assert cli(*options, "-o", root / "plain").exit_code == 0
     return pictures(root / "plain")
 
 
-def featviz(*args: str | Path):
+def cli(*args: str | Path):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
@@ -78,7 +79,7 @@ def listed_once(out: Path) -> dict:
 
 def test_the_same_bytes_as_a_plain_run(cluster, job, plain):
     root, options = job
-    on_ray = featviz(*options, "-o", root / "ray", "--ray", "local", "--ray-actors", "2")
+    on_ray = cli(*options, "-o", root / "ray", "--ray", "local", "--ray-actors", "2")
     assert on_ray.exit_code == 0, on_ray.output
     assert len(plain) == IMAGES
     assert pictures(root / "ray") == plain
@@ -93,7 +94,7 @@ def test_the_same_bytes_as_a_plain_run(cluster, job, plain):
     assert len(list((root / "ray" / "records").rglob("cam-*.json"))) == IMAGES
     assert (root / "ray" / "index.html").is_file()
 
-    again = featviz(*options, "-o", root / "ray", "--ray", "local", "--skip-existing")
+    again = cli(*options, "-o", root / "ray", "--ray", "local", "--skip-existing")
     assert again.exit_code == 0, again.output
     manifest = listed_once(root / "ray")
     assert manifest["counts"] == {
@@ -128,7 +129,7 @@ def test_an_actor_killed_mid_run_leaves_no_image_lost_or_twice(cluster, job, pla
 
     killer = threading.Thread(target=kill_one_mid_run)
     killer.start()
-    result = featviz(*options, "-o", out, "--ray", "local", "--ray-actors", "2")
+    result = cli(*options, "-o", out, "--ray", "local", "--ray-actors", "2")
     killer.join()
     assert killed, "no actor was caught running a chunk"
     assert result.exit_code == 0, result.output
@@ -149,7 +150,7 @@ def test_ctrl_c_stops_the_actors_and_names_what_is_left(cluster, job):
 
     interrupter = threading.Thread(target=interrupt_once_started)
     interrupter.start()
-    result = featviz(*options, "-o", out, "--ray", "local", "--ray-actors", "2")
+    result = cli(*options, "-o", out, "--ray", "local", "--ray-actors", "2")
     interrupter.join()
     assert result.exit_code == 130, result.output
     manifest = json.loads((out / "manifest.json").read_bytes())
@@ -162,7 +163,6 @@ def test_ctrl_c_stops_the_actors_and_names_what_is_left(cluster, job):
 
 
 def test_the_ray_data_callable_gives_the_maps_of_explain(cluster, job):
-    import featviz
     from ray_data import explain_images  # examples/ray_data.py, the library page's example
 
     root, _ = job
@@ -172,7 +172,7 @@ def test_the_ray_data_callable_gives_the_maps_of_explain(cluster, job):
         (folder / f"im{i}.png").write_bytes((root / "in" / f"im{i:02d}.png").read_bytes())
     spec = f"{root / 'tiny.py'}:build"
     rows = explain_images(str(folder), spec, actors=1, batch_size=2, target=["3"])
-    expected = featviz.explain(featviz.load(spec), sorted(folder.iterdir()), target="3")
+    expected = explain(load(spec), sorted(folder.iterdir()), target="3")
     assert [Path(row["path"]).name for row in rows] == [f"im{i}.png" for i in range(5)]
     for row, explanation in zip(rows, expected, strict=True):
         assert row["heatmap"].shape == (48, 64)
@@ -182,7 +182,7 @@ def test_the_ray_data_callable_gives_the_maps_of_explain(cluster, job):
 
 
 def test_ray_options_need_ray():
-    result = featviz("cam", "--ray-actors", "2", "x.png")
+    result = cli("cam", "--ray-actors", "2", "x.png")
     assert result.exit_code == 2
     assert "Error: Invalid value: --ray-actors goes with --ray (auto, local or an address)" in (
         result.output
