@@ -76,14 +76,20 @@ class ClusterActor:
 
         if os.path.isdir(folder):
             os.chdir(folder)
-        self.prepared = prepare_sources(plan, [], [])
         self.stopping = threading.Event()
+        self.failure: FeatvizError | None = None
+        try:
+            self.prepared = prepare_sources(plan, [], [])
+        except FeatvizError as exc:  # this node lacks a file, a GPU…: the driver is told
+            self.failure = exc
 
     def run(self, sources: list[ImageSource]) -> list[ImageResult]:
         """Every image of the chunk through the job: one result each, or, once ``stop`` was
         called, those finished by then."""
         from featviz.run.pipeline import Pipeline
 
+        if self.failure is not None:
+            raise self.failure
         if self.stopping.is_set():  # a chunk queued behind the interrupted one
             return []
         pipeline = Pipeline(self.prepared.job, sources, self.prepared.config)
