@@ -189,6 +189,15 @@ def test_ray_options_need_ray():
     )
 
 
+def test_tensorboard_does_not_go_with_ray_yet(tmp_path):
+    result = cli("cam", "--ray", "local", "--tensorboard", tmp_path / "tb", "x.png")
+    assert result.exit_code == 2
+    assert result.output.splitlines()[0] == (
+        "Error: --tensorboard does not go with --ray yet: each actor would write event files "
+        "of its own"
+    )
+
+
 def test_featviz_imports_no_ray():
     code = "import sys, featviz, featviz.cli.app; print('ray' in sys.modules)"
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

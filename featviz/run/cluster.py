@@ -51,6 +51,12 @@ WAIT_TICK_S = 0.5  # the driver wakes this often while it waits: Ctrl-C is never
 def prepare_on_cluster(plan: Plan, build: Callable[[], PreparedRun]) -> ClusterRun:
     """Connect to ``plan.run.ray``'s cluster (a usage error when there is none, before the
     model is built) and ``build`` the driver's run; the actors start with the first chunk."""
+    if plan.output.tensorboard is not None:
+        raise UsageError(
+            "--tensorboard does not go with --ray yet: each actor would write event files of "
+            "its own",
+            hint="leave out one of them (a run without --ray writes the event files)",
+        )
     ray = _import_ray()
     request = plan.run.ray
     started = _connect(ray, request.address)
