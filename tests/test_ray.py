@@ -4,6 +4,7 @@ stopped by Ctrl-C. One local Ray (2 CPUs) serves the whole module."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -94,17 +95,6 @@ def test_the_same_bytes_as_a_plain_run(cluster, job, plain):
     assert len(list((root / "ray" / "records").rglob("cam-*.json"))) == IMAGES
     assert (root / "ray" / "index.html").is_file()
 
-    again = cli(*options, "-o", root / "ray", "--ray", "local", "--skip-existing")
-    assert again.exit_code == 0, again.output
-    manifest = listed_once(root / "ray")
-    assert manifest["counts"] == {
-        "done": 0,
-        "failed": 0,
-        "skipped": IMAGES,
-        "cut_off": 0,
-        "not_attempted": 0,
-    }
-
 
 def _actor_running_a_chunk() -> psutil.Process | None:
     for process in psutil.process_iter(["cmdline"]):
@@ -123,8 +113,9 @@ def test_an_actor_killed_mid_run_leaves_no_image_lost_or_twice(cluster, job, pla
         while time.monotonic() < deadline and not killed:
             actor = _actor_running_a_chunk()
             if actor is not None:
-                actor.kill()
-                killed.append(actor.pid)
+                with contextlib.suppress(psutil.NoSuchProcess):  # it ended meanwhile
+                    actor.kill()  # SIGKILL: no clean-up of any kind
+                    killed.append(actor.pid)
             time.sleep(0.02)
 
     killer = threading.Thread(target=kill_one_mid_run)
@@ -138,7 +129,10 @@ def test_an_actor_killed_mid_run_leaves_no_image_lost_or_twice(cluster, job, pla
     assert pictures(out) == plain
 
 
-def test_ctrl_c_stops_the_actors_and_names_what_is_left(cluster, job):
+@pytest.fixture(scope="module")
+def interrupted(cluster, job) -> tuple[Path, int, dict]:
+    """(the folder, the exit code, the manifest) of a run on Ray stopped by Ctrl-C once its
+    first image was written."""
     root, options = job
     out = root / "interrupted"
 
@@ -152,14 +146,36 @@ def test_ctrl_c_stops_the_actors_and_names_what_is_left(cluster, job):
     interrupter.start()
     result = cli(*options, "-o", out, "--ray", "local", "--ray-actors", "2")
     interrupter.join()
-    assert result.exit_code == 130, result.output
-    manifest = json.loads((out / "manifest.json").read_bytes())
+    return out, result.exit_code, json.loads((out / "manifest.json").read_bytes())
+
+
+def test_ctrl_c_stops_the_actors_and_names_what_is_left(interrupted):
+    out, code, manifest = interrupted
+    assert code == 130
     assert manifest["outcome"] == {"status": "interrupted", "reason": "SIGINT"}
     done = [Path(image["input"]).name for image in manifest["images"]]
     left = [Path(name).name for name in manifest["cut_off"] + manifest["not_attempted"]]
     assert sorted(done + left) == [f"im{i:02d}.png" for i in range(IMAGES)]
     assert 0 < len(done) < IMAGES
     assert not list(out.rglob("*.partial"))  # every actor stopped between writes
+
+
+def test_skip_existing_resumes_on_ray_and_a_bad_image_fails_alone(interrupted, job, plain):
+    out, _, first = interrupted
+    root, options = job
+    broken = root / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not a picture")
+    resumed = cli(*options, broken, "-o", out, "--ray", "local", "--skip-existing")
+    assert resumed.exit_code == 1, resumed.output
+    assert resumed.output.startswith(f"error: {broken}: ")
+    manifest = json.loads((out / "manifest.json").read_bytes())
+    counts = manifest["counts"]
+    done_before = first["counts"]["done"]
+    assert (counts["skipped"], counts["done"]) == (done_before, IMAGES - done_before)
+    assert counts["failed"] == 1
+    [failed] = [image for image in manifest["images"] if image["error"]]
+    assert failed["input"] == str(broken)
+    assert pictures(out) == plain
 
 
 def test_the_ray_data_callable_gives_the_maps_of_explain(cluster, job):
