@@ -289,9 +289,12 @@ def _connect(ray: Any, address: str) -> bool:
 
 def _start_actors(ray: Any, plan: Plan, count: int) -> list[Any]:
     """``count`` actors, each loading the model; started together, they load at the same time.
-    They do not skip finished images (the driver did): a chunk run again redoes all of its."""
+    They do not skip finished images (the driver did): a chunk run again redoes all of its.
+    Each decodes and writes with threads for its own CPUs (at least 2), not the whole node's."""
     request = plan.run.ray
-    actor_plan = replace(plan, run=replace(plan.run, ray=None, skip_existing=False))
+    workers = plan.run.workers or max(2, math.ceil(request.cpus))
+    run = replace(plan.run, ray=None, skip_existing=False, workers=workers)
+    actor_plan = replace(plan, run=run)
     remote = ray.remote(
         num_cpus=request.cpus,
         num_gpus=request.gpus,
