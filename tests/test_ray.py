@@ -165,7 +165,9 @@ def test_skip_existing_resumes_on_ray_and_a_bad_image_fails_alone(interrupted, j
     root, options = job
     broken = root / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not a picture")
-    resumed = cli(*options, broken, "-o", out, "--ray", "local", "--skip-existing")
+    resumed = cli(
+        *options, broken, "-o", out, "--ray", "local", "--ray-actors", "1", "--skip-existing"
+    )
     assert resumed.exit_code == 1, resumed.output
     assert resumed.output.startswith(f"error: {broken}: ")
     manifest = json.loads((out / "manifest.json").read_bytes())
