@@ -68,6 +68,7 @@ def test_options_are_grouped_with_the_methods_listed_last() -> None:
         "Arguments:",
         "Options:",
         "Input:",
+        "Ray cluster:",
         "Model:",
         "Output:",
         "Methods (--method):",

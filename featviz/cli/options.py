@@ -30,7 +30,7 @@ from featviz.errors import UsageError
 from featviz.inputs.limits import DEFAULT_MAX_PIXELS
 from featviz.inputs.shards import Shard
 from featviz.model.options import ModelRequest
-from featviz.run.plan import RunRequest
+from featviz.run.plan import RayRequest, RunRequest
 from featviz.run.sizes import parse_bytes
 from featviz.sinks.options import OutputRequest
 from featviz.tasks.detection import DEFAULT_MIN_SCORE
@@ -38,6 +38,7 @@ from featviz.tasks.detection import DEFAULT_MIN_SCORE
 MODEL_PANEL = "Model"
 INPUT_PANEL = "Input"
 OUTPUT_PANEL = "Output"
+RAY_PANEL = "Ray cluster"
 
 
 class Resize(str, Enum):
@@ -349,6 +350,53 @@ _RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
     ),
 }
 
+_RAY_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "ray": (
+        Annotated[
+            str | None,
+            _option(
+                panel=RAY_PANEL,
+                metavar="ADDRESS",
+                show_default="no Ray: this process",
+                help="Run the batches on a Ray cluster (needs featviz[ray]): auto (the one "
+                "RAY_ADDRESS names), local (start one here) or the head's address.",
+            ),
+        ],
+        None,
+    ),
+    "ray_actors": (
+        Annotated[
+            int | None,
+            _option(
+                min=1,
+                panel=RAY_PANEL,
+                metavar="N",
+                show_default="as many as the cluster holds",
+                help="Actors, each loading the model once.",
+            ),
+        ],
+        None,
+    ),
+    "ray_cpus": (
+        Annotated[
+            float | None,
+            _option(
+                min=0.0, panel=RAY_PANEL, metavar="N", show_default="1", help="CPUs per actor."
+            ),
+        ],
+        None,
+    ),
+    "ray_gpus": (
+        Annotated[
+            float | None,
+            _option(
+                min=0.0, panel=RAY_PANEL, metavar="N", show_default="0", help="GPUs per actor."
+            ),
+        ],
+        None,
+    ),
+}
+
 _OUTPUT_OPTIONS: dict[str, tuple[Any, Any]] = {
     "out": (
         Annotated[
@@ -546,7 +594,22 @@ def _run_request(values: dict[str, Any]) -> RunRequest:
         shard=values["shard"],
         max_memory=values["max_memory"],
         workers=values["workers"],
+        ray=_ray_request(values),
     )
+
+
+def _ray_request(values: dict[str, Any]) -> RayRequest | None:
+    asked = {
+        name: values[f"ray_{name}"]
+        for name in ("actors", "cpus", "gpus")
+        if values[f"ray_{name}"] is not None
+    }
+    if values["ray"] is None:
+        if asked:
+            option = "--ray-" + next(iter(asked))
+            raise typer.BadParameter(f"{option} goes with --ray (auto, local or an address)")
+        return None
+    return RayRequest(values["ray"], **asked)
 
 
 def _output_request(values: dict[str, Any]) -> OutputRequest:
@@ -578,7 +641,7 @@ def _report(values: dict[str, Any]) -> Report:
 
 _GROUPS: dict[type, tuple[dict[str, tuple[Any, Any]], Callable[[dict[str, Any]], Any]]] = {
     ModelRequest: (_MODEL_OPTIONS, _model_request),
-    RunRequest: (_RUN_OPTIONS, _run_request),
+    RunRequest: ({**_RUN_OPTIONS, **_RAY_OPTIONS}, _run_request),
     OutputRequest: (_OUTPUT_OPTIONS, _output_request),
     Explaining: (_EXPLAIN_OPTIONS, _explaining),
     Report: (_REPORT_OPTIONS, _report),

@@ -43,6 +43,19 @@ DEFAULT_MAX_MEMORY = 2 * 10**9  # --max-memory 2GB
 
 
 @dataclass(frozen=True)
+class RayRequest:
+    """``--ray``: run the batches on a Ray cluster. ``address``: ``auto`` (the cluster that
+    ``RAY_ADDRESS`` or a running ``ray start`` names), ``local`` (start one here) or an address;
+    ``actors``: how many (None: as many as the cluster's CPUs, or GPUs, hold); ``cpus`` and
+    ``gpus``: what each actor reserves."""
+
+    address: str
+    actors: int | None = None
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+
+@dataclass(frozen=True)
 class RunRequest:
     """The images a per-image command reads, and how (none of it changes an image's outputs)."""
 
@@ -54,6 +67,7 @@ class RunRequest:
     shard: Shard | None = None
     max_memory: int = DEFAULT_MAX_MEMORY  # bytes for the images in flight
     workers: int | None = None  # decode and write threads each; None: one per core
+    ray: RayRequest | None = None  # None: the batches run in this process
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from featviz.inputs.discover import ImageSource
     from featviz.layers.folding import FoldedBatchNorms
     from featviz.model.load import LoadedModel
+    from featviz.run.cluster import ClusterRun
     from featviz.run.jobs.base import ImageJob
     from featviz.run.pipeline import Pipeline, PipelineConfig
     from featviz.run.plan import MapsRequest, Plan, RunRequest
@@ -88,13 +89,23 @@ class PreparedRun:
         return self.job.report(tally.results)
 
 
-def prepare(plan: Plan) -> PreparedRun:
+def prepare(plan: Plan) -> PreparedRun | ClusterRun:
     """Build what ``plan`` (a per-image command: maps, cam, compare, score, sanity) needs, and
     open its output folder once every option has been checked: a typo leaves no folder."""
+    notes: list[str] = []
+    if plan.run.ray is not None:  # the images go to a Ray cluster's actors
+        from featviz.run.cluster import prepare_on_cluster
+
+        return prepare_on_cluster(
+            plan, lambda: prepare_sources(plan, _discover(plan.run, notes), notes)
+        )
+    return prepare_sources(plan, _discover(plan.run, notes), notes)
+
+
+def prepare_sources(plan: Plan, sources: Iterable[ImageSource], notes: list[str]) -> PreparedRun:
+    """``prepare`` for the inputs ``sources`` (a Ray actor's: none, its chunks come later)."""
     from featviz.model.load import load_model
 
-    notes: list[str] = []
-    sources = _discover(plan.run, notes)
     loaded = load_model(plan.model)
     if plan.command == "maps":
         resolved, make_job = _maps(plan.options, loaded)
