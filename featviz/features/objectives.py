@@ -23,6 +23,8 @@ from featviz.explainer.names import class_slug, safe_name
 if TYPE_CHECKING:
     import torch
 
+    from featviz.model.load import LoadedModel
+
 Kind = Literal["channel", "neuron", "class"]
 
 
@@ -132,3 +134,51 @@ def diversity_penalty(maps: torch.Tensor, groups: list[list[int]]) -> torch.Tens
 def _device(maps: dict[str, torch.Tensor], logits: torch.Tensor | None) -> torch.device:
     tensor = logits if logits is not None else next(iter(maps.values()))
     return tensor.device
+
+
+def objectives_for(
+    loaded: LoadedModel,
+    layers: list[str],
+    channels: list[str],
+    *,
+    neuron: bool,
+    targets: list[str],
+) -> list[Objective]:
+    """The objectives a command line asks for: every ``channels`` of every layer ``layers``
+    names (globs as ``featviz maps`` takes them), a neuron at its centre when ``neuron``, then
+    every class of ``targets`` (indices or names, as ``featviz cam -t``)."""
+    from featviz.explainer.targets import resolve_target
+    from featviz.layers.catalog import resolve_layers
+
+    if bool(layers) != bool(channels):
+        raise UsageError(
+            "--layer and --channel go together: a channel objective needs both",
+            hint="e.g. -l layer3 -c 0-7; for a class, pass -t CLASS alone",
+        )
+    if not channels and not targets:
+        raise UsageError(
+            "nothing to dream: give channels of a layer or classes",
+            hint="e.g. featviz dream -m resnet50 -l layer3 -c 0-7, or -t tabby",
+        )
+    kind: Kind = "neuron" if neuron else "channel"
+    wanted = parse_channels(channels)
+    found: list[Objective] = []
+    for layer in resolve_layers(loaded.trace, layers, spatial_only=True):
+        check_channels(layer, wanted, channel_count(loaded, layer))
+        found.extend(Objective(kind, channel, layer) for channel in wanted)
+    if targets and loaded.num_classes is None:
+        raise UsageError(
+            "--target: this model's output is not class scores",
+            hint="dream channels of a layer instead (-l LAYER -c CHANNEL)",
+        )
+    for text in targets:
+        index = resolve_target(text, loaded.categories, loaded.num_classes)
+        found.append(Objective("class", index, label=loaded.category(index) or ""))
+    return list(dict.fromkeys(found))
+
+
+def channel_count(loaded: LoadedModel, layer: str) -> int:
+    """The channels of ``layer``'s maps: dim 1 of an (N, C, h, w) output, the last dim of a
+    channels-last or token one."""
+    info = loaded.trace.get(layer)
+    return info.shape[1] if info.layout.kind == "nchw" else info.shape[-1]
