@@ -178,8 +178,8 @@ class ShapesNet(nn.Module):
 def test_class_dreams_convince_a_trained_model() -> None:
     model = trained(ShapesNet, steps=60)
     loaded = featviz.load(model, labels=CLASSES, input_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
-    objectives = [Objective("class", i, label=name) for i, name in enumerate(CLASSES)]
-    dreams = dream(loaded, objectives, DreamSettings(steps=32))
+    dreams = featviz.dream(loaded, targets=["square", "disc", 2], steps=32)  # names or indices
+    assert [(o.index, o.label) for o in dreams.objectives] == list(enumerate(CLASSES))
     assert np.all(dreams.probabilities > 0.9), dreams.probabilities
     # Each class's dream is drawn in its shape's colour: red, green, blue.
     means = dreams.pixels.reshape(3, -1, 3).mean(axis=1)
