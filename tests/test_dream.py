@@ -213,6 +213,9 @@ def test_command_writes_pictures_grid_and_manifest(tiny: str, tmp_path: Path) ->
     assert manifest["command"] == "dream" and manifest["dreams"] == rows
     [grid] = (out / "runs").glob("*/dream.png")
     assert grid.stat().st_size > 0
+    gallery = (out / "gallery" / "data.js").read_text()  # a card of the model's dreams
+    assert '"name":"dream: tiny_model"' in gallery
+    assert '"dream/tiny_model/classes/4.png"' in gallery
     assert sorted(p.name for p in (out / "dream" / "tiny_model" / "features.2").iterdir()) == [
         "c0000.png",
         "c0001.png",
