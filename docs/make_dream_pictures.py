@@ -8,9 +8,10 @@ EfficientNet-Lite0 of examples/:
     featviz dream -m examples/efficientnet_lite0.py:build -l blocks.1 -c 0-15 --size 96 \
         --steps 128
 
-keeps each run's labelled grid in docs/ (in 256 colours), and prints the network's probability of each class
-on its own dream (the goal: at least 0.9 for at least 4 of the 5) as a Markdown table. Needs
-the examples extra; nothing is fetched from the network. Exits 1 when the goal is missed.
+keeps each run's labelled grid in docs/ (in 256 colours), and prints the network's probability
+of each class on its own dream (the goal: at least 0.9 for at least 4 of the 5) as a Markdown
+table. Needs the examples extra; nothing is fetched from the network. Exits 1 when the goal is
+missed.
 
 Usage: python docs/make_dream_pictures.py
 """
