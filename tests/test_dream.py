@@ -6,6 +6,7 @@ files, manifest and exit codes."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ def generators(count: int, seed: int = 0) -> list[torch.Generator]:
 
 
 def test_fourier_images_follow_the_formula() -> None:
-    images = FourierImages(2, 12, generators(2), torch.device("cpu"))
+    images = FourierImages(12, generators(2), torch.device("cpu"))
     coefficients = images.coefficients.detach().double().numpy()
     spectrum = (coefficients[..., 0] + 1j * coefficients[..., 1]) * spectrum_scale(12, 12).numpy()
     spatial = np.fft.irfft2(spectrum, s=(12, 12), norm="ortho") / 4.0  # (2, 3, 12, 12)
@@ -46,7 +47,7 @@ def test_fourier_images_follow_the_formula() -> None:
 
 def test_fourier_images_equal_lucents() -> None:
     lucent = pytest.importorskip("lucent.optvis.param")
-    images = FourierImages(2, 16, generators(2), torch.device("cpu"))
+    images = FourierImages(16, generators(2), torch.device("cpu"))
     params, spatial = lucent.spatial.fft_image((2, 3, 16, 16))
     with torch.no_grad():
         params[0].copy_(images.coefficients)
@@ -221,8 +222,11 @@ def test_command_writes_pictures_grid_and_manifest(tiny: str, tmp_path: Path) ->
         "c0001.png",
     ]
     # Other settings write into a model folder of their own; copies are numbered from 1.
-    neuron = run([*base, "-l", "features.2", "-c", "1", "--neuron", "--diversity", "2", "-q"])
-    assert neuron.exit_code == 0 and neuron.stdout == ""
+    neuron = run([*base, "-l", "features.2", "-c", "1", "--neuron", "--diversity", "2"])
+    assert neuron.exit_code == 0
+    lines = neuron.stdout.splitlines()
+    assert len(lines) == 3 and lines[2].startswith("wrote ") and lines[2].endswith("dream.png")
+    assert re.fullmatch(r"wrote .*n0001-1\.png  features\.2 neuron 1: \S+ → \S+", lines[0])
     assert sorted(p.name for p in (out / "dream" / "tiny_model-2" / "features.2").iterdir()) == [
         "n0001-1.png",
         "n0001-2.png",

@@ -482,6 +482,7 @@ def dream(
     with errors():
         import json
 
+        from featviz.cli.text import dream_line
         from featviz.inputs.discover import printable
         from featviz.run.dream import run_dream
 
@@ -502,21 +503,9 @@ def dream(
             if report.json_lines:
                 typer.echo(json.dumps(row))
             elif not report.quiet:
-                typer.echo(f"wrote {printable(path)}  {_dream_line(row)}")
+                typer.echo(f"wrote {printable(path)}  {dream_line(row)}")
         if not report.json_lines and not report.quiet:
             typer.echo(f"wrote {printable(result.written[-1])}")
-
-
-def _dream_line(row: dict) -> str:
-    """What an image maximises and how far it got: ``layer3 channel 5: 0.12 → 4.5``, with the
-    class's probability for a class."""
-    what = (
-        f"class {row['index']} {row['label'] or ''}".rstrip()
-        if row["objective"] == "class"
-        else f"{row['layer']} {row['objective']} {row['index']}"
-    )
-    line = f"{what}: {row['start']:.3g} → {row['value']:.3g}"
-    return line + (f", p {row['probability']:.2f}" if "probability" in row else "")
 
 
 worker_app = typer.Typer(

@@ -78,7 +78,7 @@ def dream(loaded: LoadedModel, objectives: list[Objective], settings: DreamSetti
         for objective, copy in rows
     ]
     size = settings.size or loaded.preprocessing.input_size
-    images = FourierImages(len(rows), size, generators, loaded.device)
+    images = FourierImages(size, generators, loaded.device)
     views = RandomViews(settings.steps, size, generators, loaded.device)
     optimiser = torch.optim.Adam([images.coefficients], lr=settings.learning_rate)
     forward = _Forward(loaded, [objective for objective, _ in rows], settings)

@@ -50,38 +50,32 @@ def colour_matrix() -> torch.Tensor:
 
 
 class FourierImages:
-    """``count`` RGB images of ``size`` × ``size`` pixels held as Fourier coefficients.
+    """N RGB images of ``size`` × ``size`` pixels held as Fourier coefficients, one per
+    generator in ``generators`` (each image's start is drawn from its own, so that it does not
+    depend on the other images of the batch).
 
-    ``coefficients`` (count, 3, size, size // 2 + 1, 2) float32 is what an optimiser updates
-    (real and imaginary parts); ``pixels()`` gives the (count, 3, size, size) images in
-    [0, 1]. ``generators``: one per image, so that an image's start does not depend on the
-    other images of the batch.
+    ``coefficients`` (N, 3, size, size // 2 + 1, 2) float32 is what an optimiser updates
+    (real and imaginary parts); ``pixels()`` gives the (N, 3, size, size) images in [0, 1].
     """
 
-    def __init__(
-        self,
-        count: int,
-        size: int,
-        generators: list[torch.Generator],
-        device: torch.device,
-    ) -> None:
+    def __init__(self, size: int, generators: list[torch.Generator], device: torch.device) -> None:
         import torch
 
         shape = (3, size, size // 2 + 1, 2)
         start = torch.stack([torch.randn(shape, generator=g) * INITIAL_SD for g in generators])
         self.size = size
-        self.coefficients = start[:count].to(device).requires_grad_()
+        self.coefficients = start.to(device).requires_grad_()
         self._scale = spectrum_scale(size, size).to(device)[None, None, :, :, None]
         self._colour = colour_matrix().to(device)
 
     def pixels(self) -> torch.Tensor:
-        """(count, 3, size, size) float32 in [0, 1], differentiable in ``coefficients``."""
+        """(N, 3, size, size) float32 in [0, 1], differentiable in ``coefficients``."""
         import torch
 
         spectrum = torch.view_as_complex(self.coefficients * self._scale)
         spatial = torch.fft.irfftn(spectrum, s=(self.size, self.size), norm="ortho")
         spatial = spatial / SPATIAL_SCALE
-        # (count, 3, h, w) in the decorrelated space → RGB: mix the channel axis.
+        # (N, 3, h, w) in the decorrelated space → RGB: mix the channel axis.
         rgb = torch.einsum("rc,nchw->nrhw", self._colour, spatial)
         return torch.sigmoid(rgb)
 
