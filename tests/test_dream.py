@@ -118,8 +118,10 @@ def test_channel_objectives_rise_and_runs_repeat(tiny: str) -> None:
     assert np.all(first.values > first.start), (first.start, first.values)
     assert np.mean(first.values - first.start) > 0.05
     assert np.all(first.curve[:, -5:].mean(1) > first.curve[:, :5].mean(1))
-    again = dream(loaded, objectives, settings)
+    steps_done: list[int] = []
+    again = dream(loaded, objectives, settings, progress=steps_done.append)
     assert np.array_equal(first.pixels, again.pixels)
+    assert steps_done == list(range(1, 41))
     other_seed = dream(loaded, objectives, DreamSettings(steps=40, size=24, seed=1))
     assert not np.array_equal(first.pixels, other_seed.pixels)
     # An objective's image does not depend on what else shares the batch.

@@ -21,7 +21,7 @@ from featviz import __version__
 from featviz.cam.registry import JUDGED_METHODS
 from featviz.cli.help import MAX_HELP_WIDTH, HelpCommand, HelpGroup, MethodsHelpCommand, choices
 from featviz.cli.options import Explaining, Report, shared_options
-from featviz.cli.terminal import errors, one_line, stream
+from featviz.cli.terminal import errors, one_line, steps_progress, stream
 from featviz.errors import FeatvizError
 from featviz.model.options import ModelRequest
 from featviz.run.plan import (
@@ -498,7 +498,9 @@ def dream(
             diversity_weight=diversity_weight,
             seed=model.seed,  # --seed: the images' start and their random views
         )
-        result = run_dream(Plan("dream", model, output, request))
+        shown = not (report.quiet or report.json_lines)
+        with steps_progress(steps, shown=shown) as progress:
+            result = run_dream(Plan("dream", model, output, request), progress)
         for row, path in zip(result.rows, result.written):
             if report.json_lines:
                 typer.echo(json.dumps(row))

@@ -14,6 +14,7 @@ which other objectives share the batch.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -65,8 +66,14 @@ class Dreams:
     curve: np.ndarray
 
 
-def dream(loaded: LoadedModel, objectives: list[Objective], settings: DreamSettings) -> Dreams:
-    """Optimise ``settings.diversity`` images for each of ``objectives`` together."""
+def dream(
+    loaded: LoadedModel,
+    objectives: list[Objective],
+    settings: DreamSettings,
+    progress: Callable[[int], None] | None = None,
+) -> Dreams:
+    """Optimise ``settings.diversity`` images for each of ``objectives`` together;
+    ``progress``, if given, is told the steps done after each step."""
     import torch
 
     from featviz.features.fourier import FourierImages, to_uint8
@@ -91,6 +98,8 @@ def dream(loaded: LoadedModel, objectives: list[Objective], settings: DreamSetti
             (settings.diversity_weight * penalty - values.sum()).backward()
             optimiser.step()
             curve[:, step] = values.detach().float().cpu()
+            if progress is not None:
+                progress(step + 1)
         pixels = to_uint8(images.pixels())
         final = forward.final(pixels.permute(0, 3, 1, 2).to(loaded.device).float() / 255)
     return Dreams(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,9 +29,10 @@ class DreamResult:
     rows: list[dict[str, Any]]
 
 
-def run_dream(plan: Plan) -> DreamResult:
+def run_dream(plan: Plan, progress: Callable[[int], None] | None = None) -> DreamResult:
     """``featviz dream``: optimise the plan's objectives in one batch and write one picture
-    per image, a labelled grid of all, and the numbers in the run's manifest."""
+    per image, a labelled grid of all, and the numbers in the run's manifest. ``progress``,
+    if given, is told the steps done after each step."""
     from featviz.features.dream import DreamSettings, dream
     from featviz.features.objectives import objectives_for
     from featviz.model.load import load_model
@@ -57,7 +59,7 @@ def run_dream(plan: Plan) -> DreamResult:
         diversity_layer=loaded.default_cam_layer(),
         seed=request.seed,
     )
-    dreams = dream(loaded, objectives, settings)
+    dreams = dream(loaded, objectives, settings, progress)
     artifacts = _artifacts(loaded, dreams, request.diversity)
     resolved = Resolved(
         list(dict.fromkeys(o.layer for o in objectives if o.layer)),
