@@ -191,7 +191,7 @@ _MODEL_OPTIONS: dict[str, tuple[Any, Any]] = {
                 panel=MODEL_PANEL,
                 metavar="N",
                 help="Seed of random init (and of score's random baseline and ROAD noise, "
-                "sanity's re-initialisation).",
+                "sanity's re-initialisation, dream's images).",
             ),
         ],
         0,

@@ -125,8 +125,34 @@ class FiltersRequest:
     cell_size: int = 32
 
 
+@dataclass(frozen=True)
+class DreamRequest:
+    """``featviz dream``: ``channels`` (``-c`` texts: 37, 0-7, 1,5,9) of each of ``layers``,
+    at the centre only when ``neuron``, and the classes ``targets``; how they are optimised
+    (featviz.features.dream.DreamSettings); ``seed`` is --seed."""
+
+    CHOOSES_FILES: ClassVar[frozenset[str]] = frozenset({"layers", "channels", "neuron", "targets"})
+
+    layers: tuple[str, ...] = ()
+    channels: tuple[str, ...] = ()
+    neuron: bool = False
+    targets: tuple[str, ...] = ()
+    steps: int = 256
+    size: int | None = None
+    learning_rate: float = 0.05
+    diversity: int = 1
+    diversity_weight: float = 100.0
+    seed: int = 0
+
+
 CommandOptions = (
-    MapsRequest | CamRequest | CompareRequest | ScoreRequest | SanityRequest | FiltersRequest
+    MapsRequest
+    | CamRequest
+    | CompareRequest
+    | ScoreRequest
+    | SanityRequest
+    | FiltersRequest
+    | DreamRequest
 )
 
 
@@ -148,7 +174,8 @@ class Resolved:
 
 @dataclass(frozen=True)
 class Plan:
-    """One command as asked. ``run`` is None for ``filters``, which reads no image."""
+    """One command as asked. ``run`` is None for ``filters`` and ``dream``, which read no
+    image."""
 
     command: str
     model: ModelRequest

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from featviz.explainer.predictions import Prediction
     from featviz.inputs.discover import ImageSource
 
-Command = Literal["maps", "cam", "filters", "compare", "score", "sanity"]
+Command = Literal["maps", "cam", "filters", "compare", "score", "sanity", "dream"]
 Kind = Literal[
     "grid",  # maps
     "overlay",  # cam
@@ -28,6 +28,8 @@ Kind = Literal[
     "panel",  # compare and sanity: one labelled picture per image
     "table",  # score and sanity: the run's rows as CSV (``text``)
     "curves",  # score and sanity: the run's plot
+    "dream",  # dream: one optimised image
+    "dream-grid",  # dream: all of a run's images, labelled
 ]
 
 

@@ -98,6 +98,7 @@ def build_gallery(layout: OutputLayout) -> Path:
             by_input.setdefault(record.get("path") or str(folder), []).append(record)
     images = [_card(sink, records) for records in by_input.values()]
     images.extend(_filters_cards(sink, root))
+    images.extend(_dream_cards(sink, root))
     models = {name: held.get("description", name) for name, held in claims(root).items()}
     data = json.dumps(
         {"images": images, "models": models}, ensure_ascii=False, separators=(",", ":")
@@ -188,6 +189,38 @@ def _filters_cards(sink: GallerySink, root: Path) -> list[dict[str, Any]]:
         cards.append(
             {
                 "name": f"filters: {model.name}",
+                "thumb": None,
+                "link": None,
+                "predictions": [],
+                "error": None,
+                "outputs": outputs,
+            }
+        )
+    return cards
+
+
+def _dream_cards(sink: GallerySink, root: Path) -> list[dict[str, Any]]:
+    """One card per model folder that `featviz dream` wrote into this folder: every image,
+    by its layer (``classes`` for class objectives) and objective."""
+    cards = []
+    for model in sorted(path for path in (root / "dream").glob("*") if path.is_dir()):
+        pictures = sorted(p for p in model.glob("*/*") if p.suffix in PICTURES)
+        outputs = [
+            [
+                model.name,
+                "dream",
+                "",
+                picture.parent.name,
+                picture.stem,
+                "",
+                _link(picture, root),
+                _link(_ensure_thumb(sink, picture), root),
+            ]
+            for picture in pictures
+        ]
+        cards.append(
+            {
+                "name": f"dream: {model.name}",
                 "thumb": None,
                 "link": None,
                 "predictions": [],

@@ -10,6 +10,8 @@ folder mirroring the inputs, named after its file (featviz.inputs.discover: ``a/
     <model>/<image>/cam/<method>/<layer>/<class>.heatmap.png / .npz
     <model>/<image>/compare.png, sanity.png          featviz compare, featviz sanity
     filters/<model>/<layer>.png                      featviz filters
+    dream/<model>/<layer>/c0037.png, n0037.png       featviz dream: a channel, a neuron
+    dream/<model>/classes/<class>.png                featviz dream: a class (-2, -3…: --diversity)
     records/<model>/<image>/<command>-<fingerprint>.json
                                                      what the image produced with those settings
                                                      (--skip-existing, the gallery)
@@ -17,6 +19,7 @@ folder mirroring the inputs, named after its file (featviz.inputs.discover: ``a/
                                                      which model and settings own each folder
     runs/<run>.json                                  one manifest per run, never overwritten
     runs/<run>/score.csv, score.png, sanity.csv…     what a run made of all its images
+    runs/<run>/dream.png                             featviz dream: the run's images, labelled
     manifest.json                                    the latest run's manifest, listing every run
     index.html, gallery/                             the gallery (sinks/gallery.py)
     .featviz-output                                  marks the folder: never read as input
@@ -63,6 +66,7 @@ RESERVED = frozenset(
         "records",
         "models",
         "filters",
+        "dream",
         OUTPUT_MARKER,
     }
 )
@@ -120,6 +124,11 @@ class OutputLayout:
         if artifact.command == "filters":
             suffix = "-all-inputs" if artifact.kind == "kernels-all-inputs" else ""
             return self.filters_picture(artifact.layer, suffix)
+        if artifact.kind == "dream":
+            stem = f"{artifact.target}.{self.picture}"
+            return self.root / "dream" / self.variant / artifact.layer / stem
+        if artifact.kind == "dream-grid":
+            return self.root / "runs" / self.run / f"dream.{self.picture}"
         if artifact.kind == "panel":  # compare.png, sanity.png beside the image's outputs
             return self.image_dir(relative) / f"{artifact.command}.{self.picture}"
         if artifact.kind in ("table", "curves"):  # score.csv, score.png: the run's own

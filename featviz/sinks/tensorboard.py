@@ -55,6 +55,8 @@ def tag_of(command: str, kind: str, layer: str, method: str, target: str) -> str
         return f"cam/{method}/{layer}/{target}"
     if command == "filters" and kind.startswith("kernels"):
         return f"filters/{layer}" + ("/all-inputs" if kind == "kernels-all-inputs" else "")
+    if command == "dream":  # each optimised image, and the run's grid of them
+        return f"dream/{layer}/{target}" if kind == "dream" else "dream"
     if kind == "panel":  # compare's and sanity's picture of each image
         return command
     if kind == "curves":  # score's and sanity's plot of the whole run
