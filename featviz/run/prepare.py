@@ -96,6 +96,10 @@ def prepare(plan: Plan) -> PreparedRun:
     notes: list[str] = []
     sources = _discover(plan.run, notes)
     loaded = load_model(plan.model)
+    if loaded.clip is not None:  # a video model: each video's clips are its inputs
+        from featviz.inputs.video import clip_sources
+
+        sources = clip_sources(sources, loaded.clip, max_pixels=plan.run.max_pixels)
     if plan.command == "maps":
         resolved, make_job = _maps(plan.options, loaded)
     else:
