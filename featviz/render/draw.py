@@ -111,6 +111,21 @@ def channel_grid(
     return tile(enlarge(cells, enlarge_factor(*maps.shape[-2:], cell_size)), padding=padding)
 
 
+def channel_grid_frames(
+    maps: np.ndarray, *, lut: np.ndarray, cell_size: int, padding: int = 1
+) -> np.ndarray:
+    """A video layer's (C, t, h, w) activations → (t, H, W, 3): the channel grid of each of its
+    t frames, each channel scaled over all its frames (so that it brightens and fades in
+    time as its activation does)."""
+    import numpy as np
+
+    cells = apply_colormap(scale_each(maps, axes=(-3, -2, -1)), lut)
+    factor = enlarge_factor(*maps.shape[-2:], cell_size)
+    return np.stack(
+        [tile(enlarge(cells[:, t], factor), padding=padding) for t in range(maps.shape[1])]
+    )
+
+
 OVERLAY_BAND_ROWS = 256
 
 

@@ -109,18 +109,19 @@ def prepare(plan: Plan) -> PreparedRun:
 
 
 def default_map_layers(model: LoadedModel) -> list[str]:
-    """Every Conv2d that runs in the forward, as in the classic hook tutorial."""
+    """Every Conv2d (a video model's Conv3d) that runs in the forward, as in the classic hook
+    tutorial."""
     from torch import nn
 
     modules = dict(model.module.named_modules())
     convs = [
         layer.name
         for layer in model.trace.cam_candidates()
-        if isinstance(modules.get(layer.name), nn.Conv2d)
+        if isinstance(modules.get(layer.name), (nn.Conv2d, nn.Conv3d))
     ]
     if not convs:
         raise UsageError(
-            "this model has no Conv2d layer to draw",
+            "this model has no Conv2d or Conv3d layer to draw",
             hint="pick layers with --layer; see `featviz layers`",
         )
     return convs

@@ -64,7 +64,8 @@ class GallerySink:
             if artifact.pixels is not None:
                 path = self.layout.path_of(artifact, relative)
                 thumb = self._thumb_of(path, animated=artifact.animated)
-                write_atomic(thumb, thumbnail(artifact.pixels, artifact.frame_ms))
+                frame_ms = artifact.frame_ms if artifact.animated else None
+                write_atomic(thumb, thumbnail(artifact.pixels, frame_ms))
 
     def close(self, end: RunEnd) -> None:
         build_gallery(self.layout)
@@ -84,13 +85,14 @@ class GallerySink:
         return self.originals / f"{key}.jpg"
 
 
-def thumbnail(pixels: np.ndarray, frame_ms: int = 100) -> bytes:
-    """A JPEG whose longer side is at most THUMB_SIDE, from uint8 (H, W) or (H, W, 3); from a
-    clip's (T, H, W, 3) frames, an animated WebP of them at ``frame_ms`` a frame."""
+def thumbnail(pixels: np.ndarray, frame_ms: int | None = None) -> bytes:
+    """A JPEG whose longer side is at most THUMB_SIDE, from uint8 (H, W) or (H, W, 3); with
+    ``frame_ms``, from a clip's (T, H, W) or (T, H, W, 3) frames, an animated WebP of them
+    at ``frame_ms`` a frame."""
     import numpy as np
     from PIL import Image
 
-    if pixels.ndim == 4:
+    if frame_ms is not None:
         from featviz.sinks.encode import encode_animation
 
         small = np.stack([np.asarray(_shrunk(Image.fromarray(frame))) for frame in pixels])
