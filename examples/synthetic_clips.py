@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-FRAMES, SIDE, SQUARE, STEP = 6, 24, 5, 2
+FRAMES, SIDE, SQUARE, STEP = 8, 32, 6, 2
 CLASSES = ["up", "down", "left", "right"]
 _MOVES = [(-1, 0), (1, 0), (0, -1), (0, 1)]  # (dy, dx) per class
 

@@ -27,7 +27,7 @@ from featviz.model.options import ModelRequest
 av = pytest.importorskip("av")
 
 EXAMPLE = ROOT / "examples" / "shapes_video.py"
-TINY_VIDEO_MODEL = '''
+TINY_VIDEO_MODEL = """
 import torch
 from torch import nn
 
@@ -42,7 +42,7 @@ def build():
         nn.Conv3d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv3d(4, 6, 3, padding=1, stride=(2, 2, 2)),
         nn.ReLU(), nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(6, 3),
     )
-'''
+"""
 
 
 def bar_frames(count: int, height: int = 48, width: int = 64) -> np.ndarray:
@@ -216,3 +216,68 @@ def test_the_trained_maps_follow_the_moving_square_in_every_frame(
         with Image.open(raw.with_suffix(".webp")) as overlay:
             assert overlay.is_animated and overlay.size == (SIDE, SIDE)
     assert hits >= 0.9 * 8 * FRAMES, hits
+
+
+@pytest.fixture
+def tiny3d(tmp_path: Path) -> str:
+    (tmp_path / "tiny3d.py").write_text(TINY_VIDEO_MODEL)
+    return f"{tmp_path / 'tiny3d.py'}:build"
+
+
+def test_cam_writes_each_clips_animation_and_per_frame_heatmaps(
+    tiny3d: str, tmp_path: Path
+) -> None:
+    video = write_video(tmp_path / "bar.mp4", bar_frames(6, 24, 32), "libx264")
+    out = tmp_path / "out"
+    done = CliRunner().invoke(
+        app, ["cam", "-m", tiny3d, "--heatmap", "--save-raw", "-q", "-o", str(out), str(video)]
+    )
+    assert done.exit_code == 0, done.stderr
+    for number in (0, 1):  # 6 frames: a clip of 4, then 2 filled up to 4
+        [overlay] = (image_folder(out, f"bar/clip{number:04d}") / "cam" / "gradcam").glob(
+            "*/*[0-9].webp"
+        )
+        with Image.open(overlay) as picture:
+            assert picture.is_animated and picture.size == (32, 24)
+            picture.load()  # the first frame's duration is known once it is read
+            assert picture.info["duration"] == 33  # 30 frames per second, every one taken
+        raw = np.load(overlay.with_suffix(".npz"))
+        assert raw["heatmap"].shape == (4, 24, 32) and raw["layer_cam"].shape == (2, 8, 11)
+        assert raw["heatmap"].min() == 0 and raw["heatmap"].max() == 1  # over the whole clip
+        with Image.open(overlay.with_suffix(".heatmap.webp")) as heatmap:
+            assert heatmap.is_animated
+    thumbs = sorted((out / "gallery" / "thumbs").rglob("*.webp"))
+    assert len(thumbs) == 4 and all(Image.open(thumb).is_animated for thumb in thumbs)
+
+
+def test_maps_draws_a_video_layers_channels_over_its_frames(tiny3d: str, tmp_path: Path) -> None:
+    video = write_video(tmp_path / "bar.mp4", bar_frames(4, 24, 32), "libx264")
+    out = tmp_path / "out"
+    done = CliRunner().invoke(app, ["maps", "-m", tiny3d, "-q", "-o", str(out), str(video)])
+    assert done.exit_code == 0, done.stderr
+    maps = image_folder(out, "bar/clip0000") / "maps"
+    assert sorted(path.name for path in maps.iterdir()) == ["0.webp", "2.webp"]  # the Conv3ds
+    with Image.open(maps / "2.webp") as grid:
+        assert grid.n_frames == 2  # its stride 2 in time: 2 frames of the clip's 4
+
+
+def test_video_models_refuse_the_commands_made_for_images(tiny3d: str, tmp_path: Path) -> None:
+    video = write_video(tmp_path / "bar.mp4", bar_frames(4, 16, 16), "libx264")
+    done = CliRunner().invoke(
+        app, ["compare", "-m", tiny3d, "-o", str(tmp_path / "out"), str(video)]
+    )
+    assert done.exit_code == 2
+    assert "featviz compare does not take video models yet" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_broken_video_fails_alone_with_exit_1(tiny3d: str, tmp_path: Path) -> None:
+    good = write_video(tmp_path / "good.mp4", bar_frames(4, 16, 16), "libx264")
+    (tmp_path / "bad.webm").write_bytes(b"\x1a\x45\xdf\xa3 truncated")
+    done = CliRunner().invoke(
+        app,
+        ["cam", "-m", tiny3d, "-o", str(tmp_path / "out"), str(good), str(tmp_path / "bad.webm")],
+    )
+    assert done.exit_code == 1
+    assert "bad.webm: cannot be read as a video (" in done.stderr
+    assert "1 done, 1 failed" in done.stderr

@@ -30,6 +30,10 @@ if TYPE_CHECKING:
     from featviz.sinks.results import ImageResult
     from featviz.sinks.variants import Variant
 
+# The commands that explain a video model's clips (compare's panels, score's and sanity's
+# metrics are drawn and measured on images).
+VIDEO_COMMANDS = ("cam", "maps")
+
 
 @dataclass(frozen=True)
 class PreparedRun:
@@ -99,6 +103,11 @@ def prepare(plan: Plan) -> PreparedRun:
     if loaded.clip is not None:  # a video model: each video's clips are its inputs
         from featviz.inputs.video import clip_sources
 
+        if plan.command not in VIDEO_COMMANDS:
+            raise UsageError(
+                f"featviz {plan.command} does not take video models yet",
+                hint="featviz cam and featviz maps do",
+            )
         sources = clip_sources(sources, loaded.clip, max_pixels=plan.run.max_pixels)
     if plan.command == "maps":
         resolved, make_job = _maps(plan.options, loaded)
