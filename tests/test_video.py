@@ -10,7 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, example_cache, image_folder
+from conftest import (
+    ROOT,
+    TINY_VIDEO_MODEL,
+    bar_frames,
+    example_cache,
+    image_folder,
+    write_video,
+)
 from PIL import Image
 from synthetic_clips import FRAMES, SIDE, SQUARE, clip, trained_tiny3d
 from typer.testing import CliRunner
@@ -24,48 +31,9 @@ from featviz.layers.layouts import Layout, detect
 from featviz.model.load import load_model
 from featviz.model.options import ModelRequest
 
-av = pytest.importorskip("av")
+pytest.importorskip("av")
 
 EXAMPLE = ROOT / "examples" / "shapes_video.py"
-TINY_VIDEO_MODEL = """
-import torch
-from torch import nn
-
-CLIP_LENGTH = 4
-INPUT_SIZE = 16
-MEAN = STD = (0.5, 0.5, 0.5)
-
-
-def build():
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv3d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv3d(4, 6, 3, padding=1, stride=(2, 2, 2)),
-        nn.ReLU(), nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(6, 3),
-    )
-"""
-
-
-def bar_frames(count: int, height: int = 48, width: int = 64) -> np.ndarray:
-    """(count, H, W, 3): frame i is black with a white bar at columns i … i + 7."""
-    frames = np.zeros((count, height, width, 3), np.uint8)
-    for i in range(count):
-        frames[i, :, i : i + 8] = 255
-    return frames
-
-
-def write_video(path: Path, frames: np.ndarray, codec: str, rate: int = 30, **options) -> Path:
-    """``frames`` (T, H, W, 3) uint8 encoded by PyAV at ``rate`` frames per second."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=rate, options=options)
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv444p" if codec == "libx264" else "yuv420p"
-        for pixels in frames:
-            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
 
 
 def bar_start(frame: np.ndarray) -> int:
