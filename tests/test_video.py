@@ -26,10 +26,13 @@ from featviz.cli.app import app
 from featviz.errors import InputError
 from featviz.explainer.batch import Explainer
 from featviz.inputs.discover import discover
+from featviz.inputs.loaded import LoadedImage
 from featviz.inputs.video import Sampling, clip_sources, clips
 from featviz.layers.layouts import Layout, detect
 from featviz.model.load import load_model
 from featviz.model.options import ModelRequest
+from featviz.run.pipeline import PipelineConfig, PipelineStats, run
+from featviz.sinks.results import ImageResult
 
 pytest.importorskip("av")
 
@@ -249,3 +252,28 @@ def test_a_broken_video_fails_alone_with_exit_1(tiny3d: str, tmp_path: Path) -> 
     assert done.exit_code == 1
     assert "bad.webm: cannot be read as a video (" in done.stderr
     assert "1 done, 1 failed" in done.stderr
+
+
+class _Holding:
+    """A pipeline job that only holds its clips: what a run keeps in memory, without a model."""
+
+    def finished(self, source):
+        return None
+
+    def load(self, source):
+        return LoadedImage(source, source.image.frames, torch.zeros(1))
+
+    def process(self, batch):
+        return [lambda item=item: ImageResult(item.source) for item in batch]
+
+
+def test_the_memory_budget_counts_every_frame_of_a_clip(tmp_path: Path) -> None:
+    """Ten clips of 4 frames of 64 × 64 (16 bytes a pixel in flight: 262 kB each) under a
+    300 kB budget: one clip at a time, however many the batch could take."""
+    video = write_video(tmp_path / "bar.mp4", bar_frames(40, 64, 64), "libx264")
+    sources = clip_sources(discover([str(video)]), Sampling(4))
+    stats = PipelineStats()
+    config = PipelineConfig(batch_size=4, max_memory=300_000)
+    results = list(run(_Holding(), sources, config, stats))
+    assert len(results) == 10 and all(result.error is None for result in results)
+    assert stats.max_in_flight == 1 and stats.max_reserved == 16 * 4 * 64 * 64
