@@ -105,7 +105,8 @@ class Layout:
         if self.kind in ("ncthw", "nthwc"):
             frames = self.frames(shape)
             last = " channels-last" if self.kind == "nthwc" else ""
-            return f"{dims}{last} → {frames} frames of {h // frames}×{w}"
+            plural = "s" if frames != 1 else ""
+            return f"{dims}{last} → {frames} frame{plural} of {h // frames}×{w}"
         prefix = f", {self.prefix} prefix" if self.prefix else ""
         return f"{dims} tokens{prefix} → {h}×{w}"
 

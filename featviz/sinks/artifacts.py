@@ -93,8 +93,9 @@ class Artifact:
 @dataclass
 class ImageOutputs:
     """Everything one input produced. ``source`` is None for outputs of the model itself
-    (filters); ``original`` the decoded photo (H, W, 3) uint8; ``activations`` the tapped
-    layers' (C, h, w) maps, filled only when a sink asks for them (TensorBoard histograms)."""
+    (filters); ``original`` the decoded photo (H, W, 3) uint8 (a clip's (T, H, W, 3) frames);
+    ``activations`` the tapped layers' (C, h, w) maps, filled only when a sink asks for them
+    (TensorBoard histograms)."""
 
     source: ImageSource | None
     model: str

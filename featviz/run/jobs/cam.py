@@ -2,7 +2,8 @@
 
 The maps come from one forward per batch (featviz.explainer.batch); each is upsampled bilinearly
 from the layer's resolution straight onto the ORIGINAL image (preprocessing never crops, so the
-layer's grid covers the whole photo), colour-mapped and blended, and handed to the sinks.
+layer's grid covers the whole photo), colour-mapped and blended, and handed to the sinks. A video
+clip's map is upsampled to every one of its frames, and its pictures are animations.
 """
 
 from __future__ import annotations
@@ -169,7 +170,8 @@ class CamJob(ExplainingJob):
 @dataclass
 class Picture:
     """One map drawn over its photo: the (H, W) heatmap in [0, 1] (None when it stayed on
-    the GPU, unasked for) and the overlay's (H, W, 3) uint8 pixels, marked."""
+    the GPU, unasked for) and the overlay's (H, W, 3) uint8 pixels, marked; a clip's
+    (T, H, W) and (T, H, W, 3)."""
 
     entry: ExplainedMap
     heatmap: torch.Tensor | None
