@@ -4,6 +4,7 @@ on a square that moves among squares that stay must look at the moving one."""
 
 from __future__ import annotations
 
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -277,3 +278,16 @@ def test_the_memory_budget_counts_every_frame_of_a_clip(tmp_path: Path) -> None:
     results = list(run(_Holding(), sources, config, stats))
     assert len(results) == 10 and all(result.error is None for result in results)
     assert stats.max_in_flight == 1 and stats.max_reserved == 16 * 4 * 64 * 64
+
+
+def test_without_pyav_a_video_model_says_what_to_install(
+    tiny3d: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    video = write_video(tmp_path / "bar.mp4", bar_frames(4, 16, 16), "libx264")
+    monkeypatch.setitem(sys.modules, "av", None)  # import av now raises ImportError
+    out = tmp_path / "out"
+    done = CliRunner().invoke(app, ["cam", "-m", tiny3d, "-o", str(out), str(video)])
+    assert done.exit_code == 2
+    assert "Error: reading videos needs PyAV, which is not installed" in done.stderr
+    assert "pip install 'featviz[video]'" in done.stderr
+    assert not out.exists()

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from featviz.errors import InputError, UsageError
+from featviz.errors import InputError, UsageError, first_line
 from featviz.inputs.decode import MAX_PIXELS_HINT
 from featviz.inputs.discover import ImageSource, printable
 
@@ -32,8 +32,6 @@ if TYPE_CHECKING:
     import torch
 
     from featviz.inputs.preprocess import Preprocessing
-
-VIDEO_EXTENSIONS = frozenset({".avi", ".gif", ".m4v", ".mkv", ".mov", ".mp4", ".webm"})
 
 
 @dataclass(frozen=True)
@@ -68,11 +66,6 @@ class Clip:
         return max(1, round(1000 * (self.times[self.used - 1] - self.times[0]) / (self.used - 1)))
 
 
-def is_video(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is named like a video file (any case)."""
-    return os.path.splitext(os.fspath(path))[1].lower() in VIDEO_EXTENSIONS
-
-
 def clips(
     path: str | os.PathLike[str], sampling: Sampling, *, max_pixels: int | None = None
 ) -> Iterator[Clip]:
@@ -99,7 +92,17 @@ def clip_sources(
     A clip's ``relative`` is its video's folder and ``clip0000``, ``clip0001``…; its ``image``
     is the ``Clip``. A video that cannot be read, or fails partway, gives one more source whose
     ``problem`` says why (it fails alone; the clips before it stand).
+
+    Raises:
+        UsageError: PyAV is not installed (now, before any input is read).
     """
+    _pyav()
+    return _clip_sources(sources, sampling, max_pixels)
+
+
+def _clip_sources(
+    sources: Iterable[ImageSource], sampling: Sampling, max_pixels: int | None
+) -> Iterator[ImageSource]:
     number = itertools.count()
     for source in sources:
         if source.problem is not None:
@@ -129,7 +132,7 @@ def _clips(
     try:
         container = av.open(os.fspath(path), mode="r")
     except (av.FFmpegError, OSError, ValueError) as exc:
-        raise InputError(f"cannot be read as a video ({_reason(exc)})") from exc
+        raise InputError(f"cannot be read as a video ({first_line(exc)})") from exc
     with container:
         if not container.streams.video:
             raise InputError("has no video stream")
@@ -155,10 +158,6 @@ def _pyav() -> Any:
     return av
 
 
-def _reason(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-
-
 def _decoded(av: Any, container: Any, stream: Any) -> Iterator[tuple[float, np.ndarray]]:
     """(time in seconds, (H, W, 3) uint8) of every frame, in order; frames without a
     timestamp (some GIFs) are placed at the stream's average rate."""
@@ -168,7 +167,7 @@ def _decoded(av: Any, container: Any, stream: Any) -> Iterator[tuple[float, np.n
             time = frame.time if frame.time is not None else number / rate
             yield float(time), frame.to_ndarray(format="rgb24")
     except (av.FFmpegError, OSError, ValueError) as exc:
-        raise InputError(f"the video cannot be decoded ({_reason(exc)})") from exc
+        raise InputError(f"the video cannot be decoded ({first_line(exc)})") from exc
 
 
 def _sampled(
