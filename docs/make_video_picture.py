@@ -10,7 +10,7 @@ shows
 
 into a temporary folder, and draws a strip of the clip of a square moving right: its eight
 frames (top) above the eight frames of the animated overlay featviz wrote (bottom), enlarged 4×
-nearest-neighbour. Needs PyAV; the example trains itself once (about 35 s of CPU time).
+nearest-neighbour. Needs PyAV; the example trains itself once (about a minute of CPU time).
 
 Usage: python docs/make_video_picture.py
 """
