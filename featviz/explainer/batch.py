@@ -255,8 +255,8 @@ class Explainer:
 
     def _frames(self, layer: str, maps: torch.Tensor) -> torch.Tensor:
         """A video layer's (N, t·h, w) maps, its frames stacked (layers/layouts.py), cut into
-        (N, t, h, w); other maps as they are."""
-        if layer == ATTENTION:
+        (N, t, h, w); other maps (of no traced layer: attention, the input) as they are."""
+        if layer not in self.model.trace.names:
             return maps
         info = self.model.trace.get(layer)
         frames = info.layout.frames(info.shape) if info.layout is not None else 1
