@@ -23,8 +23,9 @@ from PIL import Image
 from synthetic_clips import FRAMES, SIDE, SQUARE, clip, trained_tiny3d
 from typer.testing import CliRunner
 
+import featviz
 from featviz.cli.app import app
-from featviz.errors import InputError
+from featviz.errors import InputError, UsageError
 from featviz.explainer.batch import Explainer
 from featviz.inputs.discover import discover
 from featviz.inputs.loaded import LoadedImage
@@ -291,3 +292,8 @@ def test_without_pyav_a_video_model_says_what_to_install(
     assert "Error: reading videos needs PyAV, which is not installed" in done.stderr
     assert "pip install 'featviz[video]'" in done.stderr
     assert not out.exists()
+
+
+def test_the_library_says_a_video_model_is_the_command_lines_for_now(tiny3d: str) -> None:
+    with pytest.raises(UsageError, match="is a video model: featviz's library functions take"):
+        featviz.explain(tiny3d, np.zeros((16, 16, 3), np.uint8))
