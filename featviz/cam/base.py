@@ -13,7 +13,7 @@ from featviz.errors import UsageError
 
 if TYPE_CHECKING:
     from featviz.cam.context import CamContext
-from featviz.layers.grids import upsample
+from featviz.layers.grids import upsample, upsample_clip
 
 
 def logits_match(predicted: torch.Tensor, reference: torch.Tensor) -> bool:
@@ -93,12 +93,15 @@ def normalise(maps: torch.Tensor) -> torch.Tensor:
     return safe_divide(maps - low, span)
 
 
-def heatmap(layer_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def heatmap(layer_map: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     """One (h, w) map at layer resolution → the (H, W) heatmap in [0, 1] over an image of
     ``size`` = (H, W): upsampled bilinearly first, then normalised, so the colours use the
-    whole range at the image's own resolution."""
+    whole range at the image's own resolution. A video layer's (t, h, w) map → the (T, H, W)
+    heatmaps of its clip's frames, ``size`` = (T, H, W), upsampled in time too and
+    normalised over the whole clip (a frame where nothing happens stays dark)."""
+    resize = upsample_clip if len(size) == 3 else upsample
     # In place: at a photo's full resolution each temporary would cost 4 bytes a pixel.
-    values = upsample(layer_map[None], size)[0].clamp_(min=0)
+    values = resize(layer_map[None], size)[0].clamp_(min=0)
     low, high = values.min(), values.max()
     span = high - low
     if span == 0:

@@ -47,7 +47,8 @@ SHOWN_PREDICTIONS = 5
 
 @dataclass
 class ExplainedMap:
-    """One map of one image, at layer resolution (h, w), float32 on the CPU.
+    """One map of one image, at layer resolution (h, w), float32 on the CPU; of a video
+    layer, (t, h, w): its frames.
 
     ``target``: the class slug (``281_tabby``; a detector's ``box1_18_dog``, its best box) or
     ``all``; ``index`` the class (None for a class-agnostic map); ``caption`` how a person
@@ -231,7 +232,7 @@ class Explainer:
                 if wanted is not None and not wanted.any():
                     continue
                 for layer in self.layers_of(method):
-                    maps = _compute(method, context, layer, targets[:, column])
+                    maps = self._frames(layer, _compute(method, context, layer, targets[:, column]))
                     if task is not None:
                         maps = task.align(maps)
                     for i in not_finite(maps).nonzero().flatten().tolist():
@@ -251,6 +252,15 @@ class Explainer:
                             entry = replace(entry, region=(regions[i] == entry.index).cpu())
                         per_image[i].append(entry)
         return Explained(context, targets, per_image, shown, broken, notes)
+
+    def _frames(self, layer: str, maps: torch.Tensor) -> torch.Tensor:
+        """A video layer's (N, t·h, w) maps, its frames stacked (layers/layouts.py), cut into
+        (N, t, h, w); other maps (of no traced layer: attention, the input) as they are."""
+        if layer not in self.model.trace.names:
+            return maps
+        info = self.model.trace.get(layer)
+        frames = info.layout.frames(info.shape) if info.layout is not None else 1
+        return maps if frames == 1 else maps.unflatten(1, (frames, -1))
 
     def _classes(
         self, probabilities: torch.Tensor, targets: torch.Tensor | None

@@ -31,6 +31,10 @@ if TYPE_CHECKING:
     from featviz.sinks.results import ImageResult
     from featviz.sinks.variants import Variant
 
+# The commands that explain a video model's clips (compare's panels, score's and sanity's
+# metrics are drawn and measured on images).
+VIDEO_COMMANDS = ("cam", "maps")
+
 
 @dataclass(frozen=True)
 class PreparedRun:
@@ -107,6 +111,15 @@ def prepare_sources(plan: Plan, sources: Iterable[ImageSource], notes: list[str]
     from featviz.model.load import load_model
 
     loaded = load_model(plan.model)
+    if loaded.clip is not None:  # a video model: each video's clips are its inputs
+        from featviz.inputs.video import clip_sources
+
+        if plan.command not in VIDEO_COMMANDS:
+            raise UsageError(
+                f"featviz {plan.command} does not take video models yet",
+                hint="featviz cam and featviz maps do",
+            )
+        sources = clip_sources(sources, loaded.clip, max_pixels=plan.run.max_pixels)
     if plan.command == "maps":
         resolved, make_job = _maps(plan.options, loaded)
     else:
@@ -116,18 +129,19 @@ def prepare_sources(plan: Plan, sources: Iterable[ImageSource], notes: list[str]
 
 
 def default_map_layers(model: LoadedModel) -> list[str]:
-    """Every Conv2d that runs in the forward, as in the classic hook tutorial."""
+    """Every Conv2d (a video model's Conv3d) that runs in the forward, as in the classic hook
+    tutorial."""
     from torch import nn
 
     modules = dict(model.module.named_modules())
     convs = [
         layer.name
         for layer in model.trace.cam_candidates()
-        if isinstance(modules.get(layer.name), nn.Conv2d)
+        if isinstance(modules.get(layer.name), (nn.Conv2d, nn.Conv3d))
     ]
     if not convs:
         raise UsageError(
-            "this model has no Conv2d layer to draw",
+            "this model has no Conv2d or Conv3d layer to draw",
             hint="pick layers with --layer; see `featviz layers`",
         )
     return convs

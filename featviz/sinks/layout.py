@@ -137,9 +137,13 @@ class OutputLayout:
         if artifact.command == "maps":
             if artifact.kind == "raw":
                 return self.maps_raw(relative, artifact.layer)
-            return self.maps_grid(relative, artifact.layer)
-        files = self.cam_files(relative, artifact.method, artifact.layer, artifact.target)
-        return {"overlay": files.overlay, "heatmap": files.heatmap, "raw": files.raw}[artifact.kind]
+            path = self.maps_grid(relative, artifact.layer)
+        else:
+            files = self.cam_files(relative, artifact.method, artifact.layer, artifact.target)
+            path = {"overlay": files.overlay, "heatmap": files.heatmap, "raw": files.raw}[
+                artifact.kind
+            ]
+        return path.with_suffix(".webp") if artifact.animated else path
 
     def cam_files(self, relative: PurePath, method: str, layer: str, target: str) -> CamFiles:
         """The overlay, bare heatmap and raw arrays of one map (``target``: a class slug)."""

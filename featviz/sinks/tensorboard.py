@@ -98,7 +98,8 @@ class TensorBoardSink:
         values = []
         for a in outputs.artifacts:
             tag = tag_of(a.command, a.kind, a.layer, a.method, a.target)
-            if tag is not None and a.pixels is not None:
+            # A clip's animation has no TensorBoard image: its frames go to the files only.
+            if tag is not None and a.pixels is not None and not a.animated:
                 values.append(Summary.Value(tag=tag, image=_image(a)))
         for layer, activations in outputs.activations.items():
             values.append(Summary.Value(tag=f"activations/{layer}", histo=_histogram(activations)))
