@@ -188,7 +188,9 @@ def test_the_judging_commands_take_prompts(
         assert square["gradcam"]["deletion_auc"] < square["random"]["deletion_auc"]
     elif command == "sanity":  # the text tower, which the forward never runs, stays out
         steps = [
-            r["randomized"] for r in lines if (r["method"], r["label"]) == ("gradcam", PROMPTS[0])
+            r["randomized"]
+            for r in lines
+            if (r["method"], r["target"]) == ("gradcam", "0_a_red_square")
         ]
         assert steps == ["none", "project", "visual.4", "visual.2", "visual.0"]
     else:
@@ -200,14 +202,14 @@ def test_the_judging_commands_take_prompts(
     ("arguments", "error"),
     [
         (["-m", "TINY", "-t", "text:a cat"],
-         "error: -t text:…: TINY has no text tower to read prompts with"),
-        (["-m", "CLIP"], "error: CLIP compares images with text: say what to look for"),
+         "Error: -t text:…: TINY has no text tower to read prompts with"),
+        (["-m", "CLIP"], "Error: CLIP compares images with text: say what to look for"),
         (["-m", "CLIP", "-t", "text:a cat", "--prompts", "prompts.txt"],
-         "error: -t text:… and --prompts exclude each other"),
+         "Error: -t text:… and --prompts exclude each other"),
         (["-m", "CLIP", "-t", "text:a cat", "-t", "0"],
-         "error: -t text:…: every target of a text prompt is a prompt, and none is empty"),
+         "Error: -t text:…: every target of a text prompt is a prompt, and none is empty"),
         (["-m", "CLIP", "--prompts", "one.txt"],
-         "error: --prompts one.txt: 1 prompt(s); a zero-shot classifier needs two or more"),
+         "Error: --prompts one.txt: 1 prompt(s); a zero-shot classifier needs two or more"),
     ],
 )  # fmt: skip
 def test_prompt_mistakes_are_usage_errors(
@@ -234,5 +236,46 @@ def test_score_needs_two_prompts(cache: Path, tmp_path: Path, monkeypatch) -> No
     )
     assert done.exit_code == 2
     assert done.stderr.splitlines()[0] == (
-        "error: score measures how the prompts' probabilities move, and one prompt has none"
+        "Error: score measures how the prompts' probabilities move, and one prompt has none"
     )
+
+
+@pytest.fixture(scope="module")
+def vit_b32_like():
+    """OpenCLIP's smallest ViT with 32-pixel patches, random weights: nothing downloaded, its
+    tokenizer the one the package ships."""
+    return load_model(ModelRequest("open_clip/ViT-S-32", weights="none", device="cpu"))
+
+
+def test_open_clip_vit_tower_maps_match_a_recomputation(vit_b32_like, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a tokenizer that needed the hub would fail
+    prompts = ["a photo of a cat", "a cup of coffee"]
+    prompted, resolved = _prompted(vit_b32_like, prompts)
+    layer = "visual.transformer.resblocks.11.ln_1"  # where the class token reads the patches
+    assert resolved.layers == [layer] and vit_b32_like.trace.size_step is None  # 224 only
+    inputs = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    explainer = Explainer(prompted, ("gradcam", "gradrollout"), [layer], [0, 1], top_k=None,
+                          cam_batch_size=8)  # fmt: skip
+    explained = explainer.explain(inputs)
+    module = vit_b32_like.module
+    taken = {}
+    tapped = module.get_submodule(layer)
+    handle = tapped.register_forward_hook(lambda m, args, output: taken.update(a=output))
+    try:
+        images = torch.nn.functional.normalize(module(inputs.requires_grad_(True)), dim=1)
+    finally:
+        handle.remove()
+    with torch.no_grad():
+        texts = torch.nn.functional.normalize(module.encode_text(prompts), dim=1)
+    logits = images @ texts.T * module.logit_scale + module.logit_bias
+    for column in range(2):
+        (grads,) = torch.autograd.grad(logits[:, column].sum(), taken["a"], retain_graph=True)
+        grads, acts = grads[:, 1:], taken["a"].detach()[:, 1:]  # the class token dropped
+        expected = (grads.mean(1, keepdim=True) * acts).sum(2).clamp(min=0).reshape(2, 7, 7)
+        for i in range(2):
+            gradcam, rollout = explained.maps[i][column], explained.maps[i][2 + column]
+            assert (gradcam.method, rollout.method) == ("gradcam", "gradrollout")
+            got = gradcam.layer_cam
+            assert torch.allclose(got, expected[i], atol=1e-4 * float(expected[i].abs().max()))
+            assert rollout.layer_cam.shape == (7, 7) and rollout.layer_cam.isfinite().all()
+    assert not torch.allclose(explained.maps[0][2].layer_cam, explained.maps[0][3].layer_cam)
