@@ -2,7 +2,8 @@
 a text tower over a toy vocabulary, trained on the scenes of ``synthetic_shapes.py`` and their
 captions ("a red square", "green disc", "a photo of a blue cross"…).
 
-    featviz cam -m examples/shapes_clip.py:build -t "text:a red square" -t "text:a blue cross" sample_images/shapes.png
+    featviz cam -m examples/shapes_clip.py:build -t "text:a red square" \
+        -t "text:a blue cross" sample_images/shapes.png
 
 What makes featviz read prompts is ``encode_text`` (a list of prompts → (P, D) embeddings)
 beside the forward (images → (N, D) embeddings), and the two numbers of the similarity,

@@ -96,7 +96,7 @@ def test_scorecam_matches_pytorch_grad_cam_on_the_prompts_logits(clip) -> None:
 
     from featviz.cam import normalise
 
-    prompted, resolved = _prompted(clip, PROMPTS)
+    prompted, _ = _prompted(clip, PROMPTS)
     inputs = torch.cat([image for image, _, _ in two_object_scenes(2, seed=8)])
     explainer = Explainer(prompted, ("scorecam",), ["visual.1"], [1], top_k=None,
                           cam_batch_size=16)  # fmt: skip
@@ -124,7 +124,7 @@ def test_each_prompt_lights_up_its_own_shape(clip) -> None:
     Grad-CAM mass on its own half, over 40 held-out composites."""
     from featviz.cam import heatmap
 
-    prompted, resolved = _prompted(clip, PROMPTS)
+    prompted, _ = _prompted(clip, PROMPTS)
     explainer = Explainer(prompted, ("gradcam",), ["visual"], [], top_k=1, cam_batch_size=8)
     shares = []
     for image, left, right in two_object_scenes(40, seed=11):
