@@ -279,3 +279,66 @@ def test_open_clip_vit_tower_maps_match_a_recomputation(vit_b32_like, monkeypatc
             assert torch.allclose(got, expected[i], atol=1e-4 * float(expected[i].abs().max()))
             assert rollout.layer_cam.shape == (7, 7) and rollout.layer_cam.isfinite().all()
     assert not torch.allclose(explained.maps[0][2].layer_cam, explained.maps[0][3].layer_cam)
+
+
+@pytest.fixture(scope="module")
+def tiny_hf_clip(tmp_path_factory) -> Path:
+    """A local hf:DIR of a tiny CLIP: its config and a tokenizer of single letters (no merges:
+    every word is spelt out), nothing downloaded."""
+    from transformers import CLIPConfig, CLIPTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny_clip")
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    words = ["<|startoftext|>", "<|endoftext|>", *letters, *(f"{c}</w>" for c in letters)]
+    (folder / "vocab.json").write_text(json.dumps({word: i for i, word in enumerate(words)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt")).save_pretrained(folder)
+    text = {"vocab_size": len(words), "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1,
+            "max_position_embeddings": 24}  # fmt: skip
+    layers = {"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
+              "num_attention_heads": 4}  # fmt: skip
+    vision = {**layers, "image_size": 32, "patch_size": 8}
+    CLIPConfig(
+        text_config={**text, **layers}, vision_config=vision, projection_dim=16
+    ).save_pretrained(folder)
+    return folder
+
+
+def test_hf_clip_maps_match_a_recomputation(tiny_hf_clip: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    loaded = load_model(ModelRequest(f"hf:{tiny_hf_clip}", weights="none", device="cpu"))
+    prompts = ["a cat", "a cup of coffee"]
+    prompted, resolved = _prompted(loaded, prompts)
+    [layer] = resolved.layers
+    assert layer == "model.vision_model.encoder.layers.1.layer_norm1"
+    inputs = torch.randn(2, 3, 32, 48, generator=torch.Generator().manual_seed(0))  # 4 × 6
+    explainer = Explainer(prompted, ("gradcam",), [layer], [0, 1], top_k=None, cam_batch_size=8)
+    explained = explainer.explain(inputs)
+    clip = loaded.module.model
+    taken = {}
+    handle = clip.get_submodule(layer.removeprefix("model.")).register_forward_hook(
+        lambda m, args, output: taken.update(a=output)
+    )
+    try:
+        images = clip.get_image_features(
+            pixel_values=inputs.requires_grad_(True), interpolate_pos_encoding=True
+        ).pooler_output
+    finally:
+        handle.remove()
+    from transformers import AutoTokenizer
+
+    tokens = AutoTokenizer.from_pretrained(tiny_hf_clip)(prompts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        texts = clip.get_text_features(**tokens).pooler_output
+    cosine = torch.nn.functional.cosine_similarity(images[:, None], texts[None], dim=2)
+    logits = cosine * clip.logit_scale.exp()
+    for column in range(2):
+        (grads,) = torch.autograd.grad(logits[:, column].sum(), taken["a"], retain_graph=True)
+        grads, acts = grads[:, 1:], taken["a"].detach()[:, 1:]  # the class token dropped
+        expected = (grads.mean(1, keepdim=True) * acts).sum(2).clamp(min=0).reshape(2, 4, 6)
+        for i in range(2):
+            got = explained.maps[i][column].layer_cam
+            assert torch.allclose(got, expected[i], atol=1e-4 * float(expected[i].abs().max()))
+            assert explained.maps[i][column].probability == pytest.approx(
+                float(cosine[i, column].detach()), abs=1e-5
+            )
