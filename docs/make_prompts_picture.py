@@ -39,8 +39,9 @@ def overlays(folder: Path) -> list[dict]:
     done = subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True, text=True)
     [line] = [json.loads(text) for text in done.stdout.splitlines()]
     shown = {prediction["label"]: prediction["probability"] for prediction in line["predictions"]}
+    named = {Path(path).name: path for path in line["outputs"]}
     return [
-        {"path": next(p for p in line["outputs"] if p.endswith(f"{i}_{'_'.join(prompt.split())}.png")),
+        {"path": named[f"{i}_{'_'.join(prompt.split())}.png"],
          "caption": f'"{prompt}"  cos {shown[prompt]:.2f}'}
         for i, prompt in enumerate(PROMPTS)
     ]  # fmt: skip
