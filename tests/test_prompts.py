@@ -342,3 +342,17 @@ def test_hf_clip_maps_match_a_recomputation(tiny_hf_clip: Path, monkeypatch) -> 
             assert explained.maps[i][column].probability == pytest.approx(
                 float(cosine[i, column].detach()), abs=1e-5
             )
+
+
+def test_the_library_takes_prompts(cache: Path, tmp_path: Path, monkeypatch) -> None:
+    import featviz
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    image = _scene_file(tmp_path, scale=1)
+    one = featviz.explain(f"{EXAMPLE}:build", image, target=f"text:{PROMPTS[2]}")
+    assert (one.index, one.label, one.heatmap.shape) == (0, PROMPTS[2], (HEIGHT, WIDTH))
+    (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS))
+    top = featviz.explain(f"{EXAMPLE}:build", image, prompts=tmp_path / "prompts.txt", top_k=2)
+    assert [entry.label for entry in top] == [PROMPTS[0], PROMPTS[2]]
+    # The cross's map sits on the right half, where the cross is.
+    assert one.heatmap[:, WIDTH // 2 :].sum() > one.heatmap[:, : WIDTH // 2].sum()
