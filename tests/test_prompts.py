@@ -207,7 +207,7 @@ def test_the_judging_commands_take_prompts(
         (["-m", "CLIP", "-t", "text:a cat", "--prompts", "prompts.txt"],
          "Error: -t text:… and --prompts exclude each other"),
         (["-m", "CLIP", "-t", "text:a cat", "-t", "0"],
-         "Error: -t text:…: every target of a text prompt is a prompt, and none is empty"),
+         "Error: -t text:…: once one target is a text prompt, all must be, none empty"),
         (["-m", "CLIP", "--prompts", "one.txt"],
          "Error: --prompts one.txt: 1 prompt(s); a zero-shot classifier needs two or more"),
     ],

@@ -259,7 +259,7 @@ def _with_prompts(
         )
     if texts and (len(texts) != len(request.targets) or not all(texts)):
         raise UsageError(
-            "-t text:…: every target of a text prompt is a prompt, and none is empty",
+            "-t text:…: once one target is a text prompt, all must be, none empty",
             hint='give each as -t "text:a photo of a cat"',
         )
     prompts = read_prompts(request.prompts) if request.prompts else list(dict.fromkeys(texts))
