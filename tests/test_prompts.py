@@ -356,3 +356,11 @@ def test_the_library_takes_prompts(cache: Path, tmp_path: Path, monkeypatch) -> 
     assert [entry.label for entry in top] == [PROMPTS[0], PROMPTS[2]]
     # The cross's map sits on the right half, where the cross is.
     assert one.heatmap[:, WIDTH // 2 :].sum() > one.heatmap[:, : WIDTH // 2].sum()
+
+
+def test_open_clip_layers_need_no_weights_and_show_the_text_tower_idle() -> None:
+    done = CliRunner().invoke(app, ["layers", "-m", "open_clip/ViT-S-32", "--weights", "none"])
+    assert done.exit_code == 0, done.output
+    rows = {line.split()[0]: line for line in done.stdout.splitlines() if line.strip()}
+    assert "visual.transformer.resblocks.11.ln_1" in rows
+    assert rows["text.token_embedding"].endswith("not run in forward")

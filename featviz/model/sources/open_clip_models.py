@@ -56,8 +56,8 @@ class OpenClipSource:
             )
         tag = _tag(open_clip, name, request, structure_only)
         if structure_only or request.checkpoint is not None:
-            with parameters_on_meta(), _quiet():
-                model = open_clip.create_model(name, pretrained=None)
+            with parameters_on_meta(), _quiet():  # open_clip moves it to its device: meta
+                model = open_clip.create_model(name, pretrained=None, device="meta")
             if request.checkpoint is not None and not structure_only:
                 load_into(
                     model, read_state_dict(request.checkpoint), f"checkpoint '{request.checkpoint}'"
