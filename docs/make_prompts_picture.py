@@ -7,7 +7,7 @@ caption shows, into a temporary output folder:
         -t "text:a green disc" -t "text:a blue cross" sample_images/shapes.png
 
 then lays the three overlays side by side, each under its prompt and the cosine similarity
-featviz printed beside it. The example trains itself the first time (a few seconds);
+featviz printed beside it. The example trains itself the first time (about 10 s);
 nothing is fetched from the network.
 
 Usage: python docs/make_prompts_picture.py [--out docs/prompts_shapes.png]

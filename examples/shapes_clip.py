@@ -8,7 +8,7 @@ captions ("a red square", "green disc", "a photo of a blue cross"…).
 What makes featviz read prompts is ``encode_text`` (a list of prompts → (P, D) embeddings)
 beside the forward (images → (N, D) embeddings), and the two numbers of the similarity,
 ``logit_scale`` and ``logit_bias``: any model of yours with them takes ``-t "text:…"`` and
-``--prompts FILE``. It trains itself the first time (a few seconds on 2 CPU cores), with
+``--prompts FILE``. It trains itself the first time (about 10 s on 2 CPU cores), with
 SigLIP's sigmoid loss (a scene with two objects matches two captions), and keeps its weights
 in ``$XDG_CACHE_HOME/featviz/`` (``~/.cache/featviz/``).
 """
@@ -107,4 +107,4 @@ def trained_clip() -> nn.Module:
 
 
 def build() -> nn.Module:
-    return cached("shapes_clip", ShapesClip, trained_clip, "a few seconds")
+    return cached("shapes_clip", ShapesClip, trained_clip, "about 10 s")
