@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from featviz.api.model import loaded_model
@@ -115,6 +116,7 @@ def explain(
     top_k: int | None = None,
     target_fn: str | None = None,
     min_score: float | None = None,
+    prompts: str | Path | None = None,
     seed: int = 0,
     batch_size: int | None = None,
     cam_batch_size: int = 32,
@@ -126,9 +128,11 @@ def explain(
     PIL image, a uint8 (H, W, 3) array, or a list of them (or a (N, H, W, 3) array).
     ``method``, ``layer``, ``target``: one or several (registry names; layer names or globs,
     default the model's default CAM layer; class indices or names, default the ``top_k`` most
-    likely, 1). One image with one method, layer and target gives one ``Explanation``;
-    anything else an ``Explanations`` list (images × methods × layers × targets). An image that
-    cannot be used raises ``featviz.errors.InputError``.
+    likely, 1); for a CLIP-style model, ``"text:a photo of a cat"`` is a prompt's target, and
+    ``prompts`` a file of prompts, one a line, for its zero-shot classifier). One image with
+    one method, layer and target gives one ``Explanation``; anything else an ``Explanations``
+    list (images × methods × layers × targets). An image that cannot be used raises
+    ``featviz.errors.InputError``.
     """
     loaded = loaded_model(model)
     request = ExplainRequest(
@@ -139,6 +143,7 @@ def explain(
         cam_batch_size=cam_batch_size,
         target_fn=target_fn,
         min_score=min_score,
+        prompts=None if prompts is None else Path(prompts),
     )
     loaded, resolved = resolved_request("cam", request, loaded)
     found, single = in_memory(images)

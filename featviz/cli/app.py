@@ -326,6 +326,7 @@ def layers(model: ModelRequest = None) -> None:
 class Source(str, Enum):
     torchvision = "torchvision"
     timm = "timm"
+    open_clip = "open_clip"
 
 
 @app.command(cls=HelpCommand)
@@ -336,7 +337,9 @@ def models(
     source: Annotated[
         Source,
         typer.Option(
-            metavar=choices(Source), help="Whose models: torchvision's, or timm's (as timm/NAME)."
+            metavar=choices(Source),
+            help="Whose models: torchvision's, timm's (as timm/NAME) or OpenCLIP's (as "
+            "open_clip/NAME).",
         ),
     ] = Source.torchvision,
 ) -> None:

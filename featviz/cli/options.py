@@ -71,6 +71,7 @@ class Explaining:
     cam_batch_size: int
     target_fn: str | None
     min_score: float | None
+    prompts: Path | None = None
 
     def fields(self, default_methods: tuple[str, ...]) -> dict[str, Any]:
         """The keyword arguments of an ExplainRequest subclass."""
@@ -82,6 +83,7 @@ class Explaining:
             "cam_batch_size": self.cam_batch_size,
             "target_fn": self.target_fn,
             "min_score": self.min_score,
+            "prompts": self.prompts,
         }
 
 
@@ -488,7 +490,7 @@ _EXPLAIN_OPTIONS: dict[str, tuple[Any, Any]] = {
                 metavar="CLASS",
                 show_default="the top-1 class",
                 help="Class index or name (any case): exact, or whole words of just one name; "
-                "repeatable.",
+                "text:PROMPT for a CLIP-style model; repeatable.",
             ),
         ],
         None,
@@ -535,6 +537,18 @@ _EXPLAIN_OPTIONS: dict[str, tuple[Any, Any]] = {
                 help="Your own score to explain: FN(output) → one value per image, from the "
                 "model's raw output (a tensor, tuple, dict or object); FILE.py:FN or "
                 "package.module:FN. Replaces --target and --top-k.",
+            ),
+        ],
+        None,
+    ),
+    "prompts": (
+        Annotated[
+            Path | None,
+            typer.Option(
+                metavar="FILE",
+                show_default="the classes",
+                help="A CLIP-style model as a zero-shot classifier over FILE's prompts, one a "
+                "line: --top-k and --target pick among them.",
             ),
         ],
         None,
@@ -632,6 +646,7 @@ def _explaining(values: dict[str, Any]) -> Explaining:
         cam_batch_size=values["cam_batch_size"],
         target_fn=values["target_fn"],
         min_score=values["min_score"],
+        prompts=values["prompts"],
     )
 
 

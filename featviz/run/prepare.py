@@ -168,6 +168,7 @@ def resolve_explaining(
     from featviz.layers.catalog import resolve_layers
     from featviz.tasks.detection import check_detection_request
 
+    loaded, prompted = _with_prompts(command, loaded, request)
     if request.target_fn is not None:
         loaded = _with_target_fn(command, loaded, request)
     layers = (
@@ -176,7 +177,9 @@ def resolve_explaining(
         else [loaded.default_cam_layer()]
     )
     classes = loaded.num_classes
-    targets = [resolve_target(text, loaded.categories, classes) for text in request.targets]
+    targets = prompted or [
+        resolve_target(text, loaded.categories, classes) for text in request.targets
+    ]
     detector = loaded.trace.task == "detection" and request.target_fn is None
     if detector:
         check_detection_request(command, request)
@@ -245,6 +248,53 @@ def _with_target_fn(command: str, loaded: LoadedModel, request: ExplainRequest) 
             hint="leave them out",
         )
     return with_target_fn(loaded, request.target_fn)
+
+
+def _with_prompts(
+    command: str, loaded: LoadedModel, request: ExplainRequest
+) -> tuple[LoadedModel, list[int]]:
+    """A two-tower model scoring its images against ``-t text:…`` or ``--prompts``' prompts
+    (featviz.tasks.prompts), and the indices of the ``-t text:…`` prompts; ``loaded`` as it
+    is, and no indices, when there are no prompts."""
+    from featviz.tasks.prompts import TEXT_PREFIX, read_prompts, takes_prompts, with_prompts
+
+    texts = [
+        t.removeprefix(TEXT_PREFIX).strip() for t in request.targets if t.startswith(TEXT_PREFIX)
+    ]
+    if not texts and request.prompts is None:
+        if takes_prompts(loaded.module) and request.target_fn is None:
+            raise UsageError(
+                f"{loaded.name} compares images with text: say what to look for",
+                hint='-t "text:a photo of a cat" (repeatable), or --prompts FILE, one a line',
+            )
+        return loaded, []
+    asked = "--prompts" if request.prompts is not None else "-t text:…"
+    if not takes_prompts(loaded.module):
+        raise UsageError(
+            f"{asked}: {loaded.name} has no text tower to read prompts with",
+            hint="text prompts need a CLIP-style model: open_clip/NAME, an hf: CLIP or "
+            "SigLIP, or a module with encode_text (see the text prompts guide)",
+        )
+    if request.target_fn is not None:
+        raise UsageError(f"{asked} and --target-fn exclude each other", hint="pick one")
+    if texts and request.prompts is not None:
+        raise UsageError(
+            "-t text:… and --prompts exclude each other",
+            hint="pick the file's prompts with -t PROMPT, or give every prompt as -t text:…",
+        )
+    if texts and (len(texts) != len(request.targets) or not all(texts)):
+        raise UsageError(
+            "-t text:…: once one target is a text prompt, all must be, none empty",
+            hint='give each as -t "text:a photo of a cat"',
+        )
+    prompts = read_prompts(request.prompts) if request.prompts else list(dict.fromkeys(texts))
+    if command == "score" and len(prompts) < 2:
+        raise UsageError(
+            "score measures how the prompts' probabilities move, and one prompt has none",
+            hint='give two prompts or more (-t "text:…" repeated, or --prompts FILE)',
+        )
+    loaded = with_prompts(loaded, prompts, classify=request.prompts is not None)
+    return loaded, [prompts.index(text) for text in texts]
 
 
 def _discover(run: RunRequest, notes: list[str]) -> Iterable[ImageSource]:

@@ -22,6 +22,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TIMM_PREFIX = "timm/"
 HF_PREFIX = "hf:"
+OPEN_CLIP_PREFIX = "open_clip/"
 DEFAULT_CLIP_LENGTH = 16  # frames per clip of a video model that does not say
 
 
@@ -82,6 +83,7 @@ class ModelSource(Protocol):
 
 def source_for(spec: str) -> ModelSource:
     """The source that understands ``spec``: ``timm/NAME``, ``hf:REPO_ID`` or ``hf:DIR``,
+    ``open_clip/NAME``,
     ``file.py:callable`` / ``pkg.mod:callable`` for a user's factory, anything else a
     torchvision model name."""
     if spec.startswith(TIMM_PREFIX):
@@ -92,6 +94,10 @@ def source_for(spec: str) -> ModelSource:
         from featviz.model.sources.hf_models import HuggingFaceSource
 
         return HuggingFaceSource()
+    if spec.startswith(OPEN_CLIP_PREFIX):
+        from featviz.model.sources.open_clip_models import OpenClipSource
+
+        return OpenClipSource()
     if ":" in spec:
         from featviz.model.sources.factory import FactorySource
 
