@@ -31,7 +31,8 @@ class MethodInfo:
     ``summary`` says what the method needs and what it costs, for help text;
     ``needs_attention``: it reads every self-attention matrix instead of a tapped layer;
     ``pixel_level``: its map is at the input's resolution (layer ``INPUT``), not a layer's;
-    ``signed``: the sign of its map means something (drawn on a diverging colour map);
+    ``signed``: the sign of its map means something: ``--save-raw`` keeps it, while pictures,
+    scores and the sanity check use the absolute value (``ExplainedMap.shown``);
     ``random``: it draws noise, seeded by ``--seed`` and each image's position in the run
     (``CamContext.generator``), never by its place in a batch.
     """
@@ -203,4 +204,24 @@ register(
     needs_gradients=False,
     class_specific=False,
     needs_attention=True,
+)
+
+_PIXEL = "featviz.cam.methods.pixel"
+
+register(
+    "saliency",
+    module=_PIXEL,
+    class_name="Saliency",
+    summary="pixel-level: |gradient| at the input, channels summed; 1 forward + full backward",
+    needs_gradients=True,
+    pixel_level=True,
+)
+register(
+    "inputxgradient",
+    module=_PIXEL,
+    class_name="InputXGradient",
+    summary="pixel-level, signed: input × its gradient; 1 forward + full backward",
+    needs_gradients=True,
+    pixel_level=True,
+    signed=True,
 )
