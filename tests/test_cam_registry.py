@@ -25,6 +25,12 @@ EXPECTED_ORDER = [
     "rollout",
     "saliency",
     "inputxgradient",
+    "integratedgradients",
+    "smoothgrad",
+    "occlusion",
+    "guidedbackprop",
+    "deconvolution",
+    "guidedgradcam",
 ]
 
 

@@ -225,3 +225,63 @@ register(
     pixel_level=True,
     signed=True,
 )
+register(
+    "integratedgradients",
+    module=_PIXEL,
+    class_name="IntegratedGradients",
+    summary="pixel-level, signed: gradients along 50 steps from a 0 baseline; 50 forward+backward",
+    needs_gradients=True,
+    pixel_level=True,
+    signed=True,
+)
+register(
+    "smoothgrad",
+    module=_PIXEL,
+    class_name="SmoothGrad",
+    summary="pixel-level, signed: gradients of 25 noisy copies, seeded; 25 forward+backward",
+    needs_gradients=True,
+    pixel_level=True,
+    signed=True,
+    random=True,
+)
+register(
+    "occlusion",
+    module=_PIXEL,
+    class_name="Occlusion",
+    summary="pixel-level, signed: score drop under 32-pixel windows; "
+    "1 forward per window (batched)",
+    needs_gradients=False,
+    pixel_level=True,
+    signed=True,
+)
+
+_GUIDED = "featviz.cam.methods.guided"
+
+register(
+    "guidedbackprop",
+    module=_GUIDED,
+    class_name="GuidedBackprop",
+    summary="pixel-level, signed: ReLUs pass back positive gradients where input > 0; "
+    "2 forwards + backward",
+    needs_gradients=True,
+    pixel_level=True,
+    signed=True,
+)
+register(
+    "deconvolution",
+    module=_GUIDED,
+    class_name="Deconvolution",
+    summary="pixel-level, signed: ReLUs pass back positive gradients; 2 forwards + backward",
+    needs_gradients=True,
+    pixel_level=True,
+    signed=True,
+)
+register(
+    "guidedgradcam",
+    module=_GUIDED,
+    class_name="GuidedGradCam",
+    summary="pixel-level, signed: guided backprop × Grad-CAM, per layer; 2 forwards + 2 backwards",
+    needs_gradients=True,
+    pixel_level=True,
+    signed=True,
+)
