@@ -285,3 +285,12 @@ register(
     pixel_level=True,
     signed=True,
 )
+register(
+    "fullgrad",
+    module="featviz.cam.methods.fullgrad",
+    class_name="FullGrad",
+    summary="pixel-level: |input × gradient| + |bias × gradient| of every conv and batch norm; "
+    "2 forwards + backward",
+    needs_gradients=True,
+    pixel_level=True,
+)
