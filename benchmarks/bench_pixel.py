@@ -70,7 +70,12 @@ def featviz_call(model, layer, x, targets, name, cam_batch_size) -> Callable[[],
     def run() -> torch.Tensor:
         with folding.applied():
             ctx = forward_for_cam(
-                model, x, tapped, trace.calls(), input_gradients=method.info.needs_gradients
+                model,
+                x,
+                tapped,
+                trace.calls(),
+                input_gradients=method.info.needs_gradients,
+                relu_rules=method.relu_rules,
             )
             ctx.seeds = tuple(range(len(x)))
             return method.compute(ctx, where, targets)

@@ -51,7 +51,14 @@ def one_image(model, layer, calls, x, method) -> Callable[[], object]:
     where = method.layers_for([layer])[0] if pixel_level else layer
 
     def run() -> object:
-        ctx = forward_for_cam(model, x, [layer], calls, input_gradients=pixel_level)
+        ctx = forward_for_cam(
+            model,
+            x,
+            [layer],
+            calls,
+            input_gradients=pixel_level,
+            relu_rules=method.relu_rules,
+        )
         return method.compute(ctx, where, target)
 
     return run

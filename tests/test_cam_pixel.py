@@ -40,7 +40,12 @@ def _featviz(model, name, x, targets, layers=(), seeds=()):
     [layer] = method.layers_for(list(layers) or ["unused"])
     tapped = [layer] if layer in layers else []
     ctx = forward_for_cam(
-        model, x, tapped, gradients=method.info.needs_gradients, input_gradients=True
+        model,
+        x,
+        tapped,
+        gradients=method.info.needs_gradients,
+        input_gradients=True,
+        relu_rules=method.relu_rules,
     )
     ctx.seeds = seeds
     return method.compute(ctx, layer, targets)
@@ -265,16 +270,38 @@ def test_smoothgrad_equals_captums_noise_tunnel_with_the_same_noise(resnet, monk
     _close(ours, theirs)
 
 
-def test_relu_rule_always_puts_the_modules_back(resnet):
-    from featviz.cam.methods.guided import GUIDED, relu_rule
+def test_switchable_relus_always_put_the_modules_back(resnet):
+    from featviz.layers.relus import switchable_relus
 
     x = torch.randn(1, 3, 32, 32)
     before = resnet(x)
-    with pytest.raises(RuntimeError, match="boom"), relu_rule(resnet, GUIDED):
+    with pytest.raises(RuntimeError, match="boom"), switchable_relus(resnet):
         assert "forward" in vars(resnet.relu)
+        torch.testing.assert_close(resnet(x), before, rtol=0, atol=0)  # the same forward
         raise RuntimeError("boom")
     assert all("forward" not in vars(m) for m in resnet.modules())
     torch.testing.assert_close(resnet(x), before, rtol=0, atol=0)
+
+
+def test_the_batchs_forward_serves_the_guided_rules_without_another(resnet, batch):
+    x, targets = batch
+    ctx = forward_for_cam(resnet, x, ["layer4"], input_gradients=True, relu_rules=True)
+    forwards = []
+    handle = resnet.register_forward_pre_hook(lambda *args: forwards.append(1))
+    try:
+        guided = load_method("guidedbackprop").compute(ctx, INPUT, targets)
+        deconvolution = load_method("deconvolution").compute(ctx, INPUT, targets)
+        saliency = load_method("saliency").compute(ctx, INPUT, targets)  # ordinary again
+        gradcam = load_method("gradcam").compute(ctx, "layer4", targets)
+    finally:
+        handle.remove()
+    assert forwards == []
+    plain = forward_for_cam(resnet, x, ["layer4"], input_gradients=True)  # one more forward
+    _close(guided, load_method("guidedbackprop").compute(plain, INPUT, targets))
+    _close(deconvolution, load_method("deconvolution").compute(plain, INPUT, targets))
+    _close(saliency, load_method("saliency").compute(plain, INPUT, targets))
+    _close(gradcam, load_method("gradcam").compute(plain, "layer4", targets))
+    assert not torch.allclose(guided, saliency)
 
 
 def test_guided_gradcam_is_guided_backprop_times_the_scaled_gradcam(resnet, batch):
