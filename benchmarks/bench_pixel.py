@@ -125,12 +125,14 @@ def _captum_smoothgrad(model, x, targets) -> Callable[[], torch.Tensor]:
 
     ctx = forward_for_cam(model, x, [], gradients=False)
     ctx.seeds = tuple(range(len(x)))
-    noise = torch.cat([pixel.smoothgrad_noise(ctx, i) for i in range(len(x))])
     tunnel = ca.NoiseTunnel(ca.Saliency(model))
+
+    def noise(*args, **kwargs) -> torch.Tensor:  # drawn on each call, as captum's own is
+        return torch.cat([pixel.smoothgrad_noise(ctx, i) for i in range(len(x))])
 
     def run() -> torch.Tensor:
         normal = torch.normal
-        torch.normal = lambda *args, **kwargs: noise  # captum's noise is featviz's
+        torch.normal = noise  # captum's noise is featviz's
         try:
             return (
                 tunnel.attribute(
@@ -214,7 +216,7 @@ def speed(args) -> None:
     x = torch.stack([to_tensor(image, size) for image in images])
     targets = torch.tensor([281, 504, 967, 652, 812][: args.images])
     rows = []
-    for name in METHODS:
+    for name in args.methods.split(","):
         ours = featviz_call(model, layer, x, targets, name, args.cam_batch_size)
         theirs = peer_call(model, layer, x, targets, name, args.cam_batch_size)
         gap = difference(name, ours(), theirs())  # also the warm-up
@@ -286,6 +288,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cam-batch-size", type=int, default=32)
+    parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--no-localisation", action="store_true")
     args = parser.parse_args()
     speed(args)
