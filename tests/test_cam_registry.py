@@ -31,6 +31,7 @@ EXPECTED_ORDER = [
     "guidedbackprop",
     "deconvolution",
     "guidedgradcam",
+    "fullgrad",
 ]
 
 

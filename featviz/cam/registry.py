@@ -291,7 +291,7 @@ register(
     "fullgrad",
     module="featviz.cam.methods.fullgrad",
     class_name="FullGrad",
-    summary="pixel-level: |input × gradient| + |bias × gradient| of every conv and batch norm; "
+    summary="pixel-level: |x × grad| + |bias × grad| of every conv and batch norm; "
     "2 forwards + backward",
     needs_gradients=False,
     pixel_level=True,
