@@ -1,0 +1,185 @@
+"""Layer-wise relevance propagation for convolutional networks (``lrp``).
+
+The relevance of the explained class starts as its score S^c (every other output 0) and flows
+back layer by layer, each layer passing on what it received by its own rule
+(featviz.cam.methods.lrp_rules), so that the input's relevance sums to S^c up to what biases
+and stabilisers keep. The composite, the usual one for image classifiers:
+
+- the layers that read the pixels (the first convolution): z^B, with the input's bounds (the
+  normalised values of pixel 0 and pixel 255, channel by channel);
+- every other convolution: γ = 0.25, which favours positive evidence and keeps the lower
+  layers' maps from turning to noise;
+- every Linear (the dense head): ε = 1e-6;
+- average pooling: proportional to each input's contribution; activations and batch norms:
+  relevance passed unchanged; max pooling: all of a window's relevance to its maximum.
+
+The rules run as modified backward passes (``RelevanceRules``): a forward hook on every layer
+that has a rule swaps the layer's backward for its rule, inside a context manager that always
+removes the hooks. Relevance then travels where gradients would, so ``torch.autograd.grad`` of
+the scores with respect to the input returns the input's relevance.
+
+Skip connections (``out += identity`` in a ResNet) are additions inside a block's forward, not
+layers: they get no rule and both branches receive the whole relevance, so relevance is not
+conserved there (see the docs' LRP section for how far off it ends).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from featviz.cam.base import CamMethod
+from featviz.cam.context import CamContext
+from featviz.cam.methods.lrp_rules import Epsilon, Gamma, Passed, Proportional, Rule, ZBox
+from featviz.layers.outputs import logits_of
+
+_ACTIVATIONS = (
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.ReLU6,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Hardswish,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Softplus,
+)
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
+_CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def composite_rule(module: nn.Module, *, gamma: float = 0.25, epsilon: float = 1e-6) -> Rule | None:
+    """The rule of ``module`` in the composite above (None: plain gradient, e.g. max pooling)."""
+    if isinstance(module, _CONVOLUTIONS):
+        return Gamma(gamma)
+    if isinstance(module, nn.Linear):
+        return Epsilon(epsilon)
+    if isinstance(module, _POOLS):
+        return Proportional()
+    if isinstance(module, _ACTIVATIONS + _NORMS):
+        return Passed()
+    return None
+
+
+class _RuleBackward(torch.autograd.Function):
+    """Identity on the layer's output; its backward is the layer's rule applied to the layer's
+    input (the layer's own graph is dropped, so its ordinary backward never runs)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, output: torch.Tensor, rule: Callable) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.rule = rule
+        return output.clone()
+
+    @staticmethod
+    def backward(ctx, relevance: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        return ctx.rule(x, relevance), None, None
+
+
+class RelevanceRules:
+    """Within the ``with`` block, every layer of ``model`` that has a rule propagates relevance.
+
+    ``rule_for(module)``: its rule, or None for the ordinary backward; ``first``: the rule of
+    any layer whose input is ``inputs`` itself (the pixels), whatever ``rule_for`` says. The
+    hooks are removed on leaving the block, also when the forward or backward raised.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        rule_for: Callable[[nn.Module], Rule | None],
+        first: Rule | None,
+    ) -> None:
+        self.model = model
+        self.inputs = inputs
+        self.rules = {module: rule_for(module) for module in model.modules()}
+        self.first = first
+        self._handles: list = []
+        # A rule runs its layer's forward again (modified): its hook must not fire there.
+        self._in_rule = False
+
+    def __enter__(self) -> RelevanceRules:
+        try:
+            for module, rule in self.rules.items():
+                if rule is not None:
+                    self._handles.append(module.register_forward_hook(self._hook))
+        except BaseException:
+            self._remove()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._remove()
+
+    def _remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        if self._in_rule or not isinstance(args[0], torch.Tensor) or not args[0].requires_grad:
+            return None
+        x = args[0]
+        rule = self.first if x is self.inputs and self.first is not None else self.rules[module]
+        if rule is None:
+            return None
+
+        def backward(x: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
+            self._in_rule = True
+            try:
+                return rule.relevance(module, x, relevance)
+            finally:
+                self._in_rule = False
+
+        return _RuleBackward.apply(x, output.detach(), backward)
+
+
+def lrp_relevance(
+    model: nn.Module,
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    low: torch.Tensor,
+    high: torch.Tensor,
+    *,
+    gamma: float = 0.25,
+    epsilon: float = 1e-6,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The relevance of every input value for each image's target class, and those scores.
+
+    ``x`` (N, C, H, W) normalised inputs; ``targets`` (N,) class indices; ``low``/``high`` (C,)
+    the lowest and highest value each input channel can take (z^B's box). Returns the
+    relevance (N, C, H, W) float32, which sums per image to about its score, and the scores
+    S^c (N,). ``model`` is left as it was.
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        x = x.detach().clone().requires_grad_()
+        first = ZBox(torch.as_tensor(low), torch.as_tensor(high))
+        rules = RelevanceRules(
+            model, x, lambda m: composite_rule(m, gamma=gamma, epsilon=epsilon), first
+        )
+        with rules:
+            logits, _ = logits_of(model(x))
+            rows = torch.arange(len(x), device=logits.device)
+            scores = logits[rows, targets]
+            start = torch.zeros_like(logits)
+            start[rows, targets] = scores.detach()
+            (relevance,) = torch.autograd.grad(logits, x, grad_outputs=start)
+    return relevance.detach().float(), scores.detach().float()
+
+
+class Lrp(CamMethod):
+    """The input's relevance summed over colour channels: (N, H, W), signed."""
+
+    name = "lrp"
+    relu = False
+
+    def _map(self, ctx: CamContext, layer: str, targets: torch.Tensor) -> torch.Tensor:
+        low, high = ctx.pixel_range()
+        relevance, _ = lrp_relevance(ctx.model, ctx.inputs, targets, low, high)
+        return relevance.sum(dim=1)
