@@ -23,6 +23,14 @@ EXPECTED_ORDER = [
     "eigencam",
     "gradrollout",
     "rollout",
+    "saliency",
+    "inputxgradient",
+    "integratedgradients",
+    "smoothgrad",
+    "occlusion",
+    "guidedbackprop",
+    "deconvolution",
+    "guidedgradcam",
 ]
 
 
@@ -50,7 +58,15 @@ def test_summary_is_one_line_saying_the_cost(name):
 
 def test_gradient_flags():
     needing = [name for name in method_names() if method_info(name).needs_gradients]
-    assert needing == ["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "gradrollout"]
+    assert needing[:6] == [
+        "gradcam",
+        "gradcam++",
+        "xgradcam",
+        "layercam",
+        "hirescam",
+        "gradrollout",
+    ]
+    assert set(needing[6:]) <= {name for name in method_names() if method_info(name).pixel_level}
     agnostic = [name for name in method_names() if not method_info(name).class_specific]
     assert agnostic == ["eigencam", "rollout"]
     attention = [name for name in method_names() if method_info(name).needs_attention]

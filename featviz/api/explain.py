@@ -197,7 +197,7 @@ class _MapsInMemory(ExplainingJob):
     def _explanation(self, item: LoadedImage, entry: ExplainedMap) -> Explanation:
         from featviz.cam import heatmap
 
-        values = heatmap(entry.layer_cam, item.original.shape[:2]).numpy()
+        values = heatmap(entry.shown, item.original.shape[:2]).numpy()
         label = "all classes" if entry.index is None else self.model.label(entry.index)
         raw = None if entry.layer_cam is None else entry.layer_cam.numpy().astype("float32")
         return Explanation(

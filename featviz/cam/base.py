@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from featviz.cam.registry import MethodInfo, method_info
+from featviz.cam.registry import ATTENTION, INPUT, MethodInfo, method_info
 from featviz.errors import UsageError
 
 if TYPE_CHECKING:
@@ -58,14 +58,22 @@ class CamMethod:
             raise UsageError(f"the CAM batch size must be at least 1, got {batch_size}")
         self.batch_size = batch_size
 
+    def layers_for(self, layers: list[str]) -> list[str]:
+        """The layers this method makes maps of when ``layers`` were asked for: those, or the
+        pseudo-layer ``ATTENTION`` (``info.needs_attention``) or ``INPUT`` (``info.pixel_level``:
+        one map at the input's resolution, whatever the layers)."""
+        if self.info.needs_attention:
+            return [ATTENTION]
+        return [INPUT] if self.info.pixel_level else list(layers)
+
     def compute(self, ctx: CamContext, layer: str, targets: torch.Tensor) -> torch.Tensor:
         """The (N, h, w) float32 map of ``layer`` for ``targets`` (N,), one class per image.
 
-        At layer resolution, after the method's own ReLU and before any normalisation; a map of
-        zeros (nothing found) is a valid answer. Methods that read attention rather than a layer
-        (``info.needs_attention``) get the pseudo-layer ``ATTENTION``.
+        At layer resolution (the input's for the pseudo-layer ``INPUT``), after the method's own
+        ReLU and before any normalisation; a map of zeros (nothing found) is a valid answer.
+        ``layer`` is one that ``layers_for`` returned.
         """
-        if not self.info.needs_attention:
+        if layer not in (ATTENTION, INPUT):
             ctx.check_layer(layer)
         targets = ctx.check_targets(targets)
         maps = self._map(ctx, layer, targets)

@@ -31,7 +31,8 @@ class MethodInfo:
     ``summary`` says what the method needs and what it costs, for help text;
     ``needs_attention``: it reads every self-attention matrix instead of a tapped layer;
     ``pixel_level``: its map is at the input's resolution (layer ``INPUT``), not a layer's;
-    ``signed``: the sign of its map means something (drawn on a diverging colour map);
+    ``signed``: the sign of its map means something: ``--save-raw`` keeps it, while pictures,
+    scores and the sanity check use the absolute value (``ExplainedMap.shown``);
     ``random``: it draws noise, seeded by ``--seed`` and each image's position in the run
     (``CamContext.generator``), never by its place in a batch.
     """
@@ -203,4 +204,93 @@ register(
     needs_gradients=False,
     class_specific=False,
     needs_attention=True,
+)
+
+_PIXEL = "featviz.cam.methods.pixel"
+
+register(
+    "saliency",
+    module=_PIXEL,
+    class_name="Saliency",
+    summary="pixel-level: |gradient| at the input, channels summed; 1 forward + full backward",
+    needs_gradients=True,
+    pixel_level=True,
+)
+register(
+    "inputxgradient",
+    module=_PIXEL,
+    class_name="InputXGradient",
+    summary="pixel-level, signed: input × its gradient; 1 forward + full backward",
+    needs_gradients=True,
+    pixel_level=True,
+    signed=True,
+)
+register(
+    "integratedgradients",
+    module=_PIXEL,
+    class_name="IntegratedGradients",
+    summary="pixel-level, signed: gradients along 50 steps from a 0 baseline; 50 forward+backward",
+    needs_gradients=True,
+    pixel_level=True,
+    signed=True,
+)
+register(
+    "smoothgrad",
+    module=_PIXEL,
+    class_name="SmoothGrad",
+    summary="pixel-level, signed: gradients of 25 noisy copies, seeded; 25 forward+backward",
+    needs_gradients=True,
+    pixel_level=True,
+    signed=True,
+    random=True,
+)
+register(
+    "occlusion",
+    module=_PIXEL,
+    class_name="Occlusion",
+    summary="pixel-level, signed: score drop under 32-pixel windows; "
+    "1 forward per window (batched)",
+    needs_gradients=False,
+    pixel_level=True,
+    signed=True,
+)
+
+_GUIDED = "featviz.cam.methods.guided"
+
+register(
+    "guidedbackprop",
+    module=_GUIDED,
+    class_name="GuidedBackprop",
+    summary="pixel-level, signed: ReLUs pass back positive gradients where input > 0; "
+    "2 forwards + backward",
+    needs_gradients=True,
+    pixel_level=True,
+    signed=True,
+)
+register(
+    "deconvolution",
+    module=_GUIDED,
+    class_name="Deconvolution",
+    summary="pixel-level, signed: ReLUs pass back positive gradients; 2 forwards + backward",
+    needs_gradients=True,
+    pixel_level=True,
+    signed=True,
+)
+register(
+    "guidedgradcam",
+    module=_GUIDED,
+    class_name="GuidedGradCam",
+    summary="pixel-level, signed: guided backprop × Grad-CAM, per layer; 2 forwards + 2 backwards",
+    needs_gradients=True,
+    pixel_level=True,
+    signed=True,
+)
+register(
+    "fullgrad",
+    module="featviz.cam.methods.fullgrad",
+    class_name="FullGrad",
+    summary="pixel-level: |input × gradient| + |bias × gradient| of every conv and batch norm; "
+    "2 forwards + backward",
+    needs_gradients=True,
+    pixel_level=True,
 )

@@ -15,7 +15,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from featviz.cam.registry import ATTENTION
+from featviz.cam.registry import method_info
 from featviz.errors import InputError, first_line
 from featviz.explainer.checks import model_failure, nan_or_infinite, not_finite
 from featviz.explainer.names import class_slug
@@ -66,6 +66,15 @@ class ExplainedMap:
     # A detector's box(es) this map is of, x0 y0 x1 y1 in the original photo's pixels.
     boxes: tuple[tuple[float, float, float, float], ...] = ()
     probability: float | None = None
+
+    @property
+    def shown(self) -> torch.Tensor | None:
+        """The map that pictures and scores are made of: ``layer_cam``, or its absolute value
+        for a signed method (integrated gradients…), whose raw signed values ``layer_cam``
+        keeps (``--save-raw``)."""
+        if self.layer_cam is not None and method_info(self.method).signed:
+            return self.layer_cam.abs()
+        return self.layer_cam
 
 
 @dataclass
@@ -126,8 +135,14 @@ class Explainer:
         self.min_score = min_score
         self.seed = seed
         self.attention = any(method.info.needs_attention for method in self.methods)
-        # The layers are tapped only for methods that read them (not for rollouts alone).
-        self.tapped = [] if all(m.info.needs_attention for m in self.methods) else layers
+        # The layers are tapped only for methods that read them (not for rollouts or
+        # pixel-level methods alone).
+        read = {layer for method in self.methods for layer in method.layers_for(layers)}
+        self.tapped = [layer for layer in layers if layer in read]
+        # Gradients with respect to the input, from the same one backward (saliency…).
+        self.input_gradients = any(
+            m.info.pixel_level and m.info.needs_gradients for m in self.methods
+        )
         # Attention methods on a model without readable global attention: refused now.
         self.token_prefix = model.trace.attention_prefix() if self.attention else 0
         self.class_token = (
@@ -135,7 +150,8 @@ class Explainer:
         )
 
     def layers_of(self, method: Any) -> list[str]:
-        return [ATTENTION] if method.info.needs_attention else self.layers
+        """The layers ``method`` makes maps of: the resolved ones, ``ATTENTION`` or ``INPUT``."""
+        return method.layers_for(self.layers)
 
     def forward(self, inputs: torch.Tensor, module: nn.Module | None = None) -> CamContext:
         """One forward of ``inputs`` through ``module`` (default: the model) for every method."""
@@ -151,6 +167,7 @@ class Explainer:
                 layouts=trace.layouts(),
                 gradients=any(method.info.needs_gradients for method in self.methods),
                 attention=self.attention,
+                input_gradients=self.input_gradients,
                 token_prefix=self.token_prefix,
                 class_token=self.class_token,
             )
@@ -233,7 +250,8 @@ class Explainer:
                     continue
                 for layer in self.layers_of(method):
                     maps = _compute(method, context, layer, targets[:, column])
-                    if task is not None:
+                    if task is not None and not method.info.pixel_level:
+                        # A pixel-level map already covers exactly the model's input.
                         maps = task.align(maps)
                     for i in not_finite(maps).nonzero().flatten().tolist():
                         broken.setdefault(

@@ -126,7 +126,7 @@ class CamJob(ExplainingJob):
         made: list[Picture] = []
         by_target: dict[tuple[str, str], list[Picture]] = {}
         for entry in maps:
-            layer_cam = entry.layer_cam if device is None else entry.layer_cam.to(device)
+            layer_cam = entry.shown if device is None else entry.shown.to(device)
             values = heatmap(layer_cam, size)
             made.append(Picture(entry, values, blend(values)))
             if self.request.fuse:
