@@ -294,3 +294,24 @@ register(
     needs_gradients=True,
     pixel_level=True,
 )
+
+register(
+    "lrp",
+    module="featviz.cam.methods.lrp",
+    class_name="Lrp",
+    summary="pixel-level, signed: relevance by layer (z-box first conv, γ convs, ε dense); "
+    "CNNs; 2 forwards + backward",
+    needs_gradients=True,
+    pixel_level=True,
+    signed=True,
+)
+register(
+    "attnlrp",
+    module="featviz.cam.methods.attnlrp",
+    class_name="AttnLrp",
+    summary="pixel-level, signed: transformers: LRP with rules for attention, softmax, "
+    "LayerNorm; 2 forwards + backward",
+    needs_gradients=True,
+    pixel_level=True,
+    signed=True,
+)

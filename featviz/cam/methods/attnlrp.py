@@ -33,10 +33,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from featviz.cam.base import CamMethod
 from featviz.cam.context import CamContext
 from featviz.cam.methods.lrp_rules import stabilise
+from featviz.cam.methods.pixel import PixelMethod
 from featviz.layers.outputs import logits_of
+from featviz.tasks.base import replaying
 
 _STABILISER = 1e-6
 _ELEMENTWISE = {F.gelu, F.silu, F.mish, F.softplus, F.elu, F.hardswish, torch.tanh, torch.sigmoid}
@@ -141,22 +142,42 @@ def attnlrp_relevance(
     ``x`` (N, C, H, W) normalised inputs, ``targets`` (N,) class indices. Returns the
     relevance (N, C, H, W) float32 and the scores S^c (N,); ``model`` is left as it was.
     """
+    leaf, logits = forward_under_rules(model, x)
+    return relevance_of(leaf, logits, targets)
+
+
+def forward_under_rules(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward of ``x`` under the rules: (the input leaf, the logits (N, classes))."""
     with torch.inference_mode(False), torch.enable_grad():
-        x = x.detach().clone().requires_grad_()
+        leaf = x.detach().clone().requires_grad_()
         with AttnLrpRules():
-            logits, _ = logits_of(model(x))
-        rows = torch.arange(len(x), device=logits.device)
-        scores = logits[rows, targets]
-        (gradient,) = torch.autograd.grad(scores.sum(), x)
-    return (x.detach() * gradient).float(), scores.detach().float()
+            logits, _ = logits_of(model(leaf))
+    return leaf, logits
 
 
-class AttnLrp(CamMethod):
-    """The input's relevance summed over colour channels: (N, H, W), signed."""
+def relevance_of(
+    leaf: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x ⊙ g at the input (N, C, H, W) for ``targets`` (N,), g the modified gradient of the
+    scores S^c (N,) (also returned); the forward's graph is kept for the next targets."""
+    rows = torch.arange(len(targets), device=logits.device)
+    scores = logits[rows, targets]
+    with torch.inference_mode(False), torch.enable_grad():
+        (gradient,) = torch.autograd.grad(scores.sum(), leaf, retain_graph=True)
+    return (leaf.detach() * gradient).float(), scores.detach().float()
+
+
+class AttnLrp(PixelMethod):
+    """The input's AttnLRP relevance, per colour channel (signed)."""
 
     name = "attnlrp"
-    relu = False
 
-    def _map(self, ctx: CamContext, layer: str, targets: torch.Tensor) -> torch.Tensor:
-        relevance, _ = attnlrp_relevance(ctx.model, ctx.inputs, targets)
-        return relevance.sum(dim=1)
+    def _attribution(self, ctx: CamContext, targets: torch.Tensor) -> torch.Tensor:
+        leaf, logits = ctx.cached("attnlrp", lambda: self._forward(ctx))
+        relevance, _ = relevance_of(leaf, logits, targets)
+        return relevance
+
+    @staticmethod
+    def _forward(ctx: CamContext) -> tuple[torch.Tensor, torch.Tensor]:
+        with replaying(torch.arange(len(ctx.inputs), device=ctx.inputs.device)):
+            return forward_under_rules(ctx.model, ctx.inputs)

@@ -30,10 +30,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from featviz.cam.base import CamMethod
 from featviz.cam.context import CamContext
 from featviz.cam.methods.lrp_rules import Epsilon, Gamma, Passed, Proportional, Rule, ZBox
+from featviz.cam.methods.pixel import PixelMethod
 from featviz.layers.outputs import logits_of
+from featviz.tasks.base import replaying
 
 _ACTIVATIONS = (
     nn.ReLU,
@@ -153,33 +154,63 @@ def lrp_relevance(
     """The relevance of every input value for each image's target class, and those scores.
 
     ``x`` (N, C, H, W) normalised inputs; ``targets`` (N,) class indices; ``low``/``high`` (C,)
-    the lowest and highest value each input channel can take (z^B's box). Returns the
-    relevance (N, C, H, W) float32, which sums per image to about its score, and the scores
-    S^c (N,). ``model`` is left as it was.
+    or (N, C), the lowest and highest value each input channel can take (z^B's box). Returns
+    the relevance (N, C, H, W) float32, which sums per image to its score S^c up to what the
+    biases keep, and the scores (N,). ``model`` is left as it was.
     """
+    leaf, logits = forward_under_rules(model, x, low, high, gamma=gamma, epsilon=epsilon)
+    return relevance_of(leaf, logits, targets)
+
+
+def forward_under_rules(
+    model: nn.Module,
+    x: torch.Tensor,
+    low: torch.Tensor,
+    high: torch.Tensor,
+    *,
+    gamma: float = 0.25,
+    epsilon: float = 1e-6,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward of ``x`` whose backward propagates relevance: (the input leaf, the logits
+    (N, classes)). Several targets can then be explained from it (``relevance_of``)."""
     with torch.inference_mode(False), torch.enable_grad():
-        x = x.detach().clone().requires_grad_()
-        first = ZBox(torch.as_tensor(low), torch.as_tensor(high))
+        leaf = x.detach().clone().requires_grad_()
+        box = ZBox(torch.as_tensor(low), torch.as_tensor(high))
         rules = RelevanceRules(
-            model, x, lambda m: composite_rule(m, gamma=gamma, epsilon=epsilon), first
+            model, leaf, lambda m: composite_rule(m, gamma=gamma, epsilon=epsilon), box
         )
         with rules:
-            logits, _ = logits_of(model(x))
-            rows = torch.arange(len(x), device=logits.device)
-            scores = logits[rows, targets]
-            start = torch.zeros_like(logits)
-            start[rows, targets] = scores.detach()
-            (relevance,) = torch.autograd.grad(logits, x, grad_outputs=start)
-    return relevance.detach().float(), scores.detach().float()
+            logits, _ = logits_of(model(leaf))
+    return leaf, logits
 
 
-class Lrp(CamMethod):
-    """The input's relevance summed over colour channels: (N, H, W), signed."""
+def relevance_of(
+    leaf: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The input's relevance (N, C, H, W) for ``targets`` (N,) from ``forward_under_rules``'s
+    forward (kept for the next targets), and the scores S^c (N,)."""
+    rows = torch.arange(len(targets), device=logits.device)
+    scores = logits[rows, targets].detach()
+    # The relevance starts as the explained score itself, every other output 0.
+    start = torch.zeros_like(logits)
+    start[rows, targets] = scores
+    with torch.inference_mode(False), torch.enable_grad():
+        (relevance,) = torch.autograd.grad(logits, leaf, grad_outputs=start, retain_graph=True)
+    return relevance.detach().float(), scores.float()
+
+
+class Lrp(PixelMethod):
+    """The input's relevance under the composite, per colour channel (signed)."""
 
     name = "lrp"
-    relu = False
 
-    def _map(self, ctx: CamContext, layer: str, targets: torch.Tensor) -> torch.Tensor:
+    def _attribution(self, ctx: CamContext, targets: torch.Tensor) -> torch.Tensor:
+        leaf, logits = ctx.cached("lrp", lambda: self._forward(ctx))
+        relevance, _ = relevance_of(leaf, logits, targets)
+        return relevance
+
+    @staticmethod
+    def _forward(ctx: CamContext) -> tuple[torch.Tensor, torch.Tensor]:
         low, high = ctx.pixel_range()
-        relevance, _ = lrp_relevance(ctx.model, ctx.inputs, targets, low, high)
-        return relevance.sum(dim=1)
+        with replaying(torch.arange(len(ctx.inputs), device=ctx.inputs.device)):
+            return forward_under_rules(ctx.model, ctx.inputs, low, high)
