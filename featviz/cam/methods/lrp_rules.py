@@ -76,23 +76,20 @@ class Gamma:
         with torch.enable_grad():
             x = x.detach()
             sign = module(x)
-            positive = x.clamp(min=0).requires_grad_()
-            negative = x.clamp(max=0).requires_grad_()
             # Where z > 0 (z < 0): the contributions of the same sign, boosted by γ.
-            up = [
-                _run(module, positive, favour_positive, bias_up),
-                _run(module, negative, favour_negative, None),
-            ]
-            down = [
-                _run(module, positive, favour_negative, bias_down),
-                _run(module, negative, favour_positive, None),
-            ]
+            # (input, up's weight and bias, down's weight and bias) for x⁺ and, if any, x⁻.
+            parts = [(x.clamp(min=0), favour_positive, bias_up, favour_negative, bias_down)]
+            if (x < 0).any():  # after a ReLU there is none: two convolutions fewer
+                parts.append((x.clamp(max=0), favour_negative, None, favour_positive, None))
+            inputs = [part[0].requires_grad_() for part in parts]
+            up = [_run(module, x_, w_up, b_up) for x_, w_up, b_up, _, _ in parts]
+            down = [_run(module, x_, w_down, b_down) for x_, _, _, w_down, b_down in parts]
             share_up = (sign > 0) * r_out / stabilise(sum(z.detach() for z in up), self.stabiliser)
             share_down = (
                 (sign < 0) * r_out / stabilise(sum(z.detach() for z in down), self.stabiliser)
             )
-            c_pos, c_neg = _back(up + down, [positive, negative], [share_up] * 2 + [share_down] * 2)
-        return positive.detach() * c_pos + negative.detach() * c_neg
+            back = _back(up + down, inputs, [share_up] * len(up) + [share_down] * len(down))
+        return sum(x_.detach() * c for x_, c in zip(inputs, back))
 
 
 @dataclass(frozen=True)
