@@ -31,6 +31,9 @@ EXPECTED_ORDER = [
     "guidedbackprop",
     "deconvolution",
     "guidedgradcam",
+    "fullgrad",
+    "lrp",
+    "attnlrp",
 ]
 
 

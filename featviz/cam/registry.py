@@ -299,8 +299,8 @@ register(
     "lrp",
     module="featviz.cam.methods.lrp",
     class_name="Lrp",
-    summary="pixel-level, signed: relevance by layer (z-box first conv, γ convs, ε dense); "
-    "CNNs; 2 forwards + backward",
+    summary="pixel-level, signed: CNNs: z-box 1st conv, γ other convs, ε dense; "
+    "2 forwards + backward",
     needs_gradients=True,
     pixel_level=True,
     signed=True,
@@ -309,8 +309,8 @@ register(
     "attnlrp",
     module="featviz.cam.methods.attnlrp",
     class_name="AttnLrp",
-    summary="pixel-level, signed: transformers: LRP with rules for attention, softmax, "
-    "LayerNorm; 2 forwards + backward",
+    summary="pixel-level, signed: transformers: LRP through attention and LayerNorm; "
+    "2 forwards + backward",
     needs_gradients=True,
     pixel_level=True,
     signed=True,
