@@ -4,11 +4,12 @@
   ``Gradient`` attributor with the ``EpsilonGammaBox`` composite (the same rules: z^B on the
   first convolution, γ = 0.25 on the others, ε = 1e-6 on the Linear layers), one batch of
   ``--images`` random images at ``--size`` pixels, the first class of each; beside them the
-  floor, plain input × gradient (one forward, one backward to the input). The largest
+  floor, plain input × gradient (one forward, one backward to the input), and featviz's
+  Grad-CAM at the default layer, the unit of the docs' cost column. The largest
   difference between the two relevance maps is printed with the times.
 - ``attnlrp`` on timm's ``vit_small_patch16_224`` (random-init, seed 0) against that floor: no
   peer of AttnLRP is among featviz's test dependencies, so its cost is shown relative to a
-  plain backward of the same model.
+  plain backward of the same model (and to Grad-CAM).
 
 Usage (from the repository root, with the test extras, which have zennit and timm):
 
@@ -30,8 +31,10 @@ from _common import machine_line, round_robin, runs_text, say, table, typical
 from zennit.attribution import Gradient
 from zennit.composites import EpsilonGammaBox
 
+from featviz.cam import forward_for_cam, load_method
 from featviz.cam.methods.attnlrp import attnlrp_relevance
 from featviz.cam.methods.lrp import lrp_relevance
+from featviz.layers.trace import trace_model
 
 MEAN = torch.tensor([0.485, 0.456, 0.406])
 STD = torch.tensor([0.229, 0.224, 0.225])
@@ -43,6 +46,29 @@ def _floor(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor) -> to
     scores = model(leaf)[torch.arange(len(x)), targets]
     (gradient,) = torch.autograd.grad(scores.sum(), leaf)
     return leaf.detach() * gradient
+
+
+def _gradcam(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor):
+    """featviz's Grad-CAM at the model's default layer, the unit of the docs' cost column."""
+    trace = trace_model(model, (1, *x.shape[1:]))
+    layer, method = trace.default_cam_layer(), load_method("gradcam")
+
+    def run() -> torch.Tensor:
+        ctx = forward_for_cam(model, x, [layer], trace.calls(), layouts=trace.layouts())
+        return method.compute(ctx, layer, targets)
+
+    return run
+
+
+def _rows(runs: dict, base: str) -> list[list[str]]:
+    """One row per contender: seconds, ÷ ``base``, ÷ featviz gradcam, every run."""
+    unit, gradcam = typical(runs[base]), typical(runs["featviz gradcam"])
+    rows = []
+    for name, r in runs.items():
+        seconds = typical(r)
+        ratios = [f"{seconds / unit:.2f}×", f"{seconds / gradcam:.1f}×"]
+        rows.append([name, f"{seconds:.3f}", *ratios, runs_text(r)])
+    return rows
 
 
 def _images(count: int, size: int) -> torch.Tensor:
@@ -69,20 +95,17 @@ def bench_lrp(images: int, size: int, repeats: int) -> str:
         "featviz lrp": lambda: lrp_relevance(model, x, targets, low, high)[0],
         "zennit EpsilonGammaBox": zennit,
         "floor: input × gradient": lambda: _floor(model, x, targets),
+        "featviz gradcam": _gradcam(model, x, targets),
     }
     runs = round_robin(contenders, repeats, log=say)
     ours, theirs = runs["featviz lrp"][-1].value, runs["zennit EpsilonGammaBox"][-1].value
     difference = float((ours - theirs).abs().amax() / theirs.abs().amax())
-    base = typical(runs["featviz lrp"])
-    rows = [
-        [name, f"{typical(r):.3f}", f"{typical(r) / base:.2f}×", runs_text(r)]
-        for name, r in runs.items()
-    ]
     header = (
         f"VGG16, {images} images at {size} px; largest |featviz − zennit| / largest |zennit|: "
         f"{difference:.1e}\n\n"
     )
-    return header + table(["", "s", "÷ featviz lrp", "runs"], rows)
+    rows = _rows(runs, "featviz lrp")
+    return header + table(["", "s", "÷ featviz lrp", "÷ gradcam", "runs"], rows)
 
 
 def bench_attnlrp(images: int, repeats: int) -> str:
@@ -93,15 +116,12 @@ def bench_attnlrp(images: int, repeats: int) -> str:
     contenders = {
         "featviz attnlrp": lambda: attnlrp_relevance(model, x, targets)[0],
         "floor: input × gradient": lambda: _floor(model, x, targets),
+        "featviz gradcam": _gradcam(model, x, targets),
     }
     runs = round_robin(contenders, repeats, log=say)
-    base = typical(runs["floor: input × gradient"])
-    rows = [
-        [name, f"{typical(r):.3f}", f"{typical(r) / base:.2f}×", runs_text(r)]
-        for name, r in runs.items()
-    ]
+    rows = _rows(runs, "floor: input × gradient")
     return f"vit_small_patch16_224, {images} images at 224 px\n\n" + table(
-        ["", "s", "÷ floor", "runs"], rows
+        ["", "s", "÷ floor", "÷ gradcam", "runs"], rows
     )
 
 
