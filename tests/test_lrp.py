@@ -139,3 +139,19 @@ def test_cam_writes_the_lrp_map_the_library_computes(tmp_path: Path, tiny_model_
     assert (layer_cam < 0).any() and (layer_cam > 0).any()  # signed, as computed
     expected = relevance.sum(1)[0].numpy()
     np.testing.assert_allclose(layer_cam, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+
+
+def test_the_box_is_the_normalised_pixel_range_or_each_images_own(tiny_model) -> None:
+    from featviz.cam import forward_for_cam
+    from featviz.inputs.preprocess import Preprocessing
+
+    x = _pixels(2, 8, seed=12)
+    ctx = forward_for_cam(tiny_model, x, [], gradients=False)
+    low, high = ctx.pixel_range()  # no bounds given: each image's own, channel by channel
+    torch.testing.assert_close(low, x.amin(dim=(2, 3)))
+    torch.testing.assert_close(high, x.amax(dim=(2, 3)))
+    preprocessing = Preprocessing(mean=tuple(MEAN.tolist()), std=tuple(STD.tolist()), input_size=8)
+    ctx.pixel_bounds = preprocessing.pixel_bounds()
+    low, high = ctx.pixel_range()
+    torch.testing.assert_close(low, LOW.expand(2, 3))
+    torch.testing.assert_close(high, HIGH.expand(2, 3))
