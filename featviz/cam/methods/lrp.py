@@ -51,6 +51,7 @@ _ACTIVATIONS = (
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
 _CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_WEIGHTED = (*_CONVOLUTIONS, nn.Linear)
 
 
 def composite_rule(module: nn.Module, *, gamma: float = 0.25, epsilon: float = 1e-6) -> Rule | None:
@@ -86,7 +87,7 @@ class RelevanceRules:
     """Within the ``with`` block, every layer of ``model`` that has a rule propagates relevance.
 
     ``rule_for(module)``: its rule, or None for the ordinary backward; ``first``: the rule of
-    any layer whose input is ``inputs`` itself (the pixels), whatever ``rule_for`` says. The
+    any convolution or Linear with a rule whose input is ``inputs`` itself (the pixels). The
     hooks are removed on leaving the block, also when the forward or backward raised.
     """
 
@@ -124,12 +125,12 @@ class RelevanceRules:
         self._handles.clear()
 
     def _hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-        if self._in_rule or not isinstance(args[0], torch.Tensor) or not args[0].requires_grad:
+        if self._in_rule or not args or not torch.is_tensor(args[0]) or not args[0].requires_grad:
             return None
         x = args[0]
-        rule = self.first if x is self.inputs and self.first is not None else self.rules[module]
-        if rule is None:
-            return None
+        rule = self.rules[module]
+        if x is self.inputs and self.first is not None and isinstance(module, _WEIGHTED):
+            rule = self.first
 
         def backward(x: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
             self._in_rule = True
