@@ -44,7 +44,7 @@ def test_epsilon_rule_is_the_formula_and_the_bias_keeps_its_share() -> None:
     r_out = torch.randn(3, 4, generator=torch.Generator().manual_seed(2))
     z = layer(x)
     expected = x * ((r_out / stabilise(z, 1e-6)) @ layer.weight)
-    r_in = Epsilon(1e-6).relevance(layer, x, r_out)
+    r_in = Epsilon(1e-6).relevance(layer, x, z, r_out)
     torch.testing.assert_close(r_in, expected)
     torch.testing.assert_close(
         r_in.sum(1), (r_out * (z - layer.bias) / z).sum(1), rtol=1e-4, atol=0
@@ -62,11 +62,12 @@ def test_gamma_rule_is_the_formula_and_gamma_zero_is_epsilon() -> None:
     share = torch.where(z > 0, r_out / (x @ up.T), 0), torch.where(z < 0, r_out / (x @ down.T), 0)
     expected = x * (share[0] @ up + share[1] @ down)
     torch.testing.assert_close(
-        Gamma(0.25).relevance(layer, x, r_out), expected, rtol=1e-4, atol=1e-6
+        Gamma(0.25).relevance(layer, x, z, r_out), expected, rtol=1e-4, atol=1e-6
     )
     signed = torch.randn(3, 6, generator=torch.Generator().manual_seed(6))  # both signs
     torch.testing.assert_close(
-        Gamma(0.0).relevance(layer, signed, r_out), Epsilon(1e-6).relevance(layer, signed, r_out)
+        Gamma(0.0).relevance(layer, signed, layer(signed), r_out),
+        Epsilon(1e-6).relevance(layer, signed, layer(signed), r_out),
     )
 
 
@@ -76,7 +77,7 @@ def test_zbox_rule_conserves_relevance_whatever_the_bias() -> None:
     conv.bias.fill_(0.3)
     x = _pixels(2, 6, seed=8)
     r_out = torch.rand(2, 5, 6, 6, generator=torch.Generator().manual_seed(9))
-    r_in = ZBox(LOW, HIGH).relevance(conv, x, r_out)
+    r_in = ZBox(LOW, HIGH).relevance(conv, x, conv(x), r_out)
     torch.testing.assert_close(r_in.sum((1, 2, 3)), r_out.sum((1, 2, 3)), rtol=1e-4, atol=0)
 
 

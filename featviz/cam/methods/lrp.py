@@ -73,14 +73,15 @@ class _RuleBackward(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, output: torch.Tensor, rule: Callable) -> torch.Tensor:
-        ctx.save_for_backward(x)
+        ctx.save_for_backward(x, output)
         ctx.rule = rule
+        # A copy goes on: an in-place op after the layer (ReLU) must not change the saved output.
         return output.clone()
 
     @staticmethod
     def backward(ctx, relevance: torch.Tensor):
-        (x,) = ctx.saved_tensors
-        return ctx.rule(x, relevance), None, None
+        x, output = ctx.saved_tensors
+        return ctx.rule(x, output, relevance), None, None
 
 
 class RelevanceRules:
@@ -132,10 +133,10 @@ class RelevanceRules:
         if x is self.inputs and self.first is not None and isinstance(module, _WEIGHTED):
             rule = self.first
 
-        def backward(x: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
+        def backward(x: torch.Tensor, z: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
             self._in_rule = True
             try:
-                return rule.relevance(module, x, relevance)
+                return rule.relevance(module, x, z, relevance)
             finally:
                 self._in_rule = False
 

@@ -1,8 +1,9 @@
 """The rules of layer-wise relevance propagation (LRP) for one layer, as pure functions.
 
-Notation: a layer computes z = f(x; w, b) (a convolution or a Linear; x (N, …) its input),
-R_out (shaped like z) the relevance of its outputs, and each rule returns R_in (shaped like x),
-the relevance of its inputs. Every rule has the form R_in = x ⊙ ∂f/∂xᵀ · (R_out / z′) for some
+Notation: a layer computes z = f(x; w, b) (a convolution or a Linear; x (N, …) its input, z
+its output as the forward computed it), R_out (shaped like z) the relevance of its outputs, and
+each rule's ``relevance(module, x, z, R_out)`` returns R_in (shaped like x), the relevance of
+its inputs. Every rule has the form R_in = x ⊙ ∂f/∂xᵀ · (R_out / z′) for some
 modified z′, computed with one ``torch.autograd.grad`` through the modified layer: no rule needs
 to know whether f is a convolution or a Linear. z′ is kept away from zero by ``stabilise``.
 
@@ -54,11 +55,12 @@ def _back(outputs: list[torch.Tensor], inputs: list[torch.Tensor], scaled: list[
 class Epsilon:
     epsilon: float = 1e-6
 
-    def relevance(self, module: nn.Module, x: torch.Tensor, r_out: torch.Tensor) -> torch.Tensor:
+    def relevance(
+        self, module: nn.Module, x: torch.Tensor, z: torch.Tensor, r_out: torch.Tensor
+    ) -> torch.Tensor:
         with torch.enable_grad():
             x = x.detach().requires_grad_()
-            z = module(x)
-            (c,) = _back([z], [x], [r_out / stabilise(z.detach(), self.epsilon)])
+            (c,) = _back([module(x)], [x], [r_out / stabilise(z, self.epsilon)])
         return x.detach() * c
 
 
@@ -67,7 +69,9 @@ class Gamma:
     gamma: float = 0.25
     stabiliser: float = 1e-6
 
-    def relevance(self, module: nn.Module, x: torch.Tensor, r_out: torch.Tensor) -> torch.Tensor:
+    def relevance(
+        self, module: nn.Module, x: torch.Tensor, z: torch.Tensor, r_out: torch.Tensor
+    ) -> torch.Tensor:
         w, b = module.weight, module.bias
         favour_positive = w + self.gamma * w.clamp(min=0)
         favour_negative = w + self.gamma * w.clamp(max=0)
@@ -75,7 +79,6 @@ class Gamma:
         bias_down = None if b is None else b + self.gamma * b.clamp(max=0)
         with torch.enable_grad():
             x = x.detach()
-            sign = module(x)
             # Where z > 0 (z < 0): the contributions of the same sign, boosted by γ.
             # (input, up's weight and bias, down's weight and bias) for x⁺ and, if any, x⁻.
             parts = [(x.clamp(min=0), favour_positive, bias_up, favour_negative, bias_down)]
@@ -84,10 +87,8 @@ class Gamma:
             inputs = [part[0].requires_grad_() for part in parts]
             up = [_run(module, x_, w_up, b_up) for x_, w_up, b_up, _, _ in parts]
             down = [_run(module, x_, w_down, b_down) for x_, _, _, w_down, b_down in parts]
-            share_up = (sign > 0) * r_out / stabilise(sum(z.detach() for z in up), self.stabiliser)
-            share_down = (
-                (sign < 0) * r_out / stabilise(sum(z.detach() for z in down), self.stabiliser)
-            )
+            share_up = (z > 0) * r_out / stabilise(sum(z.detach() for z in up), self.stabiliser)
+            share_down = (z < 0) * r_out / stabilise(sum(z.detach() for z in down), self.stabiliser)
             back = _back(up + down, inputs, [share_up] * len(up) + [share_down] * len(down))
         return sum(x_.detach() * c for x_, c in zip(inputs, back))
 
@@ -101,7 +102,9 @@ class ZBox:
     high: torch.Tensor
     stabiliser: float = 1e-6
 
-    def relevance(self, module: nn.Module, x: torch.Tensor, r_out: torch.Tensor) -> torch.Tensor:
+    def relevance(
+        self, module: nn.Module, x: torch.Tensor, z: torch.Tensor, r_out: torch.Tensor
+    ) -> torch.Tensor:
         w = module.weight
         with torch.enable_grad():
             x = x.detach().requires_grad_()
@@ -131,13 +134,17 @@ def _box(bound: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 class Proportional:
     stabiliser: float = 1e-6
 
-    def relevance(self, module: nn.Module, x: torch.Tensor, r_out: torch.Tensor) -> torch.Tensor:
-        return Epsilon(self.stabiliser).relevance(module, x, r_out)
+    def relevance(
+        self, module: nn.Module, x: torch.Tensor, z: torch.Tensor, r_out: torch.Tensor
+    ) -> torch.Tensor:
+        return Epsilon(self.stabiliser).relevance(module, x, z, r_out)
 
 
 @dataclass(frozen=True)
 class Passed:
-    def relevance(self, module: nn.Module, x: torch.Tensor, r_out: torch.Tensor) -> torch.Tensor:
+    def relevance(
+        self, module: nn.Module, x: torch.Tensor, z: torch.Tensor, r_out: torch.Tensor
+    ) -> torch.Tensor:
         return r_out
 
 
