@@ -3,6 +3,7 @@ on the same model, input and target, and carried through cam, compare, score and
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import featviz
-from featviz.cam import INPUT, forward_for_cam, load_method
+from featviz.cam import INPUT, forward_for_cam, load_method, normalise
+from featviz.cam.methods import pixel
 from featviz.cam.registry import method_info, method_names
 from featviz.cli.app import app
 from tests.conftest import image_folder
@@ -33,17 +35,19 @@ def batch():
     return torch.randn(2, 3, 64, 64), torch.tensor([3, 7])
 
 
-def _featviz(model, name, x, targets, layers=()):
-    info = method_info(name)
+def _featviz(model, name, x, targets, layers=(), seeds=()):
+    method = load_method(name, batch_size=16)
+    [layer] = method.layers_for(list(layers) or ["unused"])
+    tapped = [layer] if layer in layers else []
     ctx = forward_for_cam(
         model,
         x,
-        list(layers),
-        gradients=info.needs_gradients,
+        tapped,
+        gradients=method.info.needs_gradients,
         input_gradients=True,
+        relu_rules=method.relu_rules,
     )
-    method = load_method(name, batch_size=16)
-    [layer] = method.layers_for(list(layers) or ["unused"])
+    ctx.seeds = seeds
     return method.compute(ctx, layer, targets)
 
 
@@ -54,6 +58,108 @@ def _close(ours: torch.Tensor, theirs: torch.Tensor, rtol: float = 1e-4) -> None
     atol = rtol * float(theirs.abs().max())
     assert atol > 0
     torch.testing.assert_close(ours, theirs, rtol=rtol, atol=atol)
+
+
+def _captum(attribution, x, targets, **options) -> torch.Tensor:
+    leaf = x.clone().requires_grad_()
+    return attribution.attribute(leaf, target=targets, **options).detach().sum(dim=1)
+
+
+def _trainable(model):
+    """A copy whose weights take gradients: pytorch-grad-cam's GradCAM reads them."""
+    return copy.deepcopy(model).requires_grad_(True)
+
+
+def _grad_cam_guided(model, layer, x, targets) -> torch.Tensor:
+    from pytorch_grad_cam import GradCAM, GuidedBackpropReLUModel
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    trainable = _trainable(model)
+    masks = GradCAM(trainable, [trainable.get_submodule(layer)])(
+        x.clone(), targets=[ClassifierOutputTarget(int(c)) for c in targets]
+    )
+    guided = GuidedBackpropReLUModel(trainable, device="cpu")
+    return torch.from_numpy(
+        np.stack(
+            [
+                (masks[i][..., None] * guided(x[i : i + 1].clone(), target_category=int(c))).sum(-1)
+                for i, c in enumerate(targets)
+            ]
+        )
+    )
+
+
+def _grad_cam_fullgrad(model, x, targets) -> torch.Tensor:
+    from pytorch_grad_cam import FullGrad
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    full = FullGrad(_trainable(model), [])
+    return torch.from_numpy(
+        full(x.clone(), targets=[ClassifierOutputTarget(int(c)) for c in targets])
+    )
+
+
+def _peer(model, name, x, targets, layer):
+    """The peer's map for the same model, images and targets (channels summed)."""
+    import captum.attr as ca
+
+    simple = {
+        "saliency": ca.Saliency,
+        "inputxgradient": ca.InputXGradient,
+        "guidedbackprop": ca.GuidedBackprop,
+        "deconvolution": ca.Deconvolution,
+    }
+    if name in simple:
+        return _captum(simple[name](model), x, targets)
+    if name == "integratedgradients":
+        return _captum(ca.IntegratedGradients(model), x, targets)  # 50 Gauss-Legendre steps
+    if name == "occlusion":
+        window, stride = pixel.OCCLUSION_WINDOW, pixel.OCCLUSION_STRIDE
+        options = {"sliding_window_shapes": (3, window, window), "strides": (3, stride, stride)}
+        return _captum(ca.Occlusion(model), x, targets, **options) / 3  # the same in each channel
+    if name == "guidedgradcam":
+        return _grad_cam_guided(model, layer, x, targets)
+    return _grad_cam_fullgrad(model, x, targets)
+
+
+# Each method on the models it is checked on: random-init resnet18 (64 px, 2 images; 32 px, 1
+# image for the many forwards of integrated gradients, 48 px for occlusion's windows) and vgg16
+# (32 px), the real EfficientNet-Lite0 (64 px; ReLU6 only, which no guided rule rewrites).
+CHECKED = [
+    *[("resnet18", name) for name in ("saliency", "inputxgradient", "guidedbackprop")],
+    *[("resnet18", name) for name in ("deconvolution", "guidedgradcam", "fullgrad")],
+    ("resnet18-32", "integratedgradients"),
+    ("resnet18-48", "occlusion"),
+    *[("vgg16", name) for name in ("saliency", "guidedbackprop", "fullgrad")],
+    *[("lite0", name) for name in ("saliency", "guidedbackprop", "fullgrad")],
+]
+LAYER = {"vgg16": "features.29", "lite0": "bn2"}
+
+
+@pytest.fixture(scope="module")
+def vgg16():
+    torch.manual_seed(0)
+    return torchvision.models.vgg16(weights=None).eval().requires_grad_(False)
+
+
+@pytest.mark.parametrize(("model_name", "name"), CHECKED)
+def test_each_method_equals_its_peer(request, resnet, vgg16, model_name, name):
+    generator = torch.Generator().manual_seed(2)
+    if model_name == "lite0":
+        model, shape, targets = request.getfixturevalue("lite0").module, (1, 3, 64, 64), [281]
+    elif model_name == "vgg16":
+        model, shape, targets = vgg16, (2, 3, 32, 32), [3, 7]
+    else:
+        side = int(model_name.partition("-")[2] or 64)
+        model, shape, targets = resnet, (2 if side == 64 else 1, 3, side, side), [3, 7]
+    x, targets = torch.randn(shape, generator=generator), torch.tensor(targets[: shape[0]])
+    layer = LAYER.get(model_name, "layer4")
+    ours = _featviz(model, name, x, targets, [layer])
+    theirs = _peer(model, name, x, targets, layer)
+    if name == "fullgrad":  # pytorch-grad-cam returns it min-max scaled
+        ours = normalise(ours)
+    _close(ours, theirs)
+    assert ours.shape == x.shape[:1] + x.shape[2:]
 
 
 def test_pixel_methods_map_the_input_pseudo_layer():
@@ -140,3 +246,120 @@ def test_library_explains_with_a_pixel_method(tiny_model_file: Path):
     found = featviz.explain(model, image, method="saliency", target=1)
     assert found.layer == INPUT and found.method == "saliency"
     assert found.layer_cam.shape == (32, 32) and found.heatmap.max() == 1
+
+
+def test_smoothgrad_equals_captums_noise_tunnel_with_the_same_noise(resnet, monkeypatch):
+    import captum.attr as ca
+
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    targets = torch.tensor([3, 7])
+    ours = _featviz(resnet, "smoothgrad", x, targets, seeds=(5, 6))
+    ctx = forward_for_cam(resnet, x, [], gradients=False)
+    ctx.seeds = (5, 6)
+    noise = torch.cat([pixel.smoothgrad_noise(ctx, i) for i in range(2)])
+    sigma = pixel.SMOOTHGRAD_NOISE * float(x[0].max() - x[0].min())
+    assert noise[: pixel.SMOOTHGRAD_SAMPLES].std() == pytest.approx(sigma, rel=0.05)
+    ctx.seeds = (5, 9)  # an image's noise depends on its own seed alone
+    assert torch.equal(pixel.smoothgrad_noise(ctx, 0), noise[: pixel.SMOOTHGRAD_SAMPLES])
+    assert not torch.equal(pixel.smoothgrad_noise(ctx, 1), noise[pixel.SMOOTHGRAD_SAMPLES :])
+    monkeypatch.setattr(torch, "normal", lambda *args, **kwargs: noise)
+    tunnel = ca.NoiseTunnel(ca.Saliency(resnet))
+    theirs = _captum(
+        tunnel, x, targets, nt_type="smoothgrad", nt_samples=pixel.SMOOTHGRAD_SAMPLES, abs=False
+    )
+    _close(ours, theirs)
+
+
+def test_switchable_relus_always_put_the_modules_back(resnet):
+    from featviz.layers.relus import switchable_relus
+
+    x = torch.randn(1, 3, 32, 32)
+    before = resnet(x)
+    with pytest.raises(RuntimeError, match="boom"), switchable_relus(resnet):
+        assert "forward" in vars(resnet.relu)
+        torch.testing.assert_close(resnet(x), before, rtol=0, atol=0)  # the same forward
+        raise RuntimeError("boom")
+    assert all("forward" not in vars(m) for m in resnet.modules())
+    torch.testing.assert_close(resnet(x), before, rtol=0, atol=0)
+
+
+def test_the_batchs_forward_serves_the_guided_rules_without_another(resnet, batch):
+    x, targets = batch
+    ctx = forward_for_cam(resnet, x, ["layer4"], input_gradients=True, relu_rules=True)
+    forwards = []
+    handle = resnet.register_forward_pre_hook(lambda *args: forwards.append(1))
+    try:
+        guided = load_method("guidedbackprop").compute(ctx, INPUT, targets)
+        deconvolution = load_method("deconvolution").compute(ctx, INPUT, targets)
+        saliency = load_method("saliency").compute(ctx, INPUT, targets)  # ordinary again
+        gradcam = load_method("gradcam").compute(ctx, "layer4", targets)
+    finally:
+        handle.remove()
+    assert forwards == []
+    plain = forward_for_cam(resnet, x, ["layer4"], input_gradients=True)  # one more forward
+    _close(guided, load_method("guidedbackprop").compute(plain, INPUT, targets))
+    _close(deconvolution, load_method("deconvolution").compute(plain, INPUT, targets))
+    _close(saliency, load_method("saliency").compute(plain, INPUT, targets))
+    _close(gradcam, load_method("gradcam").compute(plain, "layer4", targets))
+    assert not torch.allclose(guided, saliency)
+
+
+def test_guided_gradcam_is_guided_backprop_times_the_scaled_gradcam(resnet, batch):
+    x, targets = batch
+    ctx = forward_for_cam(resnet, x, ["layer4"], input_gradients=True)
+    guided = load_method("guidedgradcam").compute(ctx, "layer4", targets)
+    backprop = load_method("guidedbackprop").compute(ctx, INPUT, targets)
+    gradcam = load_method("gradcam").compute(ctx, "layer4", targets)
+    upsampled = torch.nn.functional.interpolate(gradcam[:, None], (64, 64), mode="bilinear")
+    _close(guided, backprop * normalise(upsampled[:, 0]))
+
+
+@pytest.fixture(scope="module")
+def shapes_cnn():
+    from synthetic_shapes import accuracy, cnn, trained
+
+    model = trained(cnn, steps=120)
+    assert accuracy(model) > 0.9
+    return model
+
+
+def test_maps_sit_on_the_explained_object_of_the_trained_shapes_cnn(shapes_cnn):
+    """Each method's |map| holds more of its mass on the explained object's half than on the
+    other object's (a misaligned, flipped or class-blind map would not); occlusion and Guided
+    Grad-CAM, whose maps are local, hold most of it. Grad-CAM for comparison: docs/methods.md
+    gives the numbers (benchmarks/bench_pixel.py)."""
+    from synthetic_shapes import HEIGHT, WIDTH, two_object_scenes
+
+    from featviz.cam import heatmap
+
+    shares: dict[str, list[float]] = {name: [] for name in ["gradcam", *PIXEL_METHODS]}
+    for x, left, right in two_object_scenes(6, seed=1):
+        ctx = forward_for_cam(shapes_cnn, x, ["5"], input_gradients=True)
+        for half, target in ((0, left), (1, right)):
+            for name in shares:
+                method = load_method(name)
+                [layer] = method.layers_for(["5"])
+                found = method.compute(ctx, layer, torch.tensor([target]))[0]
+                heat = heatmap(found.abs(), (HEIGHT, WIDTH)).numpy()
+                own = heat[:, : WIDTH // 2] if half == 0 else heat[:, WIDTH // 2 :]
+                shares[name].append(float(own.sum() / heat.sum()))
+    means = {name: float(np.mean(values)) for name, values in shares.items()}
+    print({name: round(value, 3) for name, value in means.items()})
+    assert means["gradcam"] > 0.9
+    assert means["guidedgradcam"] > 0.9 and means["occlusion"] > 0.7
+    for name in PIXEL_METHODS:
+        assert means[name] > 0.5, (name, means[name])
+
+
+def test_score_and_sanity_judge_the_absolute_value(tiny_model_file: Path):
+    model = featviz.load(f"{tiny_model_file}:build", input_size=32)
+    image = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    rows = featviz.score(model, image, method=["inputxgradient", "saliency"], target=1, steps=4)
+    judged = {row["method"]: row for row in rows if row["method"] in PIXEL_METHODS}
+    assert set(judged) == {"inputxgradient", "saliency"}
+    assert all(row["layer"] == INPUT for row in judged.values())
+    assert all(np.isfinite(row["deletion_auc"]) for row in judged.values())
+    checked = featviz.sanity(model, image, method="inputxgradient", target=1)
+    assert {row["layer"] for row in checked} == {INPUT}
+    trained = next(row for row in checked if row["randomized"] == "none")
+    assert trained["spearman"] == pytest.approx(1.0)

@@ -33,13 +33,14 @@ class Explanation:
     """One map of one image.
 
     ``heatmap``: float32 (H, W) in [0, 1] over the original image (H, W), exactly what
-    ``featviz cam --save-raw`` writes as ``heatmap``; ``layer_cam``: float32 (h, w) at the
-    layer's grid, after the method's own ReLU, before any normalisation (``--save-raw``'s
-    ``layer_cam``; None for a fusion of layers); ``image``: the original (H, W, 3) uint8
-    pixels; ``index``, ``label``, ``probability``: the class explained (None, "all classes"
-    and None for a class-agnostic method such as eigencam); ``box``: a detector's box, x0 y0
-    x1 y1 in the image's pixels; ``input``: the image's path, or ``image N`` for the Nth
-    in-memory image.
+    ``featviz cam --save-raw`` writes as ``heatmap`` (of the absolute value, for a signed
+    method); ``layer_cam``: float32 (h, w) at the layer's grid (a pixel-level method's at the
+    model input's, signed where the method is), after the method's own ReLU, before any
+    normalisation (``--save-raw``'s ``layer_cam``; None for a fusion of layers); ``image``:
+    the original (H, W, 3) uint8 pixels; ``index``, ``label``, ``probability``: the class
+    explained (None, "all classes" and None for a class-agnostic method such as eigencam);
+    ``box``: a detector's box, x0 y0 x1 y1 in the image's pixels; ``input``: the image's
+    path, or ``image N`` for the Nth in-memory image.
     """
 
     input: str

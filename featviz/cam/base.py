@@ -48,6 +48,9 @@ class CamMethod:
 
     name: ClassVar[str]
     relu: ClassVar[bool] = True
+    # Its backward passes switch what the ReLUs send back (guided backpropagation): the batch's
+    # forward then runs with switchable ReLUs (featviz.layers.relus) and serves it too.
+    relu_rules: ClassVar[bool] = False
 
     @property
     def info(self) -> MethodInfo:

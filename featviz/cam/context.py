@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Hashable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -31,6 +32,7 @@ from featviz.errors import RunError, UsageError
 from featviz.layers.attention import AttentionCapture
 from featviz.layers.layouts import Layout
 from featviz.layers.outputs import logits_of
+from featviz.layers.relus import ReluSwitch, switchable_relus
 from featviz.layers.taps import LayerTaps
 
 T = TypeVar("T")
@@ -68,6 +70,9 @@ class CamContext:
     pixel_bounds: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     # The input is a leaf of the graph and ``input_gradient`` answers d(score)/d(input).
     input_gradients: bool = False
+    # The forward ran with switchable ReLUs (featviz.layers.relus): a backward of its graph
+    # inside ``relus.rule_of(GUIDED)`` gives guided gradients.
+    relus: ReluSwitch | None = None
     _memo: dict[Hashable, Any] = field(default_factory=dict, init=False, repr=False)
 
     @property
@@ -223,6 +228,7 @@ def forward_for_cam(
     gradients: bool = True,
     attention: bool = False,
     input_gradients: bool = False,
+    relu_rules: bool = False,
     token_prefix: int = 1,
     class_token: bool = True,
 ) -> CamContext:
@@ -235,9 +241,10 @@ def forward_for_cam(
     then stays that of inference). ``attention``: also capture the attention matrices. When
     the scores are not the model's whole output (a tuple, a dict's ``logits``), a warning says
     which part was taken. ``input_gradients``: the input becomes a leaf, for
-    ``CamContext.input_gradient`` (with ``gradients`` only). ``token_prefix``: the prefix
-    tokens in front of the patch tokens that the attention matrices cover; ``class_token``:
-    whether the head reads the first of them.
+    ``CamContext.input_gradient`` (with ``gradients`` only); ``relu_rules``: the ReLU modules
+    run switchable (``CamContext.relus``, with ``input_gradients`` only). ``token_prefix``: the
+    prefix tokens in front of the patch tokens that the attention matrices cover;
+    ``class_token``: whether the head reads the first of them.
     """
     layouts = dict(layouts or {})
     # Grad mode even when the caller is under inference_mode: CAM needs the graph after the taps.
@@ -249,7 +256,8 @@ def forward_for_cam(
             # The attention matrices of every block, or the input itself, in the graph.
             x = x.detach().requires_grad_()
         capture = AttentionCapture(model) if attention else None
-        with LayerTaps(model, layers, calls=calls, grad=gradients) as taps:
+        relus = switchable_relus(model) if input_gradients and relu_rules else nullcontext()
+        with LayerTaps(model, layers, calls=calls, grad=gradients) as taps, relus as switch:
             if capture is None:
                 output = taps.run(x)
             else:
@@ -287,4 +295,5 @@ def forward_for_cam(
         token_prefix=token_prefix,
         class_token=class_token,
         input_gradients=input_gradients,
+        relus=switch,
     )

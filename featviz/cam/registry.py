@@ -29,6 +29,8 @@ class MethodInfo:
     """One registered method: its CLI name, where its class lives, and a one-line summary.
 
     ``summary`` says what the method needs and what it costs, for help text;
+    ``needs_gradients``: it differentiates the scores of the batch's one forward (pixel-level
+    methods that differentiate forwards of their own, integrated gradients…, do not);
     ``needs_attention``: it reads every self-attention matrix instead of a tapped layer;
     ``pixel_level``: its map is at the input's resolution (layer ``INPUT``), not a layer's;
     ``signed``: the sign of its map means something: ``--save-raw`` keeps it, while pictures,
@@ -230,7 +232,7 @@ register(
     module=_PIXEL,
     class_name="IntegratedGradients",
     summary="pixel-level, signed: gradients along 50 steps from a 0 baseline; 50 forward+backward",
-    needs_gradients=True,
+    needs_gradients=False,
     pixel_level=True,
     signed=True,
 )
@@ -239,7 +241,7 @@ register(
     module=_PIXEL,
     class_name="SmoothGrad",
     summary="pixel-level, signed: gradients of 25 noisy copies, seeded; 25 forward+backward",
-    needs_gradients=True,
+    needs_gradients=False,
     pixel_level=True,
     signed=True,
     random=True,
@@ -291,7 +293,7 @@ register(
     class_name="FullGrad",
     summary="pixel-level: |input × gradient| + |bias × gradient| of every conv and batch norm; "
     "2 forwards + backward",
-    needs_gradients=True,
+    needs_gradients=False,
     pixel_level=True,
 )
 

@@ -143,6 +143,7 @@ class Explainer:
         self.input_gradients = any(
             m.info.pixel_level and m.info.needs_gradients for m in self.methods
         )
+        self.relu_rules = any(method.relu_rules for method in self.methods)
         # Attention methods on a model without readable global attention: refused now.
         self.token_prefix = model.trace.attention_prefix() if self.attention else 0
         self.class_token = (
@@ -168,6 +169,7 @@ class Explainer:
                 gradients=any(method.info.needs_gradients for method in self.methods),
                 attention=self.attention,
                 input_gradients=self.input_gradients,
+                relu_rules=self.relu_rules,
                 token_prefix=self.token_prefix,
                 class_token=self.class_token,
             )
