@@ -303,7 +303,7 @@ register(
     class_name="Lrp",
     summary="pixel-level, signed: CNNs: z-box 1st conv, γ other convs, ε dense; "
     "2 forwards + backward",
-    needs_gradients=True,
+    needs_gradients=False,
     pixel_level=True,
     signed=True,
 )
@@ -313,7 +313,7 @@ register(
     class_name="AttnLrp",
     summary="pixel-level, signed: transformers: LRP through attention and LayerNorm; "
     "2 forwards + backward",
-    needs_gradients=True,
+    needs_gradients=False,
     pixel_level=True,
     signed=True,
 )
