@@ -3,7 +3,8 @@ tiny ViT of examples/shapes_vit.py, for both objects' classes of two scenes.
 
 The relevance is drawn on a diverging colour map centred on zero (red: evidence for the class,
 blue: against it), each map's colours spanning ± its 99th percentile of |relevance|; gradient
-rollout, which has no sign, on the usual [0, 1] scale. The ViT trains itself the first time (about 20 s).
+rollout, which has no sign, on the usual [0, 1] scale. The ViT trains itself the first time
+(about 20 s).
 
 Usage, from the repository root: python docs/make_lrp_picture.py [--out docs/lrp_shapes_vit.png]
 """
