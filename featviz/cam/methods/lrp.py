@@ -10,8 +10,10 @@ and stabilisers keep. The composite, the usual one for image classifiers:
 - every other convolution: γ = 0.25, which favours positive evidence and keeps the lower
   layers' maps from turning to noise;
 - every Linear (the dense head): ε = 1e-6;
-- average pooling: proportional to each input's contribution; activations and batch norms:
-  relevance passed unchanged; max pooling: all of a window's relevance to its maximum.
+- average pooling, and the sum that ends a residual block: proportional to each input's
+  contribution;
+- activations and batch norms: relevance passed unchanged; max pooling: all of a window's
+  relevance to its maximum.
 
 The rules run as modified backward passes (``RelevanceRules``): a forward hook on every layer
 that has a rule swaps the layer's backward for its rule, inside a context manager that always
@@ -19,8 +21,9 @@ removes the hooks. Relevance then travels where gradients would, so ``torch.auto
 the scores with respect to the input returns the input's relevance.
 
 Skip connections (``out += identity`` in a ResNet) are additions inside a block's forward, not
-layers: they get no rule and both branches receive the whole relevance, so relevance is not
-conserved there (see the docs' LRP section for how far off it ends).
+layers: ``SkipConnections``, a torch function mode, splits the relevance of every sum of two
+tensors that both carry it in proportion to the two parts (zennit needs its ResNet canonizer
+for the same).
 """
 
 from __future__ import annotations
@@ -29,9 +32,18 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from featviz.cam.context import CamContext
-from featviz.cam.methods.lrp_rules import Epsilon, Gamma, Passed, Proportional, Rule, ZBox
+from featviz.cam.methods.lrp_rules import (
+    Epsilon,
+    Gamma,
+    Passed,
+    Proportional,
+    Rule,
+    ZBox,
+    stabilise,
+)
 from featviz.cam.methods.pixel import PixelMethod
 from featviz.layers.outputs import logits_of
 from featviz.tasks.base import replaying
@@ -51,6 +63,7 @@ _ACTIVATIONS = (
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
 _CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_STABILISER = 1e-6
 _WEIGHTED = (*_CONVOLUTIONS, nn.Linear)
 
 
@@ -82,6 +95,48 @@ class _RuleBackward(torch.autograd.Function):
     def backward(ctx, relevance: torch.Tensor):
         x, output = ctx.saved_tensors
         return ctx.rule(x, output, relevance), None, None
+
+
+class _ProportionalSum(torch.autograd.Function):
+    """a + b; backward: the sum's relevance split in proportion, R_a = a·R / (a + b)."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(a, b)
+        return a + b
+
+    @staticmethod
+    def backward(ctx, relevance: torch.Tensor):
+        a, b = ctx.saved_tensors
+        # The sum is computed again: an in-place ReLU after the block overwrites the output.
+        share = relevance / stabilise(a + b, _STABILISER)
+        return a * share, b * share
+
+
+_ADDITIONS = {torch.add, torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__iadd__}
+_ADDITIONS |= {torch.Tensor.__radd__, torch.Tensor.add_}
+
+
+class SkipConnections(TorchFunctionMode):
+    """Within the ``with`` block, the sum of two tensors that both carry relevance (a skip
+    connection joining its block, ``out += identity``) splits it in proportion to each part
+    (LRP-0 on the sum), instead of handing the whole of it to both."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _ADDITIONS and len(args) == 2 and not kwargs and _both_carry(*args):
+            return _ProportionalSum.apply(*args)
+        return func(*args, **kwargs)
+
+
+def _both_carry(a: object, b: object) -> bool:
+    return (
+        torch.is_tensor(a)
+        and torch.is_tensor(b)
+        and a.requires_grad
+        and b.requires_grad
+        and a.shape == b.shape
+    )
 
 
 class RelevanceRules:
@@ -181,7 +236,7 @@ def forward_under_rules(
         rules = RelevanceRules(
             model, leaf, lambda m: composite_rule(m, gamma=gamma, epsilon=epsilon), box
         )
-        with rules:
+        with rules, SkipConnections():
             logits, _ = logits_of(model(leaf))
     return leaf, logits
 
