@@ -110,7 +110,7 @@ def load_method(name: str, *, batch_size: int = 32) -> CamMethod:
     """An instance of the method's class, importing its module now.
 
     ``batch_size``: images per extra forward for the methods that run them (scorecam,
-    ablationcam); the others ignore it.
+    ablationcam, occlusion, integratedgradients, smoothgrad); the others ignore it.
     """
     info = method_info(name)
     cls = getattr(importlib.import_module(info.module), info.class_name)
@@ -291,7 +291,7 @@ register(
     "fullgrad",
     module="featviz.cam.methods.fullgrad",
     class_name="FullGrad",
-    summary="pixel-level: |input × gradient| + |bias × gradient| of every conv and batch norm; "
+    summary="pixel-level: |x × grad| + |bias × grad| of every conv and batch norm; "
     "2 forwards + backward",
     needs_gradients=False,
     pixel_level=True,

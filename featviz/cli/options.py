@@ -473,7 +473,10 @@ _EXPLAIN_OPTIONS: dict[str, tuple[Any, Any]] = {
         Annotated[
             int,
             typer.Option(
-                min=1, metavar="N", help="Extra forwards per batch for scorecam/ablationcam."
+                min=1,
+                metavar="N",
+                help="Rows per extra forward (scorecam, ablationcam, occlusion, integrated "
+                "gradients, smoothgrad).",
             ),
         ],
         32,
