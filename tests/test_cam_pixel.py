@@ -372,3 +372,21 @@ def test_score_and_sanity_judge_the_absolute_value(tiny_model_file: Path):
     assert {row["layer"] for row in checked} == {INPUT}
     trained = next(row for row in checked if row["randomized"] == "none")
     assert trained["spearman"] == pytest.approx(1.0)
+
+
+def test_lrp_relevance_sits_on_the_explained_object_of_the_trained_shapes_cnn(shapes_cnn):
+    """Positive relevance (evidence for the class) on the explained object's half: measured
+    0.97 on average, 0.93 at worst (Grad-CAM 0.98 / 0.96); |relevance|, the picture, 0.72 /
+    0.57, as the other object gets negative relevance."""
+    from synthetic_shapes import WIDTH, two_object_scenes
+
+    shares = []
+    for x, left, right in two_object_scenes(6, seed=1):
+        ctx = forward_for_cam(shapes_cnn, x, [], gradients=False)
+        ctx.pixel_bounds = ((-1.0,) * 3, (1.0,) * 3)  # the scenes' normalisation: mean = std = 0.5
+        for half, target in ((0, left), (1, right)):
+            found = load_method("lrp").compute(ctx, INPUT, torch.tensor([target]))[0].clamp(min=0)
+            own = found[:, : WIDTH // 2] if half == 0 else found[:, WIDTH // 2 :]
+            shares.append(float(own.sum() / found.sum()))
+    print("lrp", round(float(np.mean(shares)), 3), round(min(shares), 3))
+    assert np.mean(shares) > 0.9 and min(shares) > 0.8, shares

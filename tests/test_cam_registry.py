@@ -32,6 +32,8 @@ EXPECTED_ORDER = [
     "deconvolution",
     "guidedgradcam",
     "fullgrad",
+    "lrp",
+    "attnlrp",
 ]
 
 

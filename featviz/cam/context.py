@@ -65,6 +65,9 @@ class CamContext:
     # Each image's seed for the methods that draw noise (from --seed and the image's position in
     # the run, never its place in the batch): ``generator(i)``.
     seeds: tuple[int, ...] = ()
+    # The lowest and highest value each input channel can take (pixel 0 and 255 normalised),
+    # for the methods that need the input's box (lrp); None: each image's own range.
+    pixel_bounds: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     # The input is a leaf of the graph and ``input_gradient`` answers d(score)/d(input).
     input_gradients: bool = False
     # The forward ran with switchable ReLUs (featviz.layers.relus): a backward of its graph
@@ -85,6 +88,19 @@ class CamContext:
         for the same image and seed, whatever else is in its batch."""
         seed = self.seeds[i] if self.seeds else 0
         return torch.Generator(device=self.inputs.device).manual_seed(seed)
+
+    def pixel_range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, C) lowest and highest possible value of every image's input channels:
+        ``pixel_bounds``, or else each image's own minimum and maximum per channel."""
+        n, c = self.inputs.shape[:2]
+        if self.pixel_bounds is None:
+            flat = self.inputs.detach().float().flatten(2)
+            return flat.amin(dim=2), flat.amax(dim=2)
+        low, high = (
+            torch.tensor(bound, dtype=torch.float32, device=self.inputs.device).expand(n, c)
+            for bound in self.pixel_bounds
+        )
+        return low, high
 
     def layout(self, layer: str) -> Layout:
         return self.layouts.get(layer, _NCHW)

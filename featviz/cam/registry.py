@@ -296,3 +296,24 @@ register(
     needs_gradients=False,
     pixel_level=True,
 )
+
+register(
+    "lrp",
+    module="featviz.cam.methods.lrp",
+    class_name="Lrp",
+    summary="pixel-level, signed: CNNs: z-box 1st conv, γ other convs, ε dense; "
+    "2 forwards + backward",
+    needs_gradients=False,
+    pixel_level=True,
+    signed=True,
+)
+register(
+    "attnlrp",
+    module="featviz.cam.methods.attnlrp",
+    class_name="AttnLrp",
+    summary="pixel-level, signed: transformers: LRP through attention and LayerNorm; "
+    "2 forwards + backward",
+    needs_gradients=False,
+    pixel_level=True,
+    signed=True,
+)

@@ -214,6 +214,7 @@ class Explainer:
         context = self.forward(inputs, module)
         ids = ids if ids is not None else list(range(len(inputs)))
         context.seeds = tuple(self.seed * 1_000_003 + i for i in ids)
+        context.pixel_bounds = self.model.preprocessing.pixel_bounds()
         scores = context.logits.detach().float()
         broken = {
             i: f"the model's scores are {nan_or_infinite(scores[i])}: there is nothing to explain"
