@@ -89,8 +89,8 @@ class PreparedRun:
 
 
 def prepare(plan: Plan) -> PreparedRun:
-    """Build what ``plan`` (a per-image command: maps, cam, compare, score, sanity) needs, and
-    open its output folder once every option has been checked: a typo leaves no folder."""
+    """Build what ``plan`` (a per-image command: maps, cam, compare, score, sanity, top) needs,
+    and open its output folder once every option has been checked: a typo leaves no folder."""
     from featviz.model.load import load_model
 
     notes: list[str] = []
@@ -98,6 +98,10 @@ def prepare(plan: Plan) -> PreparedRun:
     loaded = load_model(plan.model)
     if plan.command == "maps":
         resolved, make_job = _maps(plan.options, loaded)
+    elif plan.command == "top":
+        from featviz.run.jobs.top import resolve_top
+
+        resolved, make_job, sources = resolve_top(plan.options, loaded, sources, plan.run.shard)
     else:
         loaded, resolved = resolve_explaining(plan.command, plan.options, loaded)
         make_job = _explaining_job(plan, resolved)

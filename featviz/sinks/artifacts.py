@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from featviz.explainer.predictions import Prediction
     from featviz.inputs.discover import ImageSource
 
-Command = Literal["maps", "cam", "filters", "compare", "score", "sanity"]
+Command = Literal["maps", "cam", "filters", "compare", "score", "sanity", "top"]
 Kind = Literal[
     "grid",  # maps
     "overlay",  # cam
@@ -28,6 +28,10 @@ Kind = Literal[
     "panel",  # compare and sanity: one labelled picture per image
     "table",  # score and sanity: the run's rows as CSV (``text``)
     "curves",  # score and sanity: the run's plot
+    "ranking",  # top: a layer's channels' best images (``text``, JSON)
+    "partial",  # top --shard: a shard's ranking (``target``: shard-K-of-N)
+    "examples",  # top: one channel's best images (``target``: the channel, 0037)
+    "overview",  # top: every channel's best image
 ]
 
 
