@@ -300,15 +300,6 @@ class Stat(str, Enum):
     mean = "mean"
 
 
-def _parse_channels(text: str) -> tuple[int, ...]:
-    from featviz.features.top import parse_channels
-
-    try:
-        return parse_channels(text)
-    except FeatvizError as exc:  # told like any bad option value: one line, exit 2
-        raise typer.BadParameter(f"{exc.message} ({exc.hint})") from None
-
-
 @app.command(cls=HelpCommand)
 @shared_options()
 def top(
@@ -316,10 +307,9 @@ def top(
     layer: Annotated[list[str], typer.Option("--layer", "-l", metavar="NAME", help=_LAYER_HELP)],
     k: Annotated[int, typer.Option("-k", min=1, metavar="N", help="Images kept per channel.")] = 9,
     channels: Annotated[
-        tuple[int, ...] | None,
+        str | None,
         typer.Option(
             metavar="LIST",
-            parser=_parse_channels,
             help="Channels to rank, e.g. 0-63 or 3,7,40-47.",
             show_default="every channel",
         ),
@@ -355,12 +345,13 @@ def top(
     Example: featviz top -m resnet50 -l layer3 -k 9 --channels 0-63 photos/
     """
     with errors():
+        from featviz.features.top import parse_channels
         from featviz.run.prepare import prepare
 
         request = TopRequest(
             layers=tuple(layer),
             k=k,
-            channels=channels or (),
+            channels=parse_channels(channels) if channels else (),
             stat=stat.value,
             cell_size=cell_size,
             merge=merge,
