@@ -17,6 +17,32 @@ from featviz.cli.app import app
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 VIT_SPEC = f"{EXAMPLES / 'synthetic_shapes.py'}:vit"
+CHANNELS_LAST_SOURCE = """
+import torch
+from torch import nn
+
+
+class ChannelsLast(nn.Module):
+    def forward(self, x):
+        return x.permute(0, 2, 3, 1)
+
+
+class Net(nn.Module):
+    \"\"\"A convolution whose output the next module lays out (N, h, w, C), as Swin's stages.\"\"\"
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 5, 3, stride=2, padding=1)
+        self.stage = ChannelsLast()
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.head(self.stage(self.conv(x)).mean(dim=(1, 2)))
+
+
+def build():
+    return Net()
+"""
 
 
 def _images(folder: Path, count: int, seed: int, sizes: list[tuple[int, int]]) -> list[Path]:
@@ -37,7 +63,15 @@ def _top(args: list[str]):
     return CliRunner().invoke(app, ["top", "-q", *args])
 
 
-def _brute_force(spec: str, layer: str, paths: list[Path], k: int, stat: str, input_size: int):
+def _brute_force(
+    spec: str,
+    layer: str,
+    paths: list[Path],
+    k: int,
+    stat: str,
+    input_size: int,
+    channels_last: bool = False,
+):
     """Per channel, sorted by (−score, input order): (input index, score, [row, col]), from
     one image at a time through the model and a plain forward hook."""
     from featviz.inputs.preprocess import to_tensor
@@ -58,6 +92,8 @@ def _brute_force(spec: str, layer: str, paths: list[Path], k: int, stat: str, in
             if out.dim() == 2:  # tokens: class + 2 registers first, then a 4-pixel patch grid
                 h, w = x.shape[-2] // 4, x.shape[-1] // 4
                 out = out[3:].T.reshape(-1, h, w)
+            elif channels_last:  # (h, w, C)
+                out = out.permute(2, 0, 1)
             flat = out.flatten(1)
             peak, where = flat.max(dim=1)
             score = peak if stat == "max" else flat.mean(dim=1)
@@ -116,6 +152,17 @@ def test_vit_token_layer_equals_brute_force(tmp_path, monkeypatch) -> None:
     row, col = entry["position"]
     assert entry["box"] == [0, 0, width, height]
     assert entry["cell"] == [4 * col, 4 * row, 4 * col + 4, 4 * row + 4]
+
+
+def test_channels_last_layer_equals_brute_force(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("net.py").write_text(CHANNELS_LAST_SOURCE)
+    paths = [p.relative_to(tmp_path) for p in _images(tmp_path / "in", 7, 6, [(40, 30)])]
+    args = ["-m", "net.py:build", "--weights", "none", "--input-size", "32", "-l", "stage"]
+    done = _top([*args, "-k", "2", "in", "-o", "out"])
+    assert done.exit_code == 0, done.output
+    expected = _brute_force("net.py:build", "stage", paths, 2, "max", 32, channels_last=True)
+    _assert_equal(_ranking(tmp_path / "out", "stage"), expected, paths)
 
 
 def test_shards_merged_equal_one_run_byte_for_byte(tmp_path, tiny_model_file, monkeypatch):
