@@ -213,7 +213,8 @@ def test_outputs_on_disk_and_in_the_gallery(tmp_path, tiny_model_file, monkeypat
     monkeypatch.chdir(tmp_path)
     _images(tmp_path / "in", 5, 4, [(40, 30)])
     common = ["-m", f"{tiny_model_file}:build", "--weights", "none", "--input-size", "32"]
-    done = _top([*common, "-l", "features.2", "-k", "2", "--channels", "1,3-4", "in", "-o", "out"])
+    options = ["-l", "features.2", "-k", "2", "--channels", "1,3-4", "--tensorboard", "tb"]
+    done = _top([*common, *options, "in", "-o", "out"])
     assert done.exit_code == 0, done.output
     [folder] = Path("out/top").iterdir()
     assert sorted(p.name for p in (folder / "features.2").iterdir()) == [
@@ -229,6 +230,13 @@ def test_outputs_on_disk_and_in_the_gallery(tmp_path, tiny_model_file, monkeypat
     assert [c["channel"] for c in ranking["channels"]] == [1, 3, 4]
     gallery = Path("out/gallery/data.js").read_text()
     assert f'"top: {folder.name} features.2"' in gallery and '"channel 4"' in gallery
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    [events] = Path("tb").iterdir()
+    board = EventAccumulator(str(events))
+    board.Reload()
+    tags = ["top/features.2", *(f"top/features.2/{c:04d}" for c in (1, 3, 4))]
+    assert sorted(board.Tags()["images"]) == tags
     manifest = json.loads(Path("out/manifest.json").read_text())
     assert manifest["counts"]["done"] == 5
     assert any(path.endswith("features.2.json") for path in manifest["outputs"])

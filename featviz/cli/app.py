@@ -301,7 +301,7 @@ class Stat(str, Enum):
 
 
 @app.command(cls=HelpCommand)
-@shared_options()
+@shared_options(ignored={"skip_existing": "a ranking needs every image"})
 def top(
     run: RunRequest,
     layer: Annotated[list[str], typer.Option("--layer", "-l", metavar="NAME", help=_LAYER_HELP)],
