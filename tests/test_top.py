@@ -1,6 +1,7 @@
 """featviz top: the k best images of every channel equal a brute-force loop over the same
-images (a CNN layer and a ViT token layer), shards merge into the single run's files byte for
-byte, memory stays k × channels, and the receptive field is the architecture's."""
+images (a CNN layer, a ViT token layer, a channels-last layer), shards merge into the single
+run's files byte for byte, the merge refuses incomplete or foreign partials, memory stays
+k × channels, and the receptive field is the architecture's."""
 
 from __future__ import annotations
 

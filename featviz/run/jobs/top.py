@@ -88,8 +88,9 @@ class TopJob(ImageJob):
         layouts = self.model.trace.layouts()
         maps, broken = {}, {}
         for name in self.layers:
-            values = layouts[name].to_nchw(taps.outputs[name][: len(batch)], input_hw)
-            values = values[:, self.channels[name]].float()
+            values = layouts[name].to_nchw(taps.outputs[name][: len(batch)], input_hw).float()
+            if len(self.channels[name]) < values.shape[1]:  # --channels: a copy of those only
+                values = values[:, self.channels[name]]
             for i in not_finite(values).nonzero().flatten().tolist():
                 broken.setdefault(i, f"layer '{name}' has {nan_or_infinite(values[i])} activations")
             maps[name] = values
