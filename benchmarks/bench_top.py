@@ -8,7 +8,8 @@ it times, round-robin in one run:
 - featviz: ``prepare(Plan("top", …))`` streamed to its end in-process (decoding, the forwards,
   the rankings, and at the end the winners decoded again, 384 channel sheets, two overviews and
   two JSON files written), the model built beforehand;
-- the forward passes alone: resnet18 under ``inference_mode`` up to ``layer3`` (a hook stops
+- the forward passes alone: the same network as featviz runs it (channels-last, its batch
+  norms folded into the convolutions) under ``inference_mode`` up to ``layer3`` (a hook stops
   the forward there), batch 8, on tensors preloaded at the same shapes: no decoding, no
   ranking, no writing;
 
@@ -125,8 +126,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=2000, help="small photos (2000)")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs of each (2)")
     args = parser.parse_args(argv)
-    import torchvision
-
     work = Path(tempfile.mkdtemp(prefix="featviz-bench-top-"))
     try:
         say(f"writing {args.images} photos of 128×96")
@@ -135,13 +134,17 @@ def main(argv: list[str] | None = None) -> None:
         subset.mkdir()
         for photo in photos[:500]:
             os.link(photo, subset / photo.name)
-        torch.manual_seed(0)
-        model = torchvision.models.resnet18().eval().requires_grad_(False)
-        batches = preload(photos)
+        prepared = prepare_featviz(work / "all", work / "floor")
+        batches = [batch.contiguous(memory_format=torch.channels_last) for batch in preload(photos)]
+
+        def floor() -> None:
+            with prepared.config.compute():  # the batch norms folded, as for featviz's batches
+                forwards_alone(prepared.model.module, batches)
+
         runs = round_robin(
             {
                 "featviz top": lambda: run_featviz(work / "all", work / "out"),
-                "forward passes alone": lambda: forwards_alone(model, batches),
+                "forward passes alone": floor,
             },
             args.repeats,
             log=say,
