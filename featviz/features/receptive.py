@@ -6,8 +6,9 @@ grid cell at the centre of a random input are summed and differentiated with res
 input, and every pixel whose gradient is not exactly zero is in the field. A few random inputs
 are pooled, since a ReLU that is off or a max-pool that picks one pixel hides part of the field
 on any one input. Convolutions see the same field at every position (up to the image border),
-so the centre's extent is carried to every cell; a transformer's token mixes the whole input
-from its first attention on, and its field is the whole image (``None``).
+so the centre's extent is carried to every cell. A field that reaches across the whole probe
+(at the model's input size) is taken as the whole image (``None``): a transformer's token mixes
+every patch from its first attention on, and a deep CNN layer's field outgrows the input.
 """
 
 from __future__ import annotations
