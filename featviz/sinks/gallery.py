@@ -206,7 +206,9 @@ def _top_cards(sink: GallerySink, root: Path) -> list[dict[str, Any]]:
     for model in sorted(path for path in (root / "top").glob("*") if path.is_dir()):
         for overview in sorted(p for p in model.iterdir() if p.suffix in PICTURES):
             channels = overview.with_suffix("")
-            sheets = sorted(p for p in channels.glob("*") if p.suffix in PICTURES)
+            sheets = sorted(
+                p for p in channels.glob("*") if p.suffix in PICTURES and p.stem.isdigit()
+            )
             outputs = [
                 [
                     model.name,
