@@ -19,6 +19,7 @@ process over the first 500 images and over all of them, with the peak resident m
 (``wait4``): flat, since what a run holds is k × channels, not the images.
 
 Usage (from the repository root): python benchmarks/bench_top.py [--images 2000] [--repeats 2]
+[--threads N] [--no-memory]
 """
 
 from __future__ import annotations
@@ -138,7 +139,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2000, help="small photos (2000)")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs of each (2)")
+    parser.add_argument("--threads", type=int, help="torch's threads in-process (its default)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS runs")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="featviz-bench-top-"))
     try:
         say(f"writing {args.images} photos of 128×96")
@@ -192,6 +197,8 @@ def main(argv: list[str] | None = None) -> None:
             )
         print(TIMES_NOTE)
         print()
+        if args.no_memory:
+            return
         rows = []
         for name, folder in (("500 images", subset), (f"{args.images} images", work / "all")):
             say(f"featviz top over {name} as a child process")
