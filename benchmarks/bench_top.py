@@ -72,11 +72,11 @@ def prepare_featviz(folder: Path, out: Path):
     )
 
 
-def run_featviz(folder: Path, out: Path) -> None:
+def run_featviz(ready: list) -> None:
+    """Stream the next of the runs prepared beforehand (the model built) to its end."""
     from featviz.sinks.manifest import RunTally
 
-    shutil.rmtree(out, ignore_errors=True)
-    run = prepare_featviz(folder, out)
+    run = ready.pop()
     tally = RunTally()
     for result in run.results():
         if result.error:
@@ -159,8 +159,10 @@ def main(argv: list[str] | None = None) -> None:
             with prepared.config.compute():  # the batch norms folded, as for featviz's batches
                 forwards_alone(prepared.model.module, batches)
 
+        # One prepared run per timed run (a run streams once), each with its own folder.
+        ready = [prepare_featviz(work / "all", work / f"out{i}") for i in range(args.repeats)]
         contenders = {
-            "featviz top": lambda: run_featviz(work / "all", work / "out"),
+            "featviz top": lambda: run_featviz(ready),
             "forward passes alone": floor,
         }
         cpu: dict[str, list[float]] = {name: [] for name in contenders}
