@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 from _common import (
+    RETRIES,
     TIMES_NOTE,
     featviz_command,
     machine_line,
@@ -159,8 +160,11 @@ def main(argv: list[str] | None = None) -> None:
             with prepared.config.compute():  # the batch norms folded, as for featviz's batches
                 forwards_alone(prepared.model.module, batches)
 
-        # One prepared run per timed run (a run streams once), each with its own folder.
-        ready = [prepare_featviz(work / "all", work / f"out{i}") for i in range(args.repeats)]
+        # One prepared run per timed run, redone ones included (a run streams once).
+        ready = [
+            prepare_featviz(work / "all", work / f"out{i}")
+            for i in range(args.repeats * (RETRIES + 1))
+        ]
         contenders = {
             "featviz top": lambda: run_featviz(ready),
             "forward passes alone": floor,
