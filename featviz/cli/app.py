@@ -34,6 +34,7 @@ from featviz.run.plan import (
     RunRequest,
     SanityRequest,
     ScoreRequest,
+    TopRequest,
 )
 from featviz.sinks.options import OutputRequest
 
@@ -293,6 +294,70 @@ def sanity(
         # --seed: also the re-initialised weights'
         request = SanityRequest(**explaining.fields(JUDGED_METHODS), seed=model.seed)
         stream(prepare(Plan("sanity", model, output, request, run)), report)
+
+
+class Stat(str, Enum):
+    max = "max"
+    mean = "mean"
+
+
+@app.command(cls=HelpCommand)
+@shared_options(ignored={"skip_existing": "a ranking needs every image"})
+def top(
+    run: RunRequest,
+    layer: Annotated[list[str], typer.Option("--layer", "-l", metavar="NAME", help=_LAYER_HELP)],
+    k: Annotated[int, typer.Option("-k", min=1, metavar="N", help="Images kept per channel.")] = 9,
+    channels: Annotated[
+        str | None,
+        typer.Option(
+            metavar="LIST",
+            help="Channels to rank, e.g. 0-63 or 3,7,40-47.",
+            show_default="every channel",
+        ),
+    ] = None,
+    stat: Annotated[
+        Stat,
+        typer.Option(
+            metavar=choices(Stat),
+            help="A channel's score on an image: its maximum over positions, or its mean.",
+        ),
+    ] = Stat.max,
+    cell_size: Annotated[
+        int, typer.Option(min=16, metavar="PIXELS", help="Side of each example's square cell.")
+    ] = 96,
+    merge: Annotated[
+        bool,
+        typer.Option(
+            help="Combine the partial results of --shard K/N runs (run the same command line, "
+            "--shard replaced by --merge).",
+        ),
+    ] = False,
+    model: ModelRequest = None,
+    output: OutputRequest = None,
+    report: Report = None,
+) -> None:
+    """Per channel, the k images that excite it most, and where.
+
+    Writes top/<model>/<layer>.json (per channel the ranked inputs,
+    scores, positions on the layer's grid and boxes in the image's
+    pixels), <layer>.png (every channel's best crop) and
+    <layer>/<channel>.png (a channel's k receptive-field crops).
+
+    Example: featviz top -m resnet50 -l layer3 -k 9 --channels 0-63 photos/
+    """
+    with errors():
+        from featviz.features.top import parse_channels
+        from featviz.run.prepare import prepare
+
+        request = TopRequest(
+            layers=tuple(layer),
+            k=k,
+            channels=parse_channels(channels) if channels else (),
+            stat=stat.value,
+            cell_size=cell_size,
+            merge=merge,
+        )
+        stream(prepare(Plan("top", model, output, request, run)), report)
 
 
 @app.command(cls=HelpCommand)

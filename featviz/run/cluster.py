@@ -57,6 +57,12 @@ def prepare_on_cluster(plan: Plan, build: Callable[[], PreparedRun]) -> ClusterR
             "its own",
             hint="leave out one of them (a run without --ray writes the event files)",
         )
+    if plan.command == "top":
+        raise UsageError(
+            "featviz top does not go with --ray yet: each actor would rank only the images it "
+            "was given",
+            hint="split the images with --shard K/N (one job each) and combine them with --merge",
+        )
     ray = _import_ray()
     request = plan.run.ray
     started = _connect(ray, request.address)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from featviz.cam.registry import JUDGED_METHODS
 from featviz.explainer.options import NO_EFFECT, ExplainRequest
+from featviz.features.top import Stat
 from featviz.inputs.limits import DEFAULT_MAX_PIXELS
 from featviz.inputs.shards import Shard
 from featviz.model.options import ModelRequest
@@ -145,6 +146,20 @@ class DreamRequest:
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class TopRequest:
+    """``featviz top``: per channel the k images that excite it most (featviz.features.top)."""
+
+    CHOOSES_FILES: ClassVar[frozenset[str]] = frozenset({"layers", "channels"})
+
+    layers: tuple[str, ...] = ()
+    k: int = 9
+    channels: tuple[int, ...] = ()  # empty: every channel
+    stat: Stat = "max"
+    cell_size: int = 96
+    merge: bool = field(default=False, metadata=NO_EFFECT)  # combine --shard runs' partials
+
+
 CommandOptions = (
     MapsRequest
     | CamRequest
@@ -153,6 +168,7 @@ CommandOptions = (
     | SanityRequest
     | FiltersRequest
     | DreamRequest
+    | TopRequest
 )
 
 

@@ -94,8 +94,8 @@ class PreparedRun:
 
 
 def prepare(plan: Plan) -> PreparedRun | ClusterRun:
-    """Build what ``plan`` (a per-image command: maps, cam, compare, score, sanity) needs, and
-    open its output folder once every option has been checked: a typo leaves no folder."""
+    """Build what ``plan`` (a per-image command: maps, cam, compare, score, sanity, top) needs,
+    and open its output folder once every option has been checked: a typo leaves no folder."""
     notes: list[str] = []
     if plan.run.ray is not None:  # the images go to a Ray cluster's actors
         from featviz.run.cluster import prepare_on_cluster
@@ -122,6 +122,10 @@ def prepare_sources(plan: Plan, sources: Iterable[ImageSource], notes: list[str]
         sources = clip_sources(sources, loaded.clip, max_pixels=plan.run.max_pixels)
     if plan.command == "maps":
         resolved, make_job = _maps(plan.options, loaded)
+    elif plan.command == "top":
+        from featviz.run.jobs.top import resolve_top
+
+        resolved, make_job, sources = resolve_top(plan.options, loaded, sources, plan.run.shard)
     else:
         loaded, resolved = resolve_explaining(plan.command, plan.options, loaded)
         make_job = _explaining_job(plan, resolved)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from featviz.explainer.predictions import Prediction
     from featviz.inputs.discover import ImageSource
 
-Command = Literal["maps", "cam", "filters", "compare", "score", "sanity", "dream"]
+Command = Literal["maps", "cam", "filters", "compare", "score", "sanity", "dream", "top"]
 Kind = Literal[
     "grid",  # maps
     "overlay",  # cam
@@ -30,6 +30,10 @@ Kind = Literal[
     "curves",  # score and sanity: the run's plot
     "dream",  # dream: one optimised image
     "dream-grid",  # dream: all of a run's images, labelled
+    "ranking",  # top: a layer's channels' best images (``text``, JSON)
+    "partial",  # top --shard: a shard's ranking (``target``: shard-K-of-N)
+    "examples",  # top: one channel's best images (``target``: the channel, 0037)
+    "overview",  # top: every channel's best image
 ]
 
 

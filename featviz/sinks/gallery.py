@@ -120,6 +120,7 @@ def build_gallery(layout: OutputLayout) -> Path:
     images = [_card(sink, records) for records in by_input.values()]
     images.extend(_filters_cards(sink, root))
     images.extend(_dream_cards(sink, root))
+    images.extend(_top_cards(sink, root))
     models = {name: held.get("description", name) for name, held in claims(root).items()}
     data = json.dumps(
         {"images": images, "models": models}, ensure_ascii=False, separators=(",", ":")
@@ -249,6 +250,42 @@ def _dream_cards(sink: GallerySink, root: Path) -> list[dict[str, Any]]:
                 "outputs": outputs,
             }
         )
+    return cards
+
+
+def _top_cards(sink: GallerySink, root: Path) -> list[dict[str, Any]]:
+    """One card per model folder and layer that `featviz top` ranked into this folder: the
+    overview of its channels, then each channel's examples."""
+    cards = []
+    for model in sorted(path for path in (root / "top").glob("*") if path.is_dir()):
+        for overview in sorted(p for p in model.iterdir() if p.suffix in PICTURES):
+            channels = overview.with_suffix("")
+            sheets = sorted(
+                p for p in channels.glob("*") if p.suffix in PICTURES and p.stem.isdigit()
+            )
+            outputs = [
+                [
+                    model.name,
+                    "top",
+                    "",
+                    channels.name,
+                    "" if picture == overview else picture.stem,
+                    "every channel" if picture == overview else f"channel {int(picture.stem)}",
+                    _link(picture, root),
+                    _link(_ensure_thumb(sink, picture), root),
+                ]
+                for picture in (overview, *sheets)
+            ]
+            cards.append(
+                {
+                    "name": f"top: {model.name} {channels.name}",
+                    "thumb": None,
+                    "link": None,
+                    "predictions": [],
+                    "error": None,
+                    "outputs": outputs,
+                }
+            )
     return cards
 
 

@@ -12,6 +12,9 @@ folder mirroring the inputs, named after its file (featviz.inputs.discover: ``a/
     filters/<model>/<layer>.png                      featviz filters
     dream/<model>/<layer>/c0037.png, n0037.png       featviz dream: a channel, a neuron
     dream/<model>/classes/<class>.png                featviz dream: a class (-2, -3…: --diversity)
+    top/<model>/<layer>.json, <layer>.png            featviz top: the ranking, the overview
+    top/<model>/<layer>/<channel>.png                featviz top: a channel's examples
+    top/<model>/<layer>.shard-K-of-N.json            featviz top --shard: a partial ranking
     records/<model>/<image>/<command>-<fingerprint>.json
                                                      what the image produced with those settings
                                                      (--skip-existing, the gallery)
@@ -67,6 +70,7 @@ RESERVED = frozenset(
         "models",
         "filters",
         "dream",
+        "top",
         OUTPUT_MARKER,
     }
 )
@@ -129,6 +133,8 @@ class OutputLayout:
             return self.root / "dream" / self.variant / artifact.layer / stem
         if artifact.kind == "dream-grid":
             return self.root / "runs" / self.run / f"dream.{self.picture}"
+        if artifact.command == "top":
+            return self.top_picture(artifact)
         if artifact.kind == "panel":  # compare.png, sanity.png beside the image's outputs
             return self.image_dir(relative) / f"{artifact.command}.{self.picture}"
         if artifact.kind in ("table", "curves"):  # score.csv, score.png: the run's own
@@ -160,6 +166,21 @@ class OutputLayout:
     def filters_picture(self, layer: str, suffix: str = "") -> Path:
         name = f"{safe_name(layer)}{suffix}.{self.picture}"
         return self.root / "filters" / self.variant / name
+
+    def top_folder(self) -> Path:
+        return self.root / "top" / self.variant
+
+    def top_picture(self, artifact: Artifact) -> Path:
+        """A ``featviz top`` output: a layer's ranking (a shard's partial one: ``target`` is
+        ``shard-K-of-N``), its overview, or one channel's examples (``target``: the channel)."""
+        stem = self.top_folder() / safe_name(artifact.layer)
+        if artifact.kind == "ranking":
+            return stem.with_name(f"{stem.name}.json")
+        if artifact.kind == "partial":
+            return stem.with_name(f"{stem.name}.{artifact.target}.json")
+        if artifact.kind == "overview":
+            return stem.with_name(f"{stem.name}.{self.picture}")
+        return stem / f"{artifact.target}.{self.picture}"
 
     def manifest(self) -> Path:
         return self.root / "manifest.json"
