@@ -130,7 +130,7 @@ _MODEL_OPTIONS: dict[str, tuple[Any, Any]] = {
                 panel=MODEL_PANEL,
                 metavar="NAME",
                 help="torchvision model name (see `featviz models`), timm/NAME[.TAG], "
-                "hf:REPO_ID or hf:DIR, or your own as file.py:callable or "
+                "hf:REPO_ID or hf:DIR, open_clip/NAME, or your own as file.py:callable or "
                 "package.module:callable.",
             ),
         ],
