@@ -242,6 +242,14 @@ def test_video_models_refuse_the_commands_made_for_images(tiny3d: str, tmp_path:
     assert done.exit_code == 2
     assert "featviz compare does not take video models yet" in done.stderr
     assert not (tmp_path / "out").exists()
+    done = CliRunner().invoke(
+        app, ["cam", "-m", tiny3d, "-M", "scorecam", "-o", str(tmp_path / "out"), str(video)]
+    )
+    assert done.exit_code == 2
+    assert done.stderr.splitlines()[0] == (
+        "Error: --method scorecam perturbs single pictures and does not take video clips yet"
+    )
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_broken_video_fails_alone_with_exit_1(tiny3d: str, tmp_path: Path) -> None:

@@ -51,6 +51,9 @@ class CamMethod:
     # Its backward passes switch what the ReLUs send back (guided backpropagation): the batch's
     # forward then runs with switchable ReLUs (featviz.layers.relus) and serves it too.
     relu_rules: ClassVar[bool] = False
+    # It perturbs the input as one (N, 3, H, W) picture (masks, noise): a video model's
+    # (N, 3, T, H, W) clips are refused before the run rather than failing clip by clip.
+    images_only: ClassVar[bool] = False
 
     @property
     def info(self) -> MethodInfo:

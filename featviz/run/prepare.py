@@ -128,8 +128,26 @@ def prepare_sources(plan: Plan, sources: Iterable[ImageSource], notes: list[str]
         resolved, make_job, sources = resolve_top(plan.options, loaded, sources, plan.run.shard)
     else:
         loaded, resolved = resolve_explaining(plan.command, plan.options, loaded)
+        if loaded.clip is not None:
+            _check_video_methods(plan.options.methods)
         make_job = _explaining_job(plan, resolved)
     return _prepared(plan, loaded, resolved, make_job, sources, notes)
+
+
+def _check_video_methods(methods: Iterable[str]) -> None:
+    """A video model's clips go only to methods that do not perturb a (N, 3, H, W) picture."""
+    import importlib
+
+    from featviz.cam.registry import method_info
+
+    for name in methods:
+        info = method_info(name)
+        if getattr(importlib.import_module(info.module), info.class_name).images_only:
+            raise UsageError(
+                f"--method {name} perturbs single pictures and does not take video clips yet",
+                hint="the gradient methods (gradcam, layercam…), eigencam, ablationcam and the "
+                "pixel-level ones do",
+            )
 
 
 def default_map_layers(model: LoadedModel) -> list[str]:
