@@ -93,6 +93,12 @@ class TorchvisionSource:
                 hint=(f"{near}; " if near else "")
                 + "list them with `featviz models`, or pass your own as file.py:callable",
             )
+        if name.startswith("mvit") and not structure_only:
+            raise UsageError(
+                f"{name} is not supported yet: its layers mix time and space in one sequence "
+                "of tokens, which featviz does not lay out on frames",
+                hint="r3d_18, mc3_18, r2plus1d_18, s3d and swin3d_t/s/b are",
+            )
         builder = torchvision.models.get_model_builder(name)
         kwargs: dict[str, Any] = {}
         if request.num_classes is not None:
