@@ -48,10 +48,19 @@ def build(name: str) -> tuple[torch.nn.Module, str, tuple, tuple]:
 
 def one_image(model, layer, calls, x, method) -> Callable[[], object]:
     target = torch.tensor([281])
+    pixel_level = method.info.pixel_level  # its map is of the input (or, guidedgradcam, layer)
+    where = method.layers_for([layer])[0] if pixel_level else layer
 
     def run() -> object:
-        ctx = forward_for_cam(model, x, [layer], calls)
-        return method.compute(ctx, layer, target)
+        ctx = forward_for_cam(
+            model,
+            x,
+            [layer],
+            calls,
+            input_gradients=pixel_level,
+            relu_rules=method.relu_rules,
+        )
+        return method.compute(ctx, where, target)
 
     return run
 

@@ -108,6 +108,14 @@ class _Collector:
     def write_dl(self, rows: list[tuple[str, str]], *args: object) -> None:
         self.sections.setdefault(self._current, []).extend(rows)
 
+    # A section's free text under its rows (the methods' note on pixel-level maps) is not a
+    # row: the pages say it in their own words (methods.md).
+    def write_paragraph(self) -> None:
+        pass
+
+    def write_text(self, text: str) -> None:
+        pass
+
 
 def _help_sections(command_path: list[str]) -> dict[str, list[tuple[str, str]]]:
     from featviz.cli.app import click_command

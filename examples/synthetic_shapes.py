@@ -108,6 +108,22 @@ def swin() -> nn.Module:
     )
 
 
+def cnn() -> nn.Module:
+    """A small convolutional classifier: three conv → ReLU stages (the last at 8 × 16), global
+    average pooling, one Linear; ``nn.ReLU`` modules, which the guided methods rewrite."""
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, len(CLASSES)),
+    )
+
+
 def trained(
     build,
     steps: int = 150,

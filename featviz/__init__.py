@@ -11,7 +11,8 @@ The library, for notebooks, training loops and data pipelines::
 
 ``featviz.explain``, ``featviz.feature_maps``, ``featviz.compare``, ``featviz.score``,
 ``featviz.sanity`` and ``featviz.Explainer`` (for a stream of batches: a validation step, Ray
-Data's ``map_batches``) run the core the ``featviz`` command runs, minus the files.
+Data's ``map_batches``) run the core the ``featviz`` command runs, minus the files; so does
+``featviz.dream`` (images optimised to excite channels or classes).
 
 Importing this package stays cheap (no torch): its names load their modules on first use, and
 shell loops that run ``featviz`` pay nothing for them.
@@ -35,6 +36,7 @@ _LAZY = {
     "score": "featviz.api.judge",
     "sanity": "featviz.api.judge",
     "Explainer": "featviz.api.batches",
+    "dream": "featviz.api.dream",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -5,9 +5,13 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import strategies as st
+
+if TYPE_CHECKING:
+    import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_images"
@@ -42,6 +46,52 @@ def build(num_classes: int = 5) -> nn.Module:
     torch.manual_seed(0)
     return TinyNet(num_classes)
 '''
+
+
+# A video classifier (featviz.inputs.video) small enough for any test: clips of 4 frames.
+TINY_VIDEO_MODEL = """
+import torch
+from torch import nn
+
+CLIP_LENGTH = 4
+INPUT_SIZE = 16
+MEAN = STD = (0.5, 0.5, 0.5)
+
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv3d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv3d(4, 6, 3, padding=1, stride=(2, 2, 2)),
+        nn.ReLU(), nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(6, 3),
+    )
+"""
+
+
+def bar_frames(count: int, height: int = 48, width: int = 64) -> np.ndarray:
+    """(count, H, W, 3): frame i is black with a white bar at columns i … i + 7."""
+    import numpy as np
+
+    frames = np.zeros((count, height, width, 3), np.uint8)
+    for i in range(count):
+        frames[i, :, i : i + 8] = 255
+    return frames
+
+
+def write_video(path: Path, frames: np.ndarray, codec: str, rate: int = 30, **options) -> Path:
+    """``frames`` (T, H, W, 3) uint8 encoded by PyAV at ``rate`` frames per second."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=rate, options=options)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv444p" if codec == "libx264" else "yuv420p"
+        for pixels in frames:
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
 
 
 def example_cache(tmp_path_factory, name: str, train) -> Path:

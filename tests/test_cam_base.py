@@ -16,8 +16,13 @@ from featviz.layers.trace import trace_model
 from featviz.model.load import load_model
 from featviz.model.options import ModelRequest
 
-# Methods that read one layer (the rollout methods read attention: tests/test_attention.py).
-LAYER_METHODS = [name for name in method_names() if not method_info(name).needs_attention]
+# Methods that read one layer (the rollout methods read attention: tests/test_attention.py;
+# the pixel-level ones the input: tests/test_cam_pixel.py).
+LAYER_METHODS = [
+    name
+    for name in method_names()
+    if not (method_info(name).needs_attention or method_info(name).pixel_level)
+]
 
 
 def _no_hooks(model: nn.Module) -> bool:

@@ -32,6 +32,17 @@ EXPECTED_ORDER = [
     "sscam",
     "iscam",
     "smoothgradcam++",
+    "saliency",
+    "inputxgradient",
+    "integratedgradients",
+    "smoothgrad",
+    "occlusion",
+    "guidedbackprop",
+    "deconvolution",
+    "guidedgradcam",
+    "fullgrad",
+    "lrp",
+    "attnlrp",
 ]
 
 
@@ -71,6 +82,11 @@ def test_gradient_flags():
         "shapleycam",
         "finercam",
         "smoothgradcam++",
+        "saliency",
+        "inputxgradient",
+        "guidedbackprop",
+        "deconvolution",
+        "guidedgradcam",
     ]
     agnostic = [name for name in method_names() if not method_info(name).class_specific]
     assert agnostic == ["eigencam", "rollout", "kpcacam", "fem"]

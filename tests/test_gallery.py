@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_MODEL_SOURCE
+from conftest import TINY_MODEL_SOURCE, TINY_VIDEO_MODEL, bar_frames, write_video
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -68,22 +68,29 @@ def gallery(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def page(gallery: Path):
+def browser():
+    """One Chromium for the module: Playwright's sync API runs one instance per thread."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.problems = []
-        page.on("console", lambda m: m.type == "error" and page.problems.append(m.text))
-        page.on("pageerror", lambda error: page.problems.append(str(error)))
-        page.on(
-            "request",
-            lambda r: r.url.startswith("file://") or page.problems.append(f"request {r.url}"),
-        )
-        page.goto((gallery / "index.html").as_uri())
-        yield page
+        yield browser
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser, gallery: Path):
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.problems = []
+    page.on("console", lambda m: m.type == "error" and page.problems.append(m.text))
+    page.on("pageerror", lambda error: page.problems.append(str(error)))
+    page.on(
+        "request",
+        lambda r: r.url.startswith("file://") or page.problems.append(f"request {r.url}"),
+    )
+    page.goto((gallery / "index.html").as_uri())
+    yield page
+    page.close()
 
 
 def _names_on_every_page(page) -> list[str]:
@@ -165,3 +172,36 @@ def test_a_screenshot_of_the_page(page, tmp_path: Path) -> None:
     with Image.open(shot) as image:
         assert image.size == (1400, 900)
         assert np.asarray(image.convert("L")).std() > 10  # cards and pictures, not a blank page
+
+
+@pytest.fixture(scope="module")
+def video_gallery(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A video model's cam run on a clip whose frames differ, 5 frames a second."""
+    pytest.importorskip("av")
+    root = tmp_path_factory.mktemp("video_gallery")
+    (root / "tiny3d.py").write_text(TINY_VIDEO_MODEL)
+    video = write_video(root / "bar.mp4", bar_frames(4, 48, 64), "libx264", rate=5)
+    out = root / "out"
+    done = CliRunner().invoke(
+        app, ["cam", "-m", f"{root / 'tiny3d.py'}:build", "-q", "-o", str(out), str(video)]
+    )
+    assert done.exit_code == 0, done.stderr
+    return out
+
+
+def test_a_clips_animation_plays_in_its_card(browser, video_gallery: Path) -> None:
+    """The card's thumbnail is the animated WebP itself: Chromium decodes it and, in the
+    0.8 s it loops in, shows more than one picture."""
+    page = browser.new_page(viewport={"width": 800, "height": 600})
+    problems = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.goto((video_gallery / "index.html").as_uri())
+    thumb = page.locator(".outputs img").first
+    assert thumb.get_attribute("src").endswith(".webp.webp")
+    assert page.evaluate(RESOLVES) == []
+    shots = set()
+    for _ in range(8):
+        shots.add(thumb.screenshot())
+        page.wait_for_timeout(110)
+    page.close()
+    assert len(shots) > 1 and problems == []

@@ -17,16 +17,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import image_folder
+from conftest import example_cache, image_folder
 from PIL import Image
 from synthetic_shapes import CLASSES, HEIGHT, WIDTH, accuracy, swin, trained, two_object_scenes, vit
 from typer.testing import CliRunner
 
 from featviz.cam import forward_for_cam, heatmap, load_method
+from featviz.cam.methods.attnlrp import AttnLrpRules, attnlrp_relevance, forward_under_rules
 from featviz.cli.app import app
 from featviz.layers.trace import trace_model
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
+# Parameters added to the residual stream or to a layer's output: they keep a share of AttnLRP's
+# relevance.
+ADDITIVE = ("bias", "pos_embed", "cls_token", "reg_token")
 
 
 def own_half_share(heat: np.ndarray, half: int) -> float:
@@ -116,3 +120,99 @@ def test_vit_gradient_rollout_sits_on_each_object_end_to_end(
     assert np.mean(rollout) > 0.85 and min(rollout) > 0.7, (np.mean(rollout), min(rollout))
     assert np.mean(shares["gradcam/blocks.2.norm1"]) > 0.55
     print({k: (round(float(np.mean(v)), 3), round(min(v), 3)) for k, v in shares.items()})
+
+
+def test_vit_attnlrp_forward_is_the_models_own(trained_vit) -> None:
+    x = torch.cat([scene for scene, _, _ in two_object_scenes(4, seed=2)])
+    with torch.no_grad():
+        plain = trained_vit(x)
+        with AttnLrpRules():
+            ruled = trained_vit(x)
+    torch.testing.assert_close(ruled, plain, rtol=1e-4, atol=1e-5)
+
+
+def test_vit_attnlrp_score_is_pixels_additive_parameters_and_softmax_remainders(
+    trained_vit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every rule but softmax's conserves relevance, so S^c = Σ pixels + Σ what biases, the
+    position embedding and the prefix tokens keep + Σ over softmaxes (Σ R_out − Σ R_in)."""
+    remainders: list[torch.Tensor] = []
+    softmax = torch.Tensor.softmax
+
+    def booked(logits: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        s = softmax(logits, *args, **kwargs)
+        flows: dict[str, torch.Tensor] = {}
+        s.register_hook(lambda g: flows.__setitem__("out", (s.detach() * g).sum()))
+        logits.register_hook(
+            lambda g: remainders.append(flows["out"] - (logits.detach() * g).sum())
+        )
+        return s
+
+    monkeypatch.setattr(torch.Tensor, "softmax", booked)
+    additive = [p for n, p in trained_vit.named_parameters() if n.split(".")[-1] in ADDITIVE]
+    try:
+        for p in additive:
+            p.requires_grad_()
+        for x, left, _ in two_object_scenes(3, seed=3):
+            remainders.clear()
+            leaf, logits = forward_under_rules(trained_vit, x)
+            score = logits[0, left]
+            pixels, *kept = torch.autograd.grad(score, [leaf, *additive])
+            score = float(score.detach())
+            parts = {
+                "pixels": float((leaf * pixels).sum().detach()),
+                "parameters": float(sum((p * g).sum() for p, g in zip(additive, kept)).detach()),
+                "softmax": float(sum(remainders)),
+            }
+            print({k: round(v / score, 3) for k, v in parts.items()})
+            assert len(remainders) == 3  # one softmax per block
+            assert sum(parts.values()) == pytest.approx(score, rel=1e-2)
+            assert 0.2 < parts["pixels"] / score < 1
+    finally:
+        for p in additive:
+            p.requires_grad_(False)
+
+
+def test_vit_attnlrp_is_the_same_for_a_scene_alone_and_in_a_batch(trained_vit) -> None:
+    scenes = two_object_scenes(3, seed=4)
+    x = torch.cat([scene for scene, _, _ in scenes])
+    targets = torch.tensor([left for _, left, _ in scenes])
+    together, scores = attnlrp_relevance(trained_vit, x, targets)
+    alone, score = attnlrp_relevance(trained_vit, x[1:2], targets[1:2])
+    torch.testing.assert_close(together[1:2], alone, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(scores[1:2], score)
+
+
+def test_vit_attnlrp_sits_on_each_object_more_often_than_gradcam_end_to_end(
+    trained_vit, tmp_path_factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the command line, like gradient rollout above; the positive relevance is
+    measured (the picture is of |relevance|, and the other object gets negative relevance)."""
+    cache = example_cache(tmp_path_factory, "shapes_vit", lambda: trained_vit)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    halves = {}
+    for i, (x, left, right) in enumerate(two_object_scenes(12, seed=1)):
+        pixels = ((x[0] * 0.5 + 0.5).clamp(0, 1) * 255).round().byte().permute(1, 2, 0)
+        Image.fromarray(pixels.numpy()).save(scenes / f"s{i:02d}.png")
+        halves[f"s{i:02d}"] = {left: 0, right: 1}
+    out = tmp_path / "out"
+    model = ["-m", f"{EXAMPLES / 'shapes_vit.py'}:build"]
+    methods = ["-M", "attnlrp", "-M", "gradcam", "--top-k", "2", "--save-raw", "-q"]
+    result = CliRunner().invoke(app, ["cam", *model, *methods, str(scenes), "-o", str(out)])
+    assert result.exit_code == 0, result.stderr
+    shares: dict[str, list[float]] = {"attnlrp": [], "gradcam": []}
+    for name, sides in halves.items():
+        folder = image_folder(out, name) / "cam"
+        for target, half in sides.items():
+            file = f"{target}_{CLASSES[target]}.npz"
+            relevance = np.load(folder / "attnlrp" / "input" / file)["layer_cam"]
+            assert relevance.shape == (32, 64) and (relevance < 0).any()  # signed, raw
+            shares["attnlrp"].append(own_half_share(relevance.clip(min=0), half))
+            gradcam = np.load(folder / "gradcam" / "blocks.2.norm1" / file)["heatmap"]
+            shares["gradcam"].append(own_half_share(gradcam, half))
+    print({k: (round(float(np.mean(v)), 3), round(min(v), 3)) for k, v in shares.items()})
+    right = {k: sum(share > 0.5 for share in v) for k, v in shares.items()}
+    assert right["attnlrp"] == len(shares["attnlrp"]) >= right["gradcam"]
+    assert np.mean(shares["attnlrp"]) > max(0.8, np.mean(shares["gradcam"]))

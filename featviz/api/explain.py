@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from featviz.api.model import loaded_model
@@ -33,13 +34,14 @@ class Explanation:
     """One map of one image.
 
     ``heatmap``: float32 (H, W) in [0, 1] over the original image (H, W), exactly what
-    ``featviz cam --save-raw`` writes as ``heatmap``; ``layer_cam``: float32 (h, w) at the
-    layer's grid, after the method's own ReLU, before any normalisation (``--save-raw``'s
-    ``layer_cam``; None for a fusion of layers); ``image``: the original (H, W, 3) uint8
-    pixels; ``index``, ``label``, ``probability``: the class explained (None, "all classes"
-    and None for a class-agnostic method such as eigencam); ``box``: a detector's box, x0 y0
-    x1 y1 in the image's pixels; ``input``: the image's path, or ``image N`` for the Nth
-    in-memory image.
+    ``featviz cam --save-raw`` writes as ``heatmap`` (of the absolute value, for a signed
+    method); ``layer_cam``: float32 (h, w) at the layer's grid (a pixel-level method's at the
+    model input's, signed where the method is), after the method's own ReLU, before any
+    normalisation (``--save-raw``'s ``layer_cam``; None for a fusion of layers); ``image``:
+    the original (H, W, 3) uint8 pixels; ``index``, ``label``, ``probability``: the class
+    explained (None, "all classes" and None for a class-agnostic method such as eigencam);
+    ``box``: a detector's box, x0 y0 x1 y1 in the image's pixels; ``input``: the image's
+    path, or ``image N`` for the Nth in-memory image.
     """
 
     input: str
@@ -115,6 +117,7 @@ def explain(
     top_k: int | None = None,
     target_fn: str | None = None,
     min_score: float | None = None,
+    prompts: str | Path | None = None,
     seed: int = 0,
     batch_size: int | None = None,
     cam_batch_size: int = 32,
@@ -126,9 +129,11 @@ def explain(
     PIL image, a uint8 (H, W, 3) array, or a list of them (or a (N, H, W, 3) array).
     ``method``, ``layer``, ``target``: one or several (registry names; layer names or globs,
     default the model's default CAM layer; class indices or names, default the ``top_k`` most
-    likely, 1). One image with one method, layer and target gives one ``Explanation``;
-    anything else an ``Explanations`` list (images × methods × layers × targets). An image that
-    cannot be used raises ``featviz.errors.InputError``.
+    likely, 1); for a CLIP-style model, ``"text:a photo of a cat"`` is a prompt's target, and
+    ``prompts`` a file of prompts, one a line, for its zero-shot classifier). One image with
+    one method, layer and target gives one ``Explanation``; anything else an ``Explanations``
+    list (images × methods × layers × targets). An image that cannot be used raises
+    ``featviz.errors.InputError``.
     """
     loaded = loaded_model(model)
     request = ExplainRequest(
@@ -139,6 +144,7 @@ def explain(
         cam_batch_size=cam_batch_size,
         target_fn=target_fn,
         min_score=min_score,
+        prompts=None if prompts is None else Path(prompts),
     )
     loaded, resolved = resolved_request("cam", request, loaded)
     found, single = in_memory(images)
@@ -197,7 +203,7 @@ class _MapsInMemory(ExplainingJob):
     def _explanation(self, item: LoadedImage, entry: ExplainedMap) -> Explanation:
         from featviz.cam import heatmap
 
-        values = heatmap(entry.layer_cam, item.original.shape[:2]).numpy()
+        values = heatmap(entry.shown, item.original.shape[:2]).numpy()
         label = "all classes" if entry.index is None else self.model.label(entry.index)
         raw = None if entry.layer_cam is None else entry.layer_cam.numpy().astype("float32")
         return Explanation(

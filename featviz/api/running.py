@@ -6,7 +6,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from featviz.errors import InputError
+from featviz.errors import InputError, UsageError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -43,8 +43,15 @@ def run_pipeline(
     layers: list[str],
 ) -> list[ImageResult]:
     """Every image through ``job`` in the CLI's batches; raises InputError naming the images
-    that failed (the first one's reason, and how many more)."""
+    that failed (the first one's reason, and how many more), UsageError for a video model
+    (its clips are the command line's for now)."""
     from featviz.layers.folding import folded_for
+
+    if loaded.clip is not None:
+        raise UsageError(
+            f"{loaded.name} is a video model: featviz's library functions take images",
+            hint="run featviz cam or featviz maps on the videos",
+        )
     from featviz.run.pipeline import PipelineConfig, run
     from featviz.run.prepare import default_workers
 

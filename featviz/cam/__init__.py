@@ -10,6 +10,7 @@ from typing import Any
 
 from featviz.cam.registry import (
     ATTENTION,
+    INPUT,
     MethodInfo,
     load_method,
     method_info,
@@ -19,6 +20,7 @@ from featviz.cam.registry import (
 
 __all__ = [
     "ATTENTION",
+    "INPUT",
     "CamContext",
     "CamMethod",
     "MethodInfo",

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from featviz.cam.registry import MethodInfo, method_info
+from featviz.cam.registry import ATTENTION, INPUT, MethodInfo, method_info
 from featviz.errors import UsageError
 
 if TYPE_CHECKING:
     from featviz.cam.context import CamContext
-from featviz.layers.grids import upsample
+from featviz.layers.grids import upsample, upsample_clip
 
 
 def logits_match(predicted: torch.Tensor, reference: torch.Tensor) -> bool:
@@ -48,6 +48,12 @@ class CamMethod:
 
     name: ClassVar[str]
     relu: ClassVar[bool] = True
+    # Its backward passes switch what the ReLUs send back (guided backpropagation): the batch's
+    # forward then runs with switchable ReLUs (featviz.layers.relus) and serves it too.
+    relu_rules: ClassVar[bool] = False
+    # It perturbs the input as one (N, 3, H, W) picture (masks, noise): a video model's
+    # (N, 3, T, H, W) clips are refused before the run rather than failing clip by clip.
+    images_only: ClassVar[bool] = False
 
     @property
     def info(self) -> MethodInfo:
@@ -58,14 +64,22 @@ class CamMethod:
             raise UsageError(f"the CAM batch size must be at least 1, got {batch_size}")
         self.batch_size = batch_size
 
+    def layers_for(self, layers: list[str]) -> list[str]:
+        """The layers this method makes maps of when ``layers`` were asked for: those, or the
+        pseudo-layer ``ATTENTION`` (``info.needs_attention``) or ``INPUT`` (``info.pixel_level``:
+        one map at the input's resolution, whatever the layers)."""
+        if self.info.needs_attention:
+            return [ATTENTION]
+        return [INPUT] if self.info.pixel_level else list(layers)
+
     def compute(self, ctx: CamContext, layer: str, targets: torch.Tensor) -> torch.Tensor:
         """The (N, h, w) float32 map of ``layer`` for ``targets`` (N,), one class per image.
 
-        At layer resolution, after the method's own ReLU and before any normalisation; a map of
-        zeros (nothing found) is a valid answer. Methods that read attention rather than a layer
-        (``info.needs_attention``) get the pseudo-layer ``ATTENTION``.
+        At layer resolution (the input's for the pseudo-layer ``INPUT``), after the method's own
+        ReLU and before any normalisation; a map of zeros (nothing found) is a valid answer.
+        ``layer`` is one that ``layers_for`` returned.
         """
-        if not self.info.needs_attention:
+        if layer not in (ATTENTION, INPUT):
             ctx.check_layer(layer)
         targets = ctx.check_targets(targets)
         maps = self._map(ctx, layer, targets)
@@ -93,12 +107,15 @@ def normalise(maps: torch.Tensor) -> torch.Tensor:
     return safe_divide(maps - low, span)
 
 
-def heatmap(layer_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def heatmap(layer_map: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     """One (h, w) map at layer resolution → the (H, W) heatmap in [0, 1] over an image of
     ``size`` = (H, W): upsampled bilinearly first, then normalised, so the colours use the
-    whole range at the image's own resolution."""
+    whole range at the image's own resolution. A video layer's (t, h, w) map → the (T, H, W)
+    heatmaps of its clip's frames, ``size`` = (T, H, W), upsampled in time too and
+    normalised over the whole clip (a frame where nothing happens stays dark)."""
+    resize = upsample_clip if len(size) == 3 else upsample
     # In place: at a photo's full resolution each temporary would cost 4 bytes a pixel.
-    values = upsample(layer_map[None], size)[0].clamp_(min=0)
+    values = resize(layer_map[None], size)[0].clamp_(min=0)
     low, high = values.min(), values.max()
     span = high - low
     if span == 0:

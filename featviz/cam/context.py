@@ -12,13 +12,16 @@ so the gradient of the summed scores holds each image's own gradient. Parameters
 With ``attention=True`` the forward also records every self-attention matrix
 (featviz.layers.attention) for the rollout methods; gradients with respect to them are then
 gradients of the model's own tensors, which needs the graph from the input on (the input becomes the
-leaf).
+leaf). ``input_gradients=True`` (the pixel-level methods) makes the input a leaf too, and the same
+one backward then also answers d(score)/d(input): the taps keep the graph through to the input
+when their outputs already require gradients (featviz.layers.taps).
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Hashable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -29,6 +32,7 @@ from featviz.errors import RunError, UsageError
 from featviz.layers.attention import AttentionCapture
 from featviz.layers.layouts import Layout
 from featviz.layers.outputs import logits_of
+from featviz.layers.relus import ReluSwitch, switchable_relus
 from featviz.layers.taps import LayerTaps
 
 T = TypeVar("T")
@@ -61,6 +65,14 @@ class CamContext:
     # Each image's seed for the methods that draw noise (from --seed and the image's position in
     # the run, never its place in the batch): ``generator(i)``.
     seeds: tuple[int, ...] = ()
+    # The lowest and highest value each input channel can take (pixel 0 and 255 normalised),
+    # for the methods that need the input's box (lrp); None: each image's own range.
+    pixel_bounds: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    # The input is a leaf of the graph and ``input_gradient`` answers d(score)/d(input).
+    input_gradients: bool = False
+    # The forward ran with switchable ReLUs (featviz.layers.relus): a backward of its graph
+    # inside ``relus.rule_of(GUIDED)`` gives guided gradients.
+    relus: ReluSwitch | None = None
     _memo: dict[Hashable, Any] = field(default_factory=dict, init=False, repr=False)
 
     @property
@@ -76,6 +88,19 @@ class CamContext:
         for the same image and seed, whatever else is in its batch."""
         seed = self.seeds[i] if self.seeds else 0
         return torch.Generator(device=self.inputs.device).manual_seed(seed)
+
+    def pixel_range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, C) lowest and highest possible value of every image's input channels:
+        ``pixel_bounds``, or else each image's own minimum and maximum per channel."""
+        n, c = self.inputs.shape[:2]
+        if self.pixel_bounds is None:
+            flat = self.inputs.detach().float().flatten(2)
+            return flat.amin(dim=2), flat.amax(dim=2)
+        low, high = (
+            torch.tensor(bound, dtype=torch.float32, device=self.inputs.device).expand(n, c)
+            for bound in self.pixel_bounds
+        )
+        return low, high
 
     def layout(self, layer: str) -> Layout:
         return self.layouts.get(layer, _NCHW)
@@ -126,17 +151,25 @@ class CamContext:
 
     def gradients(self, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         """d(logits[n, targets[n]])/d(activations) per layer, (N, K, h, w) maps each, cached."""
-        grads, _ = self._all_gradients(targets)
+        grads, _, _ = self._all_gradients(targets)
         return grads
 
     def attention_gradients(self, targets: torch.Tensor) -> list[torch.Tensor]:
         """d(logits[n, targets[n]])/d(A_b) for every captured attention matrix, cached."""
-        _, grads = self._all_gradients(targets)
+        _, grads, _ = self._all_gradients(targets)
         return grads
+
+    def input_gradient(self, targets: torch.Tensor) -> torch.Tensor:
+        """d(logits[n, targets[n]])/d(inputs), (N, 3, H, W) float32, from the same backward as
+        the layers' gradients; needs a context built with ``input_gradients=True``."""
+        if not self.input_gradients:
+            raise ValueError("this context was built with input_gradients=False")
+        _, _, grad = self._all_gradients(targets)
+        return grad
 
     def _all_gradients(
         self, targets: torch.Tensor
-    ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+    ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor], torch.Tensor | None]:
         targets = self.check_targets(targets)
 
         def picked(logits: torch.Tensor) -> torch.Tensor:
@@ -152,14 +185,16 @@ class CamContext:
         ``score`` maps the (N, classes) logits, still in the graph, to one (N,) score per image
         (a contrast of classes, say); like ``gradients``, one backward serves every layer.
         """
-        grads, _ = self.cached(("score gradients", key), lambda: self._gradients(score))
+        grads, _, _ = self.cached(("score gradients", key), lambda: self._gradients(score))
         return grads
 
     def _gradients(
         self, score: Callable[[torch.Tensor], torch.Tensor]
-    ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+    ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor], torch.Tensor | None]:
         names = list(self.activations)
         wanted = [self.activations[name] for name in names] + list(self.attentions)
+        if self.input_gradients:
+            wanted.append(self.inputs)
         if not all(t.requires_grad for t in wanted):
             raise ValueError("this context was built with gradients=False")
         grads = (None,) * len(wanted)
@@ -187,9 +222,15 @@ class CamContext:
         }
         attention = [
             torch.zeros_like(a) if g is None else g.detach()
-            for a, g in zip(self.attentions, grads[len(names) :])
+            for a, g in zip(self.attentions, grads[len(names) : len(names) + len(self.attentions)])
         ]
-        return maps, attention
+        pixels = None
+        if self.input_gradients:
+            grad = grads[-1]
+            # None: the scores do not depend on the input at all (a constant model).
+            pixels = torch.zeros_like(self.inputs) if grad is None else grad.detach()
+            pixels = pixels.float()
+        return maps, attention, pixels
 
 
 def forward_for_cam(
@@ -201,6 +242,8 @@ def forward_for_cam(
     layouts: Mapping[str, Layout] | None = None,
     gradients: bool = True,
     attention: bool = False,
+    input_gradients: bool = False,
+    relu_rules: bool = False,
     token_prefix: int = 1,
     class_token: bool = True,
 ) -> CamContext:
@@ -212,18 +255,24 @@ def forward_for_cam(
     ``gradients=False``: no graph is kept, for methods that never ask for gradients (memory
     then stays that of inference). ``attention``: also capture the attention matrices. When
     the scores are not the model's whole output (a tuple, a dict's ``logits``), a warning says
-    which part was taken. ``token_prefix``: the prefix tokens in front of the patch tokens that
-    the attention matrices cover; ``class_token``: whether the head reads the first of them.
+    which part was taken. ``input_gradients``: the input becomes a leaf, for
+    ``CamContext.input_gradient`` (with ``gradients`` only); ``relu_rules``: the ReLU modules
+    run switchable (``CamContext.relus``, with ``input_gradients`` only). ``token_prefix``: the
+    prefix tokens in front of the patch tokens that the attention matrices cover;
+    ``class_token``: whether the head reads the first of them.
     """
     layouts = dict(layouts or {})
     # Grad mode even when the caller is under inference_mode: CAM needs the graph after the taps.
     with torch.inference_mode(False), torch.set_grad_enabled(gradients):
         if x.is_inference():
             x = x.clone()
-        if gradients and attention:
-            x = x.detach().requires_grad_()  # the attention matrices of every block in the graph
+        input_gradients = gradients and input_gradients
+        if gradients and (attention or input_gradients):
+            # The attention matrices of every block, or the input itself, in the graph.
+            x = x.detach().requires_grad_()
         capture = AttentionCapture(model) if attention else None
-        with LayerTaps(model, layers, calls=calls, grad=gradients) as taps:
+        relus = switchable_relus(model) if input_gradients and relu_rules else nullcontext()
+        with LayerTaps(model, layers, calls=calls, grad=gradients) as taps, relus as switch:
             if capture is None:
                 output = taps.run(x)
             else:
@@ -260,4 +309,6 @@ def forward_for_cam(
         attentions=[] if capture is None else list(capture.maps),
         token_prefix=token_prefix,
         class_token=class_token,
+        input_gradients=input_gradients,
+        relus=switch,
     )

@@ -33,9 +33,12 @@ class MethodInfo:
     """One registered method: its CLI name, where its class lives, and a one-line summary.
 
     ``summary`` says what the method needs and what it costs, for help text;
+    ``needs_gradients``: it differentiates the scores of the batch's one forward (pixel-level
+    methods that differentiate forwards of their own, integrated gradients…, do not);
     ``needs_attention``: it reads every self-attention matrix instead of a tapped layer;
     ``pixel_level``: its map is at the input's resolution (layer ``INPUT``), not a layer's;
-    ``signed``: the sign of its map means something (drawn on a diverging colour map);
+    ``signed``: the sign of its map means something: ``--save-raw`` keeps it, while pictures,
+    scores and the sanity check use the absolute value (``ExplainedMap.shown``);
     ``random``: it draws noise, seeded by ``--seed`` and each image's position in the run
     (``CamContext.generator``), never by its place in a batch.
     """
@@ -118,7 +121,7 @@ def load_method(name: str, *, batch_size: int = 32) -> CamMethod:
     """An instance of the method's class, importing its module now.
 
     ``batch_size``: images per extra forward for the methods that run them (scorecam,
-    ablationcam); the others ignore it.
+    ablationcam, occlusion, integratedgradients, smoothgrad); the others ignore it.
     """
     info = method_info(name)
     cls = getattr(importlib.import_module(info.module), info.class_name)
@@ -282,4 +285,114 @@ register(
     summary="gradcam++ with derivatives averaged over 4 noisy inputs; 1 + 4 forwards + backwards",
     needs_gradients=True,
     random=True,
+)
+
+_PIXEL = "featviz.cam.methods.pixel"
+
+register(
+    "saliency",
+    module=_PIXEL,
+    class_name="Saliency",
+    summary="pixel-level: |gradient| at the input, channels summed; 1 forward + full backward",
+    needs_gradients=True,
+    pixel_level=True,
+)
+register(
+    "inputxgradient",
+    module=_PIXEL,
+    class_name="InputXGradient",
+    summary="pixel-level, signed: input × its gradient; 1 forward + full backward",
+    needs_gradients=True,
+    pixel_level=True,
+    signed=True,
+)
+register(
+    "integratedgradients",
+    module=_PIXEL,
+    class_name="IntegratedGradients",
+    summary="pixel-level, signed: gradients along 50 steps from a 0 baseline; 50 forward+backward",
+    needs_gradients=False,
+    pixel_level=True,
+    signed=True,
+)
+register(
+    "smoothgrad",
+    module=_PIXEL,
+    class_name="SmoothGrad",
+    summary="pixel-level, signed: gradients of 25 noisy copies, seeded; 25 forward+backward",
+    needs_gradients=False,
+    pixel_level=True,
+    signed=True,
+    random=True,
+)
+register(
+    "occlusion",
+    module=_PIXEL,
+    class_name="Occlusion",
+    summary="pixel-level, signed: score drop under 32-pixel windows; "
+    "1 forward per window (batched)",
+    needs_gradients=False,
+    pixel_level=True,
+    signed=True,
+)
+
+_GUIDED = "featviz.cam.methods.guided"
+
+register(
+    "guidedbackprop",
+    module=_GUIDED,
+    class_name="GuidedBackprop",
+    summary="pixel-level, signed: ReLUs pass back positive gradients where input > 0; "
+    "2 forwards + backward",
+    needs_gradients=True,
+    pixel_level=True,
+    signed=True,
+)
+register(
+    "deconvolution",
+    module=_GUIDED,
+    class_name="Deconvolution",
+    summary="pixel-level, signed: ReLUs pass back positive gradients; 2 forwards + backward",
+    needs_gradients=True,
+    pixel_level=True,
+    signed=True,
+)
+register(
+    "guidedgradcam",
+    module=_GUIDED,
+    class_name="GuidedGradCam",
+    summary="pixel-level, signed: guided backprop × Grad-CAM, per layer; 2 forwards + 2 backwards",
+    needs_gradients=True,
+    pixel_level=True,
+    signed=True,
+)
+register(
+    "fullgrad",
+    module="featviz.cam.methods.fullgrad",
+    class_name="FullGrad",
+    summary="pixel-level: |x × grad| + |bias × grad| of every conv and batch norm; "
+    "2 forwards + backward",
+    needs_gradients=False,
+    pixel_level=True,
+)
+
+register(
+    "lrp",
+    module="featviz.cam.methods.lrp",
+    class_name="Lrp",
+    summary="pixel-level, signed: CNNs: z-box 1st conv, γ other convs, ε dense; "
+    "2 forwards + backward",
+    needs_gradients=False,
+    pixel_level=True,
+    signed=True,
+)
+register(
+    "attnlrp",
+    module="featviz.cam.methods.attnlrp",
+    class_name="AttnLrp",
+    summary="pixel-level, signed: transformers: LRP through attention and LayerNorm; "
+    "2 forwards + backward",
+    needs_gradients=False,
+    pixel_level=True,
+    signed=True,
 )

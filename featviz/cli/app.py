@@ -21,18 +21,20 @@ from featviz import __version__
 from featviz.cam.registry import JUDGED_METHODS
 from featviz.cli.help import MAX_HELP_WIDTH, HelpCommand, HelpGroup, MethodsHelpCommand, choices
 from featviz.cli.options import Explaining, Report, shared_options
-from featviz.cli.terminal import errors, one_line, stream
+from featviz.cli.terminal import errors, one_line, steps_progress, stream
 from featviz.errors import FeatvizError
 from featviz.model.options import ModelRequest
 from featviz.run.plan import (
     CamRequest,
     CompareRequest,
+    DreamRequest,
     FiltersRequest,
     MapsRequest,
     Plan,
     RunRequest,
     SanityRequest,
     ScoreRequest,
+    TopRequest,
 )
 from featviz.sinks.options import OutputRequest
 
@@ -294,6 +296,70 @@ def sanity(
         stream(prepare(Plan("sanity", model, output, request, run)), report)
 
 
+class Stat(str, Enum):
+    max = "max"
+    mean = "mean"
+
+
+@app.command(cls=HelpCommand)
+@shared_options(ignored={"skip_existing": "a ranking needs every image"})
+def top(
+    run: RunRequest,
+    layer: Annotated[list[str], typer.Option("--layer", "-l", metavar="NAME", help=_LAYER_HELP)],
+    k: Annotated[int, typer.Option("-k", min=1, metavar="N", help="Images kept per channel.")] = 9,
+    channels: Annotated[
+        str | None,
+        typer.Option(
+            metavar="LIST",
+            help="Channels to rank, e.g. 0-63 or 3,7,40-47.",
+            show_default="every channel",
+        ),
+    ] = None,
+    stat: Annotated[
+        Stat,
+        typer.Option(
+            metavar=choices(Stat),
+            help="A channel's score on an image: its maximum over positions, or its mean.",
+        ),
+    ] = Stat.max,
+    cell_size: Annotated[
+        int, typer.Option(min=16, metavar="PIXELS", help="Side of each example's square cell.")
+    ] = 96,
+    merge: Annotated[
+        bool,
+        typer.Option(
+            help="Combine the partial results of --shard K/N runs (run the same command line, "
+            "--shard replaced by --merge).",
+        ),
+    ] = False,
+    model: ModelRequest = None,
+    output: OutputRequest = None,
+    report: Report = None,
+) -> None:
+    """Per channel, the k images that excite it most, and where.
+
+    Writes top/<model>/<layer>.json (per channel the ranked inputs,
+    scores, positions on the layer's grid and boxes in the image's
+    pixels), <layer>.png (every channel's best crop) and
+    <layer>/<channel>.png (a channel's k receptive-field crops).
+
+    Example: featviz top -m resnet50 -l layer3 -k 9 --channels 0-63 photos/
+    """
+    with errors():
+        from featviz.features.top import parse_channels
+        from featviz.run.prepare import prepare
+
+        request = TopRequest(
+            layers=tuple(layer),
+            k=k,
+            channels=parse_channels(channels) if channels else (),
+            stat=stat.value,
+            cell_size=cell_size,
+            merge=merge,
+        )
+        stream(prepare(Plan("top", model, output, request, run)), report)
+
+
 @app.command(cls=HelpCommand)
 @shared_options(
     ignored={
@@ -325,6 +391,7 @@ def layers(model: ModelRequest = None) -> None:
 class Source(str, Enum):
     torchvision = "torchvision"
     timm = "timm"
+    open_clip = "open_clip"
 
 
 @app.command(cls=HelpCommand)
@@ -335,7 +402,9 @@ def models(
     source: Annotated[
         Source,
         typer.Option(
-            metavar=choices(Source), help="Whose models: torchvision's, or timm's (as timm/NAME)."
+            metavar=choices(Source),
+            help="Whose models: torchvision's, timm's (as timm/NAME) or OpenCLIP's (as "
+            "open_clip/NAME).",
         ),
     ] = Source.torchvision,
 ) -> None:
@@ -404,6 +473,109 @@ def filters(
                 f"({shown})",
                 file=sys.stderr,
             )
+
+
+@app.command(cls=HelpCommand)
+@shared_options(
+    ignored={
+        "precision": "images are optimised in float32",
+        "check_precision": "images are optimised in float32",
+        "resize": "the network sees square images at its input size",
+    }
+)
+def dream(
+    layer: Annotated[
+        list[str] | None,
+        typer.Option("--layer", "-l", metavar="NAME", help=_LAYER_HELP, show_default="none"),
+    ] = None,
+    channel: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--channel",
+            "-c",
+            metavar="N",
+            help="Channel of each --layer to maximise: 37, 0-7 or 1,5,9; repeatable.",
+            show_default="none",
+        ),
+    ] = None,
+    neuron: Annotated[
+        bool,
+        typer.Option(help="Maximise each channel at the layer's centre position only."),
+    ] = False,
+    target: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--target",
+            "-t",
+            metavar="CLASS",
+            help="Class to maximise (its score), by index or name; repeatable.",
+            show_default="none",
+        ),
+    ] = None,
+    steps: Annotated[int, typer.Option(min=1, metavar="N", help="Optimisation steps.")] = 256,
+    size: Annotated[
+        int | None,
+        typer.Option(
+            min=8,
+            metavar="PIXELS",
+            help="Side of the images (the network sees them at its input size).",
+            show_default="the model's input size",
+        ),
+    ] = None,
+    lr: Annotated[float, typer.Option(min=1e-6, metavar="FLOAT", help="Adam's step size.")] = 0.05,
+    diversity: Annotated[
+        int,
+        typer.Option(
+            min=1, metavar="N", help="Images per objective, pushed apart by a diversity term."
+        ),
+    ] = 1,
+    diversity_weight: Annotated[
+        float,
+        typer.Option(
+            min=0.0, metavar="FLOAT", help="Weight of the diversity term against the objective."
+        ),
+    ] = 100.0,
+    model: ModelRequest = None,
+    output: OutputRequest = None,
+    report: Report = None,
+) -> None:
+    """Images optimised to excite channels of a layer, or classes, all in one batch.
+
+    Fourier-space images with decorrelated colour, a random shift, zoom
+    and turn at every step, Adam; seeded by --seed. One PNG per image
+    under dream/<model>/, a labelled grid runs/<run>/dream.png.
+
+    Example: featviz dream -m resnet50 -l layer3 -c 0-7 · featviz dream -m resnet50 -t tabby
+    """
+    with errors():
+        import json
+
+        from featviz.cli.text import dream_line
+        from featviz.inputs.discover import printable
+        from featviz.run.dream import run_dream
+
+        request = DreamRequest(
+            layers=tuple(layer or ()),
+            channels=tuple(channel or ()),
+            neuron=neuron,
+            targets=tuple(target or ()),
+            steps=steps,
+            size=size,
+            learning_rate=lr,
+            diversity=diversity,
+            diversity_weight=diversity_weight,
+            seed=model.seed,  # --seed: the images' start and their random views
+        )
+        shown = not (report.quiet or report.json_lines)
+        with steps_progress(steps, shown=shown) as progress:
+            result = run_dream(Plan("dream", model, output, request), progress)
+        for row, path in zip(result.rows, result.written):
+            if report.json_lines:
+                typer.echo(json.dumps(row))
+            elif not report.quiet:
+                typer.echo(f"wrote {printable(path)}  {dream_line(row)}")
+        if not report.json_lines and not report.quiet:
+            typer.echo(f"wrote {printable(result.written[-1])}")
 
 
 worker_app = typer.Typer(

@@ -100,6 +100,13 @@ class HelpCommand(TyperCommand):
                     formatter.write_dl([(term.ljust(width), text) for term, text in rows], width)
 
 
+PIXEL_LEVEL_NOTE = (
+    "Pixel-level methods map the input's pixels (layer 'input', whatever -l says). Signed "
+    "ones are drawn, scored and checked as their absolute value, scaled to [0, 1] like every "
+    "map; --save-raw's layer_cam keeps the signed values."
+)
+
+
 class MethodsHelpCommand(HelpCommand):
     """A command taking --method: its help ends with every method, one summary each."""
 
@@ -108,6 +115,8 @@ class MethodsHelpCommand(HelpCommand):
             rows = [(name, method_info(name).summary) for name in method_names()]
             rows.append((ALL, ALL_SUMMARY))
             formatter.write_dl(rows)
+            formatter.write_paragraph()
+            formatter.write_text(PIXEL_LEVEL_NOTE)
 
 
 class HelpGroup(TyperGroup):

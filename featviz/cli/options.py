@@ -30,7 +30,7 @@ from featviz.errors import UsageError
 from featviz.inputs.limits import DEFAULT_MAX_PIXELS
 from featviz.inputs.shards import Shard
 from featviz.model.options import ModelRequest
-from featviz.run.plan import RunRequest
+from featviz.run.plan import RayRequest, RunRequest
 from featviz.run.sizes import parse_bytes
 from featviz.sinks.options import OutputRequest
 from featviz.tasks.detection import DEFAULT_MIN_SCORE
@@ -38,6 +38,7 @@ from featviz.tasks.detection import DEFAULT_MIN_SCORE
 MODEL_PANEL = "Model"
 INPUT_PANEL = "Input"
 OUTPUT_PANEL = "Output"
+RAY_PANEL = "Ray cluster"
 
 
 class Resize(str, Enum):
@@ -70,6 +71,7 @@ class Explaining:
     cam_batch_size: int
     target_fn: str | None
     min_score: float | None
+    prompts: Path | None = None
 
     def fields(self, default_methods: tuple[str, ...]) -> dict[str, Any]:
         """The keyword arguments of an ExplainRequest subclass."""
@@ -81,6 +83,7 @@ class Explaining:
             "cam_batch_size": self.cam_batch_size,
             "target_fn": self.target_fn,
             "min_score": self.min_score,
+            "prompts": self.prompts,
         }
 
 
@@ -127,7 +130,7 @@ _MODEL_OPTIONS: dict[str, tuple[Any, Any]] = {
                 panel=MODEL_PANEL,
                 metavar="NAME",
                 help="torchvision model name (see `featviz models`), timm/NAME[.TAG], "
-                "hf:REPO_ID or hf:DIR, or your own as file.py:callable or "
+                "hf:REPO_ID or hf:DIR, open_clip/NAME, or your own as file.py:callable or "
                 "package.module:callable.",
             ),
         ],
@@ -190,7 +193,7 @@ _MODEL_OPTIONS: dict[str, tuple[Any, Any]] = {
                 panel=MODEL_PANEL,
                 metavar="N",
                 help="Seed of random init (and of score's random baseline and ROAD noise, "
-                "sanity's re-initialisation).",
+                "sanity's re-initialisation, dream's images).",
             ),
         ],
         0,
@@ -349,6 +352,53 @@ _RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
     ),
 }
 
+_RAY_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "ray": (
+        Annotated[
+            str | None,
+            _option(
+                panel=RAY_PANEL,
+                metavar="ADDRESS",
+                show_default="no Ray: this process",
+                help="Run the batches on a Ray cluster (needs featviz[ray]): auto (the one "
+                "RAY_ADDRESS names), local (start one here) or the head's address.",
+            ),
+        ],
+        None,
+    ),
+    "ray_actors": (
+        Annotated[
+            int | None,
+            _option(
+                min=1,
+                panel=RAY_PANEL,
+                metavar="N",
+                show_default="as many as the cluster holds",
+                help="Actors, each loading the model once.",
+            ),
+        ],
+        None,
+    ),
+    "ray_cpus": (
+        Annotated[
+            float | None,
+            _option(
+                min=0.0, panel=RAY_PANEL, metavar="N", show_default="1", help="CPUs per actor."
+            ),
+        ],
+        None,
+    ),
+    "ray_gpus": (
+        Annotated[
+            float | None,
+            _option(
+                min=0.0, panel=RAY_PANEL, metavar="N", show_default="0", help="GPUs per actor."
+            ),
+        ],
+        None,
+    ),
+}
+
 _OUTPUT_OPTIONS: dict[str, tuple[Any, Any]] = {
     "out": (
         Annotated[
@@ -440,7 +490,7 @@ _EXPLAIN_OPTIONS: dict[str, tuple[Any, Any]] = {
                 metavar="CLASS",
                 show_default="the top-1 class",
                 help="Class index or name (any case): exact, or whole words of just one name; "
-                "repeatable.",
+                "text:PROMPT for a CLIP-style model; repeatable.",
             ),
         ],
         None,
@@ -473,7 +523,10 @@ _EXPLAIN_OPTIONS: dict[str, tuple[Any, Any]] = {
         Annotated[
             int,
             typer.Option(
-                min=1, metavar="N", help="Extra forwards per batch for scorecam/ablationcam."
+                min=1,
+                metavar="N",
+                help="Rows per extra forward (scorecam, ablationcam, occlusion, integrated "
+                "gradients, smoothgrad).",
             ),
         ],
         32,
@@ -487,6 +540,18 @@ _EXPLAIN_OPTIONS: dict[str, tuple[Any, Any]] = {
                 help="Your own score to explain: FN(output) → one value per image, from the "
                 "model's raw output (a tensor, tuple, dict or object); FILE.py:FN or "
                 "package.module:FN. Replaces --target and --top-k.",
+            ),
+        ],
+        None,
+    ),
+    "prompts": (
+        Annotated[
+            Path | None,
+            typer.Option(
+                metavar="FILE",
+                show_default="the classes",
+                help="A CLIP-style model as a zero-shot classifier over FILE's prompts, one a "
+                "line: --top-k and --target pick among them.",
             ),
         ],
         None,
@@ -546,7 +611,22 @@ def _run_request(values: dict[str, Any]) -> RunRequest:
         shard=values["shard"],
         max_memory=values["max_memory"],
         workers=values["workers"],
+        ray=_ray_request(values),
     )
+
+
+def _ray_request(values: dict[str, Any]) -> RayRequest | None:
+    asked = {
+        name: values[f"ray_{name}"]
+        for name in ("actors", "cpus", "gpus")
+        if values[f"ray_{name}"] is not None
+    }
+    if values["ray"] is None:
+        if asked:
+            option = "--ray-" + next(iter(asked))
+            raise typer.BadParameter(f"{option} goes with --ray (auto, local or an address)")
+        return None
+    return RayRequest(values["ray"], **asked)
 
 
 def _output_request(values: dict[str, Any]) -> OutputRequest:
@@ -569,6 +649,7 @@ def _explaining(values: dict[str, Any]) -> Explaining:
         cam_batch_size=values["cam_batch_size"],
         target_fn=values["target_fn"],
         min_score=values["min_score"],
+        prompts=values["prompts"],
     )
 
 
@@ -578,7 +659,7 @@ def _report(values: dict[str, Any]) -> Report:
 
 _GROUPS: dict[type, tuple[dict[str, tuple[Any, Any]], Callable[[dict[str, Any]], Any]]] = {
     ModelRequest: (_MODEL_OPTIONS, _model_request),
-    RunRequest: (_RUN_OPTIONS, _run_request),
+    RunRequest: ({**_RUN_OPTIONS, **_RAY_OPTIONS}, _run_request),
     OutputRequest: (_OUTPUT_OPTIONS, _output_request),
     Explaining: (_EXPLAIN_OPTIONS, _explaining),
     Report: (_REPORT_OPTIONS, _report),

@@ -13,7 +13,7 @@ import sys
 import time
 import traceback
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import typer
@@ -194,6 +194,37 @@ class _ProgressLines:
     def stop(self) -> None:
         self.stopped.set()
         self.thread.join()
+
+
+@contextmanager
+def steps_progress(total: int, *, shown: bool) -> Iterator[Callable[[int], None] | None]:
+    """A bar of optimisation steps on a terminal's stderr (``featviz dream``), fed the steps
+    done; None when not ``shown`` or stderr is not a terminal."""
+    if not shown or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(
+        TextColumn("steps"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    task = bar.add_task("steps", total=total)
+    with bar:
+        yield lambda done: bar.update(task, completed=done)
 
 
 def _duration(seconds: float) -> str:

@@ -76,6 +76,18 @@ def layer_table(trace: ModelTrace, default_layer: str | None, multiple: int | No
     return f"input: {sizes}\n" + _columns(rows)
 
 
+def dream_line(row: dict[str, Any]) -> str:
+    """What a dreamed image maximises and how far it got: ``layer3 channel 5: 0.12 → 4.5``,
+    with the class's probability for a class (``featviz dream``'s rows)."""
+    what = (
+        f"class {row['index']} {row['label'] or ''}".rstrip()
+        if row["objective"] == "class"
+        else f"{row['layer']} {row['objective']} {row['index']}"
+    )
+    line = f"{what}: {row['start']:.3g} → {row['value']:.3g}"
+    return line + (f", p {row['probability']:.2f}" if "probability" in row else "")
+
+
 def models_table(entries: list[tuple[str, list[str]]]) -> str:
     rows = [("model", "weights")]
     rows += [(name, ", ".join(weights) or "-") for name, weights in entries]

@@ -15,7 +15,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from featviz.cam.registry import ALL, ATTENTION, every_method
+from featviz.cam.registry import ALL, every_method, method_info
 from featviz.errors import InputError, UsageError, first_line
 from featviz.explainer.checks import model_failure, nan_or_infinite, not_finite
 from featviz.explainer.names import class_slug
@@ -47,7 +47,8 @@ SHOWN_PREDICTIONS = 5
 
 @dataclass
 class ExplainedMap:
-    """One map of one image, at layer resolution (h, w), float32 on the CPU.
+    """One map of one image, at layer resolution (h, w), float32 on the CPU; of a video
+    layer, (t, h, w): its frames.
 
     ``target``: the class slug (``281_tabby``; a detector's ``box1_18_dog``, its best box) or
     ``all``; ``index`` the class (None for a class-agnostic map); ``caption`` how a person
@@ -66,6 +67,15 @@ class ExplainedMap:
     # A detector's box(es) this map is of, x0 y0 x1 y1 in the original photo's pixels.
     boxes: tuple[tuple[float, float, float, float], ...] = ()
     probability: float | None = None
+
+    @property
+    def shown(self) -> torch.Tensor | None:
+        """The map that pictures and scores are made of: ``layer_cam``, or its absolute value
+        for a signed method (integrated gradients…), whose raw signed values ``layer_cam``
+        keeps (``--save-raw``)."""
+        if self.layer_cam is not None and method_info(self.method).signed:
+            return self.layer_cam.abs()
+        return self.layer_cam
 
 
 @dataclass
@@ -134,8 +144,15 @@ class Explainer:
         self.min_score = min_score
         self.seed = seed
         self.attention = any(method.info.needs_attention for method in self.methods)
-        # The layers are tapped only for methods that read them (not for rollouts alone).
-        self.tapped = [] if all(m.info.needs_attention for m in self.methods) else layers
+        # The layers are tapped only for methods that read them (not for rollouts or
+        # pixel-level methods alone).
+        read = {layer for method in self.methods for layer in method.layers_for(layers)}
+        self.tapped = [layer for layer in layers if layer in read]
+        # Gradients with respect to the input, from the same one backward (saliency…).
+        self.input_gradients = any(
+            m.info.pixel_level and m.info.needs_gradients for m in self.methods
+        )
+        self.relu_rules = any(method.relu_rules for method in self.methods)
         # Attention methods on a model without readable global attention: refused now.
         self.token_prefix = model.trace.attention_prefix() if self.attention else 0
         self.class_token = (
@@ -143,7 +160,8 @@ class Explainer:
         )
 
     def layers_of(self, method: Any) -> list[str]:
-        return [ATTENTION] if method.info.needs_attention else self.layers
+        """The layers ``method`` makes maps of: the resolved ones, ``ATTENTION`` or ``INPUT``."""
+        return method.layers_for(self.layers)
 
     def forward(self, inputs: torch.Tensor, module: nn.Module | None = None) -> CamContext:
         """One forward of ``inputs`` through ``module`` (default: the model) for every method."""
@@ -159,6 +177,8 @@ class Explainer:
                 layouts=trace.layouts(),
                 gradients=any(method.info.needs_gradients for method in self.methods),
                 attention=self.attention,
+                input_gradients=self.input_gradients,
+                relu_rules=self.relu_rules,
                 token_prefix=self.token_prefix,
                 class_token=self.class_token,
             )
@@ -202,6 +222,7 @@ class Explainer:
         context = self.forward(inputs, module)
         ids = ids if ids is not None else list(range(len(inputs)))
         context.seeds = tuple(self.seed * 1_000_003 + i for i in ids)
+        context.pixel_bounds = self.model.preprocessing.pixel_bounds()
         scores = context.logits.detach().float()
         broken = {
             i: f"the model's scores are {nan_or_infinite(scores[i])}: there is nothing to explain"
@@ -241,8 +262,9 @@ class Explainer:
                 if wanted is not None and not wanted.any():
                     continue
                 for layer in self.layers_of(method):
-                    maps = _compute(method, context, layer, targets[:, column])
-                    if task is not None:
+                    maps = self._frames(layer, _compute(method, context, layer, targets[:, column]))
+                    if task is not None and not method.info.pixel_level:
+                        # A pixel-level map already covers exactly the model's input.
                         maps = task.align(maps)
                     for i in not_finite(maps).nonzero().flatten().tolist():
                         broken.setdefault(
@@ -275,6 +297,15 @@ class Explainer:
                 warnings.warn(f"--method all leaves out {method.name}: {exc}", stacklevel=2)
                 self.methods.remove(method)
         self.unprobed.clear()
+
+    def _frames(self, layer: str, maps: torch.Tensor) -> torch.Tensor:
+        """A video layer's (N, t·h, w) maps, its frames stacked (layers/layouts.py), cut into
+        (N, t, h, w); other maps (of no traced layer: attention, the input) as they are."""
+        if layer not in self.model.trace.names:
+            return maps
+        info = self.model.trace.get(layer)
+        frames = info.layout.frames(info.shape) if info.layout is not None else 1
+        return maps if frames == 1 else maps.unflatten(1, (frames, -1))
 
     def _classes(
         self, probabilities: torch.Tensor, targets: torch.Tensor | None

@@ -9,6 +9,7 @@ featviz.run.plan, which derives records, fingerprints and model folders from the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 NO_EFFECT = {"outputs": "none"}
 
@@ -19,7 +20,9 @@ class ExplainRequest:
     default CAM layer), ``targets`` (class indices or names as typed; empty: the ``top_k``
     most likely, 1 by default, or a detector's boxes of at least ``min_score``),
     ``target_fn`` (``FILE.py:fn`` or ``pkg.mod:fn``: a score of the raw output instead of the
-    classes); ``cam_batch_size``: extra forwards per batch for the perturbation methods."""
+    classes); ``prompts``: a file of text prompts, one a line, for a CLIP-style model's
+    zero-shot classifier (featviz.tasks.prompts); ``cam_batch_size``: extra forwards per
+    batch for the perturbation methods."""
 
     methods: tuple[str, ...] = ("gradcam",)
     layers: tuple[str, ...] = ()
@@ -28,3 +31,4 @@ class ExplainRequest:
     cam_batch_size: int = field(default=32, metadata=NO_EFFECT)
     target_fn: str | None = None
     min_score: float | None = None
+    prompts: Path | None = None

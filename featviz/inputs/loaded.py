@@ -17,11 +17,13 @@ if TYPE_CHECKING:
 class LoadedImage:
     """A decoded input: the original pixels (H, W, 3) uint8 and the model's (3, h, w) input,
     normalised, or for a GPU uint8 pixels at the size it sees (``LoadedModel.batch``
-    normalises them there)."""
+    normalises them there). A video clip (featviz.inputs.video): its frames (T, H, W, 3) and
+    the (3, T, h, w) input, normalised."""
 
     source: ImageSource
     original: np.ndarray
     tensor: torch.Tensor
+    frame_ms: int = 100  # a clip's time from one sampled frame to the next, to play it back
 
 
 def load_image(
@@ -37,9 +39,13 @@ def load_image(
     from featviz.inputs.decode import decode
     from featviz.inputs.memory import picture
     from featviz.inputs.preprocess import normalise, resized
+    from featviz.inputs.video import Clip, clip_tensor
 
     if source.problem is not None:  # an input argument that gave no image
         raise InputError(f"{source.display}: {source.problem}")
+    if isinstance(source.image, Clip):
+        clip = source.image
+        return LoadedImage(source, clip.frames, clip_tensor(clip, preprocessing), clip.frame_ms)
     image = (
         picture(source.image)
         if source.image is not None

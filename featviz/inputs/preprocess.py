@@ -48,6 +48,13 @@ class Preprocessing:
     multiple: int | None = 1  # every side a multiple of this; None: input_size × input_size only
     interpolation: str = "bilinear"  # as the weights were trained: timm's ViTs use bicubic
 
+    def pixel_bounds(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The normalised values of pixel 0 and pixel 255, channel by channel."""
+        return (
+            tuple((0.0 - m) / s for m, s in zip(self.mean, self.std)),
+            tuple((1.0 - m) / s for m, s in zip(self.mean, self.std)),
+        )
+
 
 def resized_shape(width: int, height: int, preprocessing: Preprocessing) -> tuple[int, int]:
     """(height, width) the network sees for an original of ``width`` × ``height`` pixels."""

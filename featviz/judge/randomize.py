@@ -10,7 +10,8 @@ forward runs them. So, top first: ResNet ``fc``, ``layer4.1``, ``layer4.0``, ``l
 convolution ``features.N`` … ``features.0``; torchvision's EfficientNet ``classifier.1``,
 ``features.8`` … ``features.0``; timm ViTs ``head``, ``norm``, ``blocks.11`` … ``blocks.0``,
 ``patch_embed``. Parameters held by
-the model itself (a ViT's class token and position embedding) are never randomised.
+the model itself (a ViT's class token and position embedding) are never randomised, nor blocks
+the forward does not run.
 
 A block is re-initialised as its modules' ``reset_parameters`` do (the randomisation of Quantus'
 MPRT); a parameter that no ``reset_parameters`` touched is drawn from N(0, its own standard
@@ -42,7 +43,9 @@ def cascade_blocks(model: nn.Module, trace: ModelTrace) -> list[str]:
         elif _has_parameters(child):
             blocks.append(name)
     order = {layer.name: layer.order for layer in trace.layers}
-    return sorted(blocks, key=lambda block: order.get(block, -1), reverse=True)
+    # A block the forward never runs (a two-tower model's text tower) changes no map.
+    ran = [block for block in blocks if order.get(block, -1) >= 0]
+    return sorted(ran, key=lambda block: order[block], reverse=True)
 
 
 def _has_parameters(module: nn.Module) -> bool:

@@ -36,8 +36,11 @@ class LayerInfo:
 
     @property
     def spatial(self) -> bool:
-        """Usable for feature maps and CAM: a map with more than one position."""
-        return self.grid is not None and self.grid[0] * self.grid[1] > 1
+        """Usable for feature maps and CAM: a map with more than one position in a frame (a
+        video layer's frames of 1 × 1 are pooled over space)."""
+        if self.grid is None or self.layout is None or self.shape is None:
+            return False
+        return self.grid[0] // self.layout.frames(self.shape) * self.grid[1] > 1
 
 
 @dataclass(frozen=True)

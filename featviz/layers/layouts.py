@@ -8,6 +8,10 @@ trace (layers/catalog.py), never from the model's name:
 - ``tokens``: (N, T, C) with T = prefix + h·w, vision transformers. The ``prefix`` tokens
   (class, distillation, registers: always at the front) are dropped and the rest laid on the
   patch grid of *this* input, h × w, non-square too.
+- ``ncthw``: (N, C, t, h, w), video networks' 3-D convolutions; ``nthwc``: (N, t, h, w, C),
+  channels last (Video Swin). Their t frames are stacked top to bottom into one (N, C, t·h, w)
+  map: every CAM method's sums and means over positions are then over (t, h, w), exactly the
+  3-D method, and ``frames`` tells how to cut a map back into its t frames.
 
 Activations and gradients go through the same ``to_nchw``: it only selects and reorders
 elements, so the gradient of the converted tensor is the converted gradient.
@@ -21,7 +25,8 @@ model accepts one, at a wider input S × S' (``b``):
   input's aspect and (w, C) has not, else nchw;
   3-D: T − P is a square h² for a small prefix P, with S a multiple of h.
 A 4-D output whose last two sides both equal a token count of the same trace is an attention
-matrix (T × T), not a map.
+matrix (T × T), not a map. 5-D outputs are judged like 4-D ones on their last three sides
+(their time side never grows with the width).
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     import torch
 
-Kind = Literal["nchw", "nhwc", "tokens"]
+Kind = Literal["nchw", "nhwc", "tokens", "ncthw", "nthwc"]
 MAX_PREFIX = 64  # class + distillation + register tokens; ViTs with registers use 4–16
 
 
@@ -48,7 +53,17 @@ class Layout:
             return shape[2], shape[3]
         if self.kind == "nhwc":
             return shape[1], shape[2]
+        if self.kind == "ncthw":
+            return shape[2] * shape[3], shape[4]
+        if self.kind == "nthwc":
+            return shape[1] * shape[2], shape[3]
         return token_grid(shape[1] - self.prefix, input_hw)
+
+    def frames(self, shape: tuple[int, ...]) -> int:
+        """How many frames (t) a map of an output of ``shape`` stacks: 1 but for video."""
+        if self.kind == "ncthw":
+            return shape[2]
+        return shape[1] if self.kind == "nthwc" else 1
 
     def to_nchw(self, output: torch.Tensor, input_hw: tuple[int, int]) -> torch.Tensor:
         """The (N, C, h, w) view of a tapped output (a copy only where a permute needs one)."""
@@ -56,6 +71,10 @@ class Layout:
             return output
         if self.kind == "nhwc":
             return output.permute(0, 3, 1, 2)
+        if self.kind == "nthwc":
+            output = output.permute(0, 4, 1, 2, 3)
+        if self.kind in ("ncthw", "nthwc"):
+            return output.flatten(2, 3)
         h, w = self.grid(tuple(output.shape), input_hw)
         patches = output[:, self.prefix :]
         return patches.transpose(1, 2).reshape(output.shape[0], output.shape[2], h, w)
@@ -67,6 +86,10 @@ class Layout:
             return maps
         if self.kind == "nhwc":
             return maps.permute(0, 2, 3, 1)
+        if self.kind == "ncthw":
+            return maps.unflatten(2, like.shape[2:4])
+        if self.kind == "nthwc":
+            return maps.unflatten(2, like.shape[1:3]).permute(0, 2, 3, 4, 1)
         tokens = like.clone()
         tokens[:, self.prefix :] = maps.flatten(2).transpose(1, 2)
         return tokens
@@ -79,6 +102,11 @@ class Layout:
         h, w = self.grid(shape, input_hw)
         if self.kind == "nhwc":
             return f"{dims} channels-last → {shape[3]}×{h}×{w}"
+        if self.kind in ("ncthw", "nthwc"):
+            frames = self.frames(shape)
+            last = " channels-last" if self.kind == "nthwc" else ""
+            plural = "s" if frames != 1 else ""
+            return f"{dims}{last} → {frames} frame{plural} of {h // frames}×{w}"
         prefix = f", {self.prefix} prefix" if self.prefix else ""
         return f"{dims} tokens{prefix} → {h}×{w}"
 
@@ -118,10 +146,27 @@ def detect(
         if _fits(a[1], a[2], size_a) and not _fits(a[2], a[3], size_a):
             return Layout("nhwc")
         return Layout("nchw")
+    if len(a) == 5:
+        return _video_layout(a, b, size_a)
     if len(a) == 3:
         prefix = token_prefix(a, b, size_a, size_b)
         return None if prefix is None else Layout("tokens", prefix)
     return None
+
+
+def _video_layout(
+    a: tuple[int, ...], b: tuple[int, ...] | None, size_a: tuple[int, int]
+) -> Layout | None:
+    """The layout of a 5-D output: (N, C, t, h, w) or channels-last (N, t, h, w, C)."""
+    if b is not None and len(b) == 5 and a != b:
+        if a[4] != b[4] and a[1] == b[1]:
+            return Layout("ncthw")
+        if a[3] != b[3] and a[4] == b[4]:
+            return Layout("nthwc")
+        return None
+    if _fits(a[2], a[3], size_a) and not _fits(a[3], a[4], size_a):
+        return Layout("nthwc")
+    return Layout("ncthw")
 
 
 def _fits(h: int, w: int, size: tuple[int, int]) -> bool:

@@ -64,7 +64,7 @@ def trace_model(model: nn.Module, input_shape: tuple[int, ...]) -> ModelTrace:
             f"the model cannot run on a {width}×{height} input ({first_line(output)})",
             hint="pass the size it was built for with --input-size",
         )
-    step, wider = _probe(model, lead, height, width, mode)
+    step, wider = _probe(model, lead, height, width, mode, recording)
     size_b = None if wider is None else (height, width + step)
     shapes_b = {} if wider is None else {n: r.get("shape") for n, r in wider.records.items()}
     records = recording.records
@@ -120,15 +120,20 @@ def trace_model(model: nn.Module, input_shape: tuple[int, ...]) -> ModelTrace:
 
 
 def _probe(
-    model: nn.Module, lead: list[int], height: int, width: int, mode: str
+    model: nn.Module, lead: list[int], height: int, width: int, mode: str, base: _Recording
 ) -> tuple[int | None, _Recording | None]:
     """The smallest width step the model accepts, with the trace at that width, or (None,
     None) when it runs at height × width only. A model traced for real (no meta kernels for
-    some op) is probed once: real forwards cost seconds."""
+    some op) is probed once: real forwards cost seconds. A wider input whose every output has
+    the shape it has at ``base``'s size shows nothing (a stride-32 patch embedding floors a
+    240-wide input to the grid of a 224-wide one), and the next step is tried."""
     steps = [FREE_STEP, *sorted(d for d in range(FREE_STEP + 1, width + 1) if width % d == 0)]
+    shapes = {name: record.get("shape") for name, record in base.records.items()}
     for step in steps if mode == "meta" else steps[:1]:
         _, recording, _ = _run(model, (*lead, height, width + step), modes=(mode,))
-        if recording is not None:
+        if recording is None:
+            continue
+        if {name: record.get("shape") for name, record in recording.records.items()} != shapes:
             return step, recording
     return None, None
 

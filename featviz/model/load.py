@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from featviz.errors import UsageError
 from featviz.inputs.preprocess import Preprocessing
+from featviz.inputs.video import Sampling
 from featviz.model import cache as model_cache
 from featviz.model.sources import BuiltModel, ModelSource, source_for
 from featviz.tasks.base import Task
@@ -34,7 +35,8 @@ class LoadedModel:
     """A ready network and what it takes to feed it and read its output.
 
     ``trace`` is one shapes-only forward at ``preprocessing.input_size`` (see layers/trace.py);
-    ``class_token`` whether a transformer's head reads its first token (sources.BuiltModel).
+    ``class_token`` whether a transformer's head reads its first token (sources.BuiltModel);
+    ``clip`` a video model's frames per clip and their rate (None: it takes images).
     """
 
     def default_cam_layer(self) -> str:
@@ -53,15 +55,17 @@ class LoadedModel:
     # Built by featviz (a spec): frozen in eval mode for good, its task hook on it. A module a
     # library caller handed over is not: ``in_use`` does all that for the length of the work.
     owned: bool = True
+    clip: Sampling | None = None
 
     @property
     def num_classes(self) -> int | None:
         return self.trace.num_classes
 
     def batch(self, tensors: list[torch.Tensor]) -> torch.Tensor:
-        """Stack (3, h, w) inputs into the (N, 3, h, w) batch the model expects: on its device,
-        in the memory layout of its weights. uint8 inputs are pixels (a GPU run's images),
-        normalised on the device after the copy; float inputs are already normalised."""
+        """Stack (3, h, w) inputs (a video model's (3, T, h, w) clips) into the batch the model
+        expects: on its device, in the memory layout of its weights. uint8 inputs are pixels
+        (a GPU run's images), normalised on the device after the copy; float inputs are
+        already normalised."""
         import torch
 
         from featviz.inputs.preprocess import normalise
@@ -132,7 +136,7 @@ def _build(request: ModelRequest, structure_only: bool, source: ModelSource | No
     size = request.input_size or built.input_size
     try:
         with _evaluating(module):
-            trace = _traced(module, size, structure_only)
+            trace = _traced(module, _input_shape(built, size), structure_only)
     except TraceError as exc:
         if request.input_size is None:
             raise
@@ -168,7 +172,15 @@ def _build(request: ModelRequest, structure_only: bool, source: ModelSource | No
         class_token=built.class_token,
         task=task,
         owned=built.owned,
+        clip=built.clip,
     )
+
+
+def _input_shape(built: BuiltModel, size: int) -> tuple[int, ...]:
+    """The traced input: an image (1, 3, S, S), or a video model's clip (1, 3, T, S, S)."""
+    if built.clip is not None:
+        return (1, 3, built.clip.length, size, size)
+    return (1, 3, size, size)
 
 
 def _placed(
@@ -207,7 +219,7 @@ def _evaluating(module: nn.Module) -> Iterator[None]:
             child.training = mode
 
 
-def _traced(module: nn.Module, size: int, structure_only: bool) -> ModelTrace:
+def _traced(module: nn.Module, shape: tuple[int, ...], structure_only: bool) -> ModelTrace:
     """The model's trace (layers/trace.py). A structure-only model that meta tensors cannot run
     through (a detector's non-maximum suppression has no meta kernel) and whose parameters
     are on meta gets zeros for them and is traced for real: its shapes do not depend on them."""
@@ -216,7 +228,7 @@ def _traced(module: nn.Module, size: int, structure_only: bool) -> ModelTrace:
     from featviz.layers.trace import TraceError, trace_model
 
     try:
-        return trace_model(module, (1, 3, size, size))
+        return trace_model(module, shape)
     except TraceError:
         if not structure_only or not any(p.is_meta for p in module.parameters()):
             raise
@@ -224,7 +236,7 @@ def _traced(module: nn.Module, size: int, structure_only: bool) -> ModelTrace:
     with torch.no_grad():
         for tensor in [*module.parameters(), *module.buffers()]:
             tensor.zero_()
-    return trace_model(module, (1, 3, size, size))
+    return trace_model(module, shape)
 
 
 def _task_for(trace: ModelTrace, module: nn.Module) -> Task | None:

@@ -36,7 +36,8 @@ class DeviceBlend:
         self.device = device
 
     def overlay(self, image: torch.Tensor, heatmap: torch.Tensor) -> torch.Tensor:
-        """(H, W, 3) uint8 and (H, W) floats in [0, 1], both on the device → (H, W, 3) uint8."""
+        """(H, W, 3) uint8 and (H, W) floats in [0, 1], both on the device → (H, W, 3) uint8;
+        a clip's (T, H, W, 3) frames and (T, H, W) heatmaps alike."""
         out = image.new_empty(image.shape)
         # In bands of rows, as on the CPU: the temporaries then cost a band, not a photo.
         for top in range(0, image.shape[0], OVERLAY_BAND_ROWS):

@@ -111,21 +111,38 @@ def channel_grid(
     return tile(enlarge(cells, enlarge_factor(*maps.shape[-2:], cell_size)), padding=padding)
 
 
+def channel_grid_frames(
+    maps: np.ndarray, *, lut: np.ndarray, cell_size: int, padding: int = 1
+) -> np.ndarray:
+    """A video layer's (C, t, h, w) activations → (t, H, W, 3): the channel grid of each of its
+    t frames, each channel scaled over all its frames (so that it brightens and fades in
+    time as its activation does)."""
+    import numpy as np
+
+    cells = apply_colormap(scale_each(maps, axes=(-3, -2, -1)), lut)
+    factor = enlarge_factor(*maps.shape[-2:], cell_size)
+    return np.stack(
+        [tile(enlarge(cells[:, t], factor), padding=padding) for t in range(maps.shape[1])]
+    )
+
+
 OVERLAY_BAND_ROWS = 256
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, *, lut: np.ndarray, alpha: float) -> np.ndarray:
-    """Blend a colour-mapped (H, W) heatmap in [0, 1] over an (H, W, 3) uint8 image.
+    """Blend a colour-mapped (H, W) heatmap in [0, 1] over an (H, W, 3) uint8 image; or a
+    clip's (T, H, W) heatmaps over its (T, H, W, 3) frames, each over its own.
 
     ``alpha`` is the heatmap's opacity: 0 gives the image back unchanged, 1 the bare heatmap.
     """
     import numpy as np
 
-    if image.shape[:2] != heatmap.shape:
-        raise ValueError(f"heatmap {heatmap.shape} does not match image {image.shape[:2]}")
+    if image.shape[:-1] != heatmap.shape:
+        raise ValueError(f"heatmap {heatmap.shape} does not match image {image.shape[:-1]}")
     out = np.empty(image.shape, dtype=np.uint8)
     table = blend_table(alpha)
-    # A band of rows at a time: the temporaries then cost a band, not a whole photo.
+    # A band of rows (of a clip: of frames) at a time: the temporaries then cost a band, not
+    # a whole photo.
     for top in range(0, image.shape[0], OVERLAY_BAND_ROWS):
         rows = slice(top, top + OVERLAY_BAND_ROWS)
         index = image[rows].astype(np.uint16)

@@ -113,3 +113,25 @@ def curves_plot(
     figure.suptitle(textwrap.fill(title, 60 * len(panels)), fontsize=11)
     figure.tight_layout()
     return _pixels(figure)
+
+
+def titled_grid(rows: Sequence[Sequence[Cell]], *, title: str) -> np.ndarray:
+    """``rows`` of pictures, each with its title above it (featviz dream: one row per
+    objective, one column per copy), cells the size of the first picture."""
+    import textwrap
+
+    columns = max(len(row) for row in rows)
+    first = next(cell.pixels for row in rows for cell in row if cell.pixels is not None)
+    cell_w, cell_h = _cell_size(first)
+    figure = _figure(cell_w * columns + 0.2, (cell_h + 0.45) * len(rows) + 0.5)
+    figure.set_layout_engine("constrained")
+    axes = figure.subplots(len(rows), columns, squeeze=False)
+    for r, row_axes in enumerate(axes):
+        for c, ax in enumerate(row_axes):
+            ax.set_axis_off()
+            cell = rows[r][c] if c < len(rows[r]) else None
+            if cell is not None and cell.pixels is not None:
+                ax.imshow(cell.pixels)
+                ax.set_title(textwrap.fill(cell.title, 34), fontsize=8)
+    figure.suptitle(textwrap.fill(title, 40 * columns), fontsize=10)
+    return _pixels(figure)

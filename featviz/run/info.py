@@ -42,6 +42,10 @@ def list_models(
         from featviz.model.sources.timm_models import timm_models
 
         return timm_models(name_filter)
+    if source == "open_clip":
+        from featviz.model.sources.open_clip_models import open_clip_models
+
+        return open_clip_models(name_filter)
     from featviz.model.sources.torchvision_models import model_weights_names, torchvision_models
 
     names = [

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from featviz.errors import FeatvizError, InputError
 from featviz.inputs.decode import declared_pixels
+from featviz.inputs.video import Clip
 from featviz.run.heap import return_freed_memory
 from featviz.run.interrupts import shielded
 from featviz.run.plan import DEFAULT_MAX_MEMORY
@@ -212,7 +213,7 @@ class Pipeline:
                             if done is not None:
                                 yield done
                                 continue
-                            waiting = (source, BYTES_PER_PIXEL * declared_pixels(source.path))
+                            waiting = (source, BYTES_PER_PIXEL * _pixels(source))
                         source, cost = waiting
                         if not stats.admits(cost, config.max_memory):
                             break  # it waits until images in flight have been written
@@ -251,6 +252,14 @@ class Pipeline:
                 for _, queued in (*loads, *writes):
                     queued.cancel()
                 raise
+
+
+def _pixels(source: ImageSource) -> int:
+    """The pixels an input holds once loaded: a video clip's, all its frames (it is decoded
+    already, featviz.inputs.video); an image file's, as its header declares them."""
+    if isinstance(source.image, Clip):
+        return source.image.frames[..., 0].size
+    return declared_pixels(source.path)
 
 
 def _settled(source: ImageSource, future: Future[ImageResult]) -> ImageResult:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from featviz.cam.registry import JUDGED_METHODS
 from featviz.explainer.options import NO_EFFECT, ExplainRequest
+from featviz.features.top import Stat
 from featviz.inputs.limits import DEFAULT_MAX_PIXELS
 from featviz.inputs.shards import Shard
 from featviz.model.options import ModelRequest
@@ -40,6 +41,19 @@ if TYPE_CHECKING:
 
 ChannelOrder = Literal["index", "activation"]
 DEFAULT_MAX_MEMORY = 2 * 10**9  # --max-memory 2GB
+
+
+@dataclass(frozen=True)
+class RayRequest:
+    """``--ray``: run the batches on a Ray cluster. ``address``: ``auto`` (the cluster that
+    ``RAY_ADDRESS`` or a running ``ray start`` names), ``local`` (start one here) or an address;
+    ``actors``: how many (None: as many as the cluster's CPUs, or GPUs, hold); ``cpus`` and
+    ``gpus``: what each actor reserves."""
+
+    address: str
+    actors: int | None = None
+    cpus: float = 1.0
+    gpus: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +68,7 @@ class RunRequest:
     shard: Shard | None = None
     max_memory: int = DEFAULT_MAX_MEMORY  # bytes for the images in flight
     workers: int | None = None  # decode and write threads each; None: one per core
+    ray: RayRequest | None = None  # None: the batches run in this process
 
 
 @dataclass(frozen=True)
@@ -111,8 +126,49 @@ class FiltersRequest:
     cell_size: int = 32
 
 
+@dataclass(frozen=True)
+class DreamRequest:
+    """``featviz dream``: ``channels`` (``-c`` texts: 37, 0-7, 1,5,9) of each of ``layers``,
+    at the centre only when ``neuron``, and the classes ``targets``; how they are optimised
+    (featviz.features.dream.DreamSettings); ``seed`` is --seed."""
+
+    CHOOSES_FILES: ClassVar[frozenset[str]] = frozenset({"layers", "channels", "neuron", "targets"})
+
+    layers: tuple[str, ...] = ()
+    channels: tuple[str, ...] = ()
+    neuron: bool = False
+    targets: tuple[str, ...] = ()
+    steps: int = 256
+    size: int | None = None
+    learning_rate: float = 0.05
+    diversity: int = 1
+    diversity_weight: float = 100.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TopRequest:
+    """``featviz top``: per channel the k images that excite it most (featviz.features.top)."""
+
+    CHOOSES_FILES: ClassVar[frozenset[str]] = frozenset({"layers", "channels"})
+
+    layers: tuple[str, ...] = ()
+    k: int = 9
+    channels: tuple[int, ...] = ()  # empty: every channel
+    stat: Stat = "max"
+    cell_size: int = 96
+    merge: bool = field(default=False, metadata=NO_EFFECT)  # combine --shard runs' partials
+
+
 CommandOptions = (
-    MapsRequest | CamRequest | CompareRequest | ScoreRequest | SanityRequest | FiltersRequest
+    MapsRequest
+    | CamRequest
+    | CompareRequest
+    | ScoreRequest
+    | SanityRequest
+    | FiltersRequest
+    | DreamRequest
+    | TopRequest
 )
 
 
@@ -134,7 +190,8 @@ class Resolved:
 
 @dataclass(frozen=True)
 class Plan:
-    """One command as asked. ``run`` is None for ``filters``, which reads no image."""
+    """One command as asked. ``run`` is None for ``filters`` and ``dream``, which read no
+    image."""
 
     command: str
     model: ModelRequest

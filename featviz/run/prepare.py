@@ -23,12 +23,17 @@ if TYPE_CHECKING:
     from featviz.inputs.discover import ImageSource
     from featviz.layers.folding import FoldedBatchNorms
     from featviz.model.load import LoadedModel
+    from featviz.run.cluster import ClusterRun
     from featviz.run.jobs.base import ImageJob
     from featviz.run.pipeline import Pipeline, PipelineConfig
     from featviz.run.plan import MapsRequest, Plan, RunRequest
     from featviz.sinks.manifest import RunTally
     from featviz.sinks.results import ImageResult
     from featviz.sinks.variants import Variant
+
+# The commands that explain a video model's clips (compare's panels, score's and sanity's
+# metrics are drawn and measured on images).
+VIDEO_COMMANDS = ("cam", "maps")
 
 
 @dataclass(frozen=True)
@@ -88,35 +93,77 @@ class PreparedRun:
         return self.job.report(tally.results)
 
 
-def prepare(plan: Plan) -> PreparedRun:
-    """Build what ``plan`` (a per-image command: maps, cam, compare, score, sanity) needs, and
-    open its output folder once every option has been checked: a typo leaves no folder."""
+def prepare(plan: Plan) -> PreparedRun | ClusterRun:
+    """Build what ``plan`` (a per-image command: maps, cam, compare, score, sanity, top) needs,
+    and open its output folder once every option has been checked: a typo leaves no folder."""
+    notes: list[str] = []
+    if plan.run.ray is not None:  # the images go to a Ray cluster's actors
+        from featviz.run.cluster import prepare_on_cluster
+
+        return prepare_on_cluster(
+            plan, lambda: prepare_sources(plan, _discover(plan.run, notes), notes)
+        )
+    return prepare_sources(plan, _discover(plan.run, notes), notes)
+
+
+def prepare_sources(plan: Plan, sources: Iterable[ImageSource], notes: list[str]) -> PreparedRun:
+    """``prepare`` for the inputs ``sources`` (a Ray actor's: none, its chunks come later)."""
     from featviz.model.load import load_model
 
-    notes: list[str] = []
-    sources = _discover(plan.run, notes)
     loaded = load_model(plan.model)
+    if loaded.clip is not None:  # a video model: each video's clips are its inputs
+        from featviz.inputs.video import clip_sources
+
+        if plan.command not in VIDEO_COMMANDS:
+            raise UsageError(
+                f"featviz {plan.command} does not take video models yet",
+                hint="featviz cam and featviz maps do",
+            )
+        sources = clip_sources(sources, loaded.clip, max_pixels=plan.run.max_pixels)
     if plan.command == "maps":
         resolved, make_job = _maps(plan.options, loaded)
+    elif plan.command == "top":
+        from featviz.run.jobs.top import resolve_top
+
+        resolved, make_job, sources = resolve_top(plan.options, loaded, sources, plan.run.shard)
     else:
         loaded, resolved = resolve_explaining(plan.command, plan.options, loaded)
+        if loaded.clip is not None:
+            _check_video_methods(plan.options.methods)
         make_job = _explaining_job(plan, resolved)
     return _prepared(plan, loaded, resolved, make_job, sources, notes)
 
 
+def _check_video_methods(methods: Iterable[str]) -> None:
+    """A video model's clips go only to methods that do not perturb a (N, 3, H, W) picture."""
+    import importlib
+
+    from featviz.cam.registry import method_info
+
+    for name in methods:
+        info = method_info(name)
+        if getattr(importlib.import_module(info.module), info.class_name).images_only:
+            raise UsageError(
+                f"--method {name} perturbs single pictures and does not take video clips yet",
+                hint="the gradient methods (gradcam, layercam…), eigencam, ablationcam and the "
+                "pixel-level ones do",
+            )
+
+
 def default_map_layers(model: LoadedModel) -> list[str]:
-    """Every Conv2d that runs in the forward, as in the classic hook tutorial."""
+    """Every Conv2d (a video model's Conv3d) that runs in the forward, as in the classic hook
+    tutorial."""
     from torch import nn
 
     modules = dict(model.module.named_modules())
     convs = [
         layer.name
         for layer in model.trace.cam_candidates()
-        if isinstance(modules.get(layer.name), nn.Conv2d)
+        if isinstance(modules.get(layer.name), (nn.Conv2d, nn.Conv3d))
     ]
     if not convs:
         raise UsageError(
-            "this model has no Conv2d layer to draw",
+            "this model has no Conv2d or Conv3d layer to draw",
             hint="pick layers with --layer; see `featviz layers`",
         )
     return convs
@@ -143,6 +190,7 @@ def resolve_explaining(
     from featviz.layers.catalog import resolve_layers
     from featviz.tasks.detection import check_detection_request
 
+    loaded, prompted = _with_prompts(command, loaded, request)
     if request.target_fn is not None:
         loaded = _with_target_fn(command, loaded, request)
     layers = (
@@ -151,7 +199,9 @@ def resolve_explaining(
         else [loaded.default_cam_layer()]
     )
     classes = loaded.num_classes
-    targets = [resolve_target(text, loaded.categories, classes) for text in request.targets]
+    targets = prompted or [
+        resolve_target(text, loaded.categories, classes) for text in request.targets
+    ]
     detector = loaded.trace.task == "detection" and request.target_fn is None
     if detector:
         check_detection_request(command, request)
@@ -220,6 +270,53 @@ def _with_target_fn(command: str, loaded: LoadedModel, request: ExplainRequest) 
             hint="leave them out",
         )
     return with_target_fn(loaded, request.target_fn)
+
+
+def _with_prompts(
+    command: str, loaded: LoadedModel, request: ExplainRequest
+) -> tuple[LoadedModel, list[int]]:
+    """A two-tower model scoring its images against ``-t text:…`` or ``--prompts``' prompts
+    (featviz.tasks.prompts), and the indices of the ``-t text:…`` prompts; ``loaded`` as it
+    is, and no indices, when there are no prompts."""
+    from featviz.tasks.prompts import TEXT_PREFIX, read_prompts, takes_prompts, with_prompts
+
+    texts = [
+        t.removeprefix(TEXT_PREFIX).strip() for t in request.targets if t.startswith(TEXT_PREFIX)
+    ]
+    if not texts and request.prompts is None:
+        if takes_prompts(loaded.module) and request.target_fn is None:
+            raise UsageError(
+                f"{loaded.name} compares images with text: say what to look for",
+                hint='-t "text:a photo of a cat" (repeatable), or --prompts FILE, one a line',
+            )
+        return loaded, []
+    asked = "--prompts" if request.prompts is not None else "-t text:…"
+    if not takes_prompts(loaded.module):
+        raise UsageError(
+            f"{asked}: {loaded.name} has no text tower to read prompts with",
+            hint="text prompts need a CLIP-style model: open_clip/NAME, an hf: CLIP or "
+            "SigLIP, or a module with encode_text (see the text prompts guide)",
+        )
+    if request.target_fn is not None:
+        raise UsageError(f"{asked} and --target-fn exclude each other", hint="pick one")
+    if texts and request.prompts is not None:
+        raise UsageError(
+            "-t text:… and --prompts exclude each other",
+            hint="pick the file's prompts with -t PROMPT, or give every prompt as -t text:…",
+        )
+    if texts and (len(texts) != len(request.targets) or not all(texts)):
+        raise UsageError(
+            "-t text:…: once one target is a text prompt, all must be, none empty",
+            hint='give each as -t "text:a photo of a cat"',
+        )
+    prompts = read_prompts(request.prompts) if request.prompts else list(dict.fromkeys(texts))
+    if command == "score" and len(prompts) < 2:
+        raise UsageError(
+            "score measures how the prompts' probabilities move, and one prompt has none",
+            hint='give two prompts or more (-t "text:…" repeated, or --prompts FILE)',
+        )
+    loaded = with_prompts(loaded, prompts, classify=request.prompts is not None)
+    return loaded, [prompts.index(text) for text in texts]
 
 
 def _discover(run: RunRequest, notes: list[str]) -> Iterable[ImageSource]:

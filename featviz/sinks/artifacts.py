@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from featviz.explainer.predictions import Prediction
     from featviz.inputs.discover import ImageSource
 
-Command = Literal["maps", "cam", "filters", "compare", "score", "sanity"]
+Command = Literal["maps", "cam", "filters", "compare", "score", "sanity", "dream", "top"]
 Kind = Literal[
     "grid",  # maps
     "overlay",  # cam
@@ -28,13 +28,20 @@ Kind = Literal[
     "panel",  # compare and sanity: one labelled picture per image
     "table",  # score and sanity: the run's rows as CSV (``text``)
     "curves",  # score and sanity: the run's plot
+    "dream",  # dream: one optimised image
+    "dream-grid",  # dream: all of a run's images, labelled
+    "ranking",  # top: a layer's channels' best images (``text``, JSON)
+    "partial",  # top --shard: a shard's ranking (``target``: shard-K-of-N)
+    "examples",  # top: one channel's best images (``target``: the channel, 0037)
+    "overview",  # top: every channel's best image
 ]
 
 
 @dataclass(frozen=True)
 class Artifact:
-    """One output: a picture (``pixels``, uint8 (H, W) grey or (H, W, 3) RGB), raw arrays, or
-    ``text`` (a CSV table).
+    """One output: a picture (``pixels``, uint8 (H, W) grey or (H, W, 3) RGB; a clip's
+    animation (T, H, W) or (T, H, W, 3), each frame shown ``frame_ms`` milliseconds), raw
+    arrays, or ``text`` (a CSV table).
 
     ``layer`` is the layer (``fused`` for a fusion of several, ``attention`` for the rollout
     methods); ``method`` and ``target`` (a class slug, ``281_tabby``, or ``all`` for a
@@ -51,6 +58,13 @@ class Artifact:
     pixels: np.ndarray | None = None
     arrays: dict[str, np.ndarray] | None = None
     text: str | None = None
+    frame_ms: int = 100
+
+    @property
+    def animated(self) -> bool:
+        """Whether the picture is a clip's frames: written as an animated WebP whatever
+        ``--format`` asks (featviz.sinks.encode.encode_animation says why)."""
+        return self.pixels is not None and self.pixels.ndim == 3 + (self.pixels.shape[-1] == 3)
 
     @cached_property
     def png(self) -> bytes:
@@ -62,7 +76,11 @@ class Artifact:
 
     def encoded(self, image_format: str, quality: int) -> bytes:
         """The picture as ``png`` (the same bytes as ``png``), ``jpg`` or ``webp`` (Pillow:
-        libjpeg-turbo, libwebp) at ``quality``."""
+        libjpeg-turbo, libwebp) at ``quality``; an animation as animated WebP."""
+        if self.animated:
+            from featviz.sinks.encode import encode_animation
+
+            return encode_animation(self.pixels, self.frame_ms, quality)
         if image_format == "png":
             return self.png
         import io
@@ -81,8 +99,9 @@ class Artifact:
 @dataclass
 class ImageOutputs:
     """Everything one input produced. ``source`` is None for outputs of the model itself
-    (filters); ``original`` the decoded photo (H, W, 3) uint8; ``activations`` the tapped
-    layers' (C, h, w) maps, filled only when a sink asks for them (TensorBoard histograms)."""
+    (filters); ``original`` the decoded photo (H, W, 3) uint8 (a clip's (T, H, W, 3) frames);
+    ``activations`` the tapped layers' (C, h, w) maps, filled only when a sink asks for them
+    (TensorBoard histograms)."""
 
     source: ImageSource | None
     model: str

@@ -1,5 +1,5 @@
 """Pictures and arrays as file bytes: PNG (a small writer: row filters in numpy, deflate through
-ISA-L or zlib), NPY, NPZ and JSON.
+ISA-L or zlib), animated WebP (a clip's frames), NPY, NPZ and JSON.
 """
 
 from __future__ import annotations
@@ -71,6 +71,31 @@ def encode_png(image: np.ndarray) -> bytes:
 def _chunk(kind: bytes, payload: bytes) -> bytes:
     crc = zlib.crc32(payload, zlib.crc32(kind))
     return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+
+def encode_animation(frames: np.ndarray, frame_ms: int, quality: int) -> bytes:
+    """(T, H, W, 3) RGB or (T, H, W) grey uint8 frames → an animated WebP that loops, each
+    frame shown ``frame_ms`` milliseconds, lossy at ``quality`` (0–100).
+
+    Animated WebP rather than MP4: every current browser plays it in a plain ``<img>`` (a
+    gallery card, a README), while the H.264 in an MP4 is missing from open-source browser
+    builds (Chromium's among them) and a ``<video>`` needs a player around it; Pillow writes
+    it, so nothing beyond Pillow is needed to write one.
+    """
+    from PIL import Image
+
+    pictures = [Image.fromarray(frame) for frame in frames]
+    buffer = io.BytesIO()
+    pictures[0].save(
+        buffer,
+        "WEBP",
+        save_all=True,
+        append_images=pictures[1:],
+        duration=frame_ms,
+        loop=0,
+        quality=quality,
+    )
+    return buffer.getvalue()
 
 
 def encode_npy(array: np.ndarray) -> bytes:

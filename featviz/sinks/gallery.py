@@ -27,6 +27,7 @@ from featviz.sinks.variants import claims
 
 if TYPE_CHECKING:
     import numpy as np
+    from PIL import Image
 
     from featviz.sinks import RunEnd
     from featviz.sinks.artifacts import ImageOutputs
@@ -55,18 +56,25 @@ class GallerySink:
         if outputs.source is not None and outputs.original is not None:
             original = self.thumb_of_original(str(outputs.source.path))
             if not original.exists():
-                write_atomic(original, thumbnail(outputs.original))
+                # A video's card shows its first clip's first frame.
+                still = outputs.original[0] if outputs.original.ndim == 4 else outputs.original
+                write_atomic(original, thumbnail(still))
         relative = None if outputs.source is None else outputs.source.relative
         for artifact in outputs.artifacts:
             if artifact.pixels is not None:
                 path = self.layout.path_of(artifact, relative)
-                write_atomic(self._thumb_of(path), thumbnail(artifact.pixels))
+                thumb = self._thumb_of(path, animated=artifact.animated)
+                frame_ms = artifact.frame_ms if artifact.animated else None
+                write_atomic(thumb, thumbnail(artifact.pixels, frame_ms))
 
     def close(self, end: RunEnd) -> None:
         build_gallery(self.layout)
 
-    def _thumb_of(self, output: Path) -> Path:
-        return self.thumbs / f"{output.relative_to(self.layout.root).as_posix()}.jpg"
+    def _thumb_of(self, output: Path, *, animated: bool = False) -> Path:
+        """A picture's thumbnail: a JPEG, or for a clip's animation an animated WebP (the
+        card plays it)."""
+        suffix = "webp" if animated else "jpg"
+        return self.thumbs / f"{output.relative_to(self.layout.root).as_posix()}.{suffix}"
 
     def thumb_of_original(self, input_path: str) -> Path:
         """One thumbnail per input file, whatever folders its outputs are in: named by a hash
@@ -77,15 +85,28 @@ class GallerySink:
         return self.originals / f"{key}.jpg"
 
 
-def thumbnail(pixels: np.ndarray) -> bytes:
-    """A JPEG whose longer side is at most THUMB_SIDE, from uint8 (H, W) or (H, W, 3)."""
+def thumbnail(pixels: np.ndarray, frame_ms: int | None = None) -> bytes:
+    """A JPEG whose longer side is at most THUMB_SIDE, from uint8 (H, W) or (H, W, 3); with
+    ``frame_ms``, from a clip's (T, H, W) or (T, H, W, 3) frames, an animated WebP of them
+    at ``frame_ms`` a frame."""
+    import numpy as np
     from PIL import Image
 
-    image = Image.fromarray(pixels)
-    image.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BILINEAR)
+    if frame_ms is not None:
+        from featviz.sinks.encode import encode_animation
+
+        small = np.stack([np.asarray(_shrunk(Image.fromarray(frame))) for frame in pixels])
+        return encode_animation(small, frame_ms, THUMB_QUALITY)
     buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=THUMB_QUALITY)
+    _shrunk(Image.fromarray(pixels)).save(buffer, "JPEG", quality=THUMB_QUALITY)
     return buffer.getvalue()
+
+
+def _shrunk(image: Image.Image) -> Image.Image:
+    from PIL import Image
+
+    image.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BILINEAR)
+    return image
 
 
 def build_gallery(layout: OutputLayout) -> Path:
@@ -98,6 +119,8 @@ def build_gallery(layout: OutputLayout) -> Path:
             by_input.setdefault(record.get("path") or str(folder), []).append(record)
     images = [_card(sink, records) for records in by_input.values()]
     images.extend(_filters_cards(sink, root))
+    images.extend(_dream_cards(sink, root))
+    images.extend(_top_cards(sink, root))
     models = {name: held.get("description", name) for name, held in claims(root).items()}
     data = json.dumps(
         {"images": images, "models": models}, ensure_ascii=False, separators=(",", ":")
@@ -198,11 +221,110 @@ def _filters_cards(sink: GallerySink, root: Path) -> list[dict[str, Any]]:
     return cards
 
 
+def _dream_cards(sink: GallerySink, root: Path) -> list[dict[str, Any]]:
+    """One card per model folder that `featviz dream` wrote into this folder: every image,
+    by its layer (``classes`` for class objectives) and objective."""
+    cards = []
+    for model in sorted(path for path in (root / "dream").glob("*") if path.is_dir()):
+        pictures = sorted(p for p in model.glob("*/*") if p.suffix in PICTURES)
+        outputs = [
+            [
+                model.name,
+                "dream",
+                "",
+                picture.parent.name,
+                picture.stem,
+                "",
+                _link(picture, root),
+                _link(_ensure_thumb(sink, picture), root),
+            ]
+            for picture in pictures
+        ]
+        cards.append(
+            {
+                "name": f"dream: {model.name}",
+                "thumb": None,
+                "link": None,
+                "predictions": [],
+                "error": None,
+                "outputs": outputs,
+            }
+        )
+    return cards
+
+
+def _top_cards(sink: GallerySink, root: Path) -> list[dict[str, Any]]:
+    """One card per model folder and layer that `featviz top` ranked into this folder: the
+    overview of its channels, then each channel's examples."""
+    cards = []
+    for model in sorted(path for path in (root / "top").glob("*") if path.is_dir()):
+        for overview in sorted(p for p in model.iterdir() if p.suffix in PICTURES):
+            channels = overview.with_suffix("")
+            sheets = sorted(
+                p for p in channels.glob("*") if p.suffix in PICTURES and p.stem.isdigit()
+            )
+            outputs = [
+                [
+                    model.name,
+                    "top",
+                    "",
+                    channels.name,
+                    "" if picture == overview else picture.stem,
+                    "every channel" if picture == overview else f"channel {int(picture.stem)}",
+                    _link(picture, root),
+                    _link(_ensure_thumb(sink, picture), root),
+                ]
+                for picture in (overview, *sheets)
+            ]
+            cards.append(
+                {
+                    "name": f"top: {model.name} {channels.name}",
+                    "thumb": None,
+                    "link": None,
+                    "predictions": [],
+                    "error": None,
+                    "outputs": outputs,
+                }
+            )
+    return cards
+
+
 def _ensure_thumb(sink: GallerySink, output: Path) -> Path:
-    thumb = sink._thumb_of(output)
+    animated = _is_animation(output)
+    thumb = sink._thumb_of(output, animated=animated)
     if not thumb.exists():
-        _thumb_from_file(output, thumb)
+        if animated:
+            _thumb_of_animation(output, thumb)
+        else:
+            _thumb_from_file(output, thumb)
     return thumb
+
+
+def _is_animation(output: Path) -> bool:
+    """Whether a picture on disk is a clip's animated WebP (its header says how many frames)."""
+    from PIL import Image
+
+    if output.suffix != ".webp":
+        return False
+    try:
+        with Image.open(output) as image:
+            return getattr(image, "n_frames", 1) > 1
+    except (OSError, ValueError):
+        return False
+
+
+def _thumb_of_animation(output: Path, thumb: Path) -> None:
+    """An animated thumbnail made from an animation on disk; nothing when it cannot be read."""
+    import numpy as np
+    from PIL import Image, ImageSequence
+
+    try:
+        with Image.open(output) as image:
+            frame_ms = int(image.info.get("duration", 100))
+            frames = np.stack([np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(image)])
+    except (OSError, ValueError):
+        return
+    write_atomic(thumb, thumbnail(frames, frame_ms))
 
 
 def _thumb_from_file(image: Path, thumb: Path) -> None:

@@ -10,6 +10,11 @@ folder mirroring the inputs, named after its file (featviz.inputs.discover: ``a/
     <model>/<image>/cam/<method>/<layer>/<class>.heatmap.png / .npz
     <model>/<image>/compare.png, sanity.png          featviz compare, featviz sanity
     filters/<model>/<layer>.png                      featviz filters
+    dream/<model>/<layer>/c0037.png, n0037.png       featviz dream: a channel, a neuron
+    dream/<model>/classes/<class>.png                featviz dream: a class (-2, -3…: --diversity)
+    top/<model>/<layer>.json, <layer>.png            featviz top: the ranking, the overview
+    top/<model>/<layer>/<channel>.png                featviz top: a channel's examples
+    top/<model>/<layer>.shard-K-of-N.json            featviz top --shard: a partial ranking
     records/<model>/<image>/<command>-<fingerprint>.json
                                                      what the image produced with those settings
                                                      (--skip-existing, the gallery)
@@ -17,6 +22,7 @@ folder mirroring the inputs, named after its file (featviz.inputs.discover: ``a/
                                                      which model and settings own each folder
     runs/<run>.json                                  one manifest per run, never overwritten
     runs/<run>/score.csv, score.png, sanity.csv…     what a run made of all its images
+    runs/<run>/dream.png                             featviz dream: the run's images, labelled
     manifest.json                                    the latest run's manifest, listing every run
     index.html, gallery/                             the gallery (sinks/gallery.py)
     .featviz-output                                  marks the folder: never read as input
@@ -63,6 +69,8 @@ RESERVED = frozenset(
         "records",
         "models",
         "filters",
+        "dream",
+        "top",
         OUTPUT_MARKER,
     }
 )
@@ -120,6 +128,13 @@ class OutputLayout:
         if artifact.command == "filters":
             suffix = "-all-inputs" if artifact.kind == "kernels-all-inputs" else ""
             return self.filters_picture(artifact.layer, suffix)
+        if artifact.kind == "dream":
+            stem = f"{artifact.target}.{self.picture}"
+            return self.root / "dream" / self.variant / artifact.layer / stem
+        if artifact.kind == "dream-grid":
+            return self.root / "runs" / self.run / f"dream.{self.picture}"
+        if artifact.command == "top":
+            return self.top_picture(artifact)
         if artifact.kind == "panel":  # compare.png, sanity.png beside the image's outputs
             return self.image_dir(relative) / f"{artifact.command}.{self.picture}"
         if artifact.kind in ("table", "curves"):  # score.csv, score.png: the run's own
@@ -128,9 +143,13 @@ class OutputLayout:
         if artifact.command == "maps":
             if artifact.kind == "raw":
                 return self.maps_raw(relative, artifact.layer)
-            return self.maps_grid(relative, artifact.layer)
-        files = self.cam_files(relative, artifact.method, artifact.layer, artifact.target)
-        return {"overlay": files.overlay, "heatmap": files.heatmap, "raw": files.raw}[artifact.kind]
+            path = self.maps_grid(relative, artifact.layer)
+        else:
+            files = self.cam_files(relative, artifact.method, artifact.layer, artifact.target)
+            path = {"overlay": files.overlay, "heatmap": files.heatmap, "raw": files.raw}[
+                artifact.kind
+            ]
+        return path.with_suffix(".webp") if artifact.animated else path
 
     def cam_files(self, relative: PurePath, method: str, layer: str, target: str) -> CamFiles:
         """The overlay, bare heatmap and raw arrays of one map (``target``: a class slug)."""
@@ -147,6 +166,21 @@ class OutputLayout:
     def filters_picture(self, layer: str, suffix: str = "") -> Path:
         name = f"{safe_name(layer)}{suffix}.{self.picture}"
         return self.root / "filters" / self.variant / name
+
+    def top_folder(self) -> Path:
+        return self.root / "top" / self.variant
+
+    def top_picture(self, artifact: Artifact) -> Path:
+        """A ``featviz top`` output: a layer's ranking (a shard's partial one: ``target`` is
+        ``shard-K-of-N``), its overview, or one channel's examples (``target``: the channel)."""
+        stem = self.top_folder() / safe_name(artifact.layer)
+        if artifact.kind == "ranking":
+            return stem.with_name(f"{stem.name}.json")
+        if artifact.kind == "partial":
+            return stem.with_name(f"{stem.name}.{artifact.target}.json")
+        if artifact.kind == "overview":
+            return stem.with_name(f"{stem.name}.{self.picture}")
+        return stem / f"{artifact.target}.{self.picture}"
 
     def manifest(self) -> Path:
         return self.root / "manifest.json"

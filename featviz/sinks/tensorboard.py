@@ -6,6 +6,8 @@ keep their step):
   to ``maps/<layer>.png``;
 - ``cam/<method>/<layer>/<class>``: the CAM overlay, as written to its PNG;
 - ``filters/<layer>`` (step 0): the kernel grid;
+- ``top/<layer>``, ``top/<layer>/<channel>`` (step 0): ``featviz top``'s overview, and each
+  channel's best images;
 - ``activations/<layer>``: a histogram of the tapped layer's activations;
 - ``image``: text naming the input, with its top-5 predictions when the command has them.
 """
@@ -55,6 +57,10 @@ def tag_of(command: str, kind: str, layer: str, method: str, target: str) -> str
         return f"cam/{method}/{layer}/{target}"
     if command == "filters" and kind.startswith("kernels"):
         return f"filters/{layer}" + ("/all-inputs" if kind == "kernels-all-inputs" else "")
+    if command == "dream":  # each optimised image, and the run's grid of them
+        return f"dream/{layer}/{target}" if kind == "dream" else "dream"
+    if command == "top" and kind in ("overview", "examples"):  # a layer's, a channel's
+        return f"top/{layer}" + (f"/{target}" if kind == "examples" else "")
     if kind == "panel":  # compare's and sanity's picture of each image
         return command
     if kind == "curves":  # score's and sanity's plot of the whole run
@@ -96,7 +102,8 @@ class TensorBoardSink:
         values = []
         for a in outputs.artifacts:
             tag = tag_of(a.command, a.kind, a.layer, a.method, a.target)
-            if tag is not None and a.pixels is not None:
+            # A clip's animation has no TensorBoard image: its frames go to the files only.
+            if tag is not None and a.pixels is not None and not a.animated:
                 values.append(Summary.Value(tag=tag, image=_image(a)))
         for layer, activations in outputs.activations.items():
             values.append(Summary.Value(tag=f"activations/{layer}", histo=_histogram(activations)))

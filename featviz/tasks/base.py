@@ -1,5 +1,5 @@
 """Tasks: how a model's raw output becomes one differentiable score per (image, target), what
-ranks the targets, and what is drawn with each map (DESIGN.md "Tasks").
+ranks the targets, and what is drawn with each map.
 
 A classifier needs none of this: its output is (N, classes) scores already. Any other task
 is a forward hook on the model's root module, installed once when the model is loaded, that

@@ -22,15 +22,17 @@ from featviz.worker.place import MODE_ENV, Place, UnsafeFolder, code_version, pl
 MODES = ("on", "auto", "off")
 # The worker checks its callers' uid with SO_PEERCRED, which only Linux has.
 SUPPORTED = sys.platform.startswith("linux") and hasattr(socket, "SO_PEERCRED")
-# Commands that never touch torch gain nothing from the worker; help texts stay in-process.
-_IN_PROCESS = {"worker", "--help", "-h", "--version"}
+# Commands that never touch torch gain nothing from the worker; help texts stay in-process; a
+# --ray run is a Ray driver, whose connection and threads must not outlive the call.
+_IN_PROCESS = {"worker", "--help", "-h", "--version", "--ray"}
 
 
 def delegate(argv: list[str], server: str) -> int | None:
     """The exit code of ``argv`` run by the worker, or None: run it in this process.
     ``server``: the module whose ``main()`` serves, for a worker started here."""
     mode = _mode()
-    if mode == "off" or not argv[1:] or _IN_PROCESS.intersection(argv[1:]):
+    names = {arg.partition("=")[0] if arg.startswith("--") else arg for arg in argv[1:]}
+    if mode == "off" or not argv[1:] or _IN_PROCESS.intersection(names):
         return None
     if not SUPPORTED:
         return None

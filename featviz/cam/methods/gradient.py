@@ -1,6 +1,6 @@
 """CAM from the classifier's weights (Zhou et al.) and from gradients at the tapped layer.
 
-Notation (CAM_REFERENCE.md): A (N, K, h, w) activations, g = ∂S^c/∂A (N, K, h, w) for each
+Notation: A (N, K, h, w) activations, g = ∂S^c/∂A (N, K, h, w) for each
 image's own target class c, S^c the pre-softmax score.
 """
 

@@ -44,6 +44,7 @@ class ScoreCam(CamMethod):
     """
 
     name = "scorecam"
+    images_only = True
 
     def _weights(self, ctx: CamContext, layer: str, targets: torch.Tensor) -> torch.Tensor:
         scores = ctx.cached(("scorecam", layer), lambda: self._masked_scores(ctx, layer))

@@ -33,6 +33,7 @@ class _MaskedScoreCam(CamMethod):
     second target for the same images costs nothing.
     """
 
+    images_only = True  # its masks are (N, 1, H, W) pictures
     SAMPLES: ClassVar[int]
 
     def _weights(self, ctx: CamContext, layer: str, targets: torch.Tensor) -> torch.Tensor:

@@ -15,12 +15,15 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from torch import nn
 
+    from featviz.inputs.video import Sampling
     from featviz.model.options import ModelRequest
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TIMM_PREFIX = "timm/"
 HF_PREFIX = "hf:"
+OPEN_CLIP_PREFIX = "open_clip/"
+DEFAULT_CLIP_LENGTH = 16  # frames per clip of a video model that does not say
 
 
 def require(module: str, extra: str, spec: str) -> object:
@@ -51,6 +54,8 @@ class BuiltModel:
     mynet.py"), and ``categories_given`` whether a person wrote them (then a count that does
     not fit the model is their mistake to hear about); ``fixed_layout`` is True when featviz
     may not change the module's memory layout (a user's forward may ``.view()`` a tensor).
+    ``clip``: a video model's frames per clip and their rate (it takes (N, 3, T, H, W)
+    clips); None for an image model.
     """
 
     module: nn.Module
@@ -66,6 +71,7 @@ class BuiltModel:
     interpolation: str = "bilinear"
     class_token: bool | None = None
     owned: bool = True  # False: a caller's module, which featviz must leave as it found it
+    clip: Sampling | None = None
 
 
 class ModelSource(Protocol):
@@ -77,6 +83,7 @@ class ModelSource(Protocol):
 
 def source_for(spec: str) -> ModelSource:
     """The source that understands ``spec``: ``timm/NAME``, ``hf:REPO_ID`` or ``hf:DIR``,
+    ``open_clip/NAME``,
     ``file.py:callable`` / ``pkg.mod:callable`` for a user's factory, anything else a
     torchvision model name."""
     if spec.startswith(TIMM_PREFIX):
@@ -87,6 +94,10 @@ def source_for(spec: str) -> ModelSource:
         from featviz.model.sources.hf_models import HuggingFaceSource
 
         return HuggingFaceSource()
+    if spec.startswith(OPEN_CLIP_PREFIX):
+        from featviz.model.sources.open_clip_models import OpenClipSource
+
+        return OpenClipSource()
     if ":" in spec:
         from featviz.model.sources.factory import FactorySource
 

@@ -2,7 +2,9 @@
 
 The factory returns an ``nn.Module``; optional module-level constants next to it describe its
 inputs and classes (``LABELS`` = "imagenet" or a list of names, ``INPUT_SIZE``, ``MEAN``,
-``STD``). Without them featviz assumes ImageNet normalisation at 224 and no class names.
+``STD``). Without them featviz assumes ImageNet normalisation at 224 and no class names. A video
+model, which takes (N, 3, T, H, W) clips, says so with ``CLIP_LENGTH`` (frames per clip, T) and
+optionally ``FRAME_RATE`` (frames per second its clips were sampled at; default: every frame).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 from featviz.errors import RunError, UsageError
+from featviz.inputs.video import Sampling
 from featviz.model.checkpoints import load_into, read_state_dict
 from featviz.model.sources import IMAGENET_MEAN, IMAGENET_STD, BuiltModel
 from featviz.model.sources.meta import parameters_on_meta
@@ -61,7 +64,17 @@ class FactorySource:
             categories=list(labels) if labels is not None else None,
             categories_from=f"LABELS in {spec.rpartition(':')[0]}",
             categories_given=True,
+            clip=_clip_sampling(source),
         )
+
+
+def _clip_sampling(source: Any) -> Sampling | None:
+    """A video model's clips, from its module's ``CLIP_LENGTH`` and ``FRAME_RATE``."""
+    length = getattr(source, "CLIP_LENGTH", None)
+    if length is None:
+        return None
+    rate = getattr(source, "FRAME_RATE", None)
+    return Sampling(int(length), None if rate is None else float(rate))
 
 
 def _structure(factory: Any, kwargs: dict[str, Any]) -> Any:

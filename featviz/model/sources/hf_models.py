@@ -1,4 +1,5 @@
-"""Hugging Face ``transformers`` image classifiers: ``-m hf:REPO_ID`` or ``-m hf:LOCAL_DIR``.
+"""Hugging Face ``transformers`` image classifiers: ``-m hf:REPO_ID`` or ``-m hf:LOCAL_DIR``;
+two-tower models (CLIP, SigLIP) too, explained against text prompts (hf_towers.py).
 
 Loaded with ``AutoModelForImageClassification`` through the hub's own cache (downloading when
 allowed); ``--weights none`` builds a seeded random model from the config without any network
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from featviz.errors import RunError, first_line
 from featviz.model.checkpoints import load_into, read_state_dict
 from featviz.model.sources import HF_PREFIX, IMAGENET_MEAN, IMAGENET_STD, BuiltModel, hub, require
+from featviz.model.sources.hf_towers import HfTowers, is_two_tower
 from featviz.model.sources.meta import parameters_on_meta
 
 if TYPE_CHECKING:
@@ -56,18 +58,23 @@ class HuggingFaceSource:
                 )
                 on_meta = structure_only or request.checkpoint is not None
                 with parameters_on_meta() if on_meta else nullcontext():
-                    model = transformers.AutoModelForImageClassification.from_config(config)
+                    model = _auto_class(transformers, config).from_config(config)
             processor = _processor_config(repo, local)
         except (OSError, ValueError, hub.HubUnavailable) as exc:
             raise _unavailable(repo, pretrained, exc) from exc
         if request.checkpoint is not None and not structure_only:
             state = read_state_dict(request.checkpoint)
             load_into(model, state, f"checkpoint '{request.checkpoint}'")
-        _adapt_calls(model)
+        towers = is_two_tower(config)
+        if towers:  # explained against text prompts (featviz.tasks.prompts)
+            model = HfTowers(model, repo, local)
+        else:
+            _adapt_calls(model)
         size = processor.get("size") or {}
         if isinstance(size, int):
             size = {"shortest_edge": size}
-        input_size = size.get("shortest_edge") or size.get("height") or config.image_size
+        image_size = config.vision_config.image_size if towers else config.image_size
+        input_size = size.get("shortest_edge") or size.get("height") or image_size
         if structure_only:
             weights = "none (structure only)"
         elif request.checkpoint is not None:
@@ -81,7 +88,7 @@ class HuggingFaceSource:
             mean=tuple(processor.get("image_mean", IMAGENET_MEAN)),
             std=tuple(processor.get("image_std", IMAGENET_STD)),
             input_size=int(input_size),
-            categories=_categories(config),
+            categories=None if towers else _categories(config),
             categories_from=f"id2label of {repo}",
             interpolation=_RESAMPLE.get(processor.get("resample"), "bilinear"),
             class_token=True,  # HF's image classifiers read the [CLS] token
@@ -93,10 +100,18 @@ def _pretrained(
 ) -> tuple[Any, nn.Module]:
     """The model's config and pretrained model, from the hub's cache alone or downloading."""
     config = transformers.AutoConfig.from_pretrained(repo, local_files_only=cache_only, **overrides)
-    model = transformers.AutoModelForImageClassification.from_pretrained(
+    model = _auto_class(transformers, config).from_pretrained(
         repo, config=config, local_files_only=cache_only, ignore_mismatched_sizes=bool(overrides)
     )
     return config, model
+
+
+def _auto_class(transformers: Any, config: Any) -> Any:
+    """AutoModel for a two-tower model (CLIP, SigLIP: no classification head), else the
+    image classifier's."""
+    if is_two_tower(config):
+        return transformers.AutoModel
+    return transformers.AutoModelForImageClassification
 
 
 def _processor_config(repo: str, local: bool) -> dict[str, Any]:

@@ -1,5 +1,8 @@
 """torchvision's classification models by name, their weights through torch.hub's cache.
 
+Its video classifiers (r3d_18, s3d, swin3d_t…) take clips (N, 3, T, H, W): their frames per
+clip and frame rate come from the notes of the weights (``clip_len=16``, ``frame_rate=15``).
+
 Pretrained builds run torchvision's own builder with parameters on the meta device (it sets the
 architecture options the weights need: number of classes, Inception's ``transform_input``…) and
 then assign the real tensors: vgg16's random initialisation alone costs about 1.7 s on a CPU.
@@ -7,14 +10,16 @@ then assign the real tensors: vgg16's random initialisation alone costs about 1.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from featviz.errors import RunError, UsageError, closest
+from featviz.inputs.video import Sampling
 from featviz.model.checkpoints import load_into, read_state_dict
-from featviz.model.sources import BuiltModel
+from featviz.model.sources import DEFAULT_CLIP_LENGTH, BuiltModel
 from featviz.model.sources.meta import parameters_on_meta
 
 if TYPE_CHECKING:
@@ -46,9 +51,20 @@ def detection_models() -> list[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models.detection))
 
 
+def video_models() -> list[str]:
+    """Names of torchvision's video classifiers (r3d_18, mc3_18, r2plus1d_18, s3d, mvit_*,
+    swin3d_*)."""
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models.video))
+
+
 def torchvision_models() -> list[str]:
-    """Every model --model takes by name: the classifiers, segmenters and detectors."""
-    return sorted(classification_models() + segmentation_models() + detection_models())
+    """Every model --model takes by name: the classifiers, segmenters, detectors and video
+    classifiers."""
+    return sorted(
+        classification_models() + segmentation_models() + detection_models() + video_models()
+    )
 
 
 def model_weights_names(name: str) -> list[str]:
@@ -76,6 +92,12 @@ class TorchvisionSource:
                 f"unknown model '{name}'",
                 hint=(f"{near}; " if near else "")
                 + "list them with `featviz models`, or pass your own as file.py:callable",
+            )
+        if name.startswith("mvit") and not structure_only:
+            raise UsageError(
+                f"{name} is not supported yet: its layers mix time and space in one sequence "
+                "of tokens, which featviz does not lay out on frames",
+                hint="r3d_18, mc3_18, r2plus1d_18, s3d and swin3d_t/s/b are",
             )
         builder = torchvision.models.get_model_builder(name)
         kwargs: dict[str, Any] = {}
@@ -121,6 +143,7 @@ class TorchvisionSource:
             # The size the architecture was built for (a ViT asserts it): vit_h_14's default
             # weights are for 518, the same builder without them makes a 224 model.
             size = getattr(model, "image_size", None) or _preset_size(transforms)
+        video = name in video_models()
         return BuiltModel(
             module=model,
             name=name,
@@ -132,9 +155,22 @@ class TorchvisionSource:
             categories_from=f"the {meta_source} weights",
             # Channels-last convolutions run ~20% faster on CPU (oneDNN's native layout;
             # resnet50's compute floor here: 121 → 91 ms/image) with the same results up to
-            # float rounding.
-            fixed_layout=False,
+            # float rounding. Video models' 5-D weights have no such layout.
+            fixed_layout=video,
+            clip=_clip_sampling(meta_source.meta) if video else None,
         )
+
+
+def _clip_sampling(meta: dict[str, Any]) -> Sampling:
+    """A video model's frames per clip and frame rate: torchvision states the ones its weights
+    were evaluated with only in their notes (``clip_len=16``, ``frame_rate=15``)."""
+    notes = meta.get("_docs", "")
+    length = re.search(r"clip_len=(\d+)", notes)
+    rate = re.search(r"frame_rate=([\d.]+)", notes)
+    return Sampling(
+        length=int(length.group(1)) if length else DEFAULT_CLIP_LENGTH,
+        frame_rate=float(rate.group(1)) if rate else None,
+    )
 
 
 def _preset_size(transforms: Any) -> int:

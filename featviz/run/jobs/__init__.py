@@ -2,5 +2,6 @@
 
 ``base`` loads inputs and hands each image's outputs to the sinks; ``explaining`` builds the
 Explainer that cam, compare, score and sanity share; ``cam``, ``compare``, ``score``,
-``sanity`` and ``maps`` are one command each. A new command is one module here.
+``sanity``, ``maps`` and ``top`` (with ``top_outputs``, what it writes at the end) are one
+command each. A new command is one module here.
 """

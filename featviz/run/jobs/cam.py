@@ -2,7 +2,8 @@
 
 The maps come from one forward per batch (featviz.explainer.batch); each is upsampled bilinearly
 from the layer's resolution straight onto the ORIGINAL image (preprocessing never crops, so the
-layer's grid covers the whole photo), colour-mapped and blended, and handed to the sinks.
+layer's grid covers the whole photo), colour-mapped and blended, and handed to the sinks. A video
+clip's map is upsampled to every one of its frames, and its pictures are animations.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ class CamJob(ExplainingJob):
                 )
 
             made = pictures if pictures is not None else self._pictures(item, maps, blend)
-            artifacts = [a for picture in made for a in self._artifacts(picture)]
+            artifacts = [a for picture in made for a in self._artifacts(picture, item.frame_ms)]
             return self.deliver(
                 ImageOutputs(
                     item.source, self.model.name, item.original, predictions, artifacts, activations
@@ -122,11 +123,11 @@ class CamJob(ExplainingJob):
         from featviz.cam import fuse, heatmap
         from featviz.render.draw import mark
 
-        size = item.original.shape[:2]
+        size = item.original.shape[:-1]  # (H, W), or a clip's (T, H, W)
         made: list[Picture] = []
         by_target: dict[tuple[str, str], list[Picture]] = {}
         for entry in maps:
-            layer_cam = entry.layer_cam if device is None else entry.layer_cam.to(device)
+            layer_cam = entry.shown if device is None else entry.shown.to(device)
             values = heatmap(layer_cam, size)
             made.append(Picture(entry, values, blend(values)))
             if self.request.fuse:
@@ -140,7 +141,8 @@ class CamJob(ExplainingJob):
             mark(picture.pixels, entry.region, entry.boxes, entry.caption)
         return made
 
-    def _artifacts(self, picture: Picture) -> list[Artifact]:
+    def _artifacts(self, picture: Picture, frame_ms: int) -> list[Artifact]:
+        """``frame_ms``: a clip's time per frame, which its animations play at."""
         from featviz.render.draw import apply_colormap
 
         entry = picture.entry
@@ -149,6 +151,7 @@ class CamJob(ExplainingJob):
             "method": entry.method,
             "target": entry.target,
             "caption": entry.caption,
+            "frame_ms": frame_ms,
         }
         artifacts = [Artifact("cam", "overlay", pixels=picture.pixels, **where)]
         if self.request.heatmap:
@@ -167,7 +170,8 @@ class CamJob(ExplainingJob):
 @dataclass
 class Picture:
     """One map drawn over its photo: the (H, W) heatmap in [0, 1] (None when it stayed on
-    the GPU, unasked for) and the overlay's (H, W, 3) uint8 pixels, marked."""
+    the GPU, unasked for) and the overlay's (H, W, 3) uint8 pixels, marked; a clip's
+    (T, H, W) and (T, H, W, 3)."""
 
     entry: ExplainedMap
     heatmap: torch.Tensor | None

@@ -75,7 +75,7 @@ class CompareJob(ExplainingJob):
                     # A class-agnostic map is the same for every target column.
                     for column in range(columns):
                         entry = layer_maps[min(column, len(layer_maps) - 1)]
-                        values = heatmap(entry.layer_cam, size).numpy()
+                        values = heatmap(entry.shown, size).numpy()
                         pixels = overlay(
                             item.original, values, lut=self.lut, alpha=self.request.alpha
                         )

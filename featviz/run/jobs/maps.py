@@ -1,4 +1,5 @@
-"""``featviz maps``: per-layer grids of a layer's channels, one PNG per image × layer.
+"""``featviz maps``: per-layer grids of a layer's channels, one PNG per image × layer; for a
+video model's clip, an animated WebP of the grid over the layer's frames.
 
 Each channel is min-max scaled on its own (a flat channel renders as zeros), channels are tiled
 in a near-square grid, and small maps are enlarged with nearest-neighbour so every activation
@@ -21,18 +22,21 @@ from featviz.sinks.results import ImageResult
 
 if TYPE_CHECKING:
     import numpy as np
+    import torch
 
+    from featviz.layers.layouts import Layout
     from featviz.run.plan import ChannelOrder, MapsRequest
 
 
 def select_channels(maps: np.ndarray, max_channels: int, order: ChannelOrder) -> np.ndarray:
-    """Indices of the channels to draw from (C, h, w): the first K, or the K with the highest
-    mean activation (descending)."""
+    """Indices of the channels to draw from (C, h, w) (a clip's (C, t, h, w)): the first K, or
+    the K with the highest mean activation (descending)."""
     import numpy as np
 
     count = min(max_channels, maps.shape[0])
     if order == "activation":
-        return np.argsort(-maps.mean(axis=(1, 2)), kind="stable")[:count]
+        means = maps.mean(axis=tuple(range(1, maps.ndim)))
+        return np.argsort(-means, kind="stable")[:count]
     return np.arange(count)
 
 
@@ -59,7 +63,7 @@ class MapsJob(ImageJob):
             raise model_failure(inputs, exc) from exc
         layouts = self.model.trace.layouts()
         outputs = {
-            name: layouts[name].to_nchw(taps.outputs[name].float(), tuple(inputs.shape[-2:]))
+            name: _channel_maps(layouts[name], taps.outputs[name].float(), inputs)
             for name in self.layers
         }
         if self.model.task is not None:  # a detector's maps: not over the padding it added
@@ -77,7 +81,7 @@ class MapsJob(ImageJob):
         ]
 
     def _writer(self, item: LoadedImage, maps: dict[str, np.ndarray]):
-        from featviz.render.draw import channel_grid, is_grey
+        from featviz.render.draw import channel_grid, channel_grid_frames, is_grey
 
         grey = is_grey(self.lut)
 
@@ -85,12 +89,15 @@ class MapsJob(ImageJob):
             artifacts = []
             for layer, layer_maps in maps.items():
                 chosen = select_channels(layer_maps, self.request.max_channels, self.request.order)
-                grid = channel_grid(
-                    layer_maps[chosen], lut=self.lut, cell_size=self.request.cell_size
-                )
+                video = layer_maps.ndim == 4  # (C, t, h, w): a clip's frames
+                draw = channel_grid_frames if video else channel_grid
+                grid = draw(layer_maps[chosen], lut=self.lut, cell_size=self.request.cell_size)
                 if grey:
                     grid = grid[..., 0]  # a grey PNG: a third of the bytes to encode and store
-                artifacts.append(Artifact("maps", "grid", layer, pixels=grid))
+                # The layer's t frames span the clip's T: each shown T / t frames' time.
+                frame_ms = round(item.frame_ms * len(item.original) / len(layer_maps[0]))
+                shown = {"frame_ms": frame_ms} if video else {}
+                artifacts.append(Artifact("maps", "grid", layer, pixels=grid, **shown))
                 if self.request.save_raw:
                     artifacts.append(
                         Artifact("maps", "raw", layer, arrays={"activations": layer_maps})
@@ -103,3 +110,10 @@ class MapsJob(ImageJob):
             )
 
         return write
+
+
+def _channel_maps(layout: Layout, output: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """A tapped output as (N, C, h, w) channel maps; a video layer's as (N, C, t, h, w)."""
+    maps = layout.to_nchw(output, tuple(inputs.shape[-2:]))
+    frames = layout.frames(tuple(output.shape))
+    return maps if frames == 1 else maps.unflatten(2, (frames, -1))

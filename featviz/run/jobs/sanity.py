@@ -88,10 +88,10 @@ class SanityJob(ExplainingJob):
             base = {"method": entry.method, "layer": entry.layer, "target": entry.target}
             rows.append({**base, "randomized": "none", "spearman": 1.0, "ssim": 1.0})
             self._add((entry.method, entry.layer), 0, 1.0)
-            reference = entry.layer_cam[None]
+            reference = entry.shown[None]
             scaled_reference = normalise(upsample(reference, size))
             for step, (block, maps) in enumerate(zip(self.blocks, cascade), 1):
-                other = maps[j].layer_cam[None]
+                other = maps[j].shown[None]
                 rho = float(spearman(reference.abs(), other.abs())[0])
                 similarity = float(ssim(scaled_reference, normalise(upsample(other, size)))[0])
                 rows.append(
@@ -131,7 +131,7 @@ class SanityJob(ExplainingJob):
                 if entry.method in shown:
                     continue  # one row per method: its first layer and target
                 shown.add(entry.method)
-                maps = [entry.layer_cam] + [step[j].layer_cam for step in cascade]
+                maps = [entry.shown] + [step[j].shown for step in cascade]
                 titles = ["trained"] + [f"→ {block}" for block in self.blocks]
                 cells = [
                     Cell(f"{entry.method}\n{title}", apply_colormap(heatmap(m, size).numpy(), lut))

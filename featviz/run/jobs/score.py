@@ -81,7 +81,7 @@ class ScoreJob(ExplainingJob):
         targets = explained.targets[keep].cpu()
         grids: dict[str, tuple[int, int]] = {}
         for j, entry in enumerate(explained.maps[keep[0]]):
-            maps = torch.stack([explained.maps[i][j].layer_cam for i in keep])
+            maps = torch.stack([explained.maps[i][j].shown for i in keep])
             grids.setdefault(entry.layer, tuple(maps.shape[1:]))
             if entry.index is not None:
                 classes = torch.tensor([explained.maps[i][j].index for i in keep])

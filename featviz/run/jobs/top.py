@@ -1,0 +1,228 @@
+"""``featviz top``: for every channel of the tapped layers, the k images that excite it most.
+
+Images stream through the pipeline like any command's; each batch runs one forward that stops
+at the deepest tapped layer, and its (N, C) scores are merged into each layer's
+``ChannelRanking`` (featviz.features.top) on the model's thread. Nothing per image is written,
+and only the images among some channel's k best are remembered (their source and how they were
+seen): memory is k × channels, not the dataset. When the run ends, the winners are decoded
+again and each layer's outputs written (featviz.run.jobs.top_outputs).
+
+With ``--shard K/N`` a run writes only its partial rankings; ``--merge`` (the same command
+line, without ``--shard``) reads the N partials, checks that each covered all of its images,
+and writes what one run over every image writes, byte for byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from featviz.errors import UsageError
+from featviz.explainer.checks import model_failure, nan_or_infinite, not_finite
+from featviz.features.top import ChannelRanking, Extent, Geometry, boxes_of, channel_scores
+from featviz.inputs.loaded import LoadedImage
+from featviz.layers.taps import LayerTaps
+from featviz.run.jobs.base import ImageJob, failure
+from featviz.run.plan import Resolved
+from featviz.sinks.results import ImageResult
+
+if TYPE_CHECKING:
+    from featviz.inputs.discover import ImageSource
+    from featviz.inputs.shards import Shard
+    from featviz.layers.catalog import LayerInfo
+    from featviz.model.load import LoadedModel
+    from featviz.run.plan import TopRequest
+    from featviz.sinks.artifacts import Artifact
+
+
+@dataclass
+class Seen:
+    """One image among the winners: where it came from and how each layer saw it."""
+
+    source: ImageSource
+    original: tuple[int, int]
+    model_input: tuple[int, int]
+    grids: dict[str, tuple[int, int]]
+
+
+@dataclass(kw_only=True)
+class TopJob(ImageJob):
+    request: TopRequest
+    layers: list[str]  # resolved module names, in execution order
+    channels: dict[str, list[int]]  # per layer, the channels ranked
+    batch_size: int  # every forward runs at this size (see process)
+    shard: Shard | None = None
+    merged_sources: list[ImageSource] | None = None  # --merge: every input, none processed
+    rankings: dict[str, ChannelRanking] = field(init=False)
+    extents: dict[str, Extent | None] | None = field(init=False, default=None)
+    winners: dict[int, Seen] = field(init=False, default_factory=dict)
+    ranked: int = field(init=False, default=0)  # images ranked (not failed)
+
+    def __post_init__(self) -> None:
+        self.rankings = {
+            name: ChannelRanking(len(self.channels[name]), self.request.k) for name in self.layers
+        }
+
+    def process(self, batch: list[LoadedImage]) -> list[Callable[[], ImageResult]]:
+        import torch
+
+        inputs = self.model.batch([item.tensor for item in batch])
+        if len(batch) < self.batch_size:
+            # A short batch runs at the full size, padded: kernels pick their blocking by the
+            # batch's shape, so this keeps every image's activations the same bits whichever
+            # images share its batch (a shard's scores are the single run's).
+            padding = inputs.new_zeros((self.batch_size - len(batch), *inputs.shape[1:]))
+            inputs = torch.cat([inputs, padding])
+        if self.extents is None:
+            self.extents = self._extents()
+        taps = LayerTaps(
+            self.model.module, self.layers, calls=self.model.trace.calls(), stop_early=True
+        )
+        try:
+            with torch.inference_mode(), taps:
+                taps.run(inputs)
+        except RuntimeError as exc:
+            raise model_failure(inputs, exc) from exc
+        input_hw = tuple(inputs.shape[-2:])
+        layouts = self.model.trace.layouts()
+        maps, broken = {}, {}
+        for name in self.layers:
+            values = layouts[name].to_nchw(taps.outputs[name][: len(batch)], input_hw).float()
+            if len(self.channels[name]) < values.shape[1]:  # --channels: a copy of those only
+                values = values[:, self.channels[name]]
+            for i in not_finite(values).nonzero().flatten().tolist():
+                broken.setdefault(i, f"layer '{name}' has {nan_or_infinite(values[i])} activations")
+            maps[name] = values
+        kept = [i for i in range(len(batch)) if i not in broken]
+        if kept:
+            self._rank([batch[i] for i in kept], {n: m[kept] for n, m in maps.items()}, input_hw)
+        return [
+            failure(item, broken[i]) if i in broken else _ranked(item)
+            for i, item in enumerate(batch)
+        ]
+
+    def _rank(self, batch: list[LoadedImage], maps: dict, input_hw: tuple[int, int]) -> None:
+        """Merge a batch's scores into every layer's ranking; remember its images that won."""
+        import torch
+
+        images = torch.tensor([item.source.index for item in batch])
+        for name, values in maps.items():
+            scores, positions = channel_scores(values, self.request.stat)
+            self.rankings[name].add(scores, images, positions)
+        self.ranked += len(batch)
+        held = set().union(*(ranking.held_images() for ranking in self.rankings.values()))
+        grids = {name: tuple(values.shape[-2:]) for name, values in maps.items()}
+        for item in batch:
+            if item.source.index in held:
+                original = tuple(item.original.shape[:2])
+                self.winners[item.source.index] = Seen(item.source, original, input_hw, grids)
+        self.winners = {index: seen for index, seen in self.winners.items() if index in held}
+
+    def _extents(self) -> dict[str, Extent | None]:
+        from featviz.features.receptive import receptive_extent
+
+        size = self.model.preprocessing.input_size
+        layouts, calls = self.model.trace.layouts(), self.model.trace.calls()
+        return {
+            name: receptive_extent(
+                self.model.module,
+                name,
+                layouts[name],
+                (size, size),
+                calls=calls,
+                device=self.model.device,
+            )
+            for name in self.layers
+        }
+
+    def ranking_entries(self, layer: str) -> list[list[dict[str, Any]]]:
+        """Per ranked channel of ``layer``, its entries best first: input, index (position in
+        the run), score, position [row, col] on the layer's grid, the grid cell and the
+        receptive-field box [x0, y0, x1, y1] in the image's pixels."""
+        ranking, extent = self.rankings[layer], (self.extents or {}).get(layer)
+        channels = []
+        for scores, images, positions in zip(
+            ranking.scores.tolist(), ranking.images.tolist(), ranking.positions.tolist()
+        ):
+            entries = []
+            for score, image, position in zip(scores, images, positions):
+                seen = self.winners[image]
+                geometry = Geometry(seen.original, seen.model_input, seen.grids[layer])
+                place, cell, box = boxes_of(position, geometry, extent)
+                entries.append(
+                    {
+                        "input": seen.source.display,
+                        "index": image,
+                        "score": score,
+                        "position": place,
+                        "cell": cell,
+                        "box": box,
+                    }
+                )
+            channels.append(entries)
+        return channels
+
+    def run_outputs(self, results: list[dict[str, Any]]) -> list[Artifact]:
+        from featviz.run.jobs import top_outputs
+
+        if self.merged_sources is not None:
+            return top_outputs.merged(self, self.merged_sources)
+        if self.shard is not None:
+            return top_outputs.partials(self, self.shard, len(results))
+        sources = {index: seen.source for index, seen in self.winners.items()}
+        return top_outputs.finals(self, self.ranked, self.ranking_entries, sources)
+
+
+def _ranked(item: LoadedImage) -> Callable[[], ImageResult]:
+    """An image's write task: it writes nothing of its own (its scores are in the rankings)."""
+    return lambda: ImageResult(item.source)
+
+
+def resolve_top(
+    request: TopRequest,
+    loaded: LoadedModel,
+    sources: Iterable[ImageSource],
+    shard: Shard | None,
+) -> tuple[Resolved, Callable[..., ImageJob], Iterable[ImageSource]]:
+    """The layers and channels ``request`` ranks on ``loaded``, how to make the job, and the
+    images the pipeline is to stream (none for ``--merge``, whose job reads the partials)."""
+    from featviz.layers.catalog import resolve_layers
+
+    if not request.layers:
+        raise UsageError("top needs a layer to rank", hint="pass --layer, see `featviz layers`")
+    if request.merge and shard is not None:
+        raise UsageError(
+            "--merge combines the shards' partial results: it cannot go with --shard",
+            hint="run the same command line with --merge in place of --shard K/N",
+        )
+    layers = resolve_layers(loaded.trace, list(request.layers), spatial_only=True)
+    channels = {name: _channels_of(loaded.trace.get(name), request.channels) for name in layers}
+    merged = list(sources) if request.merge else None
+    resolved = Resolved(layers)
+
+    def make(**common: object) -> ImageJob:
+        return TopJob(
+            request=request,
+            layers=layers,
+            channels=channels,
+            batch_size=resolved.batch_size,  # set by then
+            shard=shard,
+            merged_sources=merged,
+            **common,
+        )
+
+    return resolved, make, ([] if request.merge else sources)
+
+
+def _channels_of(info: LayerInfo, chosen: tuple[int, ...]) -> list[int]:
+    """The channels of a layer that ``--channels`` names (all when none), checked."""
+    index = {"nchw": 1, "nhwc": 3, "tokens": 2}[info.layout.kind]
+    count = info.shape[index]
+    outside = [channel for channel in chosen if channel >= count]
+    if outside:
+        raise UsageError(
+            f"--channels {outside[0]}: layer '{info.name}' has {count} channels (0-{count - 1})",
+            hint=f"pick channels below {count}",
+        )
+    return list(chosen) if chosen else list(range(count))

@@ -1,0 +1,234 @@
+"""What ``featviz top`` writes when its images have streamed through: per layer a JSON ranking,
+one sheet of examples per channel and an overview (featviz.render.examples); or, for a shard,
+its partial ranking; or, for ``--merge``, the shards' partials combined.
+
+The JSON of a layer (``top/<model>/<layer>.json``)::
+
+    {"layer": …, "stat": "max", "k": 9, "images": <images ranked>,
+     "channels": [{"channel": 37, "top": [{"input": …, "index": <position in the run>,
+        "score": …, "position": [row, col], "cell": [x0, y0, x1, y1],
+        "box": [x0, y0, x1, y1]}, …]}, …]}
+
+``cell`` is the grid cell of the channel's maximum and ``box`` its receptive field, both in the
+image's own pixels. A shard's partial (``<layer>.shard-K-of-N.json``) is the same ranking over
+its images, with the shard, the run's settings fingerprint and the number of inputs it went
+through: the merge refuses partials of other settings and shards that did not finish.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from featviz.errors import InputError, RunError, UsageError
+from featviz.explainer.names import safe_name
+from featviz.features.top import merge_entries
+from featviz.inputs.shards import shard_of
+from featviz.sinks.artifacts import Artifact
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import numpy as np
+
+    from featviz.inputs.discover import ImageSource
+    from featviz.inputs.shards import Shard
+    from featviz.run.jobs.top import TopJob
+
+Entries = list[list[dict[str, Any]]]  # per channel, its entries best first
+
+
+def finals(
+    job: TopJob,
+    images: int,
+    entries_of: Callable[[str], Entries],
+    sources: dict[int, ImageSource],
+) -> list[Artifact]:
+    """Every layer's JSON ranking, channel sheets and overview."""
+    artifacts = []
+    for layer in job.layers:
+        entries = entries_of(layer)
+        text = _document(job, layer, images, entries)
+        artifacts.append(Artifact("top", "ranking", layer, text=text))
+        artifacts.extend(_pictures(job, layer, entries, sources))
+    return artifacts
+
+
+def partials(job: TopJob, shard: Shard, inputs: int) -> list[Artifact]:
+    """Each layer's partial ranking over this shard's images."""
+    header = {
+        "shard": [shard.index, shard.count],
+        "fingerprint": job.sinks.files.fingerprint,
+        "batch_size": job.batch_size,
+        "inputs": inputs,
+    }
+    return [
+        Artifact(
+            "top",
+            "partial",
+            layer,
+            target=f"shard-{shard.index}-of-{shard.count}",
+            text=_document(job, layer, job.ranked, job.ranking_entries(layer), header),
+        )
+        for layer in job.layers
+    ]
+
+
+def merged(job: TopJob, sources: list[ImageSource]) -> list[Artifact]:
+    """What one run over ``sources`` writes, from the partials of its N shards."""
+    by_index = {source.index: source for source in sources}
+    folder = job.sinks.files.layout.top_folder()
+    documents = {layer: _partials_of(job, folder, layer, sources) for layer in job.layers}
+    images = sum(part["images"] for part in next(iter(documents.values())))
+
+    def entries_of(layer: str) -> Entries:
+        parts = documents[layer]
+        return [
+            merge_entries([part["channels"][i]["top"] for part in parts], job.request.k)
+            for i in range(len(job.channels[layer]))
+        ]
+
+    return finals(job, images, entries_of, by_index)
+
+
+_PARTIAL = re.compile(r"^(?P<stem>.+)\.shard-(?P<index>\d+)-of-(?P<count>\d+)\.json$")
+
+
+def _partials_of(
+    job: TopJob, folder: Path, layer: str, sources: list[ImageSource]
+) -> list[dict[str, Any]]:
+    """The N partial rankings of ``layer``, checked: one N, every shard there, each of this
+    run's settings and through all of its inputs."""
+    stem = safe_name(layer)
+    found: dict[int, dict[int, Path]] = {}
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        match = _PARTIAL.match(path.name)
+        if match and match["stem"] == stem:
+            found.setdefault(int(match["count"]), {})[int(match["index"])] = path
+    if not found:
+        raise UsageError(
+            f"--merge: no partial results of layer '{layer}' in {folder}",
+            hint="run `featviz top` with --shard K/N for K = 1 … N first, with the same -o",
+        )
+    if len(found) > 1:
+        raise UsageError(
+            f"--merge: partial results of layer '{layer}' from {sorted(found)} shards in {folder}",
+            hint="keep the partials of one --shard K/N split",
+        )
+    [(count, paths)] = found.items()
+    missing = [index for index in range(1, count + 1) if index not in paths]
+    if missing:
+        raise RunError(
+            f"--merge: shard {missing[0]}/{count} of layer '{layer}' has no partial results",
+            hint=f"run it with --shard {missing[0]}/{count}, then merge again",
+        )
+    expected = [0] * count
+    for source in sources:
+        expected[shard_of(source.relative, count) - 1] += 1
+    parts = []
+    for index in range(1, count + 1):
+        part = json.loads(paths[index].read_bytes())
+        if part["fingerprint"] != job.sinks.files.fingerprint:
+            raise UsageError(
+                f"--merge: {paths[index].name} was made with other settings",
+                hint="merge with the command line the shards ran, --shard replaced by --merge",
+            )
+        if part["inputs"] != expected[index - 1]:
+            raise RunError(
+                f"--merge: shard {index}/{count} went through {part['inputs']} of its "
+                f"{expected[index - 1]} inputs",
+                hint=f"run --shard {index}/{count} again to its end, then merge again",
+            )
+        if part["batch_size"] != job.batch_size:
+            raise UsageError(
+                f"--merge: {paths[index].name} ran batches of {part['batch_size']}, "
+                f"this merge's are {job.batch_size}: scores would differ in the last bits",
+                hint=f"merge with --batch-size {part['batch_size']}, and run every shard with it",
+            )
+        parts.append(part)
+    return parts
+
+
+def _document(
+    job: TopJob,
+    layer: str,
+    images: int,
+    entries: Entries,
+    header: dict[str, Any] | None = None,
+) -> str:
+    """The JSON text of a ranking: one line per entry, so that it reads and diffs well."""
+    fields = {
+        **(header or {}),
+        "layer": layer,
+        "stat": job.request.stat,
+        "k": job.request.k,
+        "images": images,
+    }
+    lines = [f" {json.dumps(key)}: {json.dumps(value)}," for key, value in fields.items()]
+    channels = []
+    for channel, top in zip(job.channels[layer], entries):
+        ranked = ",\n".join(f"   {json.dumps(entry, ensure_ascii=False)}" for entry in top)
+        channels.append(f'  {{"channel": {channel}, "top": [\n{ranked}\n  ]}}')
+    body = ",\n".join(channels)
+    return "{\n" + "\n".join(lines) + f'\n "channels": [\n{body}\n ]\n}}\n'
+
+
+def _pictures(
+    job: TopJob, layer: str, entries: Entries, sources: dict[int, ImageSource]
+) -> list[Artifact]:
+    """The sheet of each channel and the layer's overview, each image decoded once."""
+    from featviz.render.examples import example_cell, sheet
+
+    size = job.request.cell_size
+    wanted: dict[int, list[tuple[int, int, dict[str, Any]]]] = {}
+    for c, top in enumerate(entries):
+        for rank, entry in enumerate(top):
+            wanted.setdefault(entry["index"], []).append((c, rank, entry))
+    cells: list[list[np.ndarray | None]] = [[None] * len(top) for top in entries]
+    firsts: list[np.ndarray | None] = [None] * len(entries)
+    for index in sorted(wanted):
+        image = _original(sources[index], job.max_pixels)
+        for c, rank, entry in wanted[index]:
+            box, cell = tuple(entry["box"]), tuple(entry["cell"])
+            label = f"{entry['score']:.3g}"
+            cells[c][rank] = example_cell(image, box, cell, label, size)
+            if rank == 0:
+                firsts[c] = example_cell(image, box, cell, str(job.channels[layer][c]), size)
+    artifacts = []
+    for c, channel in enumerate(job.channels[layer]):
+        artifacts.append(
+            Artifact(
+                "top",
+                "examples",
+                layer,
+                target=f"{channel:04d}",
+                caption=f"channel {channel}",
+                pixels=sheet(cells[c], size),
+            )
+        )
+    shown = [first for first in firsts if first is not None]
+    overview = sheet(shown, size)
+    artifacts.append(Artifact("top", "overview", layer, caption="every channel", pixels=overview))
+    return artifacts
+
+
+def _original(source: ImageSource, max_pixels: int | None) -> np.ndarray:
+    """A winner's pixels, decoded again; an image that cannot be read any more (moved or
+    changed since) is a run error: its crops would show something else."""
+    import numpy as np
+
+    from featviz.inputs.decode import decode
+    from featviz.inputs.limits import DEFAULT_MAX_PIXELS
+    from featviz.inputs.memory import picture
+
+    try:
+        if source.image is not None:
+            return np.asarray(picture(source.image))
+        return np.asarray(decode(source.path, max_pixels=max_pixels or DEFAULT_MAX_PIXELS))
+    except InputError as exc:
+        raise RunError(
+            f"cannot read {source.display} again to draw its crops: {exc.message}",
+            hint="keep the inputs in place until the run ends",
+        ) from exc
