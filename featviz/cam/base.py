@@ -37,6 +37,15 @@ def safe_divide(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Ten
     return torch.where(nonzero, numerator / torch.where(nonzero, denominator, 1), 0)
 
 
+def video_refusal(name: str) -> UsageError:
+    """What a method that does not take clips (``CamMethod.takes_clips``) says to a video
+    model."""
+    return UsageError(
+        f"--method {name} does not take video clips yet",
+        hint="the layer methods do: gradcam, gradcam++, layercam, hirescam, eigencam, ablationcam…",
+    )
+
+
 class CamMethod:
     """A CAM method: a class sets ``name`` and overrides ``_weights`` or ``_map``.
 
@@ -59,6 +68,12 @@ class CamMethod:
     def info(self) -> MethodInfo:
         return method_info(self.name)
 
+    @property
+    def takes_clips(self) -> bool:
+        """Whether a video model's (N, 3, T, H, W) clips can be explained: not by a method that
+        perturbs single pictures, nor (untested on clips yet) by a pixel-level one."""
+        return not (self.images_only or self.info.pixel_level)
+
     def __init__(self, *, batch_size: int = 32) -> None:
         if batch_size < 1:
             raise UsageError(f"the CAM batch size must be at least 1, got {batch_size}")
@@ -79,6 +94,8 @@ class CamMethod:
         ReLU and before any normalisation; a map of zeros (nothing found) is a valid answer.
         ``layer`` is one that ``layers_for`` returned.
         """
+        if ctx.inputs.dim() != 4 and not self.takes_clips:  # --method all on a video model
+            raise video_refusal(self.name)
         if layer not in (ATTENTION, INPUT):
             ctx.check_layer(layer)
         targets = ctx.check_targets(targets)

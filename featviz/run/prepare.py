@@ -135,19 +135,15 @@ def prepare_sources(plan: Plan, sources: Iterable[ImageSource], notes: list[str]
 
 
 def _check_video_methods(methods: Iterable[str]) -> None:
-    """A video model's clips go only to methods that do not perturb a (N, 3, H, W) picture."""
-    import importlib
-
-    from featviz.cam.registry import method_info
+    """A video model's clips go only to methods that take them (``--method all`` leaves the
+    others out on its first batch)."""
+    from featviz.cam import load_method
+    from featviz.cam.base import video_refusal
+    from featviz.cam.registry import ALL
 
     for name in methods:
-        info = method_info(name)
-        if getattr(importlib.import_module(info.module), info.class_name).images_only:
-            raise UsageError(
-                f"--method {name} perturbs single pictures and does not take video clips yet",
-                hint="the gradient methods (gradcam, layercam…), eigencam, ablationcam and the "
-                "pixel-level ones do",
-            )
+        if name != ALL and not load_method(name).takes_clips:
+            raise video_refusal(name)
 
 
 def default_map_layers(model: LoadedModel) -> list[str]:
