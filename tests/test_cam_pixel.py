@@ -18,7 +18,7 @@ from featviz.cam import INPUT, forward_for_cam, load_method, normalise
 from featviz.cam.methods import pixel
 from featviz.cam.registry import method_info, method_names
 from featviz.cli.app import app
-from tests.conftest import image_folder
+from conftest import image_folder
 
 PIXEL_METHODS = [name for name in method_names() if method_info(name).pixel_level]
 
