@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import image_folder
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -18,7 +19,6 @@ from featviz.cam import INPUT, forward_for_cam, load_method, normalise
 from featviz.cam.methods import pixel
 from featviz.cam.registry import method_info, method_names
 from featviz.cli.app import app
-from conftest import image_folder
 
 PIXEL_METHODS = [name for name in method_names() if method_info(name).pixel_level]
 
