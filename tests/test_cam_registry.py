@@ -93,7 +93,7 @@ def test_gradient_flags():
     attention = [name for name in method_names() if method_info(name).needs_attention]
     assert attention == ["gradrollout", "rollout"]
     random = [name for name in method_names() if method_info(name).random]
-    assert random == ["sscam", "smoothgradcam++"]  # iscam's steps are fixed
+    assert random == ["sscam", "smoothgradcam++", "smoothgrad"]  # iscam's steps are fixed
 
 
 def test_duplicate_registration_is_refused():

@@ -14,7 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from featviz.cam import registry
-from featviz.cam.registry import ALL, every_method, method_info, method_names, register
+from featviz.cam.registry import ALL, INPUT, every_method, method_info, method_names, register
 from featviz.cli.app import app
 
 # conv → relu → flatten → Linear: no global-average-pool, so the method 'cam' cannot apply.
@@ -66,7 +66,10 @@ def test_all_leaves_out_what_cannot_work_with_a_warning(tmp_path: Path):
     assert [m.name for m in explainer.methods] == expected
     for maps in explained.maps:
         assert [entry.method for entry in maps] == expected  # one map each, top-1 class
-        assert all(entry.layer == layer for entry in maps)
+        # Guided Grad-CAM is pixel-level but multiplies the layer's Grad-CAM: it keeps the layer.
+        on_input = [m for m in expected if method_info(m).pixel_level and m != "guidedgradcam"]
+        assert [entry.method for entry in maps if entry.layer == INPUT] == on_input
+        assert all(entry.layer == layer for entry in maps if entry.method not in on_input)
     assert not explained.broken
 
 

@@ -18,8 +18,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("mkdocs", reason="the docs extra is not installed: pip install -e '.[docs]'")
-
 ROOT = Path(__file__).resolve().parent.parent
 
 

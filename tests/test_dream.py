@@ -46,7 +46,8 @@ def test_fourier_images_follow_the_formula() -> None:
 
 
 def test_fourier_images_equal_lucents() -> None:
-    lucent = pytest.importorskip("lucent.optvis.param")
+    import lucent.optvis.param as lucent
+
     images = FourierImages(16, generators(2), torch.device("cpu"))
     params, spatial = lucent.spatial.fft_image((2, 3, 16, 16))
     with torch.no_grad():
@@ -147,7 +148,8 @@ def test_diversity_pushes_copies_apart(tiny: str) -> None:
 
 
 def test_token_layer_of_a_vision_transformer() -> None:
-    timm = pytest.importorskip("timm")
+    import timm
+
     torch.manual_seed(0)
     vit = timm.create_model(
         "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=48,

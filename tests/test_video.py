@@ -36,8 +36,6 @@ from featviz.model.options import ModelRequest
 from featviz.run.pipeline import PipelineConfig, PipelineStats, run
 from featviz.sinks.results import ImageResult
 
-pytest.importorskip("av")
-
 EXAMPLE = ROOT / "examples" / "shapes_video.py"
 
 
