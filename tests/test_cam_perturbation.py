@@ -9,7 +9,7 @@ import torch
 import torchvision
 from torch import nn
 
-from featviz.cam import forward_for_cam, load_method
+from featviz.cam import forward_for_cam, load_method, suffix
 from featviz.cam.methods import perturbation
 from featviz.layers.trace import trace_model
 
@@ -58,7 +58,7 @@ def test_fx_suffix_gives_the_full_models_logits(request, fixture, layer, skips):
         full = model(ctx.inputs)
     # Row 0 of each image is the suffix run on the unablated activations.
     torch.testing.assert_close(scores[:, 0], full, rtol=1e-4, atol=1e-5 * float(full.abs().max()))
-    split = perturbation._Split(model, layer)
+    split = suffix.Split(model, layer)
     assert bool(split.batched) is skips
 
 
@@ -173,7 +173,7 @@ def test_fallback_and_fx_give_the_same_weights(resnet, monkeypatch):
     def untraceable(model, layer):
         raise RuntimeError("pretend fx failed")
 
-    monkeypatch.setattr(perturbation, "_Split", untraceable)
+    monkeypatch.setattr(perturbation, "Split", untraceable)
     method = load_method("ablationcam")
     with pytest.warns(RuntimeWarning, match="pretend fx failed"):
         hooked_maps = method.compute(_context(resnet, "layer2.0.bn2"), "layer2.0.bn2", targets)

@@ -43,6 +43,7 @@ EXPECTED_ORDER = [
     "fullgrad",
     "lrp",
     "attnlrp",
+    "legrad",
 ]
 
 
@@ -91,7 +92,7 @@ def test_gradient_flags():
     agnostic = [name for name in method_names() if not method_info(name).class_specific]
     assert agnostic == ["eigencam", "rollout", "kpcacam", "fem"]
     attention = [name for name in method_names() if method_info(name).needs_attention]
-    assert attention == ["gradrollout", "rollout"]
+    assert attention == ["gradrollout", "rollout", "legrad"]
     random = [name for name in method_names() if method_info(name).random]
     assert random == ["sscam", "smoothgradcam++", "smoothgrad"]  # iscam's steps are fixed
 

@@ -254,8 +254,8 @@ def test_open_clip_vit_tower_maps_match_a_recomputation(vit_b32_like, monkeypatc
     layer = "visual.transformer.resblocks.11.ln_1"  # where the class token reads the patches
     assert resolved.layers == [layer] and vit_b32_like.trace.size_step is None  # 224 only
     inputs = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    explainer = Explainer(prompted, ("gradcam", "gradrollout"), [layer], [0, 1], top_k=None,
-                          cam_batch_size=8)  # fmt: skip
+    explainer = Explainer(prompted, ("gradcam", "gradrollout", "legrad"), [layer], [0, 1],
+                          top_k=None, cam_batch_size=8)  # fmt: skip
     explained = explainer.explain(inputs)
     module = vit_b32_like.module
     taken = {}
@@ -279,6 +279,48 @@ def test_open_clip_vit_tower_maps_match_a_recomputation(vit_b32_like, monkeypatc
             assert torch.allclose(got, expected[i], atol=1e-4 * float(expected[i].abs().max()))
             assert rollout.layer_cam.shape == (7, 7) and rollout.layer_cam.isfinite().all()
     assert not torch.allclose(explained.maps[0][2].layer_cam, explained.maps[0][3].layer_cam)
+    expected = _legrad_recomputed(module, inputs, texts)
+    for i in range(2):
+        for column in range(2):
+            legrad = explained.maps[i][4 + column]
+            assert legrad.method == "legrad" and float(expected[column][i].amax()) > 0
+            torch.testing.assert_close(
+                legrad.layer_cam,
+                expected[column][i],
+                rtol=1e-3,
+                atol=1e-4 * float(legrad.layer_cam.amax()),
+            )
+
+
+def _legrad_recomputed(module, inputs, texts) -> list[torch.Tensor]:
+    """LeGrad on the similarity score as its authors compute it for CLIP: per block, the image
+    embedding of the block's mean token (ln_post, projection, unit length) scored against each
+    prompt, one backward per block and prompt, positive gradients averaged over heads and
+    queries, the class token's column dropped, then averaged over the blocks."""
+    from featviz.layers.attention import AttentionCapture
+
+    visual = module.visual
+    blocks = list(visual.transformer.resblocks)
+    tokens = []
+    handles = [b.register_forward_hook(lambda m, i, o: tokens.append(o)) for b in blocks]
+    try:
+        with AttentionCapture(visual) as capture:
+            visual(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    maps = []
+    for text in texts:
+        per_block = []
+        for z, a in zip(tokens, capture.maps):
+            image = torch.nn.functional.normalize(
+                visual.ln_post(z.mean(dim=1)) @ visual.proj, dim=1
+            )
+            score = (image @ text * module.logit_scale + module.logit_bias).sum()
+            (grad,) = torch.autograd.grad(score, a, retain_graph=True)
+            per_block.append(grad.clamp(min=0).mean(dim=(1, 2))[:, 1:])
+        maps.append(torch.stack(per_block).mean(dim=0).reshape(-1, 7, 7))
+    return maps
 
 
 @pytest.fixture(scope="module")

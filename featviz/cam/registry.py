@@ -396,3 +396,12 @@ register(
     pixel_level=True,
     signed=True,
 )
+register(
+    "legrad",
+    module="featviz.cam.methods.legrad",
+    class_name="LeGrad",
+    summary="transformers: each block's attention, positive gradients of its own score; "
+    "1 forward + backward",
+    needs_gradients=False,
+    needs_attention=True,
+)

@@ -43,6 +43,27 @@ def attention_kind(module: nn.Module) -> Kind | None:
     return None
 
 
+def attention_blocks(model: nn.Module) -> list[str]:
+    """The names of the blocks that hold ``model``'s known attention modules, in module order:
+    for each, its nearest ancestor that is an item of a ``ModuleList`` or ``Sequential`` (timm's
+    ``blocks.3``, torchvision's ``encoder.layers.encoder_layer_3``, Hugging Face's
+    ``vit.encoder.layer.3``, open_clip's ``transformer.resblocks.3``), whose output is the
+    residual stream after that block's attention and MLP."""
+    from torch import nn
+
+    blocks: list[str] = []
+    for name in AttentionCapture(model).names:
+        parts = name.split(".")
+        for end in range(len(parts) - 1, 0, -1):
+            parent = model.get_submodule(".".join(parts[: end - 1]))
+            if isinstance(parent, (nn.ModuleList, nn.Sequential)):
+                block = ".".join(parts[:end])
+                if block not in blocks:  # nested attention modules share their block
+                    blocks.append(block)
+                break
+    return blocks
+
+
 class AttentionCapture:
     """Within the ``with`` block, every known attention module of ``model`` records its A.
 
