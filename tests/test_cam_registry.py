@@ -88,6 +88,7 @@ def test_gradient_flags():
         "guidedbackprop",
         "deconvolution",
         "guidedgradcam",
+        "legrad",
     ]
     agnostic = [name for name in method_names() if not method_info(name).class_specific]
     assert agnostic == ["eigencam", "rollout", "kpcacam", "fem"]

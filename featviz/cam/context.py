@@ -60,6 +60,9 @@ class CamContext:
     calls: Mapping[str, int] | None = None
     layouts: Mapping[str, Layout] = field(default_factory=dict)
     attentions: list[torch.Tensor] = field(default_factory=list)
+    # What each block holding those attention matrices returned, in the order the blocks ran:
+    # (block name, (N, T, D) tokens in the graph, the index of its attention in ``attentions``).
+    blocks: list[tuple[str, torch.Tensor, int]] = field(default_factory=list)
     token_prefix: int = 1
     class_token: bool = True
     # Each image's seed for the methods that draw noise (from --seed and the image's position in
@@ -307,6 +310,7 @@ def forward_for_cam(
         calls=calls,
         layouts=layouts,
         attentions=[] if capture is None else list(capture.maps),
+        blocks=[] if capture is None else list(capture.blocks),
         token_prefix=token_prefix,
         class_token=class_token,
         input_gradients=input_gradients,

@@ -402,6 +402,6 @@ register(
     class_name="LeGrad",
     summary="transformers: each block's attention, positive gradients of its own score; "
     "1 forward + backward",
-    needs_gradients=False,
+    needs_gradients=True,
     needs_attention=True,
 )

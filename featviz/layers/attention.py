@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
+from featviz.layers.taps import first_tensor
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -43,16 +45,16 @@ def attention_kind(module: nn.Module) -> Kind | None:
     return None
 
 
-def attention_blocks(model: nn.Module) -> list[str]:
-    """The names of the blocks that hold ``model``'s known attention modules, in module order:
-    for each, its nearest ancestor that is an item of a ``ModuleList`` or ``Sequential`` (timm's
+def _blocks(model: nn.Module, attention_names: list[str]) -> list[str]:
+    """The blocks holding the attention modules ``attention_names``, in their order: for each,
+    its nearest ancestor that is an item of a ``ModuleList`` or ``Sequential`` (timm's
     ``blocks.3``, torchvision's ``encoder.layers.encoder_layer_3``, Hugging Face's
-    ``vit.encoder.layer.3``, open_clip's ``transformer.resblocks.3``), whose output is the
-    residual stream after that block's attention and MLP."""
+    ``vit.encoder.layer.3``, open_clip's ``transformer.resblocks.3``); its output is the
+    residual stream after the block's attention and MLP."""
     from torch import nn
 
     blocks: list[str] = []
-    for name in AttentionCapture(model).names:
+    for name in attention_names:
         parts = name.split(".")
         for end in range(len(parts) - 1, 0, -1):
             parent = model.get_submodule(".".join(parts[: end - 1]))
@@ -69,6 +71,8 @@ class AttentionCapture:
 
     ``maps`` lists them in the order the forward computed them (a module called twice records
     twice). ``names`` are the attention modules found. Nothing is changed outside the block.
+    ``blocks`` lists what each block holding them (``block_names``) returned, in the order they
+    ran: (name, output tokens, the index in ``maps`` of the block's last attention matrix).
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -79,13 +83,17 @@ class AttentionCapture:
             if (kind := attention_kind(module)) is not None
         ]
         self.names = [name for name, _, _ in self.found]
+        self.block_names = _blocks(model, self.names)
         self.maps: list[torch.Tensor] = []
+        self.blocks: list[tuple[str, torch.Tensor, int]] = []
         self._undo: list[Any] = []
 
     def __enter__(self) -> AttentionCapture:
         try:
             for _, module, kind in self.found:
                 getattr(self, f"_capture_{kind}")(module)
+            for name in self.block_names:
+                self._capture_block(name)
         except BaseException:
             self._restore()
             raise
@@ -103,6 +111,12 @@ class AttentionCapture:
         # probabilities come out of ViTAttention too): one block, one matrix.
         if not any(probabilities is kept for kept in self.maps[-2:]):
             self.maps.append(probabilities)
+
+    def _capture_block(self, name: str) -> None:
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            self.blocks.append((name, first_tensor(output), len(self.maps) - 1))
+
+        self._undo.append(self.model.get_submodule(name).register_forward_hook(hook).remove)
 
     def _capture_timm(self, module: nn.Module) -> None:
         fused = module.fused_attn
