@@ -178,8 +178,9 @@ def _document(
 def _pictures(
     job: TopJob, layer: str, entries: Entries, sources: dict[int, ImageSource]
 ) -> list[Artifact]:
-    """The sheet of each channel and the layer's overview, each image decoded once."""
-    from featviz.render.examples import example_cell, sheet
+    """The sheet of each channel and the layer's overview, each image decoded once and each
+    of its crops scaled once, however many channels it wins with that receptive field."""
+    from featviz.render.examples import example_cell, fit, sheet
 
     size = job.request.cell_size
     wanted: dict[int, list[tuple[int, int, dict[str, Any]]]] = {}
@@ -190,12 +191,15 @@ def _pictures(
     firsts: list[np.ndarray | None] = [None] * len(entries)
     for index in sorted(wanted):
         image = _original(sources[index], job.max_pixels)
+        crops = {}
         for c, rank, entry in wanted[index]:
-            box, cell = tuple(entry["box"]), tuple(entry["cell"])
-            label = f"{entry['score']:.3g}"
-            cells[c][rank] = example_cell(image, box, cell, label, size)
+            box = tuple(entry["box"])
+            if box not in crops:
+                crops[box] = fit(image, box, size)
+            cell = tuple(entry["cell"])
+            cells[c][rank] = example_cell(crops[box], cell, f"{entry['score']:.3g}")
             if rank == 0:
-                firsts[c] = example_cell(image, box, cell, str(job.channels[layer][c]), size)
+                firsts[c] = example_cell(crops[box], cell, str(job.channels[layer][c]))
     artifacts = []
     for c, channel in enumerate(job.channels[layer]):
         artifacts.append(
