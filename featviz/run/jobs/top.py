@@ -163,7 +163,7 @@ class TopJob(ImageJob):
             channels.append(entries)
         return channels
 
-    def run_outputs(self, results: list[dict[str, Any]]) -> list[Artifact]:
+    def run_outputs(self, results: list[dict[str, Any]]) -> Iterable[Artifact]:
         from featviz.run.jobs import top_outputs
 
         if self.merged_sources is not None:
