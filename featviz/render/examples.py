@@ -7,7 +7,7 @@ channel's best example, labelled with the channel's number.
 
 A run draws thousands of examples (channels × k), so each step is cheap: a crop is scaled once
 (``fit``) however many channels an image wins with the same box, and labels are put together
-from glyphs drawn once per character (``_label``) rather than drawn whole, since scores are
+from glyphs drawn once per character (``_line``) rather than drawn whole, since scores are
 nearly all different.
 """
 
@@ -99,32 +99,40 @@ def _outline(pixels: np.ndarray, box: Box) -> None:
 
 
 def _stamp(pixels: np.ndarray, text: str) -> None:
-    """``text`` on a black band at the top-left corner of ``pixels``, in place."""
-    label = _label(text, max(9, pixels.shape[0] // 7))
-    rows, cols = min(label.shape[0], pixels.shape[0]), min(label.shape[1], pixels.shape[1])
-    pixels[:rows, :cols] = label[:rows, :cols]
+    """``text`` on a black band at the top-left corner of ``pixels``, in place: the rows its
+    ink spans and two pixels of band around."""
+    line = _line(text, max(9, pixels.shape[0] // 7))
+    height, width = line.shape[0] + 4, line.shape[1] + 4
+    pixels[:height, :width] = LABEL_BACKGROUND
+    rows, cols = min(line.shape[0], pixels.shape[0] - 2), min(line.shape[1], pixels.shape[1] - 2)
+    pixels[2 : 2 + rows, 2 : 2 + cols] = line[:rows, :cols]
 
 
-def _label(text: str, size: int) -> np.ndarray:
-    """(h, w, 3) uint8: ``text`` in LABEL_TEXT on LABEL_BACKGROUND, the rows its ink spans and
-    two pixels of band around. Its glyphs side by side, each as wide as its advance: what
-    drawing the text whole gives wherever advances are whole pixels (Pillow's font at 13
-    pixels, a 96-pixel cell's, has them for digits, the point, signs and 'e')."""
+def _line(text: str, size: int) -> np.ndarray:
+    """(h, w, 3) uint8: ``text`` in LABEL_TEXT on LABEL_BACKGROUND, cut to the rows its ink
+    spans. Its glyphs side by side, each as wide as its advance: what drawing the text whole
+    gives wherever advances are whole pixels (Pillow's font at 13 pixels, a 96-pixel cell's,
+    has them for digits, the point, signs and 'e')."""
     import numpy as np
 
-    line = np.concatenate([_glyph(char, size) for char in text], axis=1)
-    ink = np.flatnonzero((line != np.array(LABEL_BACKGROUND, np.uint8)).any(axis=(1, 2)))
-    if ink.size:
-        line = line[ink[0] : ink[-1] + 1]
-    label = filled((line.shape[0] + 4, line.shape[1] + 4), LABEL_BACKGROUND)
-    label[2:-2, 2:-2] = line
-    return label
+    glyphs = [_glyph(char, size) for char in text]
+    top = min(glyph.ink[0] for glyph in glyphs)
+    bottom = max(glyph.ink[1] for glyph in glyphs)
+    if top >= bottom:  # no ink at all (spaces)
+        top, bottom = 0, glyphs[0].pixels.shape[0]
+    return np.concatenate([glyph.pixels[top:bottom] for glyph in glyphs], axis=1)
+
+
+@dataclass(frozen=True)
+class _Glyph:
+    pixels: np.ndarray  # (ascent + descent, advance, 3) uint8
+    ink: tuple[int, int]  # the rows its ink spans, first and past the last
 
 
 @lru_cache(maxsize=1024)
-def _glyph(char: str, size: int) -> np.ndarray:
+def _glyph(char: str, size: int) -> _Glyph:
     """``char`` drawn in a box as high as the font's line (ascent + descent: glyphs line up on
-    one baseline side by side) and as wide as its advance, (h, w, 3) uint8."""
+    one baseline side by side) and as wide as its advance."""
     import numpy as np
     from PIL import Image, ImageDraw, ImageFont
 
@@ -133,4 +141,7 @@ def _glyph(char: str, size: int) -> np.ndarray:
     width = max(1, round(font.getlength(char)))
     picture = Image.new("RGB", (width, ascent + descent), LABEL_BACKGROUND)
     ImageDraw.Draw(picture).text((0, 0), char, fill=LABEL_TEXT, font=font)
-    return np.asarray(picture)
+    pixels = np.asarray(picture)
+    rows = np.flatnonzero((pixels != np.array(LABEL_BACKGROUND, np.uint8)).any(axis=(1, 2)))
+    ink = (int(rows[0]), int(rows[-1]) + 1) if rows.size else (pixels.shape[0], 0)
+    return _Glyph(pixels, ink)
