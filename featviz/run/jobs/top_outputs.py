@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from featviz.run.jobs.top import TopJob
 
 Entries = list[list[dict[str, Any]]]  # per channel, its entries best first
+Cells = list[list["np.ndarray | None"]]  # per channel, its examples drawn, best first
 
 
 def finals(
@@ -176,9 +177,6 @@ def _document(
     return "{\n" + "\n".join(lines) + f'\n "channels": [\n{body}\n ]\n}}\n'
 
 
-Cells = list[list["np.ndarray | None"]]  # per channel, its examples best first
-
-
 def _cells(
     job: TopJob, entries: dict[str, Entries], sources: dict[int, ImageSource]
 ) -> dict[str, tuple[Cells, list[np.ndarray | None]]]:
@@ -189,7 +187,7 @@ def _cells(
 
     size = job.request.cell_size
     wanted: dict[int, list[tuple[str, int, int, dict[str, Any]]]] = {}
-    drawn = {}
+    drawn: dict[str, tuple[Cells, list[np.ndarray | None]]] = {}
     for layer, ranked in entries.items():
         for c, top in enumerate(ranked):
             for rank, entry in enumerate(top):
