@@ -16,7 +16,7 @@ it times, round-robin in one run:
 and prints the ratios of wall time and of this process's CPU time (every thread's: on a
 machine others load, the work done), goal (issue 24) ≤ 1.1×. Then ``featviz top`` as a child
 process over the first 500 images and over all of them, with the peak resident memory of each
-(``wait4``): flat, since what a run holds is k × channels, not the images.
+(its ``VmHWM``): flat, since what a run holds is k × channels, not the images.
 
 Usage (from the repository root): python benchmarks/bench_top.py [--images 2000] [--repeats 2]
 [--threads N] [--no-memory]
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -112,16 +113,28 @@ def forwards_alone(model: torch.nn.Module, batches: list[torch.Tensor]) -> None:
 
 
 def peak_rss(folder: Path, out: Path) -> tuple[float, float]:
-    """Seconds and peak resident GB of ``featviz top`` over ``folder`` as a child process."""
+    """Seconds and peak resident GB of ``featviz top`` over ``folder`` as a child process.
+
+    Linux's ``ru_maxrss`` of a child counts what it held before ``exec`` too: a forked copy
+    of this process, GBs with the preloaded batches, whatever featviz then used. The child's
+    own high-water mark (``VmHWM``, kept per address space, so from ``exec`` on) is read from
+    /proc while it runs; ``ru_maxrss`` only where there is no /proc."""
     command = [*featviz_command(), "top", "-m", MODEL, "--weights", "none", "-q"]
     command += ["--input-size", str(INPUT_SIZE), "-k", str(K), "--no-gallery", "-o", str(out)]
     command += [part for layer in LAYERS for part in ("-l", layer)] + [str(folder)]
     start = time.perf_counter()
     process = subprocess.Popen(command, env={**os.environ, "FEATVIZ_WORKER": "off"})
-    _, status, usage = os.wait4(process.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
+    status_file, peak_kb = Path(f"/proc/{process.pid}/status"), 0
+    while process.poll() is None:  # VmHWM only grows: its last reading is the peak
+        with contextlib.suppress(OSError, StopIteration, ValueError):
+            lines = status_file.read_text().splitlines()
+            peak_kb = int(next(line for line in lines if line.startswith("VmHWM")).split()[1])
+        time.sleep(0.05)
+    if process.returncode != 0:
         sys.exit(f"{' '.join(command)} failed")
-    return time.perf_counter() - start, usage.ru_maxrss * 1024 / 1e9
+    if not peak_kb:
+        peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return time.perf_counter() - start, peak_kb * 1024 / 1e9
 
 
 def _cpu_timed(function, spent: list[float]):

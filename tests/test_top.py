@@ -303,3 +303,102 @@ def test_receptive_field_is_the_architectures(tiny_model) -> None:
     # which read pixels 14–18.
     second = extent("features.2")
     assert (second.up, second.down, second.left, second.right) == (3.0, 2.0, 3.0, 2.0)
+
+
+def _drawn_plainly(image: np.ndarray, entry: dict, label: str, size: int = 96) -> np.ndarray:
+    """An example drawn the plain way, one crop at a time: the box cut and scaled to fit
+    (nearest from 2× up), centred on white, the grid cell outlined, the label drawn whole by
+    Pillow on black at the top-left corner."""
+    from PIL import ImageDraw, ImageFont
+
+    x0, y0, x1, y1 = entry["box"]
+    crop = image[y0:y1, x0:x1]
+    scale = size / max(crop.shape[:2])
+    width, height = max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale))
+    resample = Image.Resampling.NEAREST if scale >= 2 else Image.Resampling.BILINEAR
+    cell = np.full((size, size, 3), 255, np.uint8)
+    top, left = (size - height) // 2, (size - width) // 2
+    cell[top : top + height, left : left + width] = Image.fromarray(crop).resize(
+        (width, height), resample
+    )
+    cx0, cy0, cx1, cy1 = entry["cell"]
+    a = min(max(left + int(np.floor((cx0 - x0) * scale)), 0), size - 1)
+    b = min(max(top + int(np.floor((cy0 - y0) * scale)), 0), size - 1)
+    c = min(max(left + int(np.ceil((cx1 - x0) * scale)), a + 1), size)
+    d = min(max(top + int(np.ceil((cy1 - y0) * scale)), b + 1), size)
+    cell[b, a:c] = cell[d - 1, a:c] = cell[b:d, a] = cell[b:d, c - 1] = (255, 214, 0)
+    font = ImageFont.load_default(size=size // 7)
+    bl, bt, br, bb = font.getbbox(label)
+    stamp = Image.new("RGB", (br - bl + 4, bb - bt + 4))
+    ImageDraw.Draw(stamp).text((2 - bl, 2 - bt), label, fill=(255, 255, 255), font=font)
+    cell[: stamp.height, : stamp.width] = np.asarray(stamp)[:size, :size]
+    return cell
+
+
+def test_every_example_is_drawn_as_one_crop_alone_would_be(tmp_path, tiny_model_file):
+    """Crops scaled once per image and box, labels put together from glyphs, every winner
+    decoded once for all layers: each sheet's cells and each overview's still show exactly
+    what drawing each example on its own shows."""
+    paths = _images(tmp_path / "in", 8, 7, [(40, 30), (30, 44)])
+    args = ["-m", f"{tiny_model_file}:build", "--weights", "none", "--input-size", "32"]
+    args += ["-l", "features.0", "-l", "features.3", "-k", "3", "--stat", "mean"]
+    done = _top([*args, str(tmp_path / "in"), "-o", str(tmp_path / "out")])
+    assert done.exit_code == 0, done.output
+    [folder] = (tmp_path / "out" / "top").iterdir()
+    images = {str(path): np.asarray(Image.open(path).convert("RGB")) for path in paths}
+    boxes = set()
+    for layer in ("features.0", "features.3"):
+        ranking = _ranking(tmp_path / "out", layer)
+        overview = np.asarray(Image.open(folder / f"{layer}.png"))
+        per_row = int(np.ceil(np.sqrt(len(ranking["channels"]))))
+        for c, channel in enumerate(ranking["channels"]):
+            sheet = np.asarray(Image.open(folder / layer / f"{channel['channel']:04d}.png"))
+            for rank, entry in enumerate(channel["top"]):
+                boxes.add((entry["index"], tuple(entry["box"])))
+                image = images[entry["input"]]
+                row, col = divmod(rank, 2)  # k = 3: two cells a row
+                got = sheet[2 + row * 98 : 2 + row * 98 + 96, 2 + col * 98 : 2 + col * 98 + 96]
+                want = _drawn_plainly(image, entry, f"{entry['score']:.3g}")
+                np.testing.assert_array_equal(got, want, err_msg=f"{layer} {c} {rank}")
+            row, col = divmod(c, per_row)
+            got = overview[2 + row * 98 : 2 + row * 98 + 96, 2 + col * 98 : 2 + col * 98 + 96]
+            want = _drawn_plainly(images[channel["top"][0]["input"]], channel["top"][0], str(c))
+            np.testing.assert_array_equal(got, want, err_msg=f"{layer} overview {c}")
+    assert len({box for _, box in boxes}) > 2  # crops of several boxes, some images in several
+    outputs = json.loads((tmp_path / "out" / "manifest.json").read_text())["outputs"]
+    expected = []
+    for layer, channels in (("features.0", 4), ("features.3", 6)):
+        expected += [f"{layer}.json", *(f"{layer}/{c:04d}.png" for c in range(channels))]
+        expected.append(f"{layer}.png")
+    assert [str(Path(path).relative_to(folder)) for path in outputs] == expected
+
+
+def test_not_finite_names_rows_with_nan_or_infinity() -> None:
+    from featviz.explainer.checks import not_finite
+
+    values = torch.randn(6, 4, 5, 7)
+    values[1, 2, 3, 4] = float("nan")
+    values[2, 0, 0, 0] = float("inf")
+    values[4, 3, 4, 6] = float("-inf")
+    expected = [False, True, True, False, True, False]
+    assert not_finite(values).tolist() == expected
+    channels_last = values.contiguous(memory_format=torch.channels_last)
+    assert not_finite(channels_last).tolist() == expected
+    assert not_finite(values.flatten(1)).tolist() == expected
+    assert not_finite(torch.tensor([1.0, float("nan"), -float("inf")])).tolist() == [
+        False,
+        True,
+        True,
+    ]
+
+
+def test_normalise_is_the_formula_to_the_bit() -> None:
+    from featviz.inputs.preprocess import Preprocessing, normalise
+
+    preprocessing = Preprocessing((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 32)
+    pixels = torch.randint(
+        0, 256, (2, 3, 9, 11), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    mean = torch.tensor(preprocessing.mean).view(3, 1, 1)
+    std = torch.tensor(preprocessing.std).view(3, 1, 1)
+    assert torch.equal(normalise(pixels, preprocessing), (pixels.float() / 255.0 - mean) / std)

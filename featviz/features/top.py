@@ -13,6 +13,7 @@ grouped, shards) therefore never changes the result, and rankings of disjoint se
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -61,9 +62,12 @@ class ChannelRanking:
         self.images = image_ids.gather(1, kept)
         self.positions = places.gather(1, kept)
 
-    def held_images(self) -> set[int]:
-        """The images that are among some channel's k best."""
-        return set(self.images.unique().tolist())
+
+def held_images(rankings: Iterable[ChannelRanking]) -> set[int]:
+    """The images that are among some channel's k best in any of ``rankings``."""
+    import torch
+
+    return set(torch.cat([ranking.images.flatten() for ranking in rankings]).unique().tolist())
 
 
 @dataclass(frozen=True)

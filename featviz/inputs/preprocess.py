@@ -26,6 +26,7 @@ with random-resized crops have seen aspect changes of 3:4 to 4:3 throughout trai
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
@@ -87,10 +88,21 @@ def resized(image: Image.Image, preprocessing: Preprocessing) -> torch.Tensor:
 
 
 def normalise(pixels: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
-    """uint8 (…, 3, h, w) → float32 in the model's normalisation, on the pixels' device."""
+    """uint8 (…, 3, h, w) → float32 in the model's normalisation, on the pixels' device:
+    (pixels / 255 − mean) / std, in place on the one new float tensor (the same values as
+    out of place, without three more tensors per image)."""
+    mean, std = _constants(preprocessing.mean, preprocessing.std, str(pixels.device))
+    return pixels.float().div_(255.0).sub_(mean).div_(std)
+
+
+@lru_cache(maxsize=16)
+def _constants(
+    mean: tuple[float, ...], std: tuple[float, ...], device: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (3, 1, 1) float32 mean and std on ``device``, made once rather than per image."""
     import torch
 
-    shape = (3, 1, 1)
-    mean = torch.tensor(preprocessing.mean, dtype=torch.float32, device=pixels.device).view(shape)
-    std = torch.tensor(preprocessing.std, dtype=torch.float32, device=pixels.device).view(shape)
-    return (pixels.float() / 255.0 - mean) / std
+    def column(values: tuple[float, ...]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.float32, device=device).view(3, 1, 1)
+
+    return column(mean), column(std)

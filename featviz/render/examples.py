@@ -4,15 +4,21 @@ An example is the receptive-field crop of an image around the position where the
 fitted into a square cell, with that position's grid cell outlined and the score written in a
 corner. A channel's sheet tiles its k examples best first, row by row; the overview tiles every
 channel's best example, labelled with the channel's number.
+
+A run draws thousands of examples (channels × k), so each step is cheap: a crop is scaled once
+(``fit``) however many channels an image wins with the same box, and labels are put together
+from glyphs drawn once per character (``_line``) rather than drawn whole, since scores are
+nearly all different.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from featviz.render.draw import SEPARATOR_RGB, tile
+from featviz.render.draw import SEPARATOR_RGB, filled, tile
 
 if TYPE_CHECKING:
     import numpy as np
@@ -24,9 +30,20 @@ LABEL_TEXT = (255, 255, 255)
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in the image's pixels
 
 
-def example_cell(image: np.ndarray, box: Box, cell: Box, label: str, size: int) -> np.ndarray:
-    """(size, size, 3) uint8: ``box`` cut from the (H, W, 3) ``image``, scaled to fit (aspect
-    kept, centred on the separator colour), the grid ``cell`` outlined, ``label`` top-left."""
+@dataclass(frozen=True)
+class Fitted:
+    """A crop scaled to fit a square cell, centred on the separator colour, not yet marked."""
+
+    pixels: np.ndarray  # (size, size, 3) uint8
+    box: Box  # what was cut, in the image's pixels
+    scale: float  # cell pixels per image pixel
+    left: int  # where the crop starts in the cell
+    top: int
+
+
+def fit(image: np.ndarray, box: Box, size: int) -> Fitted:
+    """``box`` cut from the (H, W, 3) ``image`` and scaled to fit a ``size`` × ``size`` cell,
+    its aspect kept (nearest-neighbour from 2× up, bilinear below)."""
     import numpy as np
     from PIL import Image
 
@@ -37,11 +54,19 @@ def example_cell(image: np.ndarray, box: Box, cell: Box, label: str, size: int) 
     fitted_w, fitted_h = max(1, round(width * scale)), max(1, round(height * scale))
     resample = Image.Resampling.NEAREST if scale >= 2 else Image.Resampling.BILINEAR
     fitted = np.asarray(Image.fromarray(crop).resize((fitted_w, fitted_h), resample))
-    out = np.empty((size, size, 3), dtype=np.uint8)
-    out[:] = SEPARATOR_RGB
+    out = filled((size, size), SEPARATOR_RGB)
     top, left = (size - fitted_h) // 2, (size - fitted_w) // 2
     out[top : top + fitted_h, left : left + fitted_w] = fitted
+    return Fitted(out, box, scale, left, top)
+
+
+def example_cell(fitted: Fitted, cell: Box, label: str) -> np.ndarray:
+    """(size, size, 3) uint8: the ``fitted`` crop with the grid ``cell`` (in the image's
+    pixels) outlined and ``label`` written top-left."""
+    out = fitted.pixels.copy()
+    x0, y0 = fitted.box[:2]
     cx0, cy0, cx1, cy1 = cell
+    scale, left, top = fitted.scale, fitted.left, fitted.top
     _outline(
         out,
         (
@@ -74,19 +99,49 @@ def _outline(pixels: np.ndarray, box: Box) -> None:
 
 
 def _stamp(pixels: np.ndarray, text: str) -> None:
-    """``text`` on a black band at the top-left corner of ``pixels``, in place."""
-    label = _label(text, max(9, pixels.shape[0] // 7))
-    rows, cols = min(label.shape[0], pixels.shape[0]), min(label.shape[1], pixels.shape[1])
-    pixels[:rows, :cols] = label[:rows, :cols]
+    """``text`` on a black band at the top-left corner of ``pixels``, in place: the rows its
+    ink spans and two pixels of band around."""
+    line = _line(text, max(9, pixels.shape[0] // 7))
+    height, width = line.shape[0] + 4, line.shape[1] + 4
+    pixels[:height, :width] = LABEL_BACKGROUND
+    rows, cols = min(line.shape[0], pixels.shape[0] - 2), min(line.shape[1], pixels.shape[1] - 2)
+    pixels[2 : 2 + rows, 2 : 2 + cols] = line[:rows, :cols]
 
 
-@lru_cache(maxsize=4096)
-def _label(text: str, size: int) -> np.ndarray:
+def _line(text: str, size: int) -> np.ndarray:
+    """(h, w, 3) uint8: ``text`` in LABEL_TEXT on LABEL_BACKGROUND, cut to the rows its ink
+    spans. Its glyphs side by side, each as wide as its advance: what drawing the text whole
+    gives wherever advances are whole pixels (Pillow's font at 13 pixels, a 96-pixel cell's,
+    has them for digits, the point, signs and 'e')."""
+    import numpy as np
+
+    glyphs = [_glyph(char, size) for char in text]
+    top = min(glyph.ink[0] for glyph in glyphs)
+    bottom = max(glyph.ink[1] for glyph in glyphs)
+    if top >= bottom:  # no ink at all (spaces)
+        top, bottom = 0, glyphs[0].pixels.shape[0]
+    return np.concatenate([glyph.pixels[top:bottom] for glyph in glyphs], axis=1)
+
+
+@dataclass(frozen=True)
+class _Glyph:
+    pixels: np.ndarray  # (ascent + descent, advance, 3) uint8
+    ink: tuple[int, int]  # the rows its ink spans, first and past the last
+
+
+@lru_cache(maxsize=1024)
+def _glyph(char: str, size: int) -> _Glyph:
+    """``char`` drawn in a box as high as the font's line (ascent + descent: glyphs line up on
+    one baseline side by side) and as wide as its advance."""
     import numpy as np
     from PIL import Image, ImageDraw, ImageFont
 
     font = ImageFont.load_default(size=size)
-    left, top, right, bottom = font.getbbox(text)
-    picture = Image.new("RGB", (right - left + 4, bottom - top + 4), LABEL_BACKGROUND)
-    ImageDraw.Draw(picture).text((2 - left, 2 - top), text, fill=LABEL_TEXT, font=font)
-    return np.asarray(picture)
+    ascent, descent = font.getmetrics()
+    width = max(1, round(font.getlength(char)))
+    picture = Image.new("RGB", (width, ascent + descent), LABEL_BACKGROUND)
+    ImageDraw.Draw(picture).text((0, 0), char, fill=LABEL_TEXT, font=font)
+    pixels = np.asarray(picture)
+    rows = np.flatnonzero((pixels != np.array(LABEL_BACKGROUND, np.uint8)).any(axis=(1, 2)))
+    ink = (int(rows[0]), int(rows[-1]) + 1) if rows.size else (pixels.shape[0], 0)
+    return _Glyph(pixels, ink)

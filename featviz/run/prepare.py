@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from featviz.run.jobs.base import ImageJob
     from featviz.run.pipeline import Pipeline, PipelineConfig
     from featviz.run.plan import MapsRequest, Plan, RunRequest
+    from featviz.sinks.artifacts import Artifact
     from featviz.sinks.manifest import RunTally
     from featviz.sinks.results import ImageResult
     from featviz.sinks.variants import Variant
@@ -76,17 +77,37 @@ class PreparedRun:
         tally.not_attempted = [s.display for s in self.sources if s.index not in left]
 
     def finish(self, tally: RunTally, interrupted: bool) -> Path:
-        """Write what the run as a whole produced (score's table and plot), close the sinks
-        (manifest, TensorBoard, gallery); returns the manifest's path."""
+        """Write what the run as a whole produced (score's table and plot, top's rankings and
+        sheets), close the sinks (manifest, TensorBoard, gallery); returns the manifest's
+        path."""
         from featviz.sinks import RunEnd
+
+        outputs = self._write_run_outputs(self.job.run_outputs(tally.results))
+        return self.job.sinks.close(RunEnd(tally, interrupted, outputs))
+
+    def _write_run_outputs(self, artifacts: Iterable[Artifact]) -> list[str]:
+        """Each of ``artifacts`` encoded and written on the writer threads as soon as the job
+        hands it over, while it draws the next (top's hundreds of sheets); the files written,
+        in the job's order. A failed write (a full disk) raises here, what is queued behind
+        it cancelled."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from featviz.run.interrupts import shielded
         from featviz.sinks.artifacts import ImageOutputs
 
-        artifacts = self.job.run_outputs(tally.results)
-        outputs = []
-        if artifacts:
-            written = self.job.sinks.write(ImageOutputs(None, self.model.name, None, [], artifacts))
-            outputs = written.outputs
-        return self.job.sinks.close(RunEnd(tally, interrupted, outputs))
+        def write(artifact: Artifact) -> list[str]:
+            outputs = ImageOutputs(None, self.model.name, None, [], [artifact])
+            return self.job.sinks.write(outputs).outputs
+
+        pool = ThreadPoolExecutor(self.config.write_workers, "featviz-write")
+        try:
+            futures = []
+            for artifact in artifacts:
+                with shielded():  # a signal inside submit() would leave the pool's lock held
+                    futures.append(pool.submit(write, artifact))
+            return [path for future in futures for path in future.result()]
+        finally:
+            pool.shutdown(cancel_futures=True)
 
     def report(self, tally: RunTally) -> str | None:
         """The table the terminal shows after the images (score's summary), if any."""

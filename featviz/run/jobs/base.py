@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -46,9 +46,10 @@ class ImageJob:
     ) -> ImageResult:
         return self.sinks.write(outputs, rows)
 
-    def run_outputs(self, results: list[dict[str, Any]]) -> list[Artifact]:
+    def run_outputs(self, results: list[dict[str, Any]]) -> Iterable[Artifact]:
         """What the whole run produced besides each image's outputs (score's table and plot),
-        from every image's result (``ImageResult.as_dict``); written when the run ends."""
+        from every image's result (``ImageResult.as_dict``); written when the run ends, each
+        as soon as it comes (an iterator lets the first be written while the next is drawn)."""
         return []
 
     def report(self, results: list[dict[str, Any]]) -> str | None:

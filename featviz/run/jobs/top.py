@@ -20,7 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 from featviz.errors import UsageError
 from featviz.explainer.checks import model_failure, nan_or_infinite, not_finite
-from featviz.features.top import ChannelRanking, Extent, Geometry, boxes_of, channel_scores
+from featviz.features.top import (
+    ChannelRanking,
+    Extent,
+    Geometry,
+    boxes_of,
+    channel_scores,
+    held_images,
+)
 from featviz.inputs.loaded import LoadedImage
 from featviz.layers.taps import LayerTaps
 from featviz.run.jobs.base import ImageJob, failure
@@ -95,8 +102,10 @@ class TopJob(ImageJob):
                 broken.setdefault(i, f"layer '{name}' has {nan_or_infinite(values[i])} activations")
             maps[name] = values
         kept = [i for i in range(len(batch)) if i not in broken]
+        if broken and kept:
+            maps = {name: values[kept] for name, values in maps.items()}
         if kept:
-            self._rank([batch[i] for i in kept], {n: m[kept] for n, m in maps.items()}, input_hw)
+            self._rank([batch[i] for i in kept], maps, input_hw)
         return [
             failure(item, broken[i]) if i in broken else _ranked(item)
             for i, item in enumerate(batch)
@@ -111,7 +120,7 @@ class TopJob(ImageJob):
             scores, positions = channel_scores(values, self.request.stat)
             self.rankings[name].add(scores, images, positions)
         self.ranked += len(batch)
-        held = set().union(*(ranking.held_images() for ranking in self.rankings.values()))
+        held = held_images(self.rankings.values())
         grids = {name: tuple(values.shape[-2:]) for name, values in maps.items()}
         for item in batch:
             if item.source.index in held:
@@ -141,6 +150,7 @@ class TopJob(ImageJob):
         the run), score, position [row, col] on the layer's grid, the grid cell and the
         receptive-field box [x0, y0, x1, y1] in the image's pixels."""
         ranking, extent = self.rankings[layer], (self.extents or {}).get(layer)
+        boxes: dict[tuple[int, Geometry], tuple[list[int], list[int], list[int]]] = {}
         channels = []
         for scores, images, positions in zip(
             ranking.scores.tolist(), ranking.images.tolist(), ranking.positions.tolist()
@@ -149,7 +159,9 @@ class TopJob(ImageJob):
             for score, image, position in zip(scores, images, positions):
                 seen = self.winners[image]
                 geometry = Geometry(seen.original, seen.model_input, seen.grids[layer])
-                place, cell, box = boxes_of(position, geometry, extent)
+                if (position, geometry) not in boxes:  # photos of one size share them
+                    boxes[position, geometry] = boxes_of(position, geometry, extent)
+                place, cell, box = boxes[position, geometry]
                 entries.append(
                     {
                         "input": seen.source.display,
@@ -163,7 +175,7 @@ class TopJob(ImageJob):
             channels.append(entries)
         return channels
 
-    def run_outputs(self, results: list[dict[str, Any]]) -> list[Artifact]:
+    def run_outputs(self, results: list[dict[str, Any]]) -> Iterable[Artifact]:
         from featviz.run.jobs import top_outputs
 
         if self.merged_sources is not None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from featviz.errors import InputError, RunError, UsageError
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from featviz.run.jobs.top import TopJob
 
 Entries = list[list[dict[str, Any]]]  # per channel, its entries best first
+Cells = list[list["np.ndarray | None"]]  # per channel, its examples drawn, best first
 
 
 def finals(
@@ -45,15 +46,16 @@ def finals(
     images: int,
     entries_of: Callable[[str], Entries],
     sources: dict[int, ImageSource],
-) -> list[Artifact]:
-    """Every layer's JSON ranking, channel sheets and overview."""
-    artifacts = []
+) -> Iterator[Artifact]:
+    """Every layer's JSON ranking, channel sheets and overview, handed over one by one (each
+    is written while the next is tiled). Every example is drawn before the first: a winner
+    that cannot be read again fails the run with nothing of it written."""
+    entries = {layer: entries_of(layer) for layer in job.layers}
+    cells = _cells(job, entries, sources)
     for layer in job.layers:
-        entries = entries_of(layer)
-        text = _document(job, layer, images, entries)
-        artifacts.append(Artifact("top", "ranking", layer, text=text))
-        artifacts.extend(_pictures(job, layer, entries, sources))
-    return artifacts
+        text = _document(job, layer, images, entries[layer])
+        yield Artifact("top", "ranking", layer, text=text)
+        yield from _pictures(job, layer, *cells[layer])
 
 
 def partials(job: TopJob, shard: Shard, inputs: int) -> list[Artifact]:
@@ -76,7 +78,7 @@ def partials(job: TopJob, shard: Shard, inputs: int) -> list[Artifact]:
     ]
 
 
-def merged(job: TopJob, sources: list[ImageSource]) -> list[Artifact]:
+def merged(job: TopJob, sources: list[ImageSource]) -> Iterator[Artifact]:
     """What one run over ``sources`` writes, from the partials of its N shards."""
     by_index = {source.index: source for source in sources}
     folder = job.sinks.files.layout.top_folder()
@@ -175,43 +177,55 @@ def _document(
     return "{\n" + "\n".join(lines) + f'\n "channels": [\n{body}\n ]\n}}\n'
 
 
-def _pictures(
-    job: TopJob, layer: str, entries: Entries, sources: dict[int, ImageSource]
-) -> list[Artifact]:
-    """The sheet of each channel and the layer's overview, each image decoded once."""
-    from featviz.render.examples import example_cell, sheet
+def _cells(
+    job: TopJob, entries: dict[str, Entries], sources: dict[int, ImageSource]
+) -> dict[str, tuple[Cells, list[np.ndarray | None]]]:
+    """Per layer, each channel's examples and its best one labelled with the channel (the
+    overview's). Each winning image is decoded once for every layer, and each of its crops
+    scaled once, however many channels it wins with that receptive field."""
+    from featviz.render.examples import example_cell, fit
 
     size = job.request.cell_size
-    wanted: dict[int, list[tuple[int, int, dict[str, Any]]]] = {}
-    for c, top in enumerate(entries):
-        for rank, entry in enumerate(top):
-            wanted.setdefault(entry["index"], []).append((c, rank, entry))
-    cells: list[list[np.ndarray | None]] = [[None] * len(top) for top in entries]
-    firsts: list[np.ndarray | None] = [None] * len(entries)
+    wanted: dict[int, list[tuple[str, int, int, dict[str, Any]]]] = {}
+    drawn: dict[str, tuple[Cells, list[np.ndarray | None]]] = {}
+    for layer, ranked in entries.items():
+        for c, top in enumerate(ranked):
+            for rank, entry in enumerate(top):
+                wanted.setdefault(entry["index"], []).append((layer, c, rank, entry))
+        drawn[layer] = ([[None] * len(top) for top in ranked], [None] * len(ranked))
     for index in sorted(wanted):
         image = _original(sources[index], job.max_pixels)
-        for c, rank, entry in wanted[index]:
-            box, cell = tuple(entry["box"]), tuple(entry["cell"])
-            label = f"{entry['score']:.3g}"
-            cells[c][rank] = example_cell(image, box, cell, label, size)
+        crops = {}
+        for layer, c, rank, entry in wanted[index]:
+            box = tuple(entry["box"])
+            if box not in crops:
+                crops[box] = fit(image, box, size)
+            cell = tuple(entry["cell"])
+            cells, firsts = drawn[layer]
+            cells[c][rank] = example_cell(crops[box], cell, f"{entry['score']:.3g}")
             if rank == 0:
-                firsts[c] = example_cell(image, box, cell, str(job.channels[layer][c]), size)
-    artifacts = []
-    for c, channel in enumerate(job.channels[layer]):
-        artifacts.append(
-            Artifact(
-                "top",
-                "examples",
-                layer,
-                target=f"{channel:04d}",
-                caption=f"channel {channel}",
-                pixels=sheet(cells[c], size),
-            )
+                firsts[c] = example_cell(crops[box], cell, str(job.channels[layer][c]))
+    return drawn
+
+
+def _pictures(
+    job: TopJob, layer: str, cells: Cells, firsts: list[np.ndarray | None]
+) -> Iterator[Artifact]:
+    """The sheet of each channel of ``layer``, then the layer's overview."""
+    from featviz.render.examples import sheet
+
+    size = job.request.cell_size
+    for channel, examples in zip(job.channels[layer], cells):
+        yield Artifact(
+            "top",
+            "examples",
+            layer,
+            target=f"{channel:04d}",
+            caption=f"channel {channel}",
+            pixels=sheet(examples, size),
         )
-    shown = [first for first in firsts if first is not None]
-    overview = sheet(shown, size)
-    artifacts.append(Artifact("top", "overview", layer, caption="every channel", pixels=overview))
-    return artifacts
+    overview = sheet([first for first in firsts if first is not None], size)
+    yield Artifact("top", "overview", layer, caption="every channel", pixels=overview)
 
 
 def _original(source: ImageSource, max_pixels: int | None) -> np.ndarray:
