@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "sample_images"
@@ -267,3 +268,16 @@ def featviz_command() -> list[str]:
     """The ``featviz`` console script of this Python, or ``python -m featviz``."""
     script = Path(sys.executable).with_name("featviz")
     return [str(script)] if script.exists() else [sys.executable, "-m", "featviz"]
+
+
+def sample_batch(count: int, size: int, mean: Sequence[float], std: Sequence[float]) -> Any:
+    """``count`` sample photos (cycled) squashed to ``size`` × ``size`` and normalised with
+    ``mean`` and ``std``: a (count, 3, size, size) float32 batch."""
+    import torch
+    from PIL import Image
+
+    from featviz.inputs.preprocess import Preprocessing, to_tensor
+
+    names = [SAMPLE_NAMES[i % len(SAMPLE_NAMES)] for i in range(count)]
+    pre = Preprocessing(tuple(mean), tuple(std), size, "square")
+    return torch.stack([to_tensor(Image.open(SAMPLES / n).convert("RGB"), pre) for n in names])

@@ -25,31 +25,22 @@ from collections.abc import Callable
 
 import torch
 from _common import (
-    SAMPLE_NAMES,
-    SAMPLES,
     TIMES_NOTE,
     machine_line,
     round_robin,
+    sample_batch,
     say,
     table,
     typical,
 )
-from PIL import Image
 
 from featviz.cam import forward_for_cam, load_method, normalise
-from featviz.inputs.preprocess import Preprocessing, to_tensor
 from featviz.model.load import load_model
 from featviz.model.options import ModelRequest
 
 TARGET = 281
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 CAM_LAYER = "encoder.layers.encoder_layer_11.ln_1"  # featviz's default Grad-CAM layer for it
-
-
-def photos(count: int, size: int) -> torch.Tensor:
-    names = [SAMPLE_NAMES[i % len(SAMPLE_NAMES)] for i in range(count)]
-    pre = Preprocessing(MEAN, STD, size, "square")
-    return torch.stack([to_tensor(Image.open(SAMPLES / n).convert("RGB"), pre) for n in names])
 
 
 def ours(loaded, x: torch.Tensor, name: str) -> Callable[[], torch.Tensor]:
@@ -98,7 +89,7 @@ def main() -> None:
     with torch.no_grad():  # torchvision zero-initialises the head: every map would be empty
         torch.nn.init.normal_(loaded.module.heads.head.weight, std=0.02)
     peer_model = copy.deepcopy(loaded.module).requires_grad_(True)
-    x = photos(args.images, 224)
+    x = sample_batch(args.images, 224, MEAN, STD)
     contenders = {
         "featviz legrad": ours(loaded, x, "legrad"),
         "torchcam LeGrad": torchcam_legrad(peer_model, x),

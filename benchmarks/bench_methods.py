@@ -30,19 +30,16 @@ from collections.abc import Callable
 
 import torch
 from _common import (
-    SAMPLE_NAMES,
-    SAMPLES,
     TIMES_NOTE,
     machine_line,
     round_robin,
+    sample_batch,
     say,
     table,
     typical,
 )
-from PIL import Image
 
 from featviz.cam import forward_for_cam, load_method, normalise
-from featviz.inputs.preprocess import Preprocessing, to_tensor
 from featviz.layers.folding import folded_for
 from featviz.layers.grids import upsample
 from featviz.layers.trace import trace_model
@@ -63,12 +60,6 @@ GRAD_CAM = {  # featviz name → pytorch-grad-cam class name
 }
 TORCHCAM = {"smoothgradcam++": "SmoothGradCAMpp", "sscam": "SSCAM", "iscam": "ISCAM"}
 DRAWN = {"sscam", "iscam"}  # timed at --small px with --draws perturbations
-
-
-def photos(count: int, size: int) -> torch.Tensor:
-    names = [SAMPLE_NAMES[i % len(SAMPLE_NAMES)] for i in range(count)]
-    pre = Preprocessing(MEAN, STD, size, "square")
-    return torch.stack([to_tensor(Image.open(SAMPLES / n).convert("RGB"), pre) for n in names])
 
 
 def ours(loaded, calls, x, name: str, draws: int, full_size: bool) -> Callable[[], object]:
@@ -134,7 +125,7 @@ def main() -> None:
     model = loaded.module
     peer_model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
     peer_model.requires_grad_(True)
-    inputs = {size: photos(args.images, size) for size in (args.size, args.small)}
+    inputs = {size: sample_batch(args.images, size, MEAN, STD) for size in (args.size, args.small)}
     calls = {size: trace_model(model, (1, 3, size, size)).calls() for size in inputs}
     rows = []
     for name in args.methods.split(","):
