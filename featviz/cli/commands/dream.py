@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -14,6 +14,61 @@ from featviz.model.options import ModelRequest
 from featviz.run.plan import DreamRequest, Plan
 from featviz.sinks.options import OutputRequest
 
+if TYPE_CHECKING:
+    from featviz.run.dream import DreamResult
+
+
+# The options whose declarations span lines, named so that the signature reads as a list.
+_LayerOpt = Annotated[
+    list[str] | None,
+    typer.Option("--layer", "-l", metavar="NAME", help=LAYER_HELP, show_default="none"),
+]
+_ChannelOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--channel",
+        "-c",
+        metavar="N",
+        help="Channel of each --layer to maximise: 37, 0-7 or 1,5,9; repeatable.",
+        show_default="none",
+    ),
+]
+_NeuronOpt = Annotated[
+    bool,
+    typer.Option(help="Maximise each channel at the layer's centre position only."),
+]
+_TargetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--target",
+        "-t",
+        metavar="CLASS",
+        help="Class to maximise (its score), by index or name; repeatable.",
+        show_default="none",
+    ),
+]
+_SizeOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=8,
+        metavar="PIXELS",
+        help="Side of the images (the network sees them at its input size).",
+        show_default="the model's input size",
+    ),
+]
+_DiversityOpt = Annotated[
+    int,
+    typer.Option(
+        min=1, metavar="N", help="Images per objective, pushed apart by a diversity term."
+    ),
+]
+_DiversityWeightOpt = Annotated[
+    float,
+    typer.Option(
+        min=0.0, metavar="FLOAT", help="Weight of the diversity term against the objective."
+    ),
+]
+
 
 @shared_options(
     ignored={
@@ -23,57 +78,15 @@ from featviz.sinks.options import OutputRequest
     }
 )
 def dream(
-    layer: Annotated[
-        list[str] | None,
-        typer.Option("--layer", "-l", metavar="NAME", help=LAYER_HELP, show_default="none"),
-    ] = None,
-    channel: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--channel",
-            "-c",
-            metavar="N",
-            help="Channel of each --layer to maximise: 37, 0-7 or 1,5,9; repeatable.",
-            show_default="none",
-        ),
-    ] = None,
-    neuron: Annotated[
-        bool,
-        typer.Option(help="Maximise each channel at the layer's centre position only."),
-    ] = False,
-    target: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--target",
-            "-t",
-            metavar="CLASS",
-            help="Class to maximise (its score), by index or name; repeatable.",
-            show_default="none",
-        ),
-    ] = None,
+    layer: _LayerOpt = None,
+    channel: _ChannelOpt = None,
+    neuron: _NeuronOpt = False,
+    target: _TargetOpt = None,
     steps: Annotated[int, typer.Option(min=1, metavar="N", help="Optimisation steps.")] = 256,
-    size: Annotated[
-        int | None,
-        typer.Option(
-            min=8,
-            metavar="PIXELS",
-            help="Side of the images (the network sees them at its input size).",
-            show_default="the model's input size",
-        ),
-    ] = None,
+    size: _SizeOpt = None,
     lr: Annotated[float, typer.Option(min=1e-6, metavar="FLOAT", help="Adam's step size.")] = 0.05,
-    diversity: Annotated[
-        int,
-        typer.Option(
-            min=1, metavar="N", help="Images per objective, pushed apart by a diversity term."
-        ),
-    ] = 1,
-    diversity_weight: Annotated[
-        float,
-        typer.Option(
-            min=0.0, metavar="FLOAT", help="Weight of the diversity term against the objective."
-        ),
-    ] = 100.0,
+    diversity: _DiversityOpt = 1,
+    diversity_weight: _DiversityWeightOpt = 100.0,
     model: ModelRequest = None,
     output: OutputRequest = None,
     report: Report = None,
@@ -87,10 +100,6 @@ def dream(
     Example: featviz dream -m resnet50 -l layer3 -c 0-7 · featviz dream -m resnet50 -t tabby
     """
     with errors():
-        import json
-
-        from featviz.cli.text import dream_line
-        from featviz.inputs.discover import printable
         from featviz.run.dream import run_dream
 
         request = DreamRequest(
@@ -108,10 +117,20 @@ def dream(
         shown = not (report.quiet or report.json_lines)
         with steps_progress(steps, shown=shown) as progress:
             result = run_dream(Plan("dream", model, output, request), progress)
-        for row, path in zip(result.rows, result.written):
-            if report.json_lines:
-                typer.echo(json.dumps(row))
-            elif not report.quiet:
-                typer.echo(f"wrote {printable(path)}  {dream_line(row)}")
-        if not report.json_lines and not report.quiet:
-            typer.echo(f"wrote {printable(result.written[-1])}")
+        _show(result, report)
+
+
+def _show(result: DreamResult, report: Report) -> None:
+    """One line per image written (its JSON row with --json), then the grid's path."""
+    import json
+
+    from featviz.cli.text import dream_line
+    from featviz.inputs.discover import printable
+
+    for row, path in zip(result.rows, result.written):
+        if report.json_lines:
+            typer.echo(json.dumps(row))
+        elif not report.quiet:
+            typer.echo(f"wrote {printable(path)}  {dream_line(row)}")
+    if not report.json_lines and not report.quiet:
+        typer.echo(f"wrote {printable(result.written[-1])}")
