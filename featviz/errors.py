@@ -1,4 +1,4 @@
-"""Errors the core raises for a person to read; cli/app.py maps them to exit codes.
+"""Errors the core raises for a person to read; cli/terminal.py maps them to exit codes.
 
 The core never prints and never exits: it raises one of these with a message that says what went
 wrong and, where there is a likely fix, a hint that says what to do.

@@ -1,7 +1,7 @@
 """The command line's terminal side: streaming results to stdout/stderr, the progress bar,
 signals, warnings, and the one error funnel that turns exceptions into exit codes.
 
-Together with cli/app.py (the commands and their options) this is the only code that prints.
+Together with the commands (cli/commands/) this is the only code that prints.
 """
 
 from __future__ import annotations
