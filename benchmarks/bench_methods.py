@@ -139,12 +139,10 @@ def main() -> None:
             "featviz": ours(loaded, calls[size], x, name, args.draws, name in GRAD_CAM),
             peer_name: peer,
         }
-        repeats = 1 if name in DRAWN else args.repeats
-        if name not in DRAWN:
-            for run in contenders.values():  # warm-up: oneDNN builds its kernels on first use
-                run()
+        for run in contenders.values():  # warm-up: oneDNN builds its kernels on first use
+            run()
         say(f"{name} ({size} px)")
-        kept = round_robin(contenders, repeats, log=say)
+        kept = round_robin(contenders, args.repeats, log=say)
         mine, theirs = typical(kept["featviz"]), typical(kept[peer_name])
         draws = f", {args.draws} draws" if name in DRAWN else ""
         rows.append(

@@ -7,7 +7,9 @@ SmoothGrad (NoiseTunnel over Saliency, its noise replaced by featviz's), occlusi
 same windows per forward as featviz's ``--cam-batch-size``), guided backpropagation and
 deconvolution; pytorch-grad-cam for Guided Grad-CAM (its GradCAM × GuidedBackpropReLUModel, per
 image) and FullGrad. Each row also gives the largest difference of the two maps (channels
-summed, relative to the peer's largest value; FullGrad min-max scaled as the peer returns it).
+summed, relative to the peer's largest value; FullGrad min-max scaled as the peer returns it),
+for featviz on the model as given and with its batch norms folded (folding rounds differently,
+which can flip a ReLU or a max-pool tie at a few pixels of a flat photo region).
 
 Localisation: on the CNN trained on the synthetic shapes (examples/synthetic_shapes.py, trained
 once and cached), in scenes with one object in each half, how much of each method's |map| lies
@@ -17,6 +19,7 @@ Usage (from the repository root):
 
     python benchmarks/bench_pixel.py                        # resnet18, 2 images of 224 px
     python benchmarks/bench_pixel.py --model vgg16 --images 1 --repeats 1 --no-localisation
+    python benchmarks/bench_pixel.py --methods "" --localise sscam,iscam   # any method's place
 
 Tables to stdout (Markdown), progress to stderr.
 """
@@ -60,12 +63,14 @@ LAYERS = {"resnet18": "layer4", "vgg16": "features.29"}
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def featviz_call(model, layer, x, targets, name, cam_batch_size) -> Callable[[], torch.Tensor]:
+def featviz_call(
+    model, layer, x, targets, name, cam_batch_size, fold: bool = True
+) -> Callable[[], torch.Tensor]:
     method = load_method(name, batch_size=cam_batch_size)
     [where] = method.layers_for([layer])
     tapped = [] if method.info.pixel_level and where != layer else [layer]
     trace = trace_model(model, tuple(x.shape))
-    folding = folded_for(model, trace.foldable, tapped)
+    folding = folded_for(model, trace.foldable if fold else [], tapped)
 
     def run() -> torch.Tensor:
         with folding.applied():
@@ -219,7 +224,9 @@ def speed(args) -> None:
     for name in args.methods.split(","):
         ours = featviz_call(model, layer, x, targets, name, args.cam_batch_size)
         theirs = peer_call(model, layer, x, targets, name, args.cam_batch_size)
-        gap = difference(name, ours(), theirs())  # also the warm-up
+        folded_gap = difference(name, ours(), theirs())  # also the warm-up
+        unfolded = featviz_call(model, layer, x, targets, name, args.cam_batch_size, fold=False)
+        gap = difference(name, unfolded(), theirs())
         wall, cpu = timed({"featviz": ours, "peer": theirs}, args.repeats)
         rows.append(
             [
@@ -231,6 +238,7 @@ def speed(args) -> None:
                 f"{cpu['peer']:.2f}",
                 f"**{cpu['peer'] / cpu['featviz']:.2f}×**",
                 f"{gap:.1e}",
+                f"{folded_gap:.1e}",
             ]
         )
         say(f"{name}: {rows[-1]}")
@@ -240,17 +248,18 @@ def speed(args) -> None:
     )
     print(machine_line() + "\n")
     headers = ["method", "featviz s", "peer s", "peer / featviz"]
-    headers += ["featviz CPU s", "peer CPU s", "CPU peer / featviz", "max |Δ| / max"]
+    headers += ["featviz CPU s", "peer CPU s", "CPU peer / featviz"]
+    headers += ["max |Δ| / max", "folded: max |Δ| / max"]
     print(table(headers, rows))
 
 
-def localisation() -> None:
+def localisation(methods: list[str]) -> None:
     from synthetic_shapes import HEIGHT, WIDTH, accuracy, cached, cnn, trained, two_object_scenes
 
     model = cached("shapes_cnn", cnn, lambda: trained(cnn), "about 20 s")
     say(f"shapes CNN: every label right on {accuracy(model):.0%} of held-out scenes")
     layer = "5"  # the last ReLU, 8 × 16
-    names = ("gradcam", *METHODS)
+    names = ("gradcam", *methods)
     mass: dict[str, list[float]] = {name: [] for name in names}
     peaks: dict[str, list[float]] = {name: [] for name in names}
     for x, left, right in two_object_scenes(20, seed=1):
@@ -290,10 +299,14 @@ def main() -> None:
     parser.add_argument("--cam-batch-size", type=int, default=32)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--no-localisation", action="store_true")
+    parser.add_argument(
+        "--localise", default=",".join(METHODS), help="methods placed beside gradcam's"
+    )
     args = parser.parse_args()
-    speed(args)
+    if args.methods:
+        speed(args)
     if not args.no_localisation:
-        localisation()
+        localisation(args.localise.split(","))
 
 
 if __name__ == "__main__":

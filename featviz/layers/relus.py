@@ -43,7 +43,7 @@ class ReluSwitch:
 class _SwitchableRelu(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, switch: ReluSwitch) -> torch.Tensor:
-        output = x.clamp(min=0)
+        output = torch.relu(x)
         ctx.switch = switch
         ctx.save_for_backward(output)
         return output
@@ -54,7 +54,10 @@ class _SwitchableRelu(torch.autograd.Function):
         rule = ctx.switch.rule
         if rule != ORDINARY:
             grad = grad.clamp(min=0)
-        return (grad if rule == DECONVOLUTION else grad * (output > 0)), None
+        if rule == DECONVOLUTION:
+            return grad, None
+        # ReLU's own backward kernel: one pass, no mask tensor (what nn.ReLU's graph runs).
+        return torch.ops.aten.threshold_backward(grad, output, 0), None
 
 
 @contextmanager
