@@ -171,6 +171,21 @@ def test_unknown_option_and_missing_input_exit_2_on_one_line() -> None:
     ]
 
 
+def test_featviz_own_options_and_refused_choices_are_told_in_the_same_two_lines() -> None:
+    bogus = invoke("--bogus")
+    assert bogus.exit_code == 2
+    assert bogus.stderr.splitlines() == [
+        "Error: No such option: --bogus",
+        "Hint: see `featviz --help`",
+    ]
+    method = invoke("cam", *TINY, "-M", "nosuch", PHOTO)
+    assert method.exit_code == 2
+    error, hint = method.stderr.splitlines()
+    assert error.startswith("Error: Invalid value for '--method' / '-M': 'nosuch' is not one of")
+    assert "'gradcam'" in error and "Value error" not in error
+    assert hint == "Hint: see `featviz cam --help`"
+
+
 @pytest.mark.parametrize(
     ("inputs", "error"),
     [

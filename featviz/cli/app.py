@@ -13,6 +13,7 @@ import contextlib
 import functools
 import os
 import sys
+from collections.abc import Iterator
 from typing import Annotated
 
 import typer
@@ -27,17 +28,33 @@ class _Commands(HelpGroup):
     """Typer's command group, telling a bad option like every other error: one line, a hint.
 
     Click would print a usage block and a boxed, wrapped message; a log or a shell loop wants the
-    same ``Error: …`` line that featviz's own usage errors give (exit 2 either way).
+    same ``Error: …`` line that featviz's own usage errors give (exit 2 either way), for an
+    option of ``featviz`` itself as for one of a command.
     """
 
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        with _told_in_one_line(ctx):
+            return super().parse_args(ctx, args)
+
     def invoke(self, ctx: typer.Context) -> object:
-        try:
+        with _told_in_one_line(ctx):
             return super().invoke(ctx)
-        except typer.TyperException as exc:  # the base of click's UsageError, BadParameter…
-            command = (getattr(exc, "ctx", None) or ctx).command_path
-            print(f"Error: {one_line(exc.format_message())}", file=sys.stderr)
-            print(f"Hint: see `{command} --help`", file=sys.stderr)
-            raise typer.Exit(exc.exit_code) from None
+
+
+# Typer words a value its validation refused as "Value error, <reason>": the reason is the news.
+_VALIDATION_PREFIX = "Value error, "
+
+
+@contextlib.contextmanager
+def _told_in_one_line(ctx: typer.Context) -> Iterator[None]:
+    try:
+        yield
+    except typer.TyperException as exc:  # the base of click's UsageError, BadParameter…
+        command = (getattr(exc, "ctx", None) or ctx).command_path
+        message = one_line(exc.format_message()).replace(_VALIDATION_PREFIX, "", 1)
+        print(f"Error: {message}", file=sys.stderr)
+        print(f"Hint: see `{command} --help`", file=sys.stderr)
+        raise typer.Exit(exc.exit_code) from None
 
 
 _HELP_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": MAX_HELP_WIDTH}
