@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 # The commands that explain a video model's clips (compare's panels, score's and sanity's
 # metrics are drawn and measured on images).
-VIDEO_COMMANDS = ("cam", "maps")
+VIDEO_COMMANDS = ("cam", "maps", "compare", "score", "sanity")
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,7 @@ def prepare_sources(
     if loaded.clip is not None and plan.command not in VIDEO_COMMANDS:
         raise UsageError(
             f"featviz {plan.command} does not take video models yet",
-            hint="featviz cam and featviz maps do",
+            hint="featviz cam, maps, compare, score and sanity do",
         )
     sources = find(loaded)
     if loaded.clip is not None:  # a video model: each video's clips are its inputs
