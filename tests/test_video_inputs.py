@@ -129,3 +129,24 @@ def test_ray_finds_a_folders_videos_on_the_driver(
     done = cam(media, "tiny3d.py", tmp_path / "out", str(media / "videos"), extra=("--ray", "auto"))
     assert done.exit_code == 0, done.stderr
     assert len(outputs(tmp_path / "out")) == 3
+
+
+def test_skip_existing_converts_no_frame_of_a_finished_clip(
+    media: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frames become RGB only when a clip is explained: a second run with --skip-existing
+    converts none (and a first run each decoded frame once, the filling repeats not again)."""
+    import featviz.inputs.video
+
+    converted = []
+    convert = featviz.inputs.video._rgb
+    monkeypatch.setattr(
+        featviz.inputs.video, "_rgb", lambda frame: converted.append(1) or convert(frame)
+    )
+    video = str(media / "videos" / "a.mp4")  # 6 frames: clips of 4 and 2 (+ 2 repeats)
+    first = cam(media, "tiny3d.py", tmp_path / "out", video, extra=("--skip-existing",))
+    assert first.exit_code == 0 and "2 done, 0 failed, 0 skipped" in first.stderr
+    assert len(converted) == 6
+    again = cam(media, "tiny3d.py", tmp_path / "out", video, extra=("--skip-existing",))
+    assert again.exit_code == 0 and "0 done, 0 failed, 2 skipped" in again.stderr
+    assert len(converted) == 6
