@@ -3,8 +3,10 @@ image model's leaves the videos aside, and says how many), on the command line a
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import TINY_MODEL_SOURCE, TINY_VIDEO_MODEL, bar_frames, image_folder, write_video
 from PIL import Image
@@ -12,6 +14,7 @@ from typer.testing import CliRunner
 
 from featviz.cli.app import app
 from featviz.inputs.discover import IMAGES, VIDEOS, discover
+from featviz.inputs.video import Sampling, clips
 
 NAMES = ["a.MP4", "b.webm", "c.mkv", "d.avi", "e.mov", "f.gif", "g.png", "h.jpg", "i.txt"]
 
@@ -150,3 +153,12 @@ def test_skip_existing_converts_no_frame_of_a_finished_clip(
     again = cam(media, "tiny3d.py", tmp_path / "out", video, extra=("--skip-existing",))
     assert again.exit_code == 0 and "0 done, 0 failed, 2 skipped" in again.stderr
     assert len(converted) == 6
+
+
+def test_a_clip_goes_to_a_ray_actor_with_its_pixels(media: Path) -> None:
+    """PyAV's frames do not pickle: a clip sent to an actor carries its RGB pixels."""
+    clip = next(clips(media / "videos" / "a.mp4", Sampling(4)))
+    sent = pickle.loads(pickle.dumps(clip))
+    assert all(isinstance(frame, np.ndarray) for frame in sent.decoded)
+    assert np.array_equal(sent.frames, clip.frames) and sent.frames.shape == (4, 24, 32, 3)
+    assert (sent.pixels, sent.times, sent.used) == (4 * 24 * 32, clip.times, 4)
