@@ -4,7 +4,8 @@ One call is the CLI's ``cam`` without the files: the same resolution of layers a
 the same batching through the pipeline (decode threads, images of one shape batched, one
 forward and one backward per target), the same maps. Each result holds the heatmap over the
 original image, the map at the layer's grid, what it explains and a picture that shows itself
-in a notebook.
+in a notebook. A video model explains the clips of the videos it is given, as ``featviz cam``
+does: one result per clip, its heatmap over every frame.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from featviz.api.model import loaded_model
-from featviz.api.running import in_memory, resolved_request, run_pipeline
+from featviz.api.running import clips_of, in_memory, resolved_request, run_pipeline
 from featviz.explainer.options import ExplainRequest
 from featviz.run.jobs.explaining import ExplainingJob
 
@@ -42,6 +43,11 @@ class Explanation:
     explained (None, "all classes" and None for a class-agnostic method such as eigencam);
     ``box``: a detector's box, x0 y0 x1 y1 in the image's pixels; ``input``: the image's
     path, or ``image N`` for the Nth in-memory image.
+
+    A video model's clip (``input``: ``clip.mp4 clip N``): ``image`` is its (T, H, W, 3)
+    frames, ``heatmap`` (T, H, W) every frame's, normalised over the whole clip (what
+    ``--save-raw`` writes), ``layer_cam`` (t, h, w); ``frame_ms`` the time from one frame to
+    the next, in milliseconds (None for an image).
     """
 
     input: str
@@ -54,28 +60,43 @@ class Explanation:
     label: str
     probability: float | None
     box: tuple[float, float, float, float] | None = None
+    frame_ms: int | None = None
 
-    def overlay(self, alpha: float = 0.5, cmap: str = "jet") -> Image.Image:
+    def overlay(self, alpha: float = 0.5, cmap: str = "jet") -> Image.Image | list[Image.Image]:
         """The heatmap over the image, ``alpha`` its opacity in [0, 1], ``cmap`` any matplotlib
-        colormap: the picture ``featviz cam`` writes with those options."""
+        colormap: the picture ``featviz cam`` writes with those options; a clip's, one picture
+        per frame (the frames of the animation ``featviz cam`` writes)."""
         from PIL import Image
 
         from featviz.render.draw import colormap_lut, overlay
 
         pixels = overlay(self.image, self.heatmap, lut=colormap_lut(cmap), alpha=alpha)
+        if pixels.ndim == 4:
+            return [Image.fromarray(frame) for frame in pixels]
         return Image.fromarray(pixels)
+
+    def still(self, alpha: float = 0.5, cmap: str = "jet") -> Image.Image:
+        """``overlay`` as one picture: a clip's frames side by side, left to right."""
+        from PIL import Image
+
+        pictures = self.overlay(alpha, cmap)
+        if isinstance(pictures, Image.Image):
+            return pictures
+        strip = Image.new("RGB", (sum(p.width for p in pictures), pictures[0].height))
+        for number, picture in enumerate(pictures):
+            strip.paste(picture, (number * picture.width, 0))
+        return strip
 
     def _repr_png_(self) -> bytes:
         buffer = io.BytesIO()
-        self.overlay().save(buffer, "PNG")
+        self.still().save(buffer, "PNG")
         return buffer.getvalue()
 
     def __repr__(self) -> str:
         what = f"{self.label} {self.probability:.2f}" if self.probability is not None else "all"
-        height, width = self.heatmap.shape
-        return (
-            f"Explanation({self.input!r}, {self.method} at {self.layer}, {what}, {width}×{height})"
-        )
+        *frames, height, width = self.heatmap.shape
+        size = f"{frames[0]} frames of {width}×{height}" if frames else f"{width}×{height}"
+        return f"Explanation({self.input!r}, {self.method} at {self.layer}, {what}, {size})"
 
 
 class Explanations(list):
@@ -87,7 +108,7 @@ class Explanations(list):
         each scaled to the first one's height."""
         from PIL import Image
 
-        pictures = [explanation.overlay(alpha, cmap) for explanation in self]
+        pictures = [explanation.still(alpha, cmap) for explanation in self]
         if not pictures:
             return Image.new("RGB", (1, 1), "white")
         first = self[0].input
@@ -126,13 +147,15 @@ def explain(
 
     ``model``: what ``featviz.load`` returns, a spec string as ``--model`` takes, or a
     ``torch.nn.Module`` (loaded once and remembered for that module). ``images``: a path, a
-    PIL image, a uint8 (H, W, 3) array, or a list of them (or a (N, H, W, 3) array).
+    PIL image, a uint8 (H, W, 3) array, or a list of them (or a (N, H, W, 3) array); for a
+    video model, the paths of videos, each explained clip by clip.
     ``method``, ``layer``, ``target``: one or several (registry names; layer names or globs,
     default the model's default CAM layer; class indices or names, default the ``top_k`` most
     likely, 1); for a CLIP-style model, ``"text:a photo of a cat"`` is a prompt's target, and
     ``prompts`` a file of prompts, one a line, for its zero-shot classifier). One image with
     one method, layer and target gives one ``Explanation``; anything else an ``Explanations``
-    list (images × methods × layers × targets). An image that cannot be used raises
+    list (images × methods × layers × targets; a video model's always a list, clips ×
+    methods × layers × targets). An image that cannot be used raises
     ``featviz.errors.InputError``.
     """
     loaded = loaded_model(model)
@@ -160,9 +183,10 @@ def explain(
         seed=seed,
         collected=collected,
     )
-    run_pipeline(loaded, job, found, batch_size, resolved.layers)
-    explanations = Explanations(e for source in found for e in collected[source.index])
-    if single and len(explanations) == 1:
+    inputs = found if loaded.clip is None else clips_of(loaded, found)
+    results = run_pipeline(loaded, job, inputs, batch_size, resolved.layers)
+    explanations = Explanations(e for r in results for e in collected[r.source.index])
+    if single and len(explanations) == 1 and loaded.clip is None:
         return explanations[0]
     return explanations
 
@@ -203,7 +227,7 @@ class _MapsInMemory(ExplainingJob):
     def _explanation(self, item: LoadedImage, entry: ExplainedMap) -> Explanation:
         from featviz.cam import heatmap
 
-        values = heatmap(entry.shown, item.original.shape[:2]).numpy()
+        values = heatmap(entry.shown, item.original.shape[:-1]).numpy()  # or a clip's (T, H, W)
         label = "all classes" if entry.index is None else self.model.label(entry.index)
         raw = None if entry.layer_cam is None else entry.layer_cam.numpy().astype("float32")
         return Explanation(
@@ -217,4 +241,5 @@ class _MapsInMemory(ExplainingJob):
             label=label,
             probability=entry.probability,
             box=entry.boxes[0] if len(entry.boxes) == 1 else None,
+            frame_ms=item.frame_ms if item.original.ndim == 4 else None,
         )

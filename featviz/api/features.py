@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from featviz.api.model import loaded_model
-from featviz.api.running import in_memory, run_pipeline
+from featviz.api.running import images_only, in_memory, run_pipeline
 from featviz.run.jobs.maps import MapsJob
 
 if TYPE_CHECKING:
@@ -73,6 +73,7 @@ def feature_maps(
     from featviz.run.prepare import default_map_layers
 
     loaded = loaded_model(model)
+    images_only(loaded, "feature_maps")
     names = [layer] if isinstance(layer, str) else list(layer or ())
     layers = (
         resolve_layers(loaded.trace, names, spatial_only=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from featviz.api.model import loaded_model
-from featviz.api.running import in_memory, resolved_request, run_pipeline
+from featviz.api.running import images_only, in_memory, resolved_request, run_pipeline
 from featviz.cam.registry import JUDGED_METHODS
 from featviz.sinks.memory import MemorySinks
 
@@ -121,7 +121,9 @@ def _judged(
     order, whether one image was given)."""
     from featviz.run.prepare import job_type
 
-    loaded, resolved = resolved_request(command, request, loaded_model(model))
+    loaded = loaded_model(model)
+    images_only(loaded, command)
+    loaded, resolved = resolved_request(command, request, loaded)
     found, single = in_memory(images)
     sinks = MemorySinks()
     job = job_type(command)(

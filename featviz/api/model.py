@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from torch import nn
 
+    from featviz.inputs.video import Sampling
     from featviz.model.load import LoadedModel
 
 # The model loaded for the last module passed straight to explain() & co., so that calls on
@@ -30,6 +31,8 @@ def load(
     resize: str = "keep",
     mean: tuple[float, float, float] | None = None,
     std: tuple[float, float, float] | None = None,
+    clip_length: int | None = None,
+    frame_rate: float | None = None,
 ) -> LoadedModel:
     """A model ready to explain: built (or taken as it is), traced once, its default layer,
     token layouts and task found.
@@ -41,7 +44,10 @@ def load(
     explains, and moves it only when ``device`` is given (default: where its parameters are).
     For a module, ``labels`` is a list of class names, ``"imagenet"`` or a text file;
     ``input_size`` its shorter input side (default 224); ``mean``/``std`` its normalisation
-    (default ImageNet's). ``precision`` is ``fp32``, ``bf16`` or ``fp16`` (CUDA).
+    (default ImageNet's); ``clip_length`` says that it is a video model, which takes
+    (N, 3, clip_length, H, W) clips (a factory file's ``CLIP_LENGTH``), sampled at
+    ``frame_rate`` frames per second of video (its ``FRAME_RATE``; default every frame).
+    ``precision`` is ``fp32``, ``bf16`` or ``fp16`` (CUDA).
     """
     from torch import nn
 
@@ -51,7 +57,9 @@ def load(
     if isinstance(model, nn.Module):
         from featviz.model.sources.module import ModuleSource
 
-        source = ModuleSource(model, labels=labels, mean=mean, std=std)
+        source = ModuleSource(
+            model, labels=labels, mean=mean, std=std, clip=_sampling(clip_length, frame_rate)
+        )
         request = ModelRequest(
             spec=type(model).__name__,
             checkpoint=None if checkpoint is None else Path(checkpoint),
@@ -72,6 +80,14 @@ def load(
             "labels as a list, mean and std are for a module you built",
             hint="a spec's own preprocessing and names are used; pass labels as a file path",
         )
+    if clip_length is not None or frame_rate is not None:
+        from featviz.errors import UsageError
+
+        raise UsageError(
+            "clip_length and frame_rate are for a module you built",
+            hint="a spec's video model takes its own clips (a factory file says CLIP_LENGTH "
+            "and FRAME_RATE beside the factory)",
+        )
     request = ModelRequest(
         spec=model,
         weights=weights,
@@ -85,6 +101,23 @@ def load(
         resize=resize,
     )
     return load_model(request)
+
+
+def _sampling(clip_length: int | None, frame_rate: float | None) -> Sampling | None:
+    """A module's clips (None: it takes images); raises UsageError for a rate without a
+    length, or either not positive."""
+    from featviz.errors import UsageError
+    from featviz.inputs.video import Sampling
+
+    if clip_length is None:
+        if frame_rate is not None:
+            raise UsageError("frame_rate needs clip_length", hint="say how many frames a clip has")
+        return None
+    if clip_length < 1 or (frame_rate is not None and frame_rate <= 0):
+        raise UsageError(
+            f"clip_length {clip_length} and frame_rate {frame_rate}: both must be positive"
+        )
+    return Sampling(int(clip_length), None if frame_rate is None else float(frame_rate))
 
 
 def loaded_model(model: Any) -> LoadedModel:

@@ -1,5 +1,6 @@
-"""What every library call shares: images in memory as a run's inputs, the request resolved as
-a command's would be, and the pipeline that batches them as the CLI does."""
+"""What every library call shares: images in memory as a run's inputs (a video model's: the
+clips of its videos), the request resolved as a command's would be, and the pipeline that
+batches them as the CLI does."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from featviz.errors import InputError, UsageError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterable, Iterator
 
     from featviz.explainer.options import ExplainRequest
     from featviz.inputs.discover import ImageSource
@@ -26,6 +27,35 @@ def in_memory(images: Any) -> tuple[list[ImageSource], bool]:
     return sources(images)
 
 
+def clips_of(loaded: LoadedModel, found: list[ImageSource]) -> Iterator[ImageSource]:
+    """The clips of the videos ``found`` names (paths), as a video model's run takes them:
+    lazily, each video decoded as its clips are reached.
+
+    Raises:
+        UsageError: an image in memory, or PyAV is not installed.
+    """
+    from featviz.inputs.video import clip_sources
+
+    for source in found:
+        if source.image is not None:
+            raise UsageError(
+                f"{loaded.name} is a video model: it takes video files, not {source.display}",
+                hint="pass the paths of the videos (MP4, WebM, animated GIF…)",
+            )
+    return clip_sources(found, loaded.clip)
+
+
+def images_only(loaded: LoadedModel, call: str) -> None:
+    """Raise UsageError when ``loaded`` is a video model, which library call ``call`` does not
+    take yet."""
+    if loaded.clip is not None:
+        raise UsageError(
+            f"{loaded.name} is a video model: featviz.{call} takes images for now",
+            hint="featviz.explain takes its videos, and so do featviz maps, compare, score "
+            "and sanity on the command line",
+        )
+
+
 def resolved_request(
     command: str, request: ExplainRequest, loaded: LoadedModel
 ) -> tuple[LoadedModel, Resolved]:
@@ -38,20 +68,14 @@ def resolved_request(
 def run_pipeline(
     loaded: LoadedModel,
     job: Job,
-    found: list[ImageSource],
+    found: Iterable[ImageSource],
     batch_size: int | None,
     layers: list[str],
 ) -> list[ImageResult]:
-    """Every image through ``job`` in the CLI's batches; raises InputError naming the images
-    that failed (the first one's reason, and how many more), UsageError for a video model
-    (its clips are the command line's for now)."""
+    """Every image (a video model's clip: ``clips_of``) through ``job`` in the CLI's batches,
+    their results in input order; raises InputError naming the images that failed (the first
+    one's reason, and how many more)."""
     from featviz.layers.folding import folded_for
-
-    if loaded.clip is not None:
-        raise UsageError(
-            f"{loaded.name} is a video model: featviz's library functions take images",
-            hint="run featviz cam or featviz maps on the videos",
-        )
     from featviz.run.pipeline import PipelineConfig, run
     from featviz.run.prepare import default_workers
 
@@ -69,7 +93,7 @@ def run_pipeline(
         write_workers=workers,
         compute=compute,
     )
-    results = list(run(job, found, config))
+    results = sorted(run(job, found, config), key=lambda result: result.source.index)
     failures = [result.error for result in results if result.error]
     if failures:
         more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""

@@ -13,7 +13,7 @@ from featviz.errors import UsageError
 
 if TYPE_CHECKING:
     from featviz.cam.context import CamContext
-from featviz.layers.grids import upsample, upsample_clip
+from featviz.layers.grids import resized
 
 
 def logits_match(predicted: torch.Tensor, reference: torch.Tensor) -> bool:
@@ -116,11 +116,13 @@ class CamMethod:
 
 
 def normalise(maps: torch.Tensor) -> torch.Tensor:
-    """(N, h, w) maps → ReLU, then each map min-max scaled to [0, 1]; a constant map → zeros."""
+    """(N, h, w) maps (a clip's (N, t, h, w)) → ReLU, then each map min-max scaled to [0, 1];
+    a constant map → zeros."""
     maps = maps.float().clamp(min=0)
     flat = maps.flatten(1)
-    low = flat.amin(dim=1)[:, None, None]
-    span = flat.amax(dim=1)[:, None, None] - low
+    per_map = (-1,) + (1,) * (maps.ndim - 1)
+    low = flat.amin(dim=1).view(per_map)
+    span = flat.amax(dim=1).view(per_map) - low
     return safe_divide(maps - low, span)
 
 
@@ -130,9 +132,8 @@ def heatmap(layer_map: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     whole range at the image's own resolution. A video layer's (t, h, w) map → the (T, H, W)
     heatmaps of its clip's frames, ``size`` = (T, H, W), upsampled in time too and
     normalised over the whole clip (a frame where nothing happens stays dark)."""
-    resize = upsample_clip if len(size) == 3 else upsample
     # In place: at a photo's full resolution each temporary would cost 4 bytes a pixel.
-    values = resize(layer_map[None], size)[0].clamp_(min=0)
+    values = resized(layer_map[None], size)[0].clamp_(min=0)
     low, high = values.min(), values.max()
     span = high - low
     if span == 0:

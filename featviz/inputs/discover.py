@@ -1,17 +1,20 @@
-"""Which image files a run reads, in what order, and where each one's outputs go.
+"""Which image (or video) files a run reads, in what order, and where each one's outputs go.
 
 ``discover`` turns command-line inputs into a stream of ``ImageSource``:
 - a file is taken whatever its extension (the user named it; decoding judges it);
 - a folder yields its image files, sorted by name (code-point order), its sub-folders too with
-  ``recursive``; names starting with a dot are skipped; only these extensions count (any case):
-  ``IMAGE_EXTENSIONS``. Entries are judged by what they are, not by their name: a sub-folder
-  called ``x.jpg`` is a folder (walked with ``recursive``, skipped without), while a broken
-  symlink, a FIFO or a device called ``x.jpg`` is yielded and ``decode`` says what is wrong with
-  it. A sub-folder that cannot be listed is yielded as well, so that its failure is reported
-  rather than its images silently missing. Symlinked folders are followed, loops are not;
+  ``recursive``; names starting with a dot are skipped; only the extensions of the kind of file
+  the model takes count (any case): ``IMAGES`` (``IMAGE_EXTENSIONS``) or, for a video model,
+  ``VIDEOS`` (``VIDEO_EXTENSIONS``; an animated GIF is both). A file of the other kind is left
+  aside, and ``on_aside`` hears of it. Entries are judged by what they are, not by their name:
+  a sub-folder called ``x.jpg`` is a folder (walked with ``recursive``, skipped without), while
+  a broken symlink, a FIFO or a device called ``x.jpg`` is yielded and ``decode`` says what is
+  wrong with it. A sub-folder that cannot be listed is yielded as well, so that its failure is
+  reported rather than its images silently missing. Symlinked folders are followed, loops are
+  not;
 - a glob pattern (``photos/*.jpg``; ``**`` always spans any depth, as with
-  ``glob.glob(recursive=True)``) yields the image files it matches, sorted, filtered like a
-  folder's contents. A path that exists is never read as a pattern (``a[1].jpg``);
+  ``glob.glob(recursive=True)``) yields the files of the model's kind it matches, sorted,
+  filtered like a folder's contents. A path that exists is never read as a pattern (``a[1].jpg``);
 - ``-`` streams one path per line from stdin (lazily: millions of lines are fine). These are
   taken like named files, never walked; a missing one fails at decode, not here.
 
@@ -56,8 +59,27 @@ from featviz.errors import UsageError, closest
 from featviz.inputs.names import ImageNames
 
 IMAGE_EXTENSIONS = frozenset({".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"})
+VIDEO_EXTENSIONS = frozenset({".avi", ".gif", ".m4v", ".mkv", ".mov", ".mp4", ".webm"})
 
-_EXTENSIONS_HINT = f"featviz looks for {' '.join(sorted(IMAGE_EXTENSIONS))} files, any case"
+
+@dataclass(frozen=True)
+class FileKind:
+    """The files a model reads from folders and patterns: ``noun`` names them in messages."""
+
+    noun: str
+    extensions: frozenset[str]
+
+    def takes(self, name: str) -> bool:
+        return os.path.splitext(name)[1].lower() in self.extensions
+
+    @property
+    def hint(self) -> str:
+        return f"featviz looks for {' '.join(sorted(self.extensions))} files, any case"
+
+
+IMAGES = FileKind("image", IMAGE_EXTENSIONS)
+VIDEOS = FileKind("video", VIDEO_EXTENSIONS)
+_KINDS = (IMAGES, VIDEOS)
 _GLOB_MAGIC = re.compile(r"[*?[]")
 # Characters that would break a one-line message or fool a terminal: C0/C1 controls, DEL, line
 # and paragraph separators, and bidirectional overrides ("Trojan source" file names).
@@ -116,10 +138,6 @@ class ImageSource:
 Candidate = tuple[Path, PurePath, "str | None"]
 
 
-def _has_image_extension(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-
-
 def is_output_folder(folder: str | os.PathLike[str]) -> bool:
     """Whether ``folder`` is the top of a featviz output folder: its marker, or the
     ``manifest.json`` of a run from before the marker existed."""
@@ -142,14 +160,17 @@ def discover(
     recursive: bool = False,
     stdin: TextIO | BinaryIO | None = None,
     on_skip: Callable[[str], None] | None = None,
+    kind: FileKind = IMAGES,
+    on_aside: Callable[[str], None] | None = None,
 ) -> Iterator[ImageSource]:
-    """A lazy stream of the images that ``inputs`` name, each input argument in turn.
+    """A lazy stream of the inputs that ``inputs`` name, each input argument in turn.
 
     ``stdin`` (default ``sys.stdin``) is read only for a ``-`` input, through the binary
     ``buffer`` under a text wrapper, so that file names which are not UTF-8 arrive intact (a
     strict UTF-8 text stream would fail on them); a stream with no ``buffer`` (``StringIO``) is
     read as it is. ``on_skip`` is told of every featviz output folder a walk or a pattern
-    leaves out (a printable path).
+    leaves out (a printable path). ``kind``: the files folders and patterns yield (the model's:
+    images or videos); ``on_aside`` is told of every file of the other kind they leave out.
 
     Raises:
         UsageError: no inputs, or ``-`` twice.
@@ -162,7 +183,8 @@ def discover(
     if inputs.count("-") > 1:
         raise UsageError("'-' (read paths from stdin) is given more than once")
     skipped = _OutputFolders(on_skip or (lambda _: None))
-    candidates = (_resolve(argument, recursive, stdin, skipped) for argument in inputs)
+    files = _Files(kind, on_aside)
+    candidates = (_resolve(argument, recursive, stdin, skipped, files) for argument in inputs)
     return _unique(itertools.chain.from_iterable(candidates))
 
 
@@ -191,8 +213,39 @@ class _OutputFolders:
         return False
 
 
+class _Files:
+    """Which files that walks and patterns meet are taken (the model's kind), telling
+    ``on_aside`` of each one of the other kind."""
+
+    def __init__(self, kind: FileKind, on_aside: Callable[[str], None] | None) -> None:
+        self.kind = kind
+        self.on_aside = on_aside
+        self.aside = 0  # files of the other kind met so far
+
+    def takes(self, path: str | os.PathLike[str]) -> bool:
+        if self.kind.takes(os.fspath(path)):
+            return True
+        if _is_media(path):
+            self.aside += 1
+            if self.on_aside is not None:
+                self.on_aside(printable(path))
+        return False
+
+    def missing(self, aside: int, hint: str) -> str:
+        """Why a folder or pattern gave nothing, ``aside`` files of the other kind met in it."""
+        if aside:
+            other = next(kind for kind in _KINDS if kind is not self.kind)
+            files = f"{other.noun} file{'s' if aside > 1 else ''}"
+            hint = f"{aside} {files} left aside: this model takes {self.kind.noun}s"
+        return f"no {self.kind.noun} files ({hint})"
+
+
 def _resolve(
-    argument: str, recursive: bool, stdin: TextIO | BinaryIO | None, skipped: _OutputFolders
+    argument: str,
+    recursive: bool,
+    stdin: TextIO | BinaryIO | None,
+    skipped: _OutputFolders,
+    files: _Files,
 ) -> Iterable[Candidate]:
     """The candidates of one argument; a failed one when it gives no image."""
     if argument == "-":
@@ -201,14 +254,14 @@ def _resolve(
     if os.path.isdir(argument):
         if is_output_folder(argument):
             return [(*failed[:2], "is a featviz output folder, which is never read as input")]
-        return _folder_images(argument, recursive, skipped, failed)
+        return _folder_images(argument, recursive, skipped, files, failed)
     if os.path.exists(argument):
         return [failed]
     if os.path.lexists(argument):
         target = printable(os.readlink(argument))
         return [(*failed[:2], f"does not exist (broken symbolic link to '{target}')")]
     if _GLOB_MAGIC.search(argument):
-        return _pattern_images(argument, skipped, failed)
+        return _pattern_images(argument, skipped, files, failed)
     near = _close_match(argument)
     return [(*failed[:2], "does not exist" + (f" ({near})" if near else ""))]
 
@@ -238,9 +291,9 @@ def _close_match(argument: str) -> str | None:
 
 
 def _folder_images(
-    argument: str, recursive: bool, skipped: _OutputFolders, failed: Candidate
+    argument: str, recursive: bool, skipped: _OutputFolders, files: _Files, failed: Candidate
 ) -> Iterator[Candidate]:
-    """The images of a folder argument, walked lazily; one failed candidate when it has none."""
+    """The files of a folder argument, walked lazily; one failed candidate when it has none."""
     try:
         with os.scandir(argument):
             pass
@@ -250,16 +303,20 @@ def _folder_images(
         return
     root = Path(argument)
     found = False
-    for candidate in _walk(root, recursive, skipped):
+    aside = files.aside
+    for candidate in _walk(root, recursive, skipped, files):
         found = True
         yield candidate
     if not found:
-        nested = not recursive and next(_walk(root, True, skipped), None) is not None
-        hint = "it has sub-folders: add --recursive" if nested else _EXTENSIONS_HINT
-        yield (*failed[:2], f"has no image files ({hint})")
+        quiet = _Files(files.kind, None)
+        nested = not recursive and next(_walk(root, True, skipped, quiet), None) is not None
+        hint = "it has sub-folders: add --recursive" if nested else files.kind.hint
+        yield (*failed[:2], "has " + files.missing(files.aside - aside, hint))
 
 
-def _walk(root: Path, recursive: bool, skipped: _OutputFolders) -> Iterator[Candidate]:
+def _walk(
+    root: Path, recursive: bool, skipped: _OutputFolders, files: _Files
+) -> Iterator[Candidate]:
     """Depth-first walk of ``root`` in name order, yielding (path, relative, None)."""
     # An explicit stack rather than recursion: folder depth is not ours to bound.
     stack = [(root, PurePath(), _listing(root) or iter(()), {_identity(root)})]
@@ -271,7 +328,7 @@ def _walk(root: Path, recursive: bool, skipped: _OutputFolders) -> Iterator[Cand
             continue
         path = folder / entry.name
         if not _is_folder(entry):
-            if _has_image_extension(entry.name):
+            if files.takes(path):
                 yield path, relative / _stem(entry.name), None
             continue
         identity = _identity(path)
@@ -311,8 +368,11 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return info.st_dev, info.st_ino
 
 
-def _pattern_images(pattern: str, skipped: _OutputFolders, failed: Candidate) -> list[Candidate]:
-    """Image files matching ``pattern``, sorted, relative to its literal leading folders."""
+def _pattern_images(
+    pattern: str, skipped: _OutputFolders, files: _Files, failed: Candidate
+) -> list[Candidate]:
+    """Files of the model's kind matching ``pattern``, sorted, relative to its literal leading
+    folders."""
     matches = glob.glob(pattern, recursive=True)
     if not matches:
         return [(*failed[:2], "no file or folder matches this pattern")]
@@ -321,8 +381,9 @@ def _pattern_images(pattern: str, skipped: _OutputFolders, failed: Candidate) ->
     )
     base = PurePath(*literal)
     found = []
+    aside = files.aside
     for match in matches:
-        if _has_image_extension(match) and not _is_dir_path(match):
+        if _is_media(match) and not _is_dir_path(match) and files.takes(match):
             path = Path(match)
             if skipped.holds(path, base):
                 continue
@@ -331,8 +392,12 @@ def _pattern_images(pattern: str, skipped: _OutputFolders, failed: Candidate) ->
                 parts = (path.name,)  # "a/*/../b.jpg" must not lead outside --out
             found.append((path, PurePath(*parts[:-1], _stem(parts[-1])), None))
     if not found:
-        return [(*failed[:2], f"matches no image files ({_EXTENSIONS_HINT})")]
+        return [(*failed[:2], "matches " + files.missing(files.aside - aside, files.kind.hint))]
     return sorted(found, key=lambda candidate: candidate[0].parts)
+
+
+def _is_media(path: str | os.PathLike[str]) -> bool:
+    return any(kind.takes(os.fspath(path)) for kind in _KINDS)
 
 
 def _is_dir_path(path: str) -> bool:

@@ -9,6 +9,11 @@ decoded frame used at most once; ``frame_rate`` None takes every frame. A video 
 mid-clip gives a last, shorter clip, filled up to the model's length by repeating its last frame
 (``Clip.used`` says how many frames are its own), so that every clip is explained.
 
+A clip holds its frames as decoded (PyAV's, in the video's own pixel format) and converts them
+to RGB only when its pixels are first asked for, in the run's decode threads: the frames that
+sampling passes over are never converted, nor are those of a clip that ``--skip-existing``
+skips (the video is still decoded up to its last clip, which only decoding finds).
+
 ``clip_tensor`` makes a clip the model's (3, T, h, w) input: each frame resized as an image
 would be (inputs/preprocess.py: no cropping), stacked along time and normalised.
 
@@ -21,6 +26,7 @@ import itertools
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from featviz.errors import InputError, UsageError, first_line
@@ -47,15 +53,39 @@ class Sampling:
 class Clip:
     """``length`` consecutive sampled frames of a video.
 
-    ``index``: the clip's position in the video, from 0; ``frames``: (T, H, W, 3) uint8, the
-    video's own pixels; ``times``: each frame's time in seconds; ``used``: how many of the T
-    frames are the video's (the rest repeat the last one to fill the last clip).
+    ``index``: the clip's position in the video, from 0; ``decoded``: its T frames as decoded
+    (PyAV's frames, or (H, W, 3) uint8 arrays); ``times``: each frame's time in seconds;
+    ``used``: how many of the T frames are the video's (the rest repeat the last one to fill
+    the last clip).
     """
 
     index: int
-    frames: np.ndarray
+    decoded: list[Any]
     times: tuple[float, ...]
     used: int
+
+    @cached_property
+    def frames(self) -> np.ndarray:
+        """(T, H, W, 3) uint8, the video's own pixels: converted from ``decoded`` when first
+        asked for."""
+        import numpy as np
+
+        converted: dict[int, np.ndarray] = {}  # a repeated frame is converted once
+        for frame in self.decoded:
+            if id(frame) not in converted:
+                converted[id(frame)] = _rgb(frame)
+        return np.stack([converted[id(frame)] for frame in self.decoded])
+
+    @property
+    def pixels(self) -> int:
+        """T × H × W, known without converting a frame."""
+        first = self.decoded[0]
+        height, width = first.shape[:2] if hasattr(first, "shape") else (first.height, first.width)
+        return len(self.decoded) * height * width
+
+    def __getstate__(self) -> dict[str, Any]:
+        # PyAV's frames cannot be pickled (a Ray actor's chunk of clips): their pixels can.
+        return {**self.__dict__, "decoded": list(self.frames)}
 
     @property
     def frame_ms(self) -> int:
@@ -158,21 +188,26 @@ def _pyav() -> Any:
     return av
 
 
-def _decoded(av: Any, container: Any, stream: Any) -> Iterator[tuple[float, np.ndarray]]:
-    """(time in seconds, (H, W, 3) uint8) of every frame, in order; frames without a
-    timestamp (some GIFs) are placed at the stream's average rate."""
+def _decoded(av: Any, container: Any, stream: Any) -> Iterator[tuple[float, Any]]:
+    """(time in seconds, PyAV's frame) of every frame, in order; frames without a timestamp
+    (some GIFs) are placed at the stream's average rate."""
     rate = float(stream.average_rate or stream.guessed_rate or 25)
     try:
         for number, frame in enumerate(container.decode(stream)):
             time = frame.time if frame.time is not None else number / rate
-            yield float(time), frame.to_ndarray(format="rgb24")
+            yield float(time), frame
     except (av.FFmpegError, OSError, ValueError) as exc:
         raise InputError(f"the video cannot be decoded ({first_line(exc)})") from exc
 
 
+def _rgb(frame: Any) -> np.ndarray:
+    """A decoded frame's (H, W, 3) uint8 RGB pixels (an array is taken as it is)."""
+    return frame if hasattr(frame, "shape") else frame.to_ndarray(format="rgb24")
+
+
 def _sampled(
-    frames: Iterator[tuple[float, np.ndarray]], frame_rate: float | None
-) -> Iterator[tuple[float, np.ndarray]]:
+    frames: Iterator[tuple[float, Any]], frame_rate: float | None
+) -> Iterator[tuple[float, Any]]:
     """The frames nearest a grid of ``frame_rate`` per second, from the first frame's time: a
     frame is taken when it reaches the next grid time, and the grid then moves past it."""
     if frame_rate is None:
@@ -190,10 +225,10 @@ def _sampled(
             due += step * max(1, int((time + slack - due) / step) + 1)
 
 
-def _grouped(frames: Iterator[tuple[float, np.ndarray]], length: int) -> Iterator[Clip]:
+def _grouped(frames: Iterator[tuple[float, Any]], length: int) -> Iterator[Clip]:
     """Clips of ``length`` frames; the last, shorter one filled by repeating its last frame."""
 
-    held: list[tuple[float, np.ndarray]] = []
+    held: list[tuple[float, Any]] = []
     index = 0
     for frame in frames:
         held.append(frame)
@@ -206,13 +241,10 @@ def _grouped(frames: Iterator[tuple[float, np.ndarray]], length: int) -> Iterato
         raise InputError("the video has no frames")
 
 
-def _clip(index: int, held: list[tuple[float, np.ndarray]], length: int) -> Clip:
-    import numpy as np
-
+def _clip(index: int, held: list[tuple[float, Any]], length: int) -> Clip:
     used = len(held)
     padded = held + [held[-1]] * (length - used)
-    frames = np.stack([pixels for _, pixels in padded])
-    return Clip(index, frames, tuple(time for time, _ in padded), used)
+    return Clip(index, [frame for _, frame in padded], tuple(time for time, _ in padded), used)
 
 
 def clip_tensor(clip: Clip, preprocessing: Preprocessing) -> torch.Tensor:

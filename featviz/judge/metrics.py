@@ -2,7 +2,10 @@
 
 Every function works on a batch: ``x`` (N, 3, H, W) the normalised inputs the model saw, ``E``
 (N, H, W) the explanation maps upsampled to the input and min-max scaled to [0, 1], ``targets``
-(N,) the class each map explains. Confidence is the softmax probability of the target. The model
+(N,) the class each map explains. A video model's clips work alike: ``x`` (N, 3, T, H, W), ``E``
+(N, T, H, W), and a "pixel" below is one pixel of one frame — the clip is ranked, deleted and
+inserted as a whole (its frames blurred one by one), and ROAD imputes each frame's pixels from
+their neighbours in that frame. Confidence is the softmax probability of the target. The model
 runs on perturbed copies of the inputs in chunks of ``batch_size`` rows, under no_grad.
 
 - ``average_drop`` = max(0, Y − O) / Y and ``increase_in_confidence`` = [O > Y], with Y the
@@ -49,7 +52,8 @@ LOWER_IS_BETTER = {"average_drop", "deletion_auc", "road_morf"}
 BASELINES = ("random", "center")
 BLUR_SIGMA, BLUR_KERNEL = 5.0, 11
 
-Scorer = Callable[[torch.Tensor], torch.Tensor]  # (B, 3, H, W) inputs → (B, classes) logits
+# (B, 3, H, W) inputs (a video model's (B, 3, T, H, W)) → (B, classes) logits
+Scorer = Callable[[torch.Tensor], torch.Tensor]
 
 
 def confidence(
@@ -107,12 +111,13 @@ def deletion_insertion(
     batch_size: int,
 ) -> Curves:
     """Both curves of every map; all perturbed inputs in chunks of ``batch_size``."""
-    n, _, height, width = x.shape
-    pixels = height * width
+    n, spatial = len(x), x.shape[2:]
+    pixels = math.prod(spatial)
     step = math.ceil(pixels / steps)
     counts = [*range(0, pixels, step), pixels]
     ranks = torch.argsort(torch.argsort(E.flatten(1), dim=1, descending=True, stable=True), dim=1)
-    blurred = gaussian_blur(x)
+    # A clip's frames blurred one by one: its channels and frames are the planes blurred.
+    blurred = gaussian_blur(x.flatten(1, -3)).view_as(x)
     # rows: (image, point) for every point but the first of each curve, whose input is known
     points = torch.tensor(counts[1:], device=x.device)
     image = torch.arange(n, device=x.device).repeat_interleave(len(points))
@@ -123,7 +128,7 @@ def deletion_insertion(
     with torch.no_grad():
         for start in range(0, len(image), batch_size):
             rows, upto = image[start : start + batch_size], count[start : start + batch_size]
-            removed = (ranks[rows] < upto[:, None]).view(-1, 1, height, width)
+            removed = (ranks[rows] < upto[:, None]).view(-1, 1, *spatial)
             deleted = torch.where(removed, torch.zeros(()), x[rows])
             inserted = torch.where(removed, x[rows], blurred[rows])
             both = confidence(
@@ -177,26 +182,40 @@ def road(
         low = torch.quantile(1 - flat, levels)[:, None]
         missing = torch.cat([flat[None] >= high, (1 - flat)[None] >= low])
         generator = torch.Generator(device=x.device).manual_seed(seed)
-        imputed = impute(
-            x[i : i + 1].expand(count, -1, -1, -1),
-            missing.view(count, 1, *E.shape[1:]),
-            noise=noise,
-            generator=generator,
-        )
+        holes = missing.view(count, *E.shape[1:])
+        imputed = _imputed(x[i], holes, noise=noise, generator=generator)
         after.append(confidence(scorer, imputed, targets[i : i + 1].expand(count), batch_size))
     change = (torch.stack(after).view(len(x), 2, len(percentiles)) - Y[:, None, None]).mean(dim=2)
     return change[:, 0], change[:, 1]
 
 
-def random_map(shape: tuple[int, int], seed: int) -> torch.Tensor:
-    """The ``random`` baseline: uniform noise on the layer's (h, w) grid, seeded per image."""
+def _imputed(
+    x: torch.Tensor, missing: torch.Tensor, *, noise: float, generator: torch.Generator
+) -> torch.Tensor:
+    """One input ``x`` (C, H, W), or a clip's (C, T, H, W), once per mask of ``missing``
+    (B, H, W), or (B, T, H, W), its missing pixels imputed: (B, C, H, W), or (B, C, T, H, W).
+    A clip's frames are imputed each from its own pixels, all in one batch."""
+    count = len(missing)
+    if x.ndim == 3:
+        return impute(
+            x[None].expand(count, -1, -1, -1), missing[:, None], noise=noise, generator=generator
+        )
+    channels, frames = x.shape[:2]
+    planes = x.transpose(0, 1)[None].expand(count, -1, -1, -1, -1).flatten(0, 1)
+    done = impute(planes, missing.flatten(0, 1)[:, None], noise=noise, generator=generator)
+    return done.view(count, frames, channels, *x.shape[2:]).transpose(1, 2)
+
+
+def random_map(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """The ``random`` baseline: uniform noise on the layer's (h, w) grid (a video layer's
+    (t, h, w)), seeded per image."""
     return torch.rand(shape, generator=torch.Generator().manual_seed(seed))
 
 
-def centre_map(shape: tuple[int, int]) -> torch.Tensor:
+def centre_map(shape: tuple[int, ...]) -> torch.Tensor:
     """The ``center`` baseline: a Gaussian at the centre of the (h, w) grid, σ = a quarter of
-    each side."""
-    h, w = shape
+    each side; on a video layer's (t, h, w) grid, the same in every frame."""
+    *frames, h, w = shape
     ys = (torch.arange(h) - (h - 1) / 2) / max(h / 4, 1e-6)
     xs = (torch.arange(w) - (w - 1) / 2) / max(w / 4, 1e-6)
-    return torch.exp(-0.5 * (ys[:, None] ** 2 + xs[None, :] ** 2))
+    return torch.exp(-0.5 * (ys[:, None] ** 2 + xs[None, :] ** 2)).expand(*frames, h, w)

@@ -1,6 +1,6 @@
 """How alike two maps are, for the sanity check: rank correlation and structural similarity.
 
-Both take (N, h, w) batches of maps and return (N,).
+Both take (N, h, w) batches of maps, or a video layer's (N, t, h, w), and return (N,).
 """
 
 from __future__ import annotations
@@ -38,7 +38,10 @@ def _ranks(values: torch.Tensor) -> torch.Tensor:
 
 def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Mean structural similarity of each pair of maps in [0, 1], Gaussian window of 11 px
-    (σ = 1.5), computed where the window fits (no padding)."""
+    (σ = 1.5), computed where the window fits (no padding); a clip's, the mean over its
+    frames' (each frame's window is in that frame)."""
+    if a.ndim == 4:
+        return ssim(a.flatten(0, 1), b.flatten(0, 1)).view(a.shape[:2]).mean(dim=1)
     x, y = a[:, None].double(), b[:, None].double()
     offsets = torch.arange(SSIM_WINDOW, dtype=torch.float64) - (SSIM_WINDOW - 1) / 2
     g = torch.exp(-(offsets**2) / (2 * SSIM_SIGMA**2))

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
-
-if TYPE_CHECKING:
-    pass
 
 
 def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -16,6 +11,11 @@ def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(
         maps[:, None].float(), size=tuple(size), mode="bilinear", align_corners=False
     )[:, 0]
+
+
+def resized(maps: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """``upsample`` for an image's ``size`` = (H, W), ``upsample_clip`` for a clip's (T, H, W)."""
+    return (upsample_clip if len(size) == 3 else upsample)(maps, size)
 
 
 def upsample_clip(maps: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """Labelled pictures drawn with matplotlib: the compare panel, the sanity strip, and the plots of
-a score or sanity run. Pure: arrays and numbers in, (H, W, 3) uint8 out; nothing touches the
+a score or sanity run. Pure: arrays and numbers in, (H, W, 3) uint8 out (a clip's panel:
+(T, H, W, 3), one picture per frame); nothing touches the
 disk. Each figure is its own ``Figure`` on an Agg canvas (never pyplot's global state), so the
 writer threads can draw at once. Text is in DejaVu Sans, which matplotlib ships.
 """
@@ -61,25 +62,29 @@ def grid_panel(
     original_title: str = "original",
 ) -> np.ndarray:
     """The original at the top left, then ``rows`` of cells beside it, and one colour bar for
-    every cell's map (all are scaled to [0, 1])."""
+    every cell's map (all are scaled to [0, 1]). A clip's (T, H, W, 3) original and cells give
+    the panel's T frames, (T, H', W', 3): laid out once, each frame drawn into the layout."""
+    import numpy as np
     from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
+    clip = original.ndim == 4
     columns = max(len(row) for row in rows)
-    cell_w, cell_h = _cell_size(original)
+    cell_w, cell_h = _cell_size(original[0] if clip else original)
     figure = _figure(cell_w * (columns + 1) + 1.2, (cell_h + 0.5) * len(rows) + 0.5)
     figure.set_layout_engine("constrained")
     axes = figure.subplots(len(rows), columns + 1, squeeze=False)
     for row_axes in axes:
         for ax in row_axes:
             ax.set_axis_off()
-    axes[0][0].imshow(original)
+    shown = [(axes[0][0].imshow(original[0] if clip else original), original)]
     axes[0][0].set_title(original_title, fontsize=8)
     for r, row in enumerate(rows):
         for c, cell in enumerate(row):
             if cell.pixels is not None:
-                axes[r][c + 1].imshow(cell.pixels)
+                picture = cell.pixels[0] if clip else cell.pixels
+                shown.append((axes[r][c + 1].imshow(picture), cell.pixels))
                 axes[r][c + 1].set_title(cell.title, fontsize=8)
     figure.colorbar(
         ScalarMappable(norm=Normalize(0, 1), cmap=colormaps[cmap]),
@@ -88,7 +93,16 @@ def grid_panel(
         shrink=0.8,
     )
     figure.suptitle(title, fontsize=10)
-    return _pixels(figure)
+    first = _pixels(figure)
+    if not clip:
+        return first
+    figure.set_layout_engine("none")  # every frame in the first one's layout
+    frames = [first]
+    for t in range(1, len(original)):
+        for artist, pixels in shown:
+            artist.set_data(pixels[t])
+        frames.append(_pixels(figure))
+    return np.stack(frames)
 
 
 def curves_plot(

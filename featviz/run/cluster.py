@@ -91,7 +91,7 @@ class ClusterActor:
         self.stopping = threading.Event()
         self.failure: FeatvizError | None = None
         try:
-            self.prepared = prepare_sources(plan, [], [])
+            self.prepared = prepare_sources(plan, lambda _: [], [])
         except FeatvizError as exc:  # this node lacks a file, a GPU…: the driver is told
             self.failure = exc
 

@@ -258,7 +258,7 @@ def _pixels(source: ImageSource) -> int:
     """The pixels an input holds once loaded: a video clip's, all its frames (it is decoded
     already, featviz.inputs.video); an image file's, as its header declares them."""
     if isinstance(source.image, Clip):
-        return source.image.frames[..., 0].size
+        return source.image.pixels
     return declared_pixels(source.path)
 
 

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 # The commands that explain a video model's clips (compare's panels, score's and sanity's
 # metrics are drawn and measured on images).
-VIDEO_COMMANDS = ("cam", "maps")
+VIDEO_COMMANDS = ("cam", "maps", "compare", "score", "sanity")
 
 
 @dataclass(frozen=True)
@@ -116,30 +116,38 @@ class PreparedRun:
 
 def prepare(plan: Plan) -> PreparedRun | ClusterRun:
     """Build what ``plan`` (a per-image command: maps, cam, compare, score, sanity, top) needs,
-    and open its output folder once every option has been checked: a typo leaves no folder."""
+    and open its output folder once every option has been checked: a typo leaves no folder.
+    The inputs are found once the model is built: folders and patterns give the files it
+    takes, images or videos."""
     notes: list[str] = []
+
+    def find(loaded: LoadedModel) -> Iterable[ImageSource]:
+        return _discover(plan.run, loaded, notes)
+
     if plan.run.ray is not None:  # the images go to a Ray cluster's actors
         from featviz.run.cluster import prepare_on_cluster
 
-        return prepare_on_cluster(
-            plan, lambda: prepare_sources(plan, _discover(plan.run, notes), notes)
-        )
-    return prepare_sources(plan, _discover(plan.run, notes), notes)
+        return prepare_on_cluster(plan, lambda: prepare_sources(plan, find, notes))
+    return prepare_sources(plan, find, notes)
 
 
-def prepare_sources(plan: Plan, sources: Iterable[ImageSource], notes: list[str]) -> PreparedRun:
-    """``prepare`` for the inputs ``sources`` (a Ray actor's: none, its chunks come later)."""
+def prepare_sources(
+    plan: Plan, find: Callable[[LoadedModel], Iterable[ImageSource]], notes: list[str]
+) -> PreparedRun:
+    """``prepare`` for the inputs ``find`` gives for the built model (a Ray actor's: none, its
+    chunks come later)."""
     from featviz.model.load import load_model
 
     loaded = load_model(plan.model)
+    if loaded.clip is not None and plan.command not in VIDEO_COMMANDS:
+        raise UsageError(
+            f"featviz {plan.command} does not take video models yet",
+            hint="featviz cam, maps, compare, score and sanity do",
+        )
+    sources = find(loaded)
     if loaded.clip is not None:  # a video model: each video's clips are its inputs
         from featviz.inputs.video import clip_sources
 
-        if plan.command not in VIDEO_COMMANDS:
-            raise UsageError(
-                f"featviz {plan.command} does not take video models yet",
-                hint="featviz cam and featviz maps do",
-            )
         sources = clip_sources(sources, loaded.clip, max_pixels=plan.run.max_pixels)
     if plan.command == "maps":
         resolved, make_job = _maps(plan.options, loaded)
@@ -336,27 +344,54 @@ def _with_prompts(
     return loaded, [prompts.index(text) for text in texts]
 
 
-def _discover(run: RunRequest, notes: list[str]) -> Iterable[ImageSource]:
-    """The inputs: a list (cheap to hold, and the progress bar gets a total) unless paths
-    stream in on stdin. Featviz output folders left out are told in ``notes``."""
+def _discover(run: RunRequest, loaded: LoadedModel, notes: list[str]) -> Iterable[ImageSource]:
+    """The inputs of ``loaded``: a list (cheap to hold, and the progress bar gets a total)
+    unless paths stream in on stdin. Folders and patterns give the files it takes, images or
+    a video model's videos; featviz output folders left out, and how many files of the other
+    kind, are told in ``notes``."""
     import sys
 
-    from featviz.inputs.discover import discover
+    from featviz.inputs.discover import IMAGES, VIDEOS, discover
 
     def skipped(folder: str) -> None:
         notes.append(f"left out {folder}: a featviz output folder is never read as input")
 
+    kind = IMAGES if loaded.clip is None else VIDEOS
+    aside = _Aside(notes, loaded.name, kind.noun, VIDEOS.noun if kind is IMAGES else IMAGES.noun)
     reads_stdin = "-" in run.inputs
     sources = discover(
         run.inputs,
         recursive=run.recursive,
         stdin=sys.stdin if reads_stdin else None,
         on_skip=skipped,
+        kind=kind,
+        on_aside=aside,
     )
     if run.shard is not None:
         # After discovery, which gives every image its unique output path over all inputs.
         sources = (source for source in sources if run.shard.holds(source.relative))
     return sources if reads_stdin else list(sources)
+
+
+class _Aside:
+    """Counts the files of the other kind that folders and patterns leave out, in one note
+    kept up to date (the summary reads the notes when the run ends)."""
+
+    def __init__(self, notes: list[str], model: str, takes: str, other: str) -> None:
+        self.notes, self.model, self.takes, self.other = notes, model, takes, other
+        self.count = 0
+        self.at: int | None = None  # the note's place in ``notes``
+
+    def __call__(self, path: str) -> None:
+        self.count += 1
+        if self.at is None:
+            self.at = len(self.notes)
+            self.notes.append("")
+        self.notes[self.at] = (
+            f"left aside {self.count} {self.other} file{'s' if self.count > 1 else ''} found in "
+            f"folders or patterns: "
+            f"{self.model} takes {self.takes}s"
+        )
 
 
 def _prepared(

@@ -136,11 +136,11 @@ class OutputLayout:
         if artifact.command == "top":
             return self.top_picture(artifact)
         if artifact.kind == "panel":  # compare.png, sanity.png beside the image's outputs
-            return self.image_dir(relative) / f"{artifact.command}.{self.picture}"
-        if artifact.kind in ("table", "curves"):  # score.csv, score.png: the run's own
+            path = self.image_dir(relative) / f"{artifact.command}.{self.picture}"
+        elif artifact.kind in ("table", "curves"):  # score.csv, score.png: the run's own
             suffix = "csv" if artifact.kind == "table" else "png"
             return self.root / "runs" / self.run / f"{artifact.command}.{suffix}"
-        if artifact.command == "maps":
+        elif artifact.command == "maps":
             if artifact.kind == "raw":
                 return self.maps_raw(relative, artifact.layer)
             path = self.maps_grid(relative, artifact.layer)

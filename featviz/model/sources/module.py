@@ -2,7 +2,8 @@
 
 It gets what a factory file gets: the trace, token and channels-last layouts, the default
 layer, tasks. ``labels`` is a list of class names, ``"imagenet"`` or a text file; ``mean`` and
-``std`` its normalisation (default ImageNet's); the input size comes from the request (default
+``std`` its normalisation (default ImageNet's); ``clip`` how a video model takes clips (None:
+it takes images); the input size comes from the request (default
 224). featviz does not own it (``BuiltModel.owned``): nothing about it changes for good.
 """
 
@@ -15,6 +16,7 @@ from featviz.model.sources import IMAGENET_MEAN, IMAGENET_STD, BuiltModel
 if TYPE_CHECKING:
     from torch import nn
 
+    from featviz.inputs.video import Sampling
     from featviz.model.options import ModelRequest
 
 
@@ -26,8 +28,10 @@ class ModuleSource:
         labels: str | list[str] | None = None,
         mean: tuple[float, ...] | None = None,
         std: tuple[float, ...] | None = None,
+        clip: Sampling | None = None,
     ) -> None:
         self.module = module
+        self.clip = clip
         self.labels = labels
         self.mean = tuple(mean) if mean is not None else IMAGENET_MEAN
         self.std = tuple(std) if std is not None else IMAGENET_STD
@@ -51,4 +55,5 @@ class ModuleSource:
             categories_from="labels=",
             categories_given=categories is not None,
             owned=False,
+            clip=self.clip,
         )

@@ -56,7 +56,7 @@ class CompareJob(ExplainingJob):
             from featviz.render.draw import mark, overlay
             from featviz.render.figures import Cell, grid_panel
 
-            size = item.original.shape[:2]
+            size = item.original.shape[:-1]  # (H, W), or a clip's (T, H, W)
             # One column per target of this image (a detector's images have as many as boxes).
             columns = max(
                 (
@@ -97,7 +97,12 @@ class CompareJob(ExplainingJob):
                 + ", ".join(f"{p.label} {p.probability:.2f}" for p in predictions[:2]),
             )
             artifact = Artifact(
-                "compare", "panel", "", caption="methods side by side", pixels=panel
+                "compare",
+                "panel",
+                "",
+                caption="methods side by side",
+                pixels=panel,
+                frame_ms=item.frame_ms,
             )
             return self.deliver(
                 ImageOutputs(item.source, self.model.name, item.original, predictions, [artifact])

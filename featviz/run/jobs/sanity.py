@@ -65,7 +65,7 @@ class SanityJob(ExplainingJob):
                     inputs, module=self.copy, targets=original.targets, ids=ids
                 )
                 steps.append(randomised.maps)
-        size = tuple(inputs.shape[-2:])
+        size = tuple(inputs.shape[2:])  # (H, W), or a clip's (T, H, W)
         rows = {i: self._rows(original.maps[i], [step[i] for step in steps], size) for i in keep}
         return [
             failure(item, original.broken[i])
@@ -75,13 +75,13 @@ class SanityJob(ExplainingJob):
         ]
 
     def _rows(
-        self, trained: list[Any], cascade: list[list[Any]], size: tuple[int, int]
+        self, trained: list[Any], cascade: list[list[Any]], size: tuple[int, ...]
     ) -> list[dict[str, Any]]:
         """Every map's similarity to the trained model's along the cascade; SSIM at the
         network's input ``size``."""
         from featviz.cam import normalise
         from featviz.judge.similarity import spearman, ssim
-        from featviz.layers.grids import upsample
+        from featviz.layers.grids import resized
 
         rows = []
         for j, entry in enumerate(trained):
@@ -89,11 +89,11 @@ class SanityJob(ExplainingJob):
             rows.append({**base, "randomized": "none", "spearman": 1.0, "ssim": 1.0})
             self._add((entry.method, entry.layer), 0, 1.0)
             reference = entry.shown[None]
-            scaled_reference = normalise(upsample(reference, size))
+            scaled_reference = normalise(resized(reference, size))
             for step, (block, maps) in enumerate(zip(self.blocks, cascade), 1):
                 other = maps[j].shown[None]
                 rho = float(spearman(reference.abs(), other.abs())[0])
-                similarity = float(ssim(scaled_reference, normalise(upsample(other, size)))[0])
+                similarity = float(ssim(scaled_reference, normalise(resized(other, size)))[0])
                 rows.append(
                     {
                         **base,
@@ -124,7 +124,7 @@ class SanityJob(ExplainingJob):
             from featviz.render.figures import Cell, grid_panel
 
             lut = colormap_lut("jet")
-            size = item.original.shape[:2]
+            size = item.original.shape[:-1]  # (H, W), or a clip's (T, H, W)
             panel_rows = []
             shown = set()
             for j, entry in enumerate(original.maps[i]):
@@ -145,7 +145,12 @@ class SanityJob(ExplainingJob):
                 title=f"{item.source.display}: maps as the blocks are re-initialised from the top",
             )
             artifact = Artifact(
-                "sanity", "panel", "", caption="cascading randomisation", pixels=panel
+                "sanity",
+                "panel",
+                "",
+                caption="cascading randomisation",
+                pixels=panel,
+                frame_ms=item.frame_ms,
             )
             outputs = ImageOutputs(
                 item.source, self.model.name, item.original, original.predictions[i], [artifact]

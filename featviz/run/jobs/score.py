@@ -99,7 +99,7 @@ class ScoreJob(ExplainingJob):
                     for draw in range(RANDOM_DRAWS)
                 ]
                 yield "random", layer, draws, targets[:, column]
-                centre = centre_map(grid).expand(len(keep), -1, -1)
+                centre = centre_map(grid).expand(len(keep), *grid)
                 yield "center", layer, [centre], targets[:, column]
 
     def _row(self, method: str, layer: str, index: int) -> dict[str, Any]:
@@ -143,12 +143,12 @@ class ScoreJob(ExplainingJob):
 
         from featviz.cam import normalise
         from featviz.judge.metrics import deletion_insertion, drop_and_increase, road
-        from featviz.layers.grids import upsample
+        from featviz.layers.grids import resized
 
         scorer = self._scorer
         size = self.request.score_batch_size or (64 if self.model.device.type == "cuda" else 8)
         targets = classes.to(x.device)
-        E = normalise(upsample(maps.to(x.device), x.shape[-2:]))
+        E = normalise(resized(maps.to(x.device), x.shape[2:]))
         Y = probabilities.gather(1, targets[:, None])[:, 0]
         drop, increase = drop_and_increase(scorer, x, E, targets, Y, size)
         curves = deletion_insertion(
