@@ -241,10 +241,10 @@ def test_video_models_refuse_the_commands_made_for_images(tiny3d: str, tmp_path:
     assert "featviz compare does not take video models yet" in done.stderr
     assert not (tmp_path / "out").exists()
     done = CliRunner().invoke(
-        app, ["cam", "-m", tiny3d, "-M", "scorecam", "-o", str(tmp_path / "out"), str(video)]
+        app, ["cam", "-m", tiny3d, "-M", "lrp", "-o", str(tmp_path / "out"), str(video)]
     )
     assert done.exit_code == 2
-    assert done.stderr.splitlines()[0] == ("Error: --method scorecam does not take video clips yet")
+    assert done.stderr.splitlines()[0] == ("Error: --method lrp does not take video clips yet")
     assert not (tmp_path / "out").exists()
 
 
