@@ -6,10 +6,10 @@ Notation as in gradient.py; X the normalised input (N, 3, H, W); M_k = U(minmax(
 channel min-max scaled at the layer's resolution ((A_k − min) / (max − min + 1e-8)), then
 upsampled bilinearly to the input (U), as torchcam 0.5 builds it; on a video model's clips,
 the channel's (t, h, w) map min-max scaled over all its frames, then brought to the clip's
-(T, H, W) trilinearly. Noise is drawn from each
-image's own generator (``CamContext.generator``): the same maps for the same image and
-``--seed``, whatever else is in the batch. Extra forwards run in chunks of ``batch_size`` rows,
-each row one perturbed copy of one image.
+(T, H, W) trilinearly. Noise is drawn from each image's own generator
+(``CamContext.generator``): the same maps for the same image and ``--seed``, whatever else is
+in the batch. Extra forwards run in chunks of ``batch_size`` rows, each row one perturbed copy
+of one image.
 """
 
 from __future__ import annotations
