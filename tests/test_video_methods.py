@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from conftest import TINY_VIDEO_MODEL, bar_frames, write_video
 from typer.testing import CliRunner
 
+from featviz.cam import forward_for_cam
 from featviz.cam.methods import pixel
 from featviz.cli.app import app
 from featviz.explainer.batch import Explainer
@@ -73,6 +74,20 @@ def test_the_pixel_methods_on_clips_equal_captums(tiny3d) -> None:
         strides=(3, every, stride, stride),
     )
     _close(ours["occlusion"], occluded / 3)  # the same in each colour channel
+
+
+def test_smoothgrad_on_clips_averages_the_gradients_at_each_clips_own_noise(tiny3d) -> None:
+    ours = _maps(tiny3d, ("smoothgrad",))["smoothgrad"]
+    ctx = forward_for_cam(tiny3d.module, CLIPS, [], gradients=False)
+    ctx.seeds = (0, 1)  # the Explainer's: --seed 0 and each clip's place in the run
+    expected = []
+    for i in range(len(CLIPS)):
+        noisy = (CLIPS[i] + pixel.smoothgrad_noise(ctx, i)).requires_grad_()
+        assert noisy.shape == (pixel.SMOOTHGRAD_SAMPLES, 3, 4, 48, 48)
+        with torch.enable_grad():
+            [grads] = torch.autograd.grad(tiny3d.module(noisy)[:, TARGET].sum(), noisy)
+        expected.append(grads.mean(dim=0).sum(dim=0))
+    _close(ours, torch.stack(expected))
 
 
 def _layer(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
