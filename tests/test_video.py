@@ -243,25 +243,11 @@ def test_video_models_refuse_the_commands_made_for_images(tiny3d: str, tmp_path:
     ]
     assert not (tmp_path / "out").exists()
     done = CliRunner().invoke(
-        app, ["cam", "-m", tiny3d, "-M", "scorecam", "-o", str(tmp_path / "out"), str(video)]
+        app, ["cam", "-m", tiny3d, "-M", "lrp", "-o", str(tmp_path / "out"), str(video)]
     )
     assert done.exit_code == 2
-    assert done.stderr.splitlines()[0] == ("Error: --method scorecam does not take video clips yet")
+    assert done.stderr.splitlines()[0] == ("Error: --method lrp does not take video clips yet")
     assert not (tmp_path / "out").exists()
-
-
-def test_mvit_is_refused_before_anything_is_built(tmp_path: Path) -> None:
-    video = write_video(tmp_path / "bar.mp4", bar_frames(4, 16, 16), "libx264")
-    out = tmp_path / "out"
-    done = CliRunner().invoke(
-        app, ["cam", "-m", "mvit_v2_s", "--weights", "none", "-o", str(out), str(video)]
-    )
-    assert done.exit_code == 2
-    assert done.stderr.splitlines()[0] == (
-        "Error: mvit_v2_s is not supported yet: its layers mix time and space in one sequence "
-        "of tokens, which featviz does not lay out on frames"
-    )
-    assert not out.exists()
 
 
 def test_a_broken_video_fails_alone_with_exit_1(tiny3d: str, tmp_path: Path) -> None:

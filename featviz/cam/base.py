@@ -42,7 +42,8 @@ def video_refusal(name: str) -> UsageError:
     model."""
     return UsageError(
         f"--method {name} does not take video clips yet",
-        hint="the layer methods do: gradcam, gradcam++, layercam, hirescam, eigencam, ablationcam…",
+        hint="the layer methods do (gradcam, layercam, scorecam…), and the gradient and "
+        "occlusion methods at the pixels (saliency, integratedgradients, occlusion…)",
     )
 
 
@@ -60,8 +61,9 @@ class CamMethod:
     # Its backward passes switch what the ReLUs send back (guided backpropagation): the batch's
     # forward then runs with switchable ReLUs (featviz.layers.relus) and serves it too.
     relu_rules: ClassVar[bool] = False
-    # It perturbs the input as one (N, 3, H, W) picture (masks, noise): a video model's
-    # (N, 3, T, H, W) clips are refused before the run rather than failing clip by clip.
+    # It works on (N, 3, H, W) pictures only (its relevance rules or token scores are not
+    # written for clips): a video model's (N, 3, T, H, W) clips are refused before the run
+    # rather than failing clip by clip.
     images_only: ClassVar[bool] = False
 
     @property
@@ -70,9 +72,9 @@ class CamMethod:
 
     @property
     def takes_clips(self) -> bool:
-        """Whether a video model's (N, 3, T, H, W) clips can be explained: not by a method that
-        perturbs single pictures, nor (untested on clips yet) by a pixel-level one."""
-        return not (self.images_only or self.info.pixel_level)
+        """Whether a video model's (N, 3, T, H, W) clips can be explained: a pixel-level
+        method's map is then (N, T, H, W), every voxel's."""
+        return not self.images_only
 
     def __init__(self, *, batch_size: int = 32) -> None:
         if batch_size < 1:

@@ -30,6 +30,7 @@ from torch import nn
 
 from featviz.errors import RunError, UsageError
 from featviz.layers.attention import AttentionCapture
+from featviz.layers.grids import upsample, upsample_clip
 from featviz.layers.layouts import Layout
 from featviz.layers.outputs import logits_of
 from featviz.layers.relus import ReluSwitch, switchable_relus
@@ -43,11 +44,12 @@ _NCHW = Layout("nchw")
 class CamContext:
     """One forward of a batch, and what methods computed from it.
 
-    ``inputs`` (N, 3, H, W) as the network saw them; ``logits`` (N, classes) pre-softmax scores,
-    still attached to the graph; ``activations[layer]`` the tapped outputs as the layer returned
-    them (autograd leaves, or tensors that depend on an earlier tapped leaf), ``layouts[layer]``
-    how they become maps; ``attentions`` the (N, heads, T, T) attention matrices in execution
-    order when they were captured, over ``token_prefix`` prefix tokens and the patch tokens;
+    ``inputs`` (N, 3, H, W) as the network saw them (a video model's clips: (N, 3, T, H, W));
+    ``logits`` (N, classes) pre-softmax scores, still attached to the graph;
+    ``activations[layer]`` the tapped outputs as the layer returned them (autograd leaves, or
+    tensors that depend on an earlier tapped leaf), ``layouts[layer]`` how they become maps;
+    ``attentions`` the (N, heads, T, T) attention matrices in execution order when they were
+    captured, over ``token_prefix`` prefix tokens and the patch tokens;
     ``class_token``: the head reads the first prefix token (else it averages the patches).
     Drop the context when the batch is done: it keeps the graph alive.
     """
@@ -113,6 +115,15 @@ class CamContext:
         self.check_layer(layer)
         raw = self.activations[layer].detach().float()
         return self.layout(layer).to_nchw(raw, self.input_hw)
+
+    def at_input(self, layer: str, maps: torch.Tensor) -> torch.Tensor:
+        """(B, h, w) maps of ``layer`` brought to the input's pixels: (B, H, W) bilinearly;
+        for clips, a video layer's stacked frames (layers/layouts.py) cut into (B, t, h, w)
+        and brought to the clip's (B, T, H, W) trilinearly."""
+        if self.inputs.dim() == 4:
+            return upsample(maps, self.input_hw)
+        frames = self.layout(layer).frames(tuple(self.activations[layer].shape))
+        return upsample_clip(maps.unflatten(1, (frames, -1)), tuple(self.inputs.shape[2:]))
 
     def as_layer_output(self, layer: str, maps: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """(B, K, h, w) maps back in ``layer``'s own layout, for images ``rows`` (B,): what the

@@ -262,7 +262,9 @@ class Explainer:
                 if wanted is not None and not wanted.any():
                     continue
                 for layer in self.layers_of(method):
-                    maps = self._frames(layer, _compute(method, context, layer, targets[:, column]))
+                    maps = _compute(method, context, layer, targets[:, column])
+                    if not method.info.pixel_level:  # those are at the input's frames already
+                        maps = self._frames(layer, maps)
                     if task is not None and not method.info.pixel_level:
                         # A pixel-level map already covers exactly the model's input.
                         maps = task.align(maps)

@@ -136,7 +136,21 @@ class ModelTrace:
             feeding = self.get(self.attention_inputs[-1])
             if feeding.spatial:
                 return feeding.name
+        if last.layout.kind == "thw_tokens" and reads_class:
+            return _before_last_block(usable, last)
         return last.name
+
+
+def _before_last_block(usable: list[LayerInfo], last: LayerInfo) -> str:
+    """A video transformer's (MViT's) default when its head reads the class token: the output
+    of the block before the last, which the last block's attention gathers into the class
+    token (the last block's patch tokens, and the final norm's, reach the head not at all).
+    Its blocks are the outermost items of a module list among its token layers: ``blocks.14``,
+    not ``blocks.14.mlp.0`` nor ``norm``."""
+    tokens = [layer.name for layer in usable if layer.layout.kind == "thw_tokens"]
+    items = [name for name in tokens if name.rpartition(".")[2].isdigit()]
+    blocks = [name for name in items if not any(name.startswith(f"{o}.") for o in items)]
+    return blocks[-2] if len(blocks) > 1 else last.name
 
 
 def _segmentation_layer(usable: list[LayerInfo], classes: int | None) -> str:

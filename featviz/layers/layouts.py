@@ -12,6 +12,10 @@ trace (layers/catalog.py), never from the model's name:
   channels last (Video Swin). Their t frames are stacked top to bottom into one (N, C, t·h, w)
   map: every CAM method's sums and means over positions are then over (t, h, w), exactly the
   3-D method, and ``frames`` tells how to cut a map back into its t frames.
+- ``thw_tokens``: (N, P + t·h·w, C) tokens of a video transformer whose blocks return their
+  (t, h, w) beside them (MViT's ``(x, thw)``: its pooling changes thw from stage to stage, so
+  no input size tells it). The P prefix tokens (the class token) are dropped and the rest laid
+  on the t frames of h × w, stacked like ``ncthw``'s.
 
 Activations and gradients go through the same ``to_nchw``: it only selects and reorders
 elements, so the gradient of the converted tensor is the converted gradient.
@@ -26,7 +30,9 @@ model accepts one, at a wider input S × S' (``b``):
   3-D: T − P is a square h² for a small prefix P, with S a multiple of h.
 A 4-D output whose last two sides both equal a token count of the same trace is an attention
 matrix (T × T), not a map. 5-D outputs are judged like 4-D ones on their last three sides
-(their time side never grows with the width).
+(their time side never grows with the width). An output that comes with its (t, h, w) is
+``thw_tokens`` when it is (N, P + t·h·w, C), and no map otherwise (MViT's pooling layers
+return their tokens split by attention head).
 """
 
 from __future__ import annotations
@@ -35,10 +41,12 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from featviz.errors import RunError
+
 if TYPE_CHECKING:
     import torch
 
-Kind = Literal["nchw", "nhwc", "tokens", "ncthw", "nthwc"]
+Kind = Literal["nchw", "nhwc", "tokens", "ncthw", "nthwc", "thw_tokens"]
 MAX_PREFIX = 64  # class + distillation + register tokens; ViTs with registers use 4–16
 
 
@@ -46,6 +54,8 @@ MAX_PREFIX = 64  # class + distillation + register tokens; ViTs with registers u
 class Layout:
     kind: Kind
     prefix: int = 0
+    # ``thw_tokens``: the (t, h, w) the layer returned beside its tokens in the trace.
+    thw: tuple[int, int, int] | None = None
 
     def grid(self, shape: tuple[int, ...], input_hw: tuple[int, int]) -> tuple[int, int]:
         """(h, w) of an output of ``shape`` for an input of ``input_hw`` = (H, W)."""
@@ -57,12 +67,17 @@ class Layout:
             return shape[2] * shape[3], shape[4]
         if self.kind == "nthwc":
             return shape[1] * shape[2], shape[3]
+        if self.kind == "thw_tokens":
+            t, h, w = self.thw
+            return t * h, w
         return token_grid(shape[1] - self.prefix, input_hw)
 
     def frames(self, shape: tuple[int, ...]) -> int:
         """How many frames (t) a map of an output of ``shape`` stacks: 1 but for video."""
         if self.kind == "ncthw":
             return shape[2]
+        if self.kind == "thw_tokens":
+            return self.thw[0]
         return shape[1] if self.kind == "nthwc" else 1
 
     def to_nchw(self, output: torch.Tensor, input_hw: tuple[int, int]) -> torch.Tensor:
@@ -75,6 +90,8 @@ class Layout:
             output = output.permute(0, 4, 1, 2, 3)
         if self.kind in ("ncthw", "nthwc"):
             return output.flatten(2, 3)
+        if self.kind == "thw_tokens":
+            self._check_count(output.shape)
         h, w = self.grid(tuple(output.shape), input_hw)
         patches = output[:, self.prefix :]
         return patches.transpose(1, 2).reshape(output.shape[0], output.shape[2], h, w)
@@ -102,13 +119,23 @@ class Layout:
         h, w = self.grid(shape, input_hw)
         if self.kind == "nhwc":
             return f"{dims} channels-last → {shape[3]}×{h}×{w}"
-        if self.kind in ("ncthw", "nthwc"):
+        prefix = f", {self.prefix} prefix" if self.prefix else ""
+        if self.kind in ("ncthw", "nthwc", "thw_tokens"):
             frames = self.frames(shape)
-            last = " channels-last" if self.kind == "nthwc" else ""
+            last = {"nthwc": " channels-last", "thw_tokens": f" tokens{prefix}"}.get(self.kind, "")
             plural = "s" if frames != 1 else ""
             return f"{dims}{last} → {frames} frame{plural} of {h // frames}×{w}"
-        prefix = f", {self.prefix} prefix" if self.prefix else ""
         return f"{dims} tokens{prefix} → {h}×{w}"
+
+    def _check_count(self, shape: torch.Size) -> None:
+        """A ``thw_tokens`` output has as many tokens as in the trace, or its thw is stale."""
+        t, h, w = self.thw
+        if shape[1] != self.prefix + t * h * w:
+            raise RunError(
+                f"a layer returned {shape[1]} tokens where the model's trace had "
+                f"{self.prefix} + {t}×{h}×{w}: its input is not the size it was traced at",
+                hint="feed clips of the traced size (--input-size and the model's CLIP_LENGTH)",
+            )
 
 
 def token_grid(count: int, input_hw: tuple[int, int]) -> tuple[int, int]:
@@ -125,15 +152,19 @@ def detect(
     size_a: tuple[int, int],
     size_b: tuple[int, int] | None,
     token_counts: set[int],
+    thw: tuple[int, int, int] | None = None,
 ) -> Layout | None:
     """The layout of an output of shape ``a`` at input ``size_a`` (and ``b`` at ``size_b``
     when the model ran there too), or None when it is not a feature map at all.
 
     ``token_counts``: the token counts of the trace's token layers at ``size_a``, which tell
-    attention matrices from maps.
+    attention matrices from maps; ``thw``: the (t, h, w) the layer returned beside its output.
     """
     if a is None:
         return None
+    if thw is not None:
+        prefix = a[1] - math.prod(thw) if len(a) == 3 else -1
+        return Layout("thw_tokens", prefix, tuple(thw)) if 0 <= prefix <= MAX_PREFIX else None
     if len(a) == 4:
         if a[2] == a[3] and a[3] in token_counts:
             return None  # (N, heads, T, T): attention probabilities

@@ -73,12 +73,22 @@ def trace_model(model: nn.Module, input_shape: tuple[int, ...]) -> ModelTrace:
         for r in records.values()
         if r.get("shape") is not None and len(r["shape"]) == 3
     }
+    # The layers inside and after a block that returns its (t, h, w) (MViT's norms, MLPs)
+    # return tokens alone: as many tokens as a block's output are on that block's thw.
+    thw_of_count = {
+        r["shape"][1]: r["thw"] for r in records.values() if "thw" in r and len(r["shape"]) == 3
+    }
     layers = []
 
     def add(name: str, type_name: str, params: int) -> None:
         record = records.get(name, {})
         shape = record.get("shape")
-        layout = detect(shape, shapes_b.get(name), (height, width), size_b, token_counts)
+        layout = None
+        # Not a map of each image when its batch is another (MViT's pooling runs on
+        # batch × heads): only outputs with the input's batch size are looked at.
+        if shape is not None and shape[:1] == tuple(lead[:1]):
+            thw = record.get("thw") or (thw_of_count.get(shape[1]) if len(shape) == 3 else None)
+            layout = detect(shape, shapes_b.get(name), (height, width), size_b, token_counts, thw)
         layers.append(
             LayerInfo(
                 name=name,
@@ -200,6 +210,9 @@ def _hooks(model: nn.Module, recording: _Recording) -> list[Any]:
                         shape=tuple(output[key].shape),
                         pooled=False,
                     )
+            thw = _thw_beside(output)
+            if thw is not None:
+                record["thw"] = thw
             output = first_tensor(output)
             if output is None:
                 record.update(shape=None, pooled=False)
@@ -226,6 +239,16 @@ def _hooks(model: nn.Module, recording: _Recording) -> list[Any]:
         if attention_kind(module) is not None:
             handles.append(module.register_forward_pre_hook(before_attention, with_kwargs=True))
     return handles
+
+
+def _thw_beside(output: object) -> tuple[int, int, int] | None:
+    """The (t, h, w) a module returns beside its tokens, as MViT's blocks do: ``(x, thw)``."""
+    if not (isinstance(output, tuple) and len(output) == 2):
+        return None
+    thw = output[1]
+    if isinstance(thw, (tuple, list)) and len(thw) == 3 and all(type(d) is int for d in thw):
+        return tuple(thw)
+    return None
 
 
 def _forward(model: nn.Module, input_shape: tuple[int, ...], *, meta: bool) -> Any:

@@ -4,7 +4,9 @@ Tags, each image at step = its position in the run (0, 1, 2… in input order; s
 keep their step):
 - ``maps/<layer>``: the feature-map grid (channels tiled, each scaled on its own), as written
   to ``maps/<layer>.png``;
-- ``cam/<method>/<layer>/<class>``: the CAM overlay, as written to its PNG;
+- ``cam/<method>/<layer>/<class>``: the CAM overlay, as written to its PNG; a clip's
+  animated overlay as an animated GIF (what ``SummaryWriter.add_video`` stores, without the
+  moviepy it needs), which TensorBoard's image tab plays;
 - ``filters/<layer>`` (step 0): the kernel grid;
 - ``top/<layer>``, ``top/<layer>/<channel>`` (step 0): ``featviz top``'s overview, and each
   channel's best images;
@@ -102,9 +104,9 @@ class TensorBoardSink:
         values = []
         for a in outputs.artifacts:
             tag = tag_of(a.command, a.kind, a.layer, a.method, a.target)
-            # A clip's animation has no TensorBoard image: its frames go to the files only.
-            if tag is not None and a.pixels is not None and not a.animated:
-                values.append(Summary.Value(tag=tag, image=_image(a)))
+            if tag is not None and a.pixels is not None:
+                picture = _animation(a) if a.animated else _image(a)
+                values.append(Summary.Value(tag=tag, image=picture))
         for layer, activations in outputs.activations.items():
             values.append(Summary.Value(tag=f"activations/{layer}", histo=_histogram(activations)))
         step = 0 if outputs.source is None else outputs.source.index
@@ -129,6 +131,32 @@ def _image(artifact: Artifact) -> Any:
     colorspace = 1 if artifact.pixels.ndim == 2 else 3
     return Summary.Image(
         height=height, width=width, colorspace=colorspace, encoded_image_string=artifact.png
+    )
+
+
+def _animation(artifact: Artifact) -> Any:
+    """An image summary holding a clip's (T, H, W[, 3]) frames as an animated GIF, each frame
+    ``frame_ms`` long: TensorBoard serves a GIF as ``image/gif`` to a plain ``<img>``, which
+    plays it (an animated WebP would be served untyped)."""
+    import io
+
+    from PIL import Image
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    frames = [Image.fromarray(frame) for frame in artifact.pixels]
+    buffer = io.BytesIO()
+    frames[0].save(
+        buffer,
+        format="GIF",
+        save_all=True,
+        append_images=frames[1:],
+        duration=artifact.frame_ms,
+        loop=0,
+    )
+    height, width = artifact.pixels.shape[1:3]
+    colorspace = 1 if artifact.pixels.ndim == 3 else 3
+    return Summary.Image(
+        height=height, width=width, colorspace=colorspace, encoded_image_string=buffer.getvalue()
     )
 
 

@@ -171,6 +171,7 @@ class AttnLrp(PixelMethod):
     """The input's AttnLRP relevance, per colour channel (signed)."""
 
     name = "attnlrp"
+    images_only = True  # not written nor tested for clips yet
 
     def _attribution(self, ctx: CamContext, targets: torch.Tensor) -> torch.Tensor:
         leaf, logits = ctx.cached("attnlrp", lambda: self._forward(ctx))

@@ -28,6 +28,7 @@ class FullGrad(PixelMethod):
     """Non-negative: every term is an absolute value."""
 
     name = "fullgrad"
+    images_only = True  # not written nor tested for clips yet
 
     def _map(self, ctx: CamContext, layer: str, targets: torch.Tensor) -> torch.Tensor:
         leaf, logits, outputs, biases = ctx.cached("fullgrad", lambda: _forward_with_biases(ctx))

@@ -17,7 +17,6 @@ from featviz.cam.base import normalise
 from featviz.cam.context import CamContext
 from featviz.cam.methods.gradient import GradCam
 from featviz.cam.methods.pixel import PixelMethod
-from featviz.layers.grids import upsample
 from featviz.layers.outputs import logits_of
 from featviz.layers.relus import DECONVOLUTION, GUIDED, ReluSwitch, switchable_relus
 from featviz.tasks.base import replaying
@@ -72,7 +71,7 @@ class Deconvolution(_RectifiedGradient):
 class GuidedGradCam(_RectifiedGradient):
     """Guided backpropagation × the layer's Grad-CAM upsampled to the input and min-max scaled
     (Selvaraju et al. 2017; pytorch-grad-cam's recipe): one map per layer, at the input's
-    resolution."""
+    resolution (a clip's Grad-CAM brought to its frames trilinearly)."""
 
     name = "guidedgradcam"
     rule = GUIDED
@@ -82,4 +81,4 @@ class GuidedGradCam(_RectifiedGradient):
 
     def _map(self, ctx: CamContext, layer: str, targets: torch.Tensor) -> torch.Tensor:
         gradcam = GradCam().compute(ctx, layer, targets)
-        return super()._map(ctx, layer, targets) * normalise(upsample(gradcam, ctx.input_hw))
+        return super()._map(ctx, layer, targets) * normalise(ctx.at_input(layer, gradcam))

@@ -260,6 +260,7 @@ class Lrp(PixelMethod):
     """The input's relevance under the composite, per colour channel (signed)."""
 
     name = "lrp"
+    images_only = True  # not written nor tested for clips yet
 
     def _attribution(self, ctx: CamContext, targets: torch.Tensor) -> torch.Tensor:
         leaf, logits = ctx.cached("lrp", lambda: self._forward(ctx))

@@ -23,7 +23,6 @@ from featviz.cam.base import CamMethod, logits_match, safe_divide
 from featviz.cam.context import CamContext
 from featviz.cam.suffix import HookedForward, Resume, Split
 from featviz.errors import first_line
-from featviz.layers.grids import upsample
 from featviz.layers.outputs import logits_of
 from featviz.tasks.base import replaying
 
@@ -36,11 +35,12 @@ _ABLATION_EPS = 1e-7
 class ScoreCam(CamMethod):
     """M_k = minmax(upsample(A_k)); s_k = S^c(X ∘ M_k); α = softmax_k(s); L = ReLU(Σ_k α_k A_k).
 
-    X is the normalised input, so a masked-out pixel becomes the dataset mean.
+    X is the normalised input, so a masked-out pixel becomes the dataset mean. On a video
+    model's clips M_k is the channel's (t, h, w) map brought to the clip's (T, H, W)
+    trilinearly and min-max scaled over the whole clip.
     """
 
     name = "scorecam"
-    images_only = True
 
     def _weights(self, ctx: CamContext, layer: str, targets: torch.Tensor) -> torch.Tensor:
         scores = ctx.cached(("scorecam", layer), lambda: self._masked_scores(ctx, layer))
@@ -56,11 +56,12 @@ class ScoreCam(CamMethod):
         with torch.no_grad():
             for start in range(0, n * k, self.batch_size):
                 image = images[start : start + self.batch_size]
-                masks = upsample(
-                    activations[image, channels[start : start + self.batch_size]], inputs.shape[-2:]
+                masks = ctx.at_input(
+                    layer, activations[image, channels[start : start + self.batch_size]]
                 )
-                low = masks.amin(dim=(1, 2), keepdim=True)
-                masks = (masks - low) / (masks.amax(dim=(1, 2), keepdim=True) - low + _MASK_EPS)
+                every = tuple(range(1, masks.dim()))
+                low = masks.amin(dim=every, keepdim=True)
+                masks = (masks - low) / (masks.amax(dim=every, keepdim=True) - low + _MASK_EPS)
                 with replaying(image):
                     logits, _ = logits_of(ctx.model(inputs[image] * masks[:, None]))
                 scores[start : start + len(image)] = logits.float()

@@ -2,8 +2,9 @@
 
 Each map is at the model input's resolution (the pseudo-layer ``INPUT``) and is the
 attribution of the colour channels summed, as captum's visualiser sums them: (N, 3, H, W) →
-(N, H, W). S^c is the pre-softmax score of each image's own target class c, x the normalised
-input, g = ∂S^c/∂x. Saliency and input × gradient read the batch's one backward
+(N, H, W), and a video model's clips (N, 3, T, H, W) → every voxel's (N, T, H, W). S^c is
+the pre-softmax score of each image's own target class c, x the normalised input,
+g = ∂S^c/∂x. Saliency and input × gradient read the batch's one backward
 (``CamContext.input_gradient``); the others run extra forwards of copies of the images, in
 chunks of ``batch_size`` rows whatever image each row copies (one image's 50 integration steps
 and the next image's share a chunk).
@@ -11,6 +12,7 @@ and the next image's share a chunk).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import numpy as np
@@ -27,9 +29,12 @@ IG_STEPS = 50
 # SmoothGrad (Smilkov et al. 2017): noisy copies, the noise's σ a fraction of the input's range.
 SMOOTHGRAD_SAMPLES = 25
 SMOOTHGRAD_NOISE = 0.15
-# Occlusion: square windows of the model input's pixels set to the baseline 0, every stride.
+# Occlusion: square windows of the model input's pixels set to the baseline 0, every stride;
+# on clips, through this many frames every OCCLUSION_FRAME_STRIDE frames.
 OCCLUSION_WINDOW = 32
 OCCLUSION_STRIDE = 16
+OCCLUSION_FRAMES = 4
+OCCLUSION_FRAME_STRIDE = 2
 
 # (image index (B,), sample index (B,)) → the (B, 3, H, W) copies those rows run
 Copies = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -82,8 +87,14 @@ class _SampledGradients(PixelMethod):
         for start in range(0, n * samples, self.batch_size):
             rows = slice(start, start + self.batch_size)
             grad = gradient_at(ctx, images[rows], copies(images[rows], sample[rows]), targets)
-            total.index_add_(0, images[rows], grad * weights[sample[rows]].view(-1, 1, 1, 1))
+            total.index_add_(0, images[rows], grad * per_row(weights[sample[rows]], grad))
         return total
+
+
+def per_row(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B,) values shaped to multiply ``like``'s rows: (B, 1, 1, 1) for pictures, (B, 1, 1, 1,
+    1) for clips."""
+    return values.view(-1, *(1,) * (like.dim() - 1))
 
 
 def gradient_at(
@@ -112,7 +123,7 @@ class IntegratedGradients(_SampledGradients):
         alphas = torch.tensor(0.5 * (1 + nodes), dtype=inputs.dtype, device=inputs.device)
 
         def on_path(images: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
-            return alphas[sample].view(-1, 1, 1, 1) * inputs[images]
+            return per_row(alphas[sample], inputs) * inputs[images]
 
         total = self._weighted_gradients(ctx, targets, on_path, torch.from_numpy(0.5 * weights))
         return inputs.float() * total
@@ -152,17 +163,18 @@ def smoothgrad_noise(ctx: CamContext, i: int) -> torch.Tensor:
 
 class Occlusion(PixelMethod):
     """Σ_w (S^c(x) − S^c(x with window w at 0))·1_w / Σ_w 1_w: each pixel's mean score drop over
-    the windows covering it (captum's ``Occlusion`` with one window for all channels). The
-    windows' scores for every class are cached: a second target costs no forward."""
+    the windows covering it (captum's ``Occlusion`` with one window for all channels; on
+    clips, each voxel's, the windows boxes of frames × pixels). The windows' scores for every
+    class are cached: a second target costs no forward."""
 
     name = "occlusion"
 
     def _map(self, ctx: CamContext, layer: str, targets: torch.Tensor) -> torch.Tensor:
-        masks = occlusion_windows(ctx.input_hw, ctx.inputs.device)
+        masks = occlusion_windows(tuple(ctx.inputs.shape[2:]), ctx.inputs.device)
         scores = ctx.cached("occlusion", lambda: self._occluded_scores(ctx, masks))
         rows = torch.arange(len(targets), device=scores.device)
         drops = ctx.logits.detach().float()[rows, targets][:, None] - scores[rows, :, targets]
-        return torch.einsum("nk,khw->nhw", drops, masks) / masks.sum(dim=0)
+        return torch.einsum("nk,k...->n...", drops, masks) / masks.sum(dim=0)
 
     def _occluded_scores(self, ctx: CamContext, masks: torch.Tensor) -> torch.Tensor:
         """(N, windows, classes): the scores with each window set to the baseline."""
@@ -181,20 +193,24 @@ class Occlusion(PixelMethod):
         return scores.view(n, k, -1)
 
 
-def occlusion_windows(size: tuple[int, int], device: torch.device) -> torch.Tensor:
+def occlusion_windows(size: tuple[int, ...], device: torch.device) -> torch.Tensor:
     """(windows, H, W) float masks, 1 inside each window: OCCLUSION_WINDOW squares every
     OCCLUSION_STRIDE pixels, plus one flush with the far edge where the stride does not reach
-    it, so every pixel is covered (at most the input's size on a small input)."""
-    starts = []
-    for length in size:
-        window = min(OCCLUSION_WINDOW, length)
-        first = list(range(0, length - window + 1, OCCLUSION_STRIDE))
+    it, so every pixel is covered (at most the input's size on a small input). A clip's
+    ``size`` (T, H, W) → (windows, T, H, W): each square through OCCLUSION_FRAMES frames every
+    OCCLUSION_FRAME_STRIDE frames, covered the same way."""
+    sides = [(OCCLUSION_WINDOW, OCCLUSION_STRIDE)] * 2
+    if len(size) == 3:
+        sides.insert(0, (OCCLUSION_FRAMES, OCCLUSION_FRAME_STRIDE))
+    spans = []
+    for length, (window, stride) in zip(size, sides):
+        window = min(window, length)
+        first = list(range(0, length - window + 1, stride))
         if first[-1] + window < length:
             first.append(length - window)
-        starts.append([(start, start + window) for start in first])
-    masks = torch.zeros(len(starts[0]) * len(starts[1]), *size, device=device)
-    for k, ((top, bottom), (left, right)) in enumerate(
-        (rows, columns) for rows in starts[0] for columns in starts[1]
-    ):
-        masks[k, top:bottom, left:right] = 1
+        spans.append([slice(start, start + window) for start in first])
+    boxes = list(itertools.product(*spans))
+    masks = torch.zeros(len(boxes), *size, device=device)
+    for k, box in enumerate(boxes):
+        masks[(k, *box)] = 1
     return masks

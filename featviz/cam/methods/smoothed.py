@@ -4,10 +4,12 @@ masked inputs with noise added to the masks, or scaled up step by step) and Smoo
 
 Notation as in gradient.py; X the normalised input (N, 3, H, W); M_k = U(minmax(A_k)), the
 channel min-max scaled at the layer's resolution ((A_k − min) / (max − min + 1e-8)), then
-upsampled bilinearly to the input (U), as torchcam 0.5 builds it. Noise is drawn from each
-image's own generator (``CamContext.generator``): the same maps for the same image and
-``--seed``, whatever else is in the batch. Extra forwards run in chunks of ``batch_size`` rows,
-each row one perturbed copy of one image.
+upsampled bilinearly to the input (U), as torchcam 0.5 builds it; on a video model's clips,
+the channel's (t, h, w) map min-max scaled over all its frames, then brought to the clip's
+(T, H, W) trilinearly. Noise is drawn from each image's own generator
+(``CamContext.generator``): the same maps for the same image and ``--seed``, whatever else is
+in the batch. Extra forwards run in chunks of ``batch_size`` rows, each row one perturbed copy
+of one image.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import torch
 
 from featviz.cam.base import CamMethod
 from featviz.cam.context import CamContext, forward_for_cam
-from featviz.layers.grids import upsample
 from featviz.layers.outputs import logits_of
 from featviz.tasks.base import replaying
 
@@ -33,7 +34,6 @@ class _MaskedScoreCam(CamMethod):
     second target for the same images costs nothing.
     """
 
-    images_only = True  # its masks are (N, 1, H, W) pictures
     SAMPLES: ClassVar[int]
 
     def _weights(self, ctx: CamContext, layer: str, targets: torch.Tensor) -> torch.Tensor:
@@ -57,7 +57,7 @@ class _MaskedScoreCam(CamMethod):
                 generator = ctx.generator(i)
                 for chunk in rows.split(self.batch_size):
                     channels = chunk % k
-                    masks = upsample(scaled[i, channels], ctx.input_hw)
+                    masks = ctx.at_input(layer, scaled[i, channels])
                     masked = self._masked(inputs[i], masks, chunk // k, generator)
                     with replaying(torch.full_like(chunk, i)):
                         logits, _ = logits_of(ctx.model(masked))
@@ -72,7 +72,7 @@ class _MaskedScoreCam(CamMethod):
         generator: torch.Generator,
     ) -> torch.Tensor:
         """(B, 3, H, W) inputs: ``image`` (3, H, W) under each row's perturbed mask (B, H, W),
-        rows of perturbation ``samples`` (B,)."""
+        rows of perturbation ``samples`` (B,); a clip's (B, 3, T, H, W) under (B, T, H, W)."""
         raise NotImplementedError
 
 
@@ -100,7 +100,7 @@ class IsCam(_MaskedScoreCam):
     def _masked(self, image, masks, samples, generator):
         steps = (samples + 1).to(masks.dtype)
         coefficient = steps * (steps + 1) / (2 * self.SAMPLES)  # Σ_{j=1..s} j / S
-        return coefficient[:, None, None, None] * image * masks[:, None]
+        return coefficient.view(-1, *(1,) * masks.dim()) * image * masks[:, None]
 
 
 class SmoothGradCamPlusPlus(CamMethod):

@@ -1,7 +1,8 @@
 """torchvision's classification models by name, their weights through torch.hub's cache.
 
-Its video classifiers (r3d_18, s3d, swin3d_t…) take clips (N, 3, T, H, W): their frames per
-clip and frame rate come from the notes of the weights (``clip_len=16``, ``frame_rate=15``).
+Its video classifiers (r3d_18, s3d, mvit_v2_s, swin3d_t…) take clips (N, 3, T, H, W): their
+frames per clip and frame rate come from the notes of the weights (``clip_len=16``,
+``frame_rate=15``).
 
 Pretrained builds run torchvision's own builder with parameters on the meta device (it sets the
 architecture options the weights need: number of classes, Inception's ``transform_input``…) and
@@ -92,12 +93,6 @@ class TorchvisionSource:
                 f"unknown model '{name}'",
                 hint=(f"{near}; " if near else "")
                 + "list them with `featviz models`, or pass your own as file.py:callable",
-            )
-        if name.startswith("mvit") and not structure_only:
-            raise UsageError(
-                f"{name} is not supported yet: its layers mix time and space in one sequence "
-                "of tokens, which featviz does not lay out on frames",
-                hint="r3d_18, mc3_18, r2plus1d_18, s3d and swin3d_t/s/b are",
             )
         builder = torchvision.models.get_model_builder(name)
         kwargs: dict[str, Any] = {}
