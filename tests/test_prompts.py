@@ -21,7 +21,7 @@ from featviz.explainer.batch import Explainer
 from featviz.explainer.options import ExplainRequest
 from featviz.model.load import load_model
 from featviz.model.options import ModelRequest
-from featviz.run.prepare import resolve_explaining
+from featviz.run.resolve import resolve_explaining
 
 EXAMPLE = ROOT / "examples" / "shapes_clip.py"
 PROMPTS = [f"a {colour} {shape}" for colour, shape in zip(COLOURS, CLASSES)]

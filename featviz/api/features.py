@@ -70,7 +70,7 @@ def feature_maps(
     layer asked for. One image gives one ``FeatureMaps``, a list a list."""
     from featviz.layers.catalog import resolve_layers
     from featviz.run.plan import MapsRequest
-    from featviz.run.prepare import default_map_layers
+    from featviz.run.resolve import default_map_layers
 
     loaded = loaded_model(model)
     images_only(loaded, "feature_maps")

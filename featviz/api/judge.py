@@ -119,7 +119,7 @@ def _judged(
 ) -> tuple[MemorySinks, list[ImageSource], bool]:
     """The command's job over the images, its outputs kept in memory: (those, the images in
     order, whether one image was given)."""
-    from featviz.run.prepare import job_type
+    from featviz.run.resolve import job_type
 
     loaded = loaded_model(model)
     images_only(loaded, command)

@@ -60,7 +60,7 @@ def resolved_request(
     command: str, request: ExplainRequest, loaded: LoadedModel
 ) -> tuple[LoadedModel, Resolved]:
     """The request's layers and classes resolved on ``loaded`` exactly as the command's are."""
-    from featviz.run.prepare import resolve_explaining
+    from featviz.run.resolve import resolve_explaining
 
     return resolve_explaining(command, request, loaded)
 
