@@ -466,6 +466,15 @@ def test_an_image_without_a_box_says_so(torch_home: Path, tmp_path: Path) -> Non
     assert line["note"] == "no dog box scores at least 0.5" and line["predictions"] == []
     [overlay] = line["outputs"]  # eigencam maps the image all the same, boxes or not
     assert Path(overlay).name == "all.png"
+    [record] = (tmp_path / "json" / "records").rglob("*.json")
+    assert json.loads(record.read_text())["note"] == "no dog box scores at least 0.5"
+    again = CliRunner().invoke(
+        app,
+        ["cam", "-m", RCNN, "--weights", "none", str(photo), "--json", "--target", "dog",
+         "-M", "gradcam", "-M", "eigencam", "-o", str(tmp_path / "json"), "--skip-existing"],
+    )  # fmt: skip
+    line = json.loads(again.stdout)
+    assert line["skipped"] and line["note"] == "no dog box scores at least 0.5"
 
 
 def test_the_detection_batch_boxes_its_objects() -> None:

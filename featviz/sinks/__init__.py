@@ -77,6 +77,7 @@ class Sinks:
             outputs=[str(path) for path, _ in written],
             predictions=outputs.predictions,
             rows=rows or [],
+            note=outputs.note,
         )
         if outputs.source is not None:
             self.files.record(result, written)

@@ -101,7 +101,8 @@ class ImageOutputs:
     """Everything one input produced. ``source`` is None for outputs of the model itself
     (filters); ``original`` the decoded photo (H, W, 3) uint8 (a clip's (T, H, W, 3) frames);
     ``activations`` the tapped layers' (C, h, w) maps, filled only when a sink asks for them
-    (TensorBoard histograms)."""
+    (TensorBoard histograms); ``note`` why there was nothing to explain (a detector found no
+    box), kept in the image's record."""
 
     source: ImageSource | None
     model: str
@@ -109,3 +110,4 @@ class ImageOutputs:
     predictions: list[Prediction] = field(default_factory=list)
     artifacts: list[Artifact] = field(default_factory=list)
     activations: dict[str, np.ndarray] = field(default_factory=dict)
+    note: str | None = None

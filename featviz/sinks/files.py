@@ -72,6 +72,7 @@ class FileSink:
             predictions=predictions,
             skipped=True,
             rows=record.get("rows", []),
+            note=record.get("note"),
         )
 
     def write(self, outputs: ImageOutputs) -> list[tuple[Path, Artifact]]:

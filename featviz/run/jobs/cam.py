@@ -13,7 +13,6 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from featviz.explainer.batch import ExplainedMap
-from featviz.explainer.predictions import Prediction
 from featviz.inputs.loaded import LoadedImage
 from featviz.run.jobs.base import failure
 from featviz.run.jobs.explaining import ExplainingJob
@@ -61,20 +60,27 @@ class CamJob(ExplainingJob):
             activations = {layer: values[i] for layer, values in layer_maps.items()}
             # On a GPU the overlays are made here, where the maps are; on a CPU in the writer.
             pictures = self._on_device(item, explained.maps[i]) if self.blend else None
-            write = self._writer(
-                item, explained.maps[i], explained.predictions[i], activations, pictures
+            outputs = ImageOutputs(
+                item.source,
+                self.model.name,
+                item.original,
+                explained.predictions[i],
+                activations=activations,
+                note=explained.notes.get(i),
             )
-            tasks.append(self.noted(write, explained.notes.get(i)))
+            tasks.append(self._writer(item, explained.maps[i], outputs, pictures))
         return tasks
 
     def _writer(
         self,
         item: LoadedImage,
         maps: list[ExplainedMap],
-        predictions: list[Prediction],
-        activations: dict[str, np.ndarray],
+        outputs: ImageOutputs,
         pictures: list[Picture] | None,
     ):
+        """The task that draws the image's maps (unless ``pictures`` were made on the device)
+        and delivers them with ``outputs``, which holds everything else the image gave."""
+
         def write() -> ImageResult:
             from featviz.render.draw import overlay
 
@@ -85,11 +91,7 @@ class CamJob(ExplainingJob):
 
             made = pictures if pictures is not None else self._pictures(item, maps, blend)
             artifacts = [a for picture in made for a in self._artifacts(picture, item.frame_ms)]
-            return self.deliver(
-                ImageOutputs(
-                    item.source, self.model.name, item.original, predictions, artifacts, activations
-                )
-            )
+            return self.deliver(replace(outputs, artifacts=artifacts))
 
         return write
 

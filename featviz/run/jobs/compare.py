@@ -43,14 +43,19 @@ class CompareJob(ExplainingJob):
         return [
             failure(item, explained.broken[i])
             if i in explained.broken
-            else self.noted(
-                self._writer(item, explained.maps[i], explained.predictions[i]),
-                explained.notes.get(i),
+            else self._writer(
+                item, explained.maps[i], explained.predictions[i], explained.notes.get(i)
             )
             for i, item in enumerate(batch)
         ]
 
-    def _writer(self, item: LoadedImage, maps: list[ExplainedMap], predictions: list[Prediction]):
+    def _writer(
+        self,
+        item: LoadedImage,
+        maps: list[ExplainedMap],
+        predictions: list[Prediction],
+        note: str | None,
+    ):
         def write() -> ImageResult:
             from featviz.cam import heatmap
             from featviz.render.draw import mark, overlay
@@ -86,7 +91,9 @@ class CompareJob(ExplainingJob):
                     rows.append(cells)
             if not rows:
                 return self.deliver(
-                    ImageOutputs(item.source, self.model.name, item.original, predictions, [])
+                    ImageOutputs(
+                        item.source, self.model.name, item.original, predictions, note=note
+                    )
                 )
             panel = grid_panel(
                 item.original,
@@ -105,7 +112,9 @@ class CompareJob(ExplainingJob):
                 frame_ms=item.frame_ms,
             )
             return self.deliver(
-                ImageOutputs(item.source, self.model.name, item.original, predictions, [artifact])
+                ImageOutputs(
+                    item.source, self.model.name, item.original, predictions, [artifact], note=note
+                )
             )
 
         return write

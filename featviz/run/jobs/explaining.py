@@ -4,12 +4,10 @@ Explainer, built once from the request's methods and the resolved layers and cla
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from featviz.run.jobs.base import ImageJob
-from featviz.sinks.results import ImageResult
 from featviz.tasks.detection import (
     DEFAULT_MIN_SCORE,
 )
@@ -42,11 +40,3 @@ class ExplainingJob(ImageJob):
             ),
             seed=self.seed,
         )
-
-    @staticmethod
-    def noted(write: Callable[[], ImageResult], note: str | None) -> Callable[[], ImageResult]:
-        """An image's write task whose result also says ``note`` (why there was nothing to
-        explain: ``Explained.notes``), when there is one."""
-        if note is None:
-            return write
-        return lambda: replace(write(), note=note)
