@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from featviz.errors import InputError, UsageError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterable, Iterator
 
     from featviz.explainer.options import ExplainRequest
     from featviz.inputs.discover import ImageSource
@@ -35,10 +35,16 @@ def resolved_request(
     return resolve_explaining(command, request, loaded)
 
 
+def batch_size_for(loaded: LoadedModel, batch_size: int | None) -> int:
+    """The images per forward: as asked, else the command line's default (8 on a CPU, 32 on
+    a GPU)."""
+    return batch_size or (32 if loaded.device.type == "cuda" else 8)
+
+
 def run_pipeline(
     loaded: LoadedModel,
     job: Job,
-    found: list[ImageSource],
+    found: Iterable[ImageSource],
     batch_size: int | None,
     layers: list[str],
 ) -> list[ImageResult]:
@@ -64,7 +70,7 @@ def run_pipeline(
             yield
 
     config = PipelineConfig(
-        batch_size=batch_size or (32 if loaded.device.type == "cuda" else 8),
+        batch_size=batch_size_for(loaded, batch_size),
         decode_workers=workers,
         write_workers=workers,
         compute=compute,
