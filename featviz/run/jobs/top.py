@@ -53,6 +53,17 @@ class Seen:
     grids: dict[str, tuple[int, int]]
 
 
+@dataclass(frozen=True)
+class TopPartial:
+    """What a copy of the job ranked (a Ray actor's chunk): the rankings, the images among
+    their winners, how many images it ranked, and the receptive fields it measured."""
+
+    rankings: dict[str, ChannelRanking]
+    winners: dict[int, Seen]
+    ranked: int
+    extents: dict[str, Extent | None] | None
+
+
 @dataclass(kw_only=True)
 class TopJob(ImageJob):
     request: TopRequest
@@ -67,9 +78,24 @@ class TopJob(ImageJob):
     ranked: int = field(init=False, default=0)  # images ranked (not failed)
 
     def __post_init__(self) -> None:
-        self.rankings = {
+        self.rankings = self._empty_rankings()
+
+    def _empty_rankings(self) -> dict[str, ChannelRanking]:
+        return {
             name: ChannelRanking(len(self.channels[name]), self.request.k) for name in self.layers
         }
+
+    def take_partial(self) -> TopPartial:
+        partial = TopPartial(self.rankings, self.winners, self.ranked, self.extents)
+        self.rankings, self.winners, self.ranked = self._empty_rankings(), {}, 0
+        return partial
+
+    def add_partial(self, partial: TopPartial) -> None:
+        for name, ranking in partial.rankings.items():
+            self.rankings[name].merge(ranking)
+        self.ranked += partial.ranked
+        self.extents = self.extents or partial.extents
+        self._hold({**self.winners, **partial.winners})
 
     def process(self, batch: list[LoadedImage]) -> list[Callable[[], ImageResult]]:
         import torch
@@ -120,13 +146,17 @@ class TopJob(ImageJob):
             scores, positions = channel_scores(values, self.request.stat)
             self.rankings[name].add(scores, images, positions)
         self.ranked += len(batch)
-        held = held_images(self.rankings.values())
         grids = {name: tuple(values.shape[-2:]) for name, values in maps.items()}
-        for item in batch:
-            if item.source.index in held:
-                original = tuple(item.original.shape[:2])
-                self.winners[item.source.index] = Seen(item.source, original, input_hw, grids)
-        self.winners = {index: seen for index, seen in self.winners.items() if index in held}
+        seen = {
+            item.source.index: Seen(item.source, tuple(item.original.shape[:2]), input_hw, grids)
+            for item in batch
+        }
+        self._hold({**self.winners, **seen})
+
+    def _hold(self, candidates: dict[int, Seen]) -> None:
+        """Remember those of ``candidates`` that are among some channel's winners."""
+        held = held_images(self.rankings.values())
+        self.winners = {index: seen for index, seen in candidates.items() if index in held}
 
     def _extents(self) -> dict[str, Extent | None]:
         from featviz.features.receptive import receptive_extent
