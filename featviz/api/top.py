@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from featviz.api.model import loaded_model
 from featviz.api.running import batch_size_for, run_pipeline
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import numpy as np
     from PIL import Image
 
+    from featviz.features.top import Stat
     from featviz.inputs.discover import ImageSource
 
 
@@ -56,7 +57,7 @@ class TopExamples:
 
         from featviz.render.examples import sheet
 
-        [ranked] = [c for c in self._channels(layer) if c["channel"] == channel] or [None]
+        ranked = next((c for c in self._channels(layer) if c["channel"] == channel), None)
         if ranked is None:
             raise UsageError(
                 f"channel {channel} of layer '{layer}' was not ranked",
@@ -134,7 +135,7 @@ def top(
         chosen = tuple(dict.fromkeys(channels or ()))
     loaded = loaded_model(model)
     names = (layer,) if isinstance(layer, str) else tuple(layer)
-    request = TopRequest(layers=names, k=k, channels=chosen, stat=stat)  # type: ignore[arg-type]
+    request = TopRequest(layers=names, k=k, channels=chosen, stat=cast("Stat", stat))
     resolved, make_job, _ = resolve_top(request, loaded, [], None)
     resolved.batch_size = batch_size_for(loaded, batch_size)
     job = make_job(model=loaded, sinks=None, max_pixels=None, skip_existing=False)
