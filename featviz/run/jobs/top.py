@@ -95,7 +95,8 @@ class TopJob(ImageJob):
             self.rankings[name].merge(ranking)
         self.ranked += partial.ranked
         self.extents = self.extents or partial.extents
-        self._hold({**self.winners, **partial.winners})
+        self.winners.update(partial.winners)
+        self._forget_losers(held_images(self.rankings.values()))
 
     def process(self, batch: list[LoadedImage]) -> list[Callable[[], ImageResult]]:
         import torch
@@ -146,17 +147,17 @@ class TopJob(ImageJob):
             scores, positions = channel_scores(values, self.request.stat)
             self.rankings[name].add(scores, images, positions)
         self.ranked += len(batch)
-        grids = {name: tuple(values.shape[-2:]) for name, values in maps.items()}
-        seen = {
-            item.source.index: Seen(item.source, tuple(item.original.shape[:2]), input_hw, grids)
-            for item in batch
-        }
-        self._hold({**self.winners, **seen})
-
-    def _hold(self, candidates: dict[int, Seen]) -> None:
-        """Remember those of ``candidates`` that are among some channel's winners."""
         held = held_images(self.rankings.values())
-        self.winners = {index: seen for index, seen in candidates.items() if index in held}
+        grids = {name: tuple(values.shape[-2:]) for name, values in maps.items()}
+        for item in batch:
+            if item.source.index in held:
+                original = tuple(item.original.shape[:2])
+                self.winners[item.source.index] = Seen(item.source, original, input_hw, grids)
+        self._forget_losers(held)
+
+    def _forget_losers(self, held: set[int]) -> None:
+        """Keep only the winners among some channel's ``held`` images."""
+        self.winners = {index: seen for index, seen in self.winners.items() if index in held}
 
     def _extents(self) -> dict[str, Extent | None]:
         from featviz.features.receptive import receptive_extent
