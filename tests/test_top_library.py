@@ -83,6 +83,30 @@ def test_a_vit_layer_from_a_generator_of_arrays(tmp_path):
     assert found.sheet("blocks.1", 7).size == (2 * 98 + 2, 2 * 98 + 2)  # three cells, 2 × 2
 
 
+def test_a_stream_holds_only_its_winners_and_the_images_in_flight(tiny_model_file):
+    """Memory is k × channels, not the stream: images that win nothing are let go as the run
+    goes (at most 3 batches and 2 per thread are in flight)."""
+    import weakref
+
+    from featviz.run.prepare import default_workers
+
+    rng = np.random.default_rng(9)
+    alive = []
+    held_at_the_end = []
+
+    def pictures():
+        for _ in range(100):
+            image = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+            alive.append(weakref.ref(image))
+            yield image
+        held_at_the_end.append(sum(image() is not None for image in alive))
+
+    model = featviz.load(f"{tiny_model_file}:build", weights="none", input_size=32)
+    found = featviz.top(model, pictures(), layer="features.2", k=1, batch_size=2)
+    assert len(alive) == 100 and len(found.sources) <= 6
+    assert held_at_the_end[0] <= len(found.sources) + 3 * 2 + 2 * default_workers() + 1
+
+
 def _refusal(call, *args, **options) -> tuple[str, str | None]:
     """(message, hint) of the featviz error ``call`` raises."""
     with pytest.raises((UsageError, InputError)) as caught:

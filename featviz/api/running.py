@@ -16,7 +16,6 @@ if TYPE_CHECKING:
     from featviz.model.load import LoadedModel
     from featviz.run.pipeline import Job
     from featviz.run.plan import Resolved
-    from featviz.sinks.results import ImageResult
 
 
 def in_memory(images: Any) -> tuple[list[ImageSource], bool]:
@@ -47,10 +46,10 @@ def run_pipeline(
     found: Iterable[ImageSource],
     batch_size: int | None,
     layers: list[str],
-) -> list[ImageResult]:
-    """Every image through ``job`` in the CLI's batches; raises InputError naming the images
-    that failed (the first one's reason, and how many more), UsageError for a video model
-    (its clips are the command line's for now)."""
+) -> None:
+    """Every image through ``job`` in the CLI's batches, streamed; raises InputError naming the
+    images that failed (the first one's reason, and how many more), UsageError for a video
+    model (its clips are the command line's for now)."""
     from featviz.layers.folding import folded_for
 
     if loaded.clip is not None:
@@ -75,9 +74,8 @@ def run_pipeline(
         write_workers=workers,
         compute=compute,
     )
-    results = list(run(job, found, config))
-    failures = [result.error for result in results if result.error]
+    # Only the failures are kept: a result holds its image when it was handed over in memory.
+    failures = [result.error for result in run(job, found, config) if result.error]
     if failures:
         more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
         raise InputError(failures[0] + more)
-    return results
