@@ -134,6 +134,11 @@ def top(
     else:
         chosen = tuple(dict.fromkeys(channels or ()))
     loaded = loaded_model(model)
+    if loaded.clip is not None:
+        raise UsageError(
+            f"{loaded.name} is a video model: featviz.top takes images for now",
+            hint="rank its clips' channels with featviz maps on the command line",
+        )
     names = (layer,) if isinstance(layer, str) else tuple(layer)
     request = TopRequest(layers=names, k=k, channels=chosen, stat=cast("Stat", stat))
     resolved, make_job, _ = resolve_top(request, loaded, [], None)
