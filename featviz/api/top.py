@@ -137,7 +137,7 @@ def top(
     if loaded.clip is not None:
         raise UsageError(
             f"{loaded.name} is a video model: featviz.top takes images for now",
-            hint="rank its clips' channels with featviz maps on the command line",
+            hint="featviz maps shows a video model's channels on its clips",
         )
     names = (layer,) if isinstance(layer, str) else tuple(layer)
     request = TopRequest(layers=names, k=k, channels=chosen, stat=cast("Stat", stat))
