@@ -12,7 +12,8 @@ The library, for notebooks, training loops and data pipelines::
 ``featviz.explain``, ``featviz.feature_maps``, ``featviz.compare``, ``featviz.score``,
 ``featviz.sanity`` and ``featviz.Explainer`` (for a stream of batches: a validation step, Ray
 Data's ``map_batches``) run the core the ``featviz`` command runs, minus the files; so does
-``featviz.dream`` (images optimised to excite channels or classes).
+``featviz.dream`` (images optimised to excite channels or classes) and ``featviz.top`` (the
+images of a dataset that excite each channel most).
 
 Importing this package stays cheap (no torch): its names load their modules on first use, and
 shell loops that run ``featviz`` pay nothing for them.
@@ -37,6 +38,8 @@ _LAZY = {
     "sanity": "featviz.api.judge",
     "Explainer": "featviz.api.batches",
     "dream": "featviz.api.dream",
+    "top": "featviz.api.top",
+    "TopExamples": "featviz.api.top",
 }
 
 __all__ = ["__version__", *_LAZY]

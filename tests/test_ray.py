@@ -95,6 +95,25 @@ def test_the_same_bytes_as_a_plain_run(cluster, job, plain):
     assert (root / "ray" / "index.html").is_file()
 
 
+def test_top_on_ray_writes_the_plain_runs_files_byte_for_byte(cluster, job):
+    """Each actor ranks its chunks; the driver merges them into what one run writes."""
+    root, _ = job
+    options = ["top", "-m", f"{root / 'tiny.py'}:build", "--input-size", "64", "-q"]
+    options += ["-l", "features.*", "-k", "3", "--batch-size", "4", str(root / "in")]
+    assert cli(*options, "-o", root / "top-plain").exit_code == 0
+    on_ray = cli(*options, "-o", root / "top-ray", "--ray", "local", "--ray-actors", "2")
+    assert on_ray.exit_code == 0, on_ray.output
+    written = {}
+    for name in ("top-plain", "top-ray"):
+        folder = root / name / "top"
+        written[name] = {
+            p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+        }
+    assert len(written["top-plain"]) == 4 * 2 + (4 + 4 + 6 + 6)  # per layer a JSON, an overview
+    assert written["top-ray"] == written["top-plain"]
+    assert listed_once(root / "top-ray")["counts"]["done"] == IMAGES
+
+
 def _actor_running_a_chunk() -> psutil.Process | None:
     for process in psutil.process_iter(["cmdline"]):
         if (process.info["cmdline"] or [""])[0].startswith("ray::ClusterActor.run"):

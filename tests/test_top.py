@@ -285,6 +285,29 @@ def test_memory_is_k_times_channels(tmp_path, tiny_model_file) -> None:
     assert {r.scores.shape for r in run.job.rankings.values()} == {(4, 2), (6, 2)}
 
 
+def test_rankings_of_parts_merged_equal_one_ranking_of_all() -> None:
+    """What a Ray driver does with its actors' rankings: ties included, in any order."""
+    from featviz.features.top import ChannelRanking
+
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 4, (30, 5), generator=generator).float()  # many ties
+    positions = torch.randint(0, 50, (30, 5), generator=generator)
+    images = torch.arange(30)
+    whole = ChannelRanking(5, 4)
+    whole.add(scores, images, positions)
+    merged = ChannelRanking(5, 4)
+    for part in (slice(20, 30), slice(0, 7), slice(7, 20)):
+        ranking = ChannelRanking(5, 4)
+        ranking.add(scores[part], images[part], positions[part])
+        merged.merge(ranking)
+    for got, want in zip(
+        (merged.scores, merged.images, merged.positions),
+        (whole.scores, whole.images, whole.positions),
+    ):
+        assert torch.equal(got, want)
+    assert whole.images[0].tolist() == sorted(whole.images[0].tolist(), key=lambda i: -scores[i, 0])
+
+
 def test_receptive_field_is_the_architectures(tiny_model) -> None:
     from featviz.features.receptive import receptive_extent
     from featviz.layers.trace import trace_model

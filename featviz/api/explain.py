@@ -184,8 +184,9 @@ def explain(
         collected=collected,
     )
     inputs = found if loaded.clip is None else clips_of(loaded, found)
-    results = run_pipeline(loaded, job, inputs, batch_size, resolved.layers)
-    explanations = Explanations(e for r in results for e in collected[r.source.index])
+    run_pipeline(loaded, job, inputs, batch_size, resolved.layers)
+    # The images' explanations in input order (each image's position in the run).
+    explanations = Explanations(e for index in sorted(collected) for e in collected[index])
     if single and len(explanations) == 1 and loaded.clip is None:
         return explanations[0]
     return explanations

@@ -17,7 +17,6 @@ if TYPE_CHECKING:
     from featviz.model.load import LoadedModel
     from featviz.run.pipeline import Job
     from featviz.run.plan import Resolved
-    from featviz.sinks.results import ImageResult
 
 
 def in_memory(images: Any) -> tuple[list[ImageSource], bool]:
@@ -65,16 +64,22 @@ def resolved_request(
     return resolve_explaining(command, request, loaded)
 
 
+def batch_size_for(loaded: LoadedModel, batch_size: int | None) -> int:
+    """The images per forward: as asked, else the command line's default (8 on a CPU, 32 on
+    a GPU)."""
+    return batch_size or (32 if loaded.device.type == "cuda" else 8)
+
+
 def run_pipeline(
     loaded: LoadedModel,
     job: Job,
     found: Iterable[ImageSource],
     batch_size: int | None,
     layers: list[str],
-) -> list[ImageResult]:
+) -> None:
     """Every image (a video model's clip: ``clips_of``) through ``job`` in the CLI's batches,
-    their results in input order; raises InputError naming the images that failed (the first
-    one's reason, and how many more)."""
+    streamed; raises InputError naming the images that failed (the first one's reason, and how
+    many more). What the job computes, it keeps itself (``explain``'s ``collected``)."""
     from featviz.layers.folding import folded_for
     from featviz.run.pipeline import PipelineConfig, run
     from featviz.run.prepare import default_workers
@@ -88,14 +93,13 @@ def run_pipeline(
             yield
 
     config = PipelineConfig(
-        batch_size=batch_size or (32 if loaded.device.type == "cuda" else 8),
+        batch_size=batch_size_for(loaded, batch_size),
         decode_workers=workers,
         write_workers=workers,
         compute=compute,
     )
-    results = sorted(run(job, found, config), key=lambda result: result.source.index)
-    failures = [result.error for result in results if result.error]
+    # Only the failures are kept: a result holds its image when it was handed over in memory.
+    failures = [result.error for result in run(job, found, config) if result.error]
     if failures:
         more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
         raise InputError(failures[0] + more)
-    return results

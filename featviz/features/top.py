@@ -46,12 +46,22 @@ class ChannelRanking:
     def add(self, scores: torch.Tensor, images: torch.Tensor, positions: torch.Tensor) -> None:
         """Merge one batch in: ``scores`` and ``positions`` (N, C), ``images`` (N,) the images'
         positions in the run."""
+        count, channels = scores.shape
+        self._keep(scores.T.float().cpu(), images.cpu().expand(channels, count), positions.T.cpu())
+
+    def merge(self, other: ChannelRanking) -> None:
+        """Merge in the ranking of the same channels over other images (a Ray actor's): the
+        same as adding those images here."""
+        self._keep(other.scores, other.images, other.positions)
+
+    def _keep(self, scores: torch.Tensor, images: torch.Tensor, positions: torch.Tensor) -> None:
+        """The k best of what is held and the (C, n) candidates ``scores``, ``images`` and
+        ``positions``."""
         import torch
 
-        count = scores.shape[0]
-        candidates = torch.cat([self.scores, scores.T.float().cpu()], dim=1)
-        image_ids = torch.cat([self.images, images.cpu().expand(scores.shape[1], count)], dim=1)
-        places = torch.cat([self.positions, positions.T.cpu()], dim=1)
+        candidates = torch.cat([self.scores, scores], dim=1)
+        image_ids = torch.cat([self.images, images], dim=1)
+        places = torch.cat([self.positions, positions], dim=1)
         # Two stable sorts: by image, then by score; equal scores keep the image order.
         by_image = torch.argsort(image_ids, dim=1, stable=True)
         by_score = torch.argsort(

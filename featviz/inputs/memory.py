@@ -4,41 +4,65 @@
 gives, so that a library call is batched, decoded and failed exactly as a run over files is:
 a path is read like a named file; a PIL image is turned upright as its EXIF orientation says
 and converted to RGB like a decoded file; an array must be uint8, (H, W) grey or (H, W, 3) RGB,
-and a (N, H, W, 3) array is N images.
+and a (N, H, W, 3) array is N images. ``streamed`` is the same for a dataset: a folder or a
+glob pattern, or an iterable read only as the run goes.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path, PurePath
 from typing import Any
 
 from featviz.errors import UsageError
-from featviz.inputs.discover import ImageSource, printable
+from featviz.inputs.discover import ImageSource, discover, printable
 from featviz.inputs.names import ImageNames
 
 
 def sources(images: Any) -> tuple[list[ImageSource], bool]:
     """(one ImageSource per image, whether a single image was given rather than a list)."""
     single = _is_single(images)
-    items = [images] if single else list(images)
-    if not items:
+    found = list(_each([images] if single else images))
+    if not found:
         raise UsageError("no images given", hint="pass a path, a PIL image or a uint8 array")
+    return found, single
+
+
+def streamed(images: Any) -> Iterator[ImageSource]:
+    """The images of a dataset, lazily, each as its turn comes: one path names a file, a
+    folder or a glob pattern as a command line's input does; anything else is one image or an
+    iterable of them (paths of files, PIL images, arrays: a generator is read as the run goes).
+
+    A folder or pattern with no image in it fails as an unreadable file does (its
+    ``problem``); an empty iterable raises UsageError once it is found empty.
+    """
+    if isinstance(images, (str, os.PathLike)):
+        yield from discover([os.fspath(images)])
+        return
+    given = False
+    for source in _each([images] if _is_picture(images) else images):
+        given = True
+        yield source
+    if not given:
+        raise UsageError("no images given", hint="pass a folder, paths, PIL images or arrays")
+
+
+def _each(items: Iterable[Any]) -> Iterator[ImageSource]:
+    """One ImageSource per item, numbered in order: a path is read like a named file, anything
+    else must be an in-memory image (``checked``)."""
     names = ImageNames()
-    found = []
     for index, item in enumerate(items):
         if isinstance(item, (str, os.PathLike)):
             path = Path(item)
             name = os.path.splitext(path.name)[0] or "_"
-            found.append(ImageSource(path, names.claim(PurePath(name)), printable(path), index))
+            yield ImageSource(path, names.claim(PurePath(name)), printable(path), index)
         else:
             checked(item)
             relative = names.claim(PurePath(f"image-{index}"))
-            found.append(
-                ImageSource(Path(f"<image {index}>"), relative, f"image {index}", index, image=item)
+            yield ImageSource(
+                Path(f"<image {index}>"), relative, f"image {index}", index, image=item
             )
-    return found, single
 
 
 def _is_single(images: Any) -> bool:
@@ -47,6 +71,15 @@ def _is_single(images: Any) -> bool:
     if isinstance(images, np.ndarray):
         return images.ndim != 4
     return isinstance(images, (str, os.PathLike)) or not isinstance(images, Sequence)
+
+
+def _is_picture(images: Any) -> bool:
+    import numpy as np
+    from PIL import Image
+
+    if isinstance(images, np.ndarray):
+        return images.ndim != 4
+    return isinstance(images, Image.Image)
 
 
 def checked(image: Any) -> None:

@@ -17,6 +17,12 @@ that fails its images, one by one, as an unreadable file does. An interrupt asks
 to stop after the image it is writing, collects what they finished, and says which images
 were cut off or never attempted, as a plain run does.
 
+A command whose run outputs are gathered over the images rather than made from their results
+(``top``'s rankings) gets them the same way: with each chunk's results, the actor's job hands
+over what it gathered over that chunk (``ImageJob.take_partial``, then forgotten there, so a
+chunk run again counts once), and the driver's job merges it in (``add_partial``) before it
+writes what one run writes: for ``top``, exactly what ``--shard`` and ``--merge`` would.
+
 Ray is imported here only, and only when ``--ray`` is given (``featviz[ray]``).
 """
 
@@ -57,12 +63,6 @@ def prepare_on_cluster(plan: Plan, build: Callable[[], PreparedRun]) -> ClusterR
             "its own",
             hint="leave out one of them (a run without --ray writes the event files)",
         )
-    if plan.command == "top":
-        raise UsageError(
-            "featviz top does not go with --ray yet: each actor would rank only the images it "
-            "was given",
-            hint="split the images with --shard K/N (one job each) and combine them with --merge",
-        )
     ray = _import_ray()
     request = plan.run.ray
     started = _connect(ray, request.address)
@@ -95,23 +95,25 @@ class ClusterActor:
         except FeatvizError as exc:  # this node lacks a file, a GPU…: the driver is told
             self.failure = exc
 
-    def run(self, sources: list[ImageSource]) -> list[ImageResult]:
+    def run(self, sources: list[ImageSource]) -> tuple[list[ImageResult], Any]:
         """Every image of the chunk through the job: one result each, or, once ``stop`` was
-        called, those finished by then."""
+        called, those finished by then; and what the job gathered over the chunk for the
+        whole run (``ImageJob.take_partial``)."""
         from featviz.run.pipeline import Pipeline
 
         if self.failure is not None:
             raise self.failure
+        job = self.prepared.job
         if self.stopping.is_set():  # a chunk queued behind the interrupted one
-            return []
-        pipeline = Pipeline(self.prepared.job, sources, self.prepared.config)
+            return [], None
+        pipeline = Pipeline(job, sources, self.prepared.config)
         results = []
         for result in pipeline.results():
             results.append(result)
             if self.stopping.is_set():
                 finished, _ = pipeline.stop()  # the writes under way complete, atomically
-                return results + finished
-        return results
+                return results + finished, job.take_partial()
+        return results, job.take_partial()
 
     def stop(self) -> None:
         self.stopping.set()
@@ -219,13 +221,14 @@ class ClusterRun:
     def _returned(
         self, call: Any, chunk: list[ImageSource], raising: bool = True
     ) -> list[ImageResult]:
-        """A chunk's results; an actor lost more than TASK_RETRIES times fails its images, and
-        a RunError (a full disk) stops the run, as it does without Ray."""
+        """A chunk's results, what its job gathered merged into the driver's; an actor lost
+        more than TASK_RETRIES times fails its images, and a RunError (a full disk) stops the
+        run, as it does without Ray."""
         from featviz.sinks.results import ImageResult
 
         exceptions = self.ray.exceptions
         try:
-            return self.ray.get(call)
+            results, partial = self.ray.get(call)
         except exceptions.RayTaskError as exc:
             if not raising:
                 return []
@@ -236,6 +239,9 @@ class ClusterRun:
         except exceptions.RayActorError as exc:
             reason = f"its Ray actor was lost {TASK_RETRIES + 1} times ({_first_line(exc)})"
             return [ImageResult(s, error=f"{s.display}: {reason}") for s in chunk]
+        if partial is not None:
+            self.prepared.job.add_partial(partial)
+        return results
 
 
 def _chunks(prepared: PreparedRun, size: int) -> Iterator[list[ImageSource] | ImageResult]:

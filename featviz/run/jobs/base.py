@@ -52,6 +52,15 @@ class ImageJob:
         as soon as it comes (an iterator lets the first be written while the next is drawn)."""
         return []
 
+    def take_partial(self) -> Any:
+        """What the job gathered for the whole run since it was last asked, beside its images'
+        results, handed over and forgotten here: a Ray actor's after each chunk (``top``'s
+        rankings). None for a job whose run outputs come from the results alone."""
+        return None
+
+    def add_partial(self, partial: Any) -> None:
+        """Merge another copy's ``take_partial`` into this job (the Ray driver's)."""
+
     def report(self, results: list[dict[str, Any]]) -> str | None:
         """A table for the terminal once the run ends (score's summary), or None."""
         return None

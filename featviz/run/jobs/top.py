@@ -53,6 +53,17 @@ class Seen:
     grids: dict[str, tuple[int, int]]
 
 
+@dataclass(frozen=True)
+class TopPartial:
+    """What a copy of the job ranked (a Ray actor's chunk): the rankings, the images among
+    their winners, how many images it ranked, and the receptive fields it measured."""
+
+    rankings: dict[str, ChannelRanking]
+    winners: dict[int, Seen]
+    ranked: int
+    extents: dict[str, Extent | None] | None
+
+
 @dataclass(kw_only=True)
 class TopJob(ImageJob):
     request: TopRequest
@@ -67,9 +78,25 @@ class TopJob(ImageJob):
     ranked: int = field(init=False, default=0)  # images ranked (not failed)
 
     def __post_init__(self) -> None:
-        self.rankings = {
+        self.rankings = self._empty_rankings()
+
+    def _empty_rankings(self) -> dict[str, ChannelRanking]:
+        return {
             name: ChannelRanking(len(self.channels[name]), self.request.k) for name in self.layers
         }
+
+    def take_partial(self) -> TopPartial:
+        partial = TopPartial(self.rankings, self.winners, self.ranked, self.extents)
+        self.rankings, self.winners, self.ranked = self._empty_rankings(), {}, 0
+        return partial
+
+    def add_partial(self, partial: TopPartial) -> None:
+        for name, ranking in partial.rankings.items():
+            self.rankings[name].merge(ranking)
+        self.ranked += partial.ranked
+        self.extents = self.extents or partial.extents
+        self.winners.update(partial.winners)
+        self._forget_losers(held_images(self.rankings.values()))
 
     def process(self, batch: list[LoadedImage]) -> list[Callable[[], ImageResult]]:
         import torch
@@ -126,6 +153,10 @@ class TopJob(ImageJob):
             if item.source.index in held:
                 original = tuple(item.original.shape[:2])
                 self.winners[item.source.index] = Seen(item.source, original, input_hw, grids)
+        self._forget_losers(held)
+
+    def _forget_losers(self, held: set[int]) -> None:
+        """Keep only the winners among some channel's ``held`` images."""
         self.winners = {index: seen for index, seen in self.winners.items() if index in held}
 
     def _extents(self) -> dict[str, Extent | None]:

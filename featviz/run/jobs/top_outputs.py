@@ -53,7 +53,7 @@ def finals(
     entries = {layer: entries_of(layer) for layer in job.layers}
     cells = _cells(job, entries, sources)
     for layer in job.layers:
-        text = _document(job, layer, images, entries[layer])
+        text = _document(ranking(job, layer, images, entries[layer]))
         yield Artifact("top", "ranking", layer, text=text)
         yield from _pictures(job, layer, *cells[layer])
 
@@ -72,7 +72,7 @@ def partials(job: TopJob, shard: Shard, inputs: int) -> list[Artifact]:
             "partial",
             layer,
             target=f"shard-{shard.index}-of-{shard.count}",
-            text=_document(job, layer, job.ranked, job.ranking_entries(layer), header),
+            text=_document(ranking(job, layer, job.ranked, job.ranking_entries(layer), header)),
         )
         for layer in job.layers
     ]
@@ -153,27 +153,39 @@ def _partials_of(
     return parts
 
 
-def _document(
+def ranking(
     job: TopJob,
     layer: str,
     images: int,
     entries: Entries,
     header: dict[str, Any] | None = None,
-) -> str:
-    """The JSON text of a ranking: one line per entry, so that it reads and diffs well."""
-    fields = {
+) -> dict[str, Any]:
+    """A layer's ranking as its JSON file holds it (see the module docstring), ``header``'s
+    fields first."""
+    return {
         **(header or {}),
         "layer": layer,
         "stat": job.request.stat,
         "k": job.request.k,
         "images": images,
+        "channels": [
+            {"channel": channel, "top": top} for channel, top in zip(job.channels[layer], entries)
+        ],
     }
+
+
+def _document(ranked: dict[str, Any]) -> str:
+    """The JSON text of a ``ranking``: one line per entry, so that it reads and diffs well."""
+    fields = dict(ranked)
+    channels = fields.pop("channels")
     lines = [f" {json.dumps(key)}: {json.dumps(value)}," for key, value in fields.items()]
-    channels = []
-    for channel, top in zip(job.channels[layer], entries):
-        ranked = ",\n".join(f"   {json.dumps(entry, ensure_ascii=False)}" for entry in top)
-        channels.append(f'  {{"channel": {channel}, "top": [\n{ranked}\n  ]}}')
-    body = ",\n".join(channels)
+    blocks = []
+    for channel in channels:
+        ranked = ",\n".join(
+            f"   {json.dumps(entry, ensure_ascii=False)}" for entry in channel["top"]
+        )
+        blocks.append(f'  {{"channel": {channel["channel"]}, "top": [\n{ranked}\n  ]}}')
+    body = ",\n".join(blocks)
     return "{\n" + "\n".join(lines) + f'\n "channels": [\n{body}\n ]\n}}\n'
 
 
@@ -194,7 +206,7 @@ def _cells(
                 wanted.setdefault(entry["index"], []).append((layer, c, rank, entry))
         drawn[layer] = ([[None] * len(top) for top in ranked], [None] * len(ranked))
     for index in sorted(wanted):
-        image = _original(sources[index], job.max_pixels)
+        image = reread(sources[index], job.max_pixels)
         crops = {}
         for layer, c, rank, entry in wanted[index]:
             box = tuple(entry["box"])
@@ -228,7 +240,7 @@ def _pictures(
     yield Artifact("top", "overview", layer, caption="every channel", pixels=overview)
 
 
-def _original(source: ImageSource, max_pixels: int | None) -> np.ndarray:
+def reread(source: ImageSource, max_pixels: int | None) -> np.ndarray:
     """A winner's pixels, decoded again; an image that cannot be read any more (moved or
     changed since) is a run error: its crops would show something else."""
     import numpy as np
