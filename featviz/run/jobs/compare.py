@@ -9,7 +9,7 @@ forward and, for the gradient methods, one backward per target (featviz.explaine
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from featviz.explainer.batch import ExplainedMap
@@ -21,6 +21,7 @@ from featviz.sinks.artifacts import Artifact, ImageOutputs
 from featviz.sinks.results import ImageResult
 
 if TYPE_CHECKING:
+    from featviz.render.figures import Cell
     from featviz.run.plan import CompareRequest
 
 
@@ -57,44 +58,14 @@ class CompareJob(ExplainingJob):
         note: str | None,
     ):
         def write() -> ImageResult:
-            from featviz.cam import heatmap
-            from featviz.render.draw import mark, overlay
-            from featviz.render.figures import Cell, grid_panel
+            from featviz.render.figures import grid_panel
 
-            size = item.original.shape[:-1]  # (H, W), or a clip's (T, H, W)
-            # One column per target of this image (a detector's images have as many as boxes).
-            columns = max(
-                (
-                    len(group)
-                    for method in self.explainer.methods
-                    for group in _by_layer([e for e in maps if e.method == method.name])
-                    if method.info.class_specific
-                ),
-                default=1,
+            outputs = ImageOutputs(
+                item.source, self.model.name, item.original, predictions, note=note
             )
-            rows = []
-            for method in self.explainer.methods:
-                mine = [entry for entry in maps if entry.method == method.name]
-                cells = []
-                for layer_maps in _by_layer(mine):
-                    # A class-agnostic map is the same for every target column.
-                    for column in range(columns):
-                        entry = layer_maps[min(column, len(layer_maps) - 1)]
-                        values = heatmap(entry.shown, size).numpy()
-                        pixels = overlay(
-                            item.original, values, lut=self.lut, alpha=self.request.alpha
-                        )
-                        mark(pixels, entry.region, entry.boxes, entry.caption)
-                        title = f"{entry.method} · {entry.layer}\n{entry.caption}"
-                        cells.append(Cell(title, pixels))
-                if cells:  # none: a detector's image without a box, for a class-specific method
-                    rows.append(cells)
+            rows = self._rows(item, maps)
             if not rows:
-                return self.deliver(
-                    ImageOutputs(
-                        item.source, self.model.name, item.original, predictions, note=note
-                    )
-                )
+                return self.deliver(outputs)
             panel = grid_panel(
                 item.original,
                 rows,
@@ -111,13 +82,41 @@ class CompareJob(ExplainingJob):
                 pixels=panel,
                 frame_ms=item.frame_ms,
             )
-            return self.deliver(
-                ImageOutputs(
-                    item.source, self.model.name, item.original, predictions, [artifact], note=note
-                )
-            )
+            return self.deliver(replace(outputs, artifacts=[artifact]))
 
         return write
+
+    def _rows(self, item: LoadedImage, maps: list[ExplainedMap]) -> list[list[Cell]]:
+        """One row of overlays per method, one column per target (a detector's image has as
+        many as boxes; a class-agnostic map repeats in each); no row for a class-specific
+        method on a detector's image without a box."""
+        from featviz.cam import heatmap
+        from featviz.render.draw import mark, overlay
+        from featviz.render.figures import Cell
+
+        size = item.original.shape[:-1]  # (H, W), or a clip's (T, H, W)
+        columns = max(
+            (
+                len(group)
+                for method in self.explainer.methods
+                for group in _by_layer([e for e in maps if e.method == method.name])
+                if method.info.class_specific
+            ),
+            default=1,
+        )
+        rows = []
+        for method in self.explainer.methods:
+            cells = []
+            for layer_maps in _by_layer([e for e in maps if e.method == method.name]):
+                for column in range(columns):
+                    entry = layer_maps[min(column, len(layer_maps) - 1)]
+                    values = heatmap(entry.shown, size).numpy()
+                    pixels = overlay(item.original, values, lut=self.lut, alpha=self.request.alpha)
+                    mark(pixels, entry.region, entry.boxes, entry.caption)
+                    cells.append(Cell(f"{entry.method} · {entry.layer}\n{entry.caption}", pixels))
+            if cells:
+                rows.append(cells)
+        return rows
 
 
 def _by_layer(maps: list[ExplainedMap]) -> list[list[ExplainedMap]]:
