@@ -13,7 +13,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from featviz.cli.app import app
-from featviz.inputs.discover import IMAGES, VIDEOS, discover
+from featviz.inputs.discover import discover
+from featviz.inputs.kinds import IMAGES, VIDEOS
 from featviz.inputs.video import Sampling, clips
 
 NAMES = ["a.MP4", "b.webm", "c.mkv", "d.avi", "e.mov", "f.gif", "g.png", "h.jpg", "i.txt"]

@@ -4,7 +4,7 @@
 - a file is taken whatever its extension (the user named it; decoding judges it);
 - a folder yields its image files, sorted by name (code-point order), its sub-folders too with
   ``recursive``; names starting with a dot are skipped; only the extensions of the kind of file
-  the model takes count (any case): ``IMAGES`` (``IMAGE_EXTENSIONS``) or, for a video model,
+  the model takes count (any case): ``IMAGES`` (featviz.inputs.kinds) or, for a video model,
   ``VIDEOS`` (``VIDEO_EXTENSIONS``; an animated GIF is both). A file of the other kind is left
   aside, and ``on_aside`` hears of it. Entries are judged by what they are, not by their name:
   a sub-folder called ``x.jpg`` is a folder (walked with ``recursive``, skipped without), while
@@ -56,29 +56,9 @@ from pathlib import Path, PurePath
 from typing import Any, BinaryIO, TextIO
 
 from featviz.errors import UsageError, closest
+from featviz.inputs.kinds import IMAGES, VIDEOS, FileKind
 from featviz.inputs.names import ImageNames
 
-IMAGE_EXTENSIONS = frozenset({".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"})
-VIDEO_EXTENSIONS = frozenset({".avi", ".gif", ".m4v", ".mkv", ".mov", ".mp4", ".webm"})
-
-
-@dataclass(frozen=True)
-class FileKind:
-    """The files a model reads from folders and patterns: ``noun`` names them in messages."""
-
-    noun: str
-    extensions: frozenset[str]
-
-    def takes(self, name: str) -> bool:
-        return os.path.splitext(name)[1].lower() in self.extensions
-
-    @property
-    def hint(self) -> str:
-        return f"featviz looks for {' '.join(sorted(self.extensions))} files, any case"
-
-
-IMAGES = FileKind("image", IMAGE_EXTENSIONS)
-VIDEOS = FileKind("video", VIDEO_EXTENSIONS)
 _KINDS = (IMAGES, VIDEOS)
 _GLOB_MAGIC = re.compile(r"[*?[]")
 # Characters that would break a one-line message or fool a terminal: C0/C1 controls, DEL, line

@@ -173,7 +173,8 @@ def _discover(run: RunRequest, loaded: LoadedModel, notes: list[str]) -> Iterabl
     kind, are told in ``notes``."""
     import sys
 
-    from featviz.inputs.discover import IMAGES, VIDEOS, discover
+    from featviz.inputs.discover import discover
+    from featviz.inputs.kinds import IMAGES, VIDEOS
 
     def skipped(folder: str) -> None:
         notes.append(f"left out {folder}: a featviz output folder is never read as input")
