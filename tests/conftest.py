@@ -94,6 +94,14 @@ def write_video(path: Path, frames: np.ndarray, codec: str, rate: int = 30, **op
     return path
 
 
+def tiny_video_case(root: Path) -> tuple[Path, str]:
+    """(a 6-frame MP4 of a moving bar: two clips of the tiny video model, the model's spec),
+    written under ``root``."""
+    (root / "tiny3d.py").write_text(TINY_VIDEO_MODEL)
+    video = write_video(root / "bar.mp4", bar_frames(6, 24, 32), "libx264")
+    return video, f"{root}/tiny3d.py:build"
+
+
 def example_cache(tmp_path_factory, name: str, train) -> Path:
     """A folder for XDG_CACHE_HOME holding the weights of example ``name`` (see
     synthetic_shapes.cached) as ``train()`` gives them: trained once per test module."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_VIDEO_MODEL, bar_frames, image_folder, write_video
+from conftest import image_folder, tiny_video_case
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -28,6 +28,11 @@ from featviz.judge.metrics import (
 from featviz.judge.similarity import ssim
 
 T, H, W = 3, 10, 12
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> tuple[Path, str]:
+    return tiny_video_case(tmp_path_factory.mktemp("judge"))
 
 
 def frame_scorer(seed: int = 0):
@@ -98,16 +103,6 @@ def test_a_clips_similarity_is_its_frames_mean_and_its_centre_the_same_each_fram
     centre = centre_map((T, 5, 7))
     assert centre.shape == (T, 5, 7) and torch.equal(centre[0], centre[-1])
     assert centre[1, 2, 3] == 1 and centre_map((5, 7)).equal(centre[0])
-
-
-@pytest.fixture(scope="module")
-def video(tmp_path_factory) -> tuple[Path, str]:
-    """(a 6-frame MP4 of a moving bar: two clips of the tiny video model, the model's spec)."""
-    root = tmp_path_factory.mktemp("judge")
-    (root / "tiny3d.py").write_text(TINY_VIDEO_MODEL)
-    return write_video(
-        root / "bar.mp4", bar_frames(6, 24, 32), "libx264"
-    ), f"{root}/tiny3d.py:build"
 
 
 def run(command: str, video: tuple[Path, str], out: Path, *options: str):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_VIDEO_MODEL, bar_frames, image_folder, write_video
+from conftest import image_folder, tiny_video_case
 from PIL import Image
 from torch import nn
 from typer.testing import CliRunner
@@ -21,12 +21,7 @@ from featviz.errors import UsageError
 
 @pytest.fixture(scope="module")
 def video(tmp_path_factory) -> tuple[Path, str]:
-    """(a 6-frame MP4 of a moving bar, the tiny video model's spec: clips of 4 frames)."""
-    root = tmp_path_factory.mktemp("library")
-    (root / "tiny3d.py").write_text(TINY_VIDEO_MODEL)
-    return write_video(
-        root / "bar.mp4", bar_frames(6, 24, 32), "libx264"
-    ), f"{root}/tiny3d.py:build"
+    return tiny_video_case(tmp_path_factory.mktemp("library"))
 
 
 def tiny3d_module() -> nn.Module:

@@ -44,14 +44,18 @@ def clips_of(loaded: LoadedModel, found: list[ImageSource]) -> Iterator[ImageSou
     return clip_sources(found, loaded.clip)
 
 
-def images_only(loaded: LoadedModel, call: str) -> None:
+_VIDEO_HINT = (
+    "featviz.explain takes its videos, and so do featviz maps, compare, score and sanity on "
+    "the command line"
+)
+
+
+def images_only(loaded: LoadedModel, call: str, hint: str = _VIDEO_HINT) -> None:
     """Raise UsageError when ``loaded`` is a video model, which library call ``call`` does not
-    take yet."""
+    take yet; ``hint`` says what does."""
     if loaded.clip is not None:
         raise UsageError(
-            f"{loaded.name} is a video model: featviz.{call} takes images for now",
-            hint="featviz.explain takes its videos, and so do featviz maps, compare, score "
-            "and sanity on the command line",
+            f"{loaded.name} is a video model: featviz.{call} takes images for now", hint=hint
         )
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from featviz.api.model import loaded_model
-from featviz.api.running import batch_size_for, run_pipeline
+from featviz.api.running import batch_size_for, images_only, run_pipeline
 from featviz.errors import UsageError
 
 if TYPE_CHECKING:
@@ -134,11 +134,7 @@ def top(
     else:
         chosen = tuple(dict.fromkeys(channels or ()))
     loaded = loaded_model(model)
-    if loaded.clip is not None:
-        raise UsageError(
-            f"{loaded.name} is a video model: featviz.top takes images for now",
-            hint="featviz maps shows a video model's channels on its clips",
-        )
+    images_only(loaded, "top", hint="featviz maps shows a video model's channels on its clips")
     names = (layer,) if isinstance(layer, str) else tuple(layer)
     request = TopRequest(layers=names, k=k, channels=chosen, stat=cast("Stat", stat))
     resolved, make_job, _ = resolve_top(request, loaded, [], None)
