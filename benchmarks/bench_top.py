@@ -6,17 +6,19 @@ random-init (seed 0) at input size 96, layers ``layer2`` and ``layer3`` (every c
 it times, round-robin in one run:
 
 - featviz: ``prepare(Plan("top", …))`` streamed to its end in-process (decoding, the forwards,
-  the rankings, and at the end the winners decoded again, 384 channel sheets, two overviews and
-  two JSON files written), the model built beforehand;
+  the rankings, and at the end 384 channel sheets drawn from the winners' kept pixels, two
+  overviews and two JSON files written), the model built beforehand;
 - the forward passes alone: the same network as featviz runs it (channels-last, its batch
   norms folded into the convolutions) under ``inference_mode`` up to ``layer3`` (a hook stops
   the forward there), batch 8, on tensors preloaded at the same shapes: no decoding, no
   ranking, no writing;
 
 and prints the ratios of wall time and of this process's CPU time (every thread's: on a
-machine others load, the work done), goal (issue 24) ≤ 1.1×. Then ``featviz top`` as a child
-process over the first 500 images and over all of them, with the peak resident memory of each
-(its ``VmHWM``): flat, since what a run holds is k × channels, not the images.
+machine others load, the work done), goal (issue 24) ≤ 1.1×, and the wall-time ratio of each
+repeat's pair of runs (run one after the other, so less apart in the machine's moods). Then
+``featviz top`` as a child process over the first 500 images and over all of them, with the
+peak resident memory of each (its ``VmHWM``): flat, since what a run holds is k × channels
+(and the winners' pixels up to a fixed budget), not the images.
 
 Usage (from the repository root): python benchmarks/bench_top.py [--images 2000] [--repeats 2]
 [--threads N] [--no-memory]
@@ -29,6 +31,7 @@ import contextlib
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -214,6 +217,15 @@ def main(argv: list[str] | None = None) -> None:
                 f"featviz top / forward passes alone, {what} time: **{ratio:.2f}×** "
                 f"(goal ≤ {GOAL}×: {verdict})  "
             )
+        # Each repeat's two runs follow each other: a slow spell of the machine hits both.
+        paired = [
+            mine.seconds / floor_run.seconds
+            for mine, floor_run in zip(runs["featviz top"], runs["forward passes alone"])
+        ]
+        print(
+            f"wall time, repeat by repeat: {' '.join(f'{r:.2f}×' for r in paired)}, "
+            f"median **{statistics.median(paired):.2f}×**  "
+        )
         print(TIMES_NOTE)
         print()
         if args.no_memory:

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from typer.testing import CliRunner
 
 import featviz.sinks.encode
 from featviz.cli.app import app
-from featviz.sinks.encode import deflate_zlib, encode_png
+from featviz.sinks.encode import deflate_zlib, encode_json, encode_png
 
 
 @pytest.mark.parametrize("shape", [(37, 53, 3), (41, 29)])
@@ -79,3 +81,31 @@ def test_another_format_is_other_settings_for_skip_existing(
     for grid in grids:
         with Image.open(grid) as decoded:
             assert decoded.format == "WEBP"
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=JSON_VALUES)
+def test_json_reads_back_as_what_was_written(value) -> None:
+    assert json.loads(encode_json(value)) == value
+
+
+def test_json_gives_each_member_of_the_top_two_levels_a_line() -> None:
+    manifest = {"command": "top", "images": [{"input": "a.jpg", "outputs": []}, {"input": "b"}]}
+    assert encode_json(manifest).decode() == (
+        "{\n"
+        '  "command": "top",\n'
+        '  "images": [\n'
+        '    {"input": "a.jpg", "outputs": []},\n'
+        '    {"input": "b"}\n'
+        "  ]\n"
+        "}\n"
+    )

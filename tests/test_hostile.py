@@ -119,6 +119,10 @@ def symlink(target: str) -> Callable[[Path], None]:
     return lambda path: os.symlink(target, path)
 
 
+def fifo(path: Path) -> None:
+    os.mkfifo(path)  # opened for reading, it would wait for a writer forever
+
+
 def subfolder_photo(path: Path) -> None:
     path.mkdir()
     Image.new("RGB", (30, 20), GREEN).save(path / "inside.png")
@@ -197,6 +201,7 @@ CORPUS: dict[str, tuple[Callable[[Path], None], Outcome]] = {
         write(bomb_png()),
         Outcome(reason="1e10 pixels is over the limit of 178,956,970 (decompression-bomb guard)"),
     ),
+    "pipe.png": (fifo, Outcome(reason="is not a regular file (a FIFO, socket or device)")),
     "x.jpg": (subfolder_photo, Outcome((30, 20), {(0, 0): GREEN})),
     "link.jpg": (
         symlink("gone.jpg"),

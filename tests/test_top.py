@@ -285,6 +285,48 @@ def test_memory_is_k_times_channels(tmp_path, tiny_model_file) -> None:
     assert {r.scores.shape for r in run.job.rankings.values()} == {(4, 2), (6, 2)}
 
 
+def test_winners_past_the_pixel_budget_are_decoded_again(
+    tmp_path, tiny_model_file, monkeypatch
+) -> None:
+    """Winners' pixels are kept up to KEPT_PIXELS_BYTES (those examples need no second
+    decode); the others are read again at the end, and one gone by then fails the run."""
+    from featviz.errors import RunError
+    from featviz.model.options import ModelRequest
+    from featviz.run.jobs import top
+    from featviz.run.plan import Plan, RunRequest, TopRequest
+    from featviz.run.prepare import prepare
+    from featviz.sinks.manifest import RunTally
+    from featviz.sinks.options import OutputRequest
+
+    monkeypatch.setattr(top, "KEPT_PIXELS_BYTES", 2 * 36 * 36 * 3)  # two of the images
+    _images(tmp_path / "in", 12, 6, [(36, 36)])
+    plan = Plan(
+        "top",
+        ModelRequest(f"{tiny_model_file}:build", weights="none", input_size=32, device="cpu"),
+        OutputRequest(tmp_path / "out", gallery=False),
+        TopRequest(layers=("features.3",), k=2),
+        RunRequest((str(tmp_path / "in"),), batch_size=4),
+    )
+    run = prepare(plan)
+    tally = RunTally()
+    for result in run.results():
+        tally.add(result)
+    winners = run.job.winners.values()
+    kept = [seen for seen in winners if seen.pixels is not None]
+    assert 0 < len(kept) <= 2 < len(winners)
+    assert run.job.kept_bytes == sum(seen.pixels.nbytes for seen in kept)
+    for seen in kept:
+        assert np.array_equal(seen.pixels, np.asarray(Image.open(seen.source.path)))
+    gone = next(seen.source for seen in winners if seen.pixels is None)
+    Path(gone.path).unlink()
+    with pytest.raises(RunError) as raised:
+        run.finish(tally, interrupted=False)
+    assert raised.value.message == (
+        f"cannot read {gone.display} again to draw its crops: {gone.display}: does not exist"
+    )
+    assert not list((tmp_path / "out").glob("top/*/*.png"))  # nothing of it written
+
+
 def test_rankings_of_parts_merged_equal_one_ranking_of_all() -> None:
     """What a Ray driver does with its actors' rankings: ties included, in any order."""
     from featviz.features.top import ChannelRanking
@@ -306,6 +348,32 @@ def test_rankings_of_parts_merged_equal_one_ranking_of_all() -> None:
     ):
         assert torch.equal(got, want)
     assert whole.images[0].tolist() == sorted(whole.images[0].tolist(), key=lambda i: -scores[i, 0])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_batches_in_any_order_rank_as_one_sort(seed: int) -> None:
+    """Batches of any size, images in any order, many ties: each channel keeps the k best
+    by (score, then image), with their positions, as sorting everything at once does; late
+    batches leave most channels untouched, which must change nothing."""
+    from featviz.features.top import ChannelRanking
+
+    generator = torch.Generator().manual_seed(seed)
+    count, channels, k = 200, 6, 5
+    scores = torch.randint(0, 12, (count, channels), generator=generator).float()
+    positions = torch.randint(0, 40, (count, channels), generator=generator)
+    order = torch.randperm(count, generator=generator)
+    ranking = ChannelRanking(channels, k)
+    start = 0
+    while start < count:
+        size = int(torch.randint(1, 9, (1,), generator=generator))
+        part = order[start : start + size]
+        ranking.add(scores[part], part, positions[part])
+        start += size
+    for c in range(channels):
+        best = sorted(range(count), key=lambda i: (-scores[i, c].item(), i))[:k]
+        assert ranking.images[c].tolist() == best
+        assert ranking.scores[c].tolist() == scores[best, c].tolist()
+        assert ranking.positions[c].tolist() == positions[best, c].tolist()
 
 
 def test_receptive_field_is_the_architectures(tiny_model) -> None:

@@ -3,7 +3,8 @@
 A ``ChannelRanking`` holds, for each of a layer's C channels, the k highest scores seen so far
 with the image (its position in the run) and where on the layer's grid its maximum sits, as
 (C, k) tensors: memory is k × C whatever the number of images. Each batch's (N, C) scores are
-merged in with one sort, so a run costs a few small sorts beside its forwards.
+merged in with two small sorts, and where a maximum sits is found only for the images that get
+in, so a run costs little beside its forwards.
 
 Ranking is deterministic: by score, highest first, and among equal scores by the image's
 position in the run, lowest first. The order in which batches arrive (decode threads, shapes
@@ -13,27 +14,43 @@ grouped, shards) therefore never changes the result, and rankings of disjoint se
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 Stat = Literal["max", "mean"]
 
 
-def channel_scores(maps: torch.Tensor, stat: Stat) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, C, h, w) activations → (N, C) scores and (N, C) flat positions (row · w + col) of
-    each channel's maximum (the first one in row-major order where several are equal).
-    ``stat``: the score is that maximum, or the channel's mean over positions."""
-    flat = maps.flatten(2)
-    peaks, positions = flat.max(dim=2)
-    return (peaks if stat == "max" else flat.mean(dim=2)), positions
+def channel_scores(maps: torch.Tensor, stat: Stat) -> torch.Tensor:
+    """(N, C, h, w) activations → (N, C) scores: each channel's maximum over positions, or
+    (``stat`` "mean") its mean."""
+    if stat == "max":
+        return maps.amax(dim=(2, 3))  # exact in any order; ten times max() with its indices
+    return maps.flatten(2).mean(dim=2)
+
+
+def peak_positions(maps: torch.Tensor, rows: np.ndarray, channels: np.ndarray) -> np.ndarray:
+    """The flat positions (row · w + col) of the maxima of ``maps[rows[i], channels[i]]``: the
+    first in row-major order where several are equal."""
+    import torch
+
+    where = (torch.from_numpy(rows).to(maps.device), torch.from_numpy(channels).to(maps.device))
+    return maps[where].flatten(1).argmax(dim=1).cpu().numpy()
+
+
+# Which candidates' positions to give: (channels, columns), columns counted among the new ones.
+PositionsOf = Callable[["np.ndarray", "np.ndarray"], "np.ndarray"]
 
 
 class ChannelRanking:
-    """The k best (score, image, position) of each of ``channels`` channels seen so far."""
+    """The k best (score, image, position) of each of ``channels`` channels seen so far, as
+    (C, ≤k) tensors. The bookkeeping runs in numpy: a torch call on these small arrays lets
+    the decoding threads take the interpreter's lock, and getting it back costs the model's
+    thread more than the call."""
 
     def __init__(self, channels: int, k: int) -> None:
         import torch
@@ -46,38 +63,89 @@ class ChannelRanking:
     def add(self, scores: torch.Tensor, images: torch.Tensor, positions: torch.Tensor) -> None:
         """Merge one batch in: ``scores`` and ``positions`` (N, C), ``images`` (N,) the images'
         positions in the run."""
-        count, channels = scores.shape
-        self._keep(scores.T.float().cpu(), images.cpu().expand(channels, count), positions.T.cpu())
+        by_channel = positions.cpu().numpy().T
+        self._keep(
+            scores.float().cpu().numpy().T,
+            images.cpu().numpy(),
+            lambda rows, columns: by_channel[rows, columns],
+        )
+
+    def add_maps(self, maps: torch.Tensor, images: np.ndarray, stat: Stat) -> None:
+        """Merge one batch's (N, C, h, w) activations in, ``images`` (N,) the images' positions
+        in the run (int64): where the
+        maximum sits is looked up only for the images that get in, a few per batch once the
+        ranking has filled."""
+        import numpy as np
+
+        scores = channel_scores(maps, stat).cpu().numpy().astype(np.float32, copy=False)
+        self._keep(
+            scores.T,
+            images,
+            lambda rows, columns: peak_positions(maps, columns, rows),
+        )
 
     def merge(self, other: ChannelRanking) -> None:
         """Merge in the ranking of the same channels over other images (a Ray actor's): the
         same as adding those images here."""
-        self._keep(other.scores, other.images, other.positions)
+        positions = other.positions.numpy()
+        self._keep(
+            other.scores.numpy(),
+            other.images.numpy(),
+            lambda rows, columns: positions[rows, columns],
+        )
 
-    def _keep(self, scores: torch.Tensor, images: torch.Tensor, positions: torch.Tensor) -> None:
-        """The k best of what is held and the (C, n) candidates ``scores``, ``images`` and
-        ``positions``."""
+    def _keep(self, scores: np.ndarray, images: np.ndarray, positions_of: PositionsOf) -> None:
+        """The k best of what is held and the (C, n) candidates ``scores`` and ``images`` (or
+        (n,) images, the same for every channel), whose positions ``positions_of`` gives for
+        those kept. Once a channel holds k, only a candidate scoring at least its k-th can get
+        in: the channels without one, most of them late in a run, are left as they are."""
+        import numpy as np
         import torch
 
-        candidates = torch.cat([self.scores, scores], dim=1)
-        image_ids = torch.cat([self.images, images], dim=1)
-        places = torch.cat([self.positions, positions], dim=1)
-        # Two stable sorts: by image, then by score; equal scores keep the image order.
-        by_image = torch.argsort(image_ids, dim=1, stable=True)
-        by_score = torch.argsort(
-            candidates.gather(1, by_image), dim=1, descending=True, stable=True
+        held_scores, held_ids, held_positions = (
+            self.scores.numpy(),
+            self.images.numpy(),
+            self.positions.numpy(),
         )
-        kept = by_image.gather(1, by_score[:, : self.k])
-        self.scores = candidates.gather(1, kept)
-        self.images = image_ids.gather(1, kept)
-        self.positions = places.gather(1, kept)
+        held = held_scores.shape[1]
+        images = np.broadcast_to(images, scores.shape)
+        if held == self.k:
+            channels = np.flatnonzero((scores >= held_scores[:, -1:]).any(axis=1))
+            if not len(channels):
+                return
+        else:
+            channels = np.arange(len(scores))
+        candidates = np.concatenate([held_scores[channels], scores[channels]], axis=1)
+        image_ids = np.concatenate([held_ids[channels], images[channels]], axis=1)
+        # Two stable sorts: by image, then by score, highest first (ascending on the negated
+        # scores: equal ones keep the image order).
+        order = np.arange(len(channels))[:, None]
+        by_image = np.argsort(image_ids, axis=1, kind="stable")
+        by_score = np.argsort(-candidates[order, by_image], axis=1, kind="stable")
+        kept = by_image[order, by_score[:, : self.k]]
+        chosen = channels[:, None], kept.clip(max=held - 1)
+        positions = held_positions[chosen] if held else np.empty_like(kept)
+        new_rows, slots = np.nonzero(kept >= held)
+        positions[new_rows, slots] = positions_of(channels[new_rows], kept[new_rows, slots] - held)
+        if held == self.k:  # the other channels as they were
+            kept_scores, kept_images = held_scores.copy(), held_ids.copy()
+            kept_positions = held_positions.copy()
+            kept_scores[channels] = candidates[order, kept]
+            kept_images[channels] = image_ids[order, kept]
+            kept_positions[channels] = positions
+        else:
+            kept_scores, kept_images = candidates[order, kept], image_ids[order, kept]
+            kept_positions = positions
+        self.scores = torch.from_numpy(kept_scores)
+        self.images = torch.from_numpy(kept_images)
+        self.positions = torch.from_numpy(kept_positions)
 
 
 def held_images(rankings: Iterable[ChannelRanking]) -> set[int]:
     """The images that are among some channel's k best in any of ``rankings``."""
-    import torch
+    import numpy as np
 
-    return set(torch.cat([ranking.images.flatten() for ranking in rankings]).unique().tolist())
+    return set(np.concatenate([ranking.images.numpy().ravel() for ranking in rankings]).tolist())
 
 
 @dataclass(frozen=True)

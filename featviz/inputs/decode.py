@@ -44,6 +44,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from featviz.errors import InputError, UsageError
 from featviz.inputs.discover import printable
+from featviz.inputs.headers import declared_size
 from featviz.inputs.limits import DEFAULT_MAX_PIXELS
 
 BACKGROUND: tuple[int, int, int] = (255, 255, 255)
@@ -210,10 +211,16 @@ def _to_8bit_grey(image: Image.Image) -> Image.Image:
 
 def declared_pixels(path: str | os.PathLike[str]) -> int:
     """The pixel count a file's header declares (nothing decoded), 0 when it cannot be read:
-    what the pipeline reserves memory for before decoding (decode() then says what is wrong)."""
+    what the pipeline reserves memory for before decoding (decode() then says what is wrong).
+    Opened as decode() opens it: a FIFO or device is not waited on."""
     try:
-        with Image.open(path) as image:
-            width, height = image.size
+        with _open_image_file(path, "") as file:
+            size = declared_size(file)
+            if size is None:
+                file.seek(0)
+                with Image.open(file, formats=FORMATS) as image:
+                    size = image.size
     except Exception:  # anything at all: a bad file is decode()'s to report
         return 0
+    width, height = size
     return width * height

@@ -65,13 +65,14 @@ class LayerTaps:
         self.outputs: dict[str, torch.Tensor] = {}
         self._seen: dict[str, int] = {}
         self._handles: list[Any] = []
+        # Found once: a job that taps every batch enters these taps again and again.
+        modules = dict(model.named_modules())
+        self._modules = [modules[split_entry(name)[0]] for name in self.layers]
 
     def __enter__(self) -> LayerTaps:
-        modules = dict(self.model.named_modules())
         try:
-            for name in self.layers:
-                module, _ = split_entry(name)
-                self._handles.append(modules[module].register_forward_hook(self._hook_for(name)))
+            for name, module in zip(self.layers, self._modules):
+                self._handles.append(module.register_forward_hook(self._hook_for(name)))
         except BaseException:
             self.remove()
             raise

@@ -70,7 +70,14 @@ class LoadedModel:
 
         from featviz.inputs.preprocess import normalise
 
-        stacked = torch.stack([tensor.to(self.device, non_blocking=True) for tensor in tensors])
+        # Only what is elsewhere is moved: each call lets the decoders' threads take the
+        # interpreter's lock, and waiting to get it back costs the model's thread more than
+        # the call.
+        moved = [
+            tensor if tensor.device == self.device else tensor.to(self.device, non_blocking=True)
+            for tensor in tensors
+        ]
+        stacked = torch.stack(moved)
         if stacked.dtype == torch.uint8:
             stacked = normalise(stacked, self.preprocessing)
         if self.channels_last:

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 from featviz.errors import UsageError, closest
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import numpy as np
 
 SEPARATOR_RGB = (255, 255, 255)
@@ -73,14 +75,17 @@ def enlarge_factor(height: int, width: int, cell_size: int) -> int:
     return max(1, math.ceil(cell_size / max(height, width)))
 
 
-def tile(cells: np.ndarray, *, nrow: int | None = None, padding: int = 1) -> np.ndarray:
-    """Tile (C, h, w, 3) uint8 cells into a near-square grid with thin separators.
+def tile(
+    cells: np.ndarray | Sequence[np.ndarray], *, nrow: int | None = None, padding: int = 1
+) -> np.ndarray:
+    """Tile (C, h, w, 3) uint8 cells (or C arrays of (h, w, 3)) into a near-square grid with
+    thin separators.
 
     ``nrow`` is the number of cells per row (torchvision's make_grid naming), by default
     ceil(sqrt(C)). Unused cells at the end stay the separator colour.
     """
 
-    count, height, width, _ = cells.shape
+    count, (height, width, _) = len(cells), cells[0].shape
     per_row = nrow or math.ceil(math.sqrt(count))
     rows = math.ceil(count / per_row)
     grid = filled(

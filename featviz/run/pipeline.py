@@ -1,13 +1,15 @@
 """Streams any number of images through decode → batch → compute → render/write, overlapped.
 
-Decoding runs in a small thread pool ahead of the model; images whose resized tensors have the
-same shape are batched together (photos from one camera share a shape); the model work runs on
-the calling thread; colour-mapping, PNG encoding and writing run in a second pool while the next
-batch computes. Every stage is bounded, so the number of images held in memory never exceeds
-``max_in_flight`` however long the input list is, and results are yielded as they complete.
+Reading the images' headers (what each will cost) and decoding them run in a small thread pool
+ahead of the model, off its thread; images whose resized tensors have the same shape are batched
+together (photos from one camera share a shape); the model work runs on the calling thread;
+colour-mapping, PNG encoding and writing run in a second pool while the next batch computes.
+Every stage is bounded, so the number of images held in memory never exceeds ``max_in_flight``
+however long the input list is, and results are yielded as they complete.
 
 The command-specific work lives in a ``Job`` (maps.MapsJob, cam_job.CamJob): it says how to
-recognise an image already done, and turns a batch of loaded images into one write task each.
+recognise an image already done, and turns a batch of loaded images into one write task each
+(or its result, where it has nothing to write).
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ class Job(Protocol):
 
     def load(self, source: ImageSource) -> LoadedImage: ...
 
-    def process(self, batch: list[LoadedImage]) -> list[Callable[[], ImageResult]]: ...
+    def process(self, batch: list[LoadedImage]) -> list[Callable[[], ImageResult] | ImageResult]:
+        """One write task per image, or its result where it has nothing to write."""
 
 
 @dataclass
@@ -124,6 +127,12 @@ class Pipeline:
         self.sources = sources
         self.config = config
         self.stats = stats or PipelineStats()
+        self.decode_ahead = config.batch_size + config.decode_workers
+        # The next images, not started, each with its header being read in a decoder: what
+        # it costs is known, off the model's thread, when its turn comes.
+        self.heads: deque[tuple[ImageSource, Future[int]]] = deque()
+        self.loads: deque[tuple[ImageSource, Future[LoadedImage]]] = deque()
+        self.groups: dict[tuple[int, ...], list[LoadedImage]] = {}  # decoded, by tensor shape
         self.writes: deque[tuple[ImageSource, Future[ImageResult]]] = deque()
         self.started: dict[int, ImageSource] = {}  # id(source) → source, until reported
         self.stream: Iterator[ImageResult] | None = None
@@ -156,102 +165,123 @@ class Pipeline:
         return result
 
     def _stream(self) -> Iterator[ImageResult]:
-        job, config, stats, writes = self.job, self.config, self.stats, self.writes
-        loads: deque[tuple[ImageSource, Future[LoadedImage]]] = deque()
-        groups: dict[tuple[int, ...], list[LoadedImage]] = {}
-        decode_ahead = config.batch_size + config.decode_workers
-        write_ahead = config.batch_size + config.write_workers
-        pending = iter(self.sources)
-        waiting: tuple[ImageSource, int] | None = None  # the next image, until memory admits it
-        exhausted = False
-
-        def dispatch(batch: list[LoadedImage]) -> Iterator[ImageResult]:
-            stats.batches += 1
-            stats.largest_batch = max(stats.largest_batch, len(batch))
-            try:
-                with config.compute():
-                    if stats.batches == 1 and config.first_batch is not None:
-                        config.first_batch(batch)
-                    tasks = job.process(batch)
-            except InputError as exc:  # about the batch: name each image, as decode errors do
-                for item in batch:
-                    stats.leave(item.source)
-                    yield ImageResult(item.source, error=f"{item.source.display}: {exc.message}")
-                return
-            for item, task in zip(batch, tasks):
-                with shielded():  # a signal inside submit() would leave the pool's lock held
-                    writes.append((item.source, writer.submit(task)))
-
-        def drain_writes(keep: int) -> Iterator[ImageResult]:
-            while writes and (len(writes) > keep or _finished(writes[0][1])):
-                source, future = writes[0]
-                result = _result_of(source, future)  # a RunError leaves it queued for stop()
-                writes.popleft()
-                if stats.costs.get(id(source), 0) >= LARGE_IMAGE_BYTES:
-                    return_freed_memory()  # its buffers were freed in the writer threads' heaps
-                stats.leave(source)
-                yield result
-
+        config = self.config
+        self.pending, self.exhausted = iter(self.sources), False
         with (
-            ThreadPoolExecutor(config.decode_workers, "featviz-decode") as decoder,
-            ThreadPoolExecutor(config.write_workers, "featviz-write") as writer,
+            ThreadPoolExecutor(config.decode_workers, "featviz-decode") as self.decoder,
+            ThreadPoolExecutor(config.write_workers, "featviz-write") as self.writer,
         ):
             try:
                 while True:
-                    # Start decoding ahead, but never hold more than max_in_flight images.
-                    while (
-                        not exhausted
-                        and len(loads) < decode_ahead
-                        and stats.in_flight < config.max_in_flight
-                    ):
-                        if waiting is None:
-                            source = next(pending, None)
-                            if source is None:
-                                exhausted = True
-                                break
-                            done = job.finished(source)
-                            if done is not None:
-                                yield done
-                                continue
-                            waiting = (source, BYTES_PER_PIXEL * _pixels(source))
-                        source, cost = waiting
-                        if not stats.admits(cost, config.max_memory):
-                            break  # it waits until images in flight have been written
-                        waiting = None
-                        stats.enter(source, cost)
-                        self.started[id(source)] = source
-                        with shielded():
-                            loads.append((source, decoder.submit(job.load, source)))
-                    if loads:
-                        source, future = loads.popleft()
-                        try:
-                            item = future.result()
-                        except InputError as exc:
-                            stats.leave(source)
-                            yield ImageResult(source, error=exc.message)
-                            continue
-                        shape = tuple(item.tensor.shape)
-                        groups.setdefault(shape, []).append(item)
-                        if len(groups[shape]) >= config.batch_size:
-                            yield from dispatch(groups.pop(shape))
-                        elif sum(len(g) for g in groups.values()) >= 2 * config.batch_size:
-                            # Many shapes, none filling a batch: free memory with the largest.
-                            yield from dispatch(groups.pop(_largest(groups)))
-                    elif groups:
-                        # Nothing more to decode now (inputs exhausted or the cap reached).
-                        yield from dispatch(groups.pop(_largest(groups)))
-                    elif writes:
-                        yield from drain_writes(len(writes) - 1)
+                    yield from self._read_ahead()
+                    self._start_loads()
+                    if self.loads:
+                        yield from self._take_load()
+                    elif self.groups:  # nothing more to decode now (inputs done or the cap)
+                        yield from self._dispatch(self.groups.pop(_largest(self.groups)))
+                    elif self.writes:
+                        yield from self._drain_writes(len(self.writes) - 1)
                     else:
                         break
-                    yield from drain_writes(write_ahead)
+                    yield from self._drain_writes(config.batch_size + config.write_workers)
             except BaseException:
                 # Interrupted, a fatal error or the consumer gone: drop work not started;
                 # running writes finish (they are atomic) while the pools shut down, and
                 # stop() collects them.
-                for _, queued in (*loads, *writes):
+                for _, queued in (*self.heads, *self.loads, *self.writes):
                     queued.cancel()
                 raise
+
+    def _read_ahead(self) -> Iterator[ImageResult]:
+        """Have the headers of the next images read; an image done by an earlier run (its
+        result from the job) is reported at once."""
+        while not self.exhausted and len(self.heads) < self.decode_ahead:
+            source = next(self.pending, None)
+            if source is None:
+                self.exhausted = True
+                return
+            done = self.job.finished(source)
+            if done is not None:
+                yield done
+                continue
+            with shielded():  # a signal inside submit() would leave the pool's lock held
+                self.heads.append((source, self.decoder.submit(_pixels, source)))
+
+    def _start_loads(self) -> None:
+        """Start decoding ahead, but never hold more than max_in_flight images, nor more
+        bytes than max_memory (an image larger than that alone)."""
+        stats, config = self.stats, self.config
+        while (
+            self.heads
+            and len(self.loads) < self.decode_ahead
+            and stats.in_flight < config.max_in_flight
+        ):
+            source, header = self.heads[0]
+            cost = BYTES_PER_PIXEL * header.result()
+            if not stats.admits(cost, config.max_memory):
+                return  # it waits until images in flight have been written
+            self.heads.popleft()
+            stats.enter(source, cost)
+            self.started[id(source)] = source
+            with shielded():
+                self.loads.append((source, self.decoder.submit(self.job.load, source)))
+
+    def _take_load(self) -> Iterator[ImageResult]:
+        """The oldest decode's image into the group of its shape (photos from one camera
+        share one); a group that fills a batch goes to the model."""
+        source, future = self.loads.popleft()
+        try:
+            item = future.result()
+        except InputError as exc:
+            self.stats.leave(source)
+            yield ImageResult(source, error=exc.message)
+            return
+        shape, size, groups = tuple(item.tensor.shape), self.config.batch_size, self.groups
+        groups.setdefault(shape, []).append(item)
+        if len(groups[shape]) >= size:
+            yield from self._dispatch(groups.pop(shape))
+        elif sum(len(group) for group in groups.values()) >= 2 * size:
+            # Many shapes, none filling a batch: free memory with the largest.
+            yield from self._dispatch(groups.pop(_largest(groups)))
+
+    def _dispatch(self, batch: list[LoadedImage]) -> Iterator[ImageResult]:
+        """The model's work on ``batch``, here; its writes queued on the writer threads."""
+        stats, config = self.stats, self.config
+        stats.batches += 1
+        stats.largest_batch = max(stats.largest_batch, len(batch))
+        try:
+            with config.compute():
+                if stats.batches == 1 and config.first_batch is not None:
+                    config.first_batch(batch)
+                tasks = self.job.process(batch)
+        except InputError as exc:  # about the batch: name each image, as decode errors do
+            for item in batch:
+                stats.leave(item.source)
+                yield ImageResult(item.source, error=f"{item.source.display}: {exc.message}")
+            return
+        for item, task in zip(batch, tasks):
+            with shielded():  # a signal inside submit() would leave the pool's lock held
+                write = _done(task) if isinstance(task, ImageResult) else self.writer.submit(task)
+                self.writes.append((item.source, write))
+
+    def _drain_writes(self, keep: int) -> Iterator[ImageResult]:
+        """Report the writes finished in order, and wait for those beyond the last ``keep``."""
+        writes = self.writes
+        while writes and (len(writes) > keep or _finished(writes[0][1])):
+            source, future = writes[0]
+            result = _result_of(source, future)  # a RunError leaves it queued for stop()
+            writes.popleft()
+            if self.stats.costs.get(id(source), 0) >= LARGE_IMAGE_BYTES:
+                return_freed_memory()  # its buffers were freed in the writer threads' heaps
+            self.stats.leave(source)
+            yield result
+
+
+def _done(result: ImageResult) -> Future[ImageResult]:
+    """The write of an image that has nothing to write (top's): finished already."""
+    future: Future[ImageResult] = Future()
+    future.set_result(result)
+    return future
 
 
 def _pixels(source: ImageSource) -> int:

@@ -15,7 +15,8 @@ and writes what one run over every image writes, byte for byte.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from featviz.errors import UsageError
@@ -25,7 +26,6 @@ from featviz.features.top import (
     Extent,
     Geometry,
     boxes_of,
-    channel_scores,
     held_images,
 )
 from featviz.inputs.loaded import LoadedImage
@@ -35,22 +35,33 @@ from featviz.run.plan import Resolved
 from featviz.sinks.results import ImageResult
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from featviz.inputs.discover import ImageSource
     from featviz.inputs.shards import Shard
     from featviz.layers.catalog import LayerInfo
+    from featviz.layers.layouts import Layout
     from featviz.model.load import LoadedModel
     from featviz.run.plan import TopRequest
     from featviz.sinks.artifacts import Artifact
 
 
+# The winners' decoded pixels are kept up to this many bytes, so that drawing their examples
+# at the end needs no second decode: every winner of a dataset of small images, a few 12-MP
+# photos; the others are decoded again.
+KEPT_PIXELS_BYTES = 256 * 2**20
+
+
 @dataclass
 class Seen:
-    """One image among the winners: where it came from and how each layer saw it."""
+    """One image among the winners: where it came from, how each layer saw it and, within
+    KEPT_PIXELS_BYTES, its decoded pixels."""
 
     source: ImageSource
     original: tuple[int, int]
     model_input: tuple[int, int]
     grids: dict[str, tuple[int, int]]
+    pixels: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,7 @@ class TopJob(ImageJob):
     rankings: dict[str, ChannelRanking] = field(init=False)
     extents: dict[str, Extent | None] | None = field(init=False, default=None)
     winners: dict[int, Seen] = field(init=False, default_factory=dict)
+    kept_bytes: int = field(init=False, default=0)  # the winners' pixels held
     ranked: int = field(init=False, default=0)  # images ranked (not failed)
 
     def __post_init__(self) -> None:
@@ -86,8 +98,12 @@ class TopJob(ImageJob):
         }
 
     def take_partial(self) -> TopPartial:
-        partial = TopPartial(self.rankings, self.winners, self.ranked, self.extents)
+        """What this copy ranked, its winners without their pixels (a Ray actor's go to the
+        driver, which decodes its winners again)."""
+        winners = {index: replace(seen, pixels=None) for index, seen in self.winners.items()}
+        partial = TopPartial(self.rankings, winners, self.ranked, self.extents)
         self.rankings, self.winners, self.ranked = self._empty_rankings(), {}, 0
+        self.kept_bytes = 0
         return partial
 
     def add_partial(self, partial: TopPartial) -> None:
@@ -98,7 +114,7 @@ class TopJob(ImageJob):
         self.winners.update(partial.winners)
         self._forget_losers(held_images(self.rankings.values()))
 
-    def process(self, batch: list[LoadedImage]) -> list[Callable[[], ImageResult]]:
+    def process(self, batch: list[LoadedImage]) -> list[Callable[[], ImageResult] | ImageResult]:
         import torch
 
         inputs = self.model.batch([item.tensor for item in batch])
@@ -110,16 +126,14 @@ class TopJob(ImageJob):
             inputs = torch.cat([inputs, padding])
         if self.extents is None:
             self.extents = self._extents()
-        taps = LayerTaps(
-            self.model.module, self.layers, calls=self.model.trace.calls(), stop_early=True
-        )
+        taps = self._taps
         try:
             with torch.inference_mode(), taps:
                 taps.run(inputs)
         except RuntimeError as exc:
             raise model_failure(inputs, exc) from exc
         input_hw = tuple(inputs.shape[-2:])
-        layouts = self.model.trace.layouts()
+        layouts = self._layouts
         maps, broken = {}, {}
         for name in self.layers:
             values = layouts[name].to_nchw(taps.outputs[name][: len(batch)], input_hw).float()
@@ -138,26 +152,42 @@ class TopJob(ImageJob):
             for i, item in enumerate(batch)
         ]
 
+    @cached_property
+    def _taps(self) -> LayerTaps:
+        """The taps every batch's forward runs with (entered anew each time)."""
+        calls = self.model.trace.calls()
+        return LayerTaps(self.model.module, self.layers, calls=calls, stop_early=True)
+
+    @cached_property
+    def _layouts(self) -> dict[str, Layout]:
+        return self.model.trace.layouts()
+
     def _rank(self, batch: list[LoadedImage], maps: dict, input_hw: tuple[int, int]) -> None:
         """Merge a batch's scores into every layer's ranking; remember its images that won."""
-        import torch
+        import numpy as np
 
-        images = torch.tensor([item.source.index for item in batch])
+        images = np.array([item.source.index for item in batch], dtype=np.int64)
         for name, values in maps.items():
-            scores, positions = channel_scores(values, self.request.stat)
-            self.rankings[name].add(scores, images, positions)
+            self.rankings[name].add_maps(values, images, self.request.stat)
         self.ranked += len(batch)
         held = held_images(self.rankings.values())
         grids = {name: tuple(values.shape[-2:]) for name, values in maps.items()}
+        self._forget_losers(held)
         for item in batch:
             if item.source.index in held:
                 original = tuple(item.original.shape[:2])
-                self.winners[item.source.index] = Seen(item.source, original, input_hw, grids)
-        self._forget_losers(held)
+                seen = Seen(item.source, original, input_hw, grids)
+                if self.kept_bytes + item.original.nbytes <= KEPT_PIXELS_BYTES:
+                    seen.pixels = item.original
+                    self.kept_bytes += item.original.nbytes
+                self.winners[item.source.index] = seen
 
     def _forget_losers(self, held: set[int]) -> None:
         """Keep only the winners among some channel's ``held`` images."""
-        self.winners = {index: seen for index, seen in self.winners.items() if index in held}
+        for index in [index for index in self.winners if index not in held]:
+            lost = self.winners.pop(index)
+            if lost.pixels is not None:
+                self.kept_bytes -= lost.pixels.nbytes
 
     def _extents(self) -> dict[str, Extent | None]:
         from featviz.features.receptive import receptive_extent
@@ -214,12 +244,13 @@ class TopJob(ImageJob):
         if self.shard is not None:
             return top_outputs.partials(self, self.shard, len(results))
         sources = {index: seen.source for index, seen in self.winners.items()}
-        return top_outputs.finals(self, self.ranked, self.ranking_entries, sources)
+        kept = {i: seen.pixels for i, seen in self.winners.items() if seen.pixels is not None}
+        return top_outputs.finals(self, self.ranked, self.ranking_entries, sources, kept)
 
 
-def _ranked(item: LoadedImage) -> Callable[[], ImageResult]:
-    """An image's write task: it writes nothing of its own (its scores are in the rankings)."""
-    return lambda: ImageResult(item.source)
+def _ranked(item: LoadedImage) -> ImageResult:
+    """A ranked image's result: it writes nothing of its own (its scores are in the rankings)."""
+    return ImageResult(item.source)
 
 
 def resolve_top(

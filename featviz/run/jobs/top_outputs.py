@@ -35,10 +35,11 @@ if TYPE_CHECKING:
 
     from featviz.inputs.discover import ImageSource
     from featviz.inputs.shards import Shard
+    from featviz.render.examples import Fitted
     from featviz.run.jobs.top import TopJob
 
 Entries = list[list[dict[str, Any]]]  # per channel, its entries best first
-Cells = list[list["np.ndarray | None"]]  # per channel, its examples drawn, best first
+Crops = dict[tuple[int, tuple[int, ...]], "Fitted"]  # (image, box) → its crop, scaled
 
 
 def finals(
@@ -46,16 +47,18 @@ def finals(
     images: int,
     entries_of: Callable[[str], Entries],
     sources: dict[int, ImageSource],
+    kept: dict[int, np.ndarray] | None = None,
 ) -> Iterator[Artifact]:
     """Every layer's JSON ranking, channel sheets and overview, handed over one by one (each
-    is written while the next is tiled). Every example is drawn before the first: a winner
-    that cannot be read again fails the run with nothing of it written."""
+    is written while the next is drawn). Every crop is cut before the first, from the
+    winner's ``kept`` pixels or decoded again: a winner that cannot be read again fails the
+    run with nothing of it written."""
     entries = {layer: entries_of(layer) for layer in job.layers}
-    cells = _cells(job, entries, sources)
+    crops = _crops(job, entries, sources, kept or {})
     for layer in job.layers:
         text = _document(ranking(job, layer, images, entries[layer]))
         yield Artifact("top", "ranking", layer, text=text)
-        yield from _pictures(job, layer, *cells[layer])
+        yield from _pictures(job, layer, entries[layer], crops)
 
 
 def partials(job: TopJob, shard: Shard, inputs: int) -> list[Artifact]:
@@ -174,6 +177,10 @@ def ranking(
     }
 
 
+# One encoder for every entry: json.dumps builds a new one per call given any option.
+_ENTRY_JSON = json.JSONEncoder(ensure_ascii=False)
+
+
 def _document(ranked: dict[str, Any]) -> str:
     """The JSON text of a ``ranking``: one line per entry, so that it reads and diffs well."""
     fields = dict(ranked)
@@ -181,53 +188,52 @@ def _document(ranked: dict[str, Any]) -> str:
     lines = [f" {json.dumps(key)}: {json.dumps(value)}," for key, value in fields.items()]
     blocks = []
     for channel in channels:
-        ranked = ",\n".join(
-            f"   {json.dumps(entry, ensure_ascii=False)}" for entry in channel["top"]
-        )
+        ranked = ",\n".join(f"   {_ENTRY_JSON.encode(entry)}" for entry in channel["top"])
         blocks.append(f'  {{"channel": {channel["channel"]}, "top": [\n{ranked}\n  ]}}')
     body = ",\n".join(blocks)
     return "{\n" + "\n".join(lines) + f'\n "channels": [\n{body}\n ]\n}}\n'
 
 
-def _cells(
-    job: TopJob, entries: dict[str, Entries], sources: dict[int, ImageSource]
-) -> dict[str, tuple[Cells, list[np.ndarray | None]]]:
-    """Per layer, each channel's examples and its best one labelled with the channel (the
-    overview's). Each winning image is decoded once for every layer, and each of its crops
-    scaled once, however many channels it wins with that receptive field."""
-    from featviz.render.examples import example_cell, fit
+def _crops(
+    job: TopJob,
+    entries: dict[str, Entries],
+    sources: dict[int, ImageSource],
+    kept: dict[int, np.ndarray],
+) -> Crops:
+    """Every example's crop, by (image, box), scaled to the cell: each winning image read
+    once for every layer, each of its receptive fields scaled once however many channels it
+    wins with it."""
+    from featviz.render.examples import fit
 
-    size = job.request.cell_size
-    wanted: dict[int, list[tuple[str, int, int, dict[str, Any]]]] = {}
-    drawn: dict[str, tuple[Cells, list[np.ndarray | None]]] = {}
-    for layer, ranked in entries.items():
-        for c, top in enumerate(ranked):
-            for rank, entry in enumerate(top):
-                wanted.setdefault(entry["index"], []).append((layer, c, rank, entry))
-        drawn[layer] = ([[None] * len(top) for top in ranked], [None] * len(ranked))
-    for index in sorted(wanted):
-        image = reread(sources[index], job.max_pixels)
-        crops = {}
-        for layer, c, rank, entry in wanted[index]:
-            box = tuple(entry["box"])
-            if box not in crops:
-                crops[box] = fit(image, box, size)
-            cell = tuple(entry["cell"])
-            cells, firsts = drawn[layer]
-            cells[c][rank] = example_cell(crops[box], cell, f"{entry['score']:.3g}")
-            if rank == 0:
-                firsts[c] = example_cell(crops[box], cell, str(job.channels[layer][c]))
-    return drawn
+    boxes: dict[int, dict[tuple[int, ...], None]] = {}
+    for ranked in entries.values():
+        for top in ranked:
+            for entry in top:
+                boxes.setdefault(entry["index"], {})[tuple(entry["box"])] = None
+    crops = {}
+    for index in sorted(boxes):
+        image = kept[index] if index in kept else reread(sources[index], job.max_pixels)
+        for box in boxes[index]:
+            crops[index, box] = fit(image, box, job.request.cell_size)
+    return crops
 
 
-def _pictures(
-    job: TopJob, layer: str, cells: Cells, firsts: list[np.ndarray | None]
-) -> Iterator[Artifact]:
-    """The sheet of each channel of ``layer``, then the layer's overview."""
-    from featviz.render.examples import sheet
+def _pictures(job: TopJob, layer: str, ranked: Entries, crops: Crops) -> Iterator[Artifact]:
+    """The sheet of each channel of ``layer`` (its examples labelled with their scores), then
+    the layer's overview (each channel's best, labelled with the channel)."""
+    from featviz.render.examples import example_cell, sheet
 
-    size = job.request.cell_size
-    for channel, examples in zip(job.channels[layer], cells):
+    size, firsts = job.request.cell_size, []
+    for channel, top in zip(job.channels[layer], ranked):
+        fitted = [
+            (crops[entry["index"], tuple(entry["box"])], tuple(entry["cell"])) for entry in top
+        ]
+        examples = [
+            example_cell(crop, cell, f"{entry['score']:.3g}")
+            for (crop, cell), entry in zip(fitted, top)
+        ]
+        if fitted:
+            firsts.append(example_cell(*fitted[0], str(channel)))
         yield Artifact(
             "top",
             "examples",
@@ -236,8 +242,7 @@ def _pictures(
             caption=f"channel {channel}",
             pixels=sheet(examples, size),
         )
-    overview = sheet([first for first in firsts if first is not None], size)
-    yield Artifact("top", "overview", layer, caption="every channel", pixels=overview)
+    yield Artifact("top", "overview", layer, caption="every channel", pixels=sheet(firsts, size))
 
 
 def reread(source: ImageSource, max_pixels: int | None) -> np.ndarray:
