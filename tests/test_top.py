@@ -259,22 +259,29 @@ def test_bad_options_exit_2(tmp_path, tiny_model_file, option, error) -> None:
     assert done.exit_code == 2 and error in done.output, done.output
 
 
-def test_memory_is_k_times_channels(tmp_path, tiny_model_file) -> None:
+def _prepared_top(tmp_path: Path, model_file: Path, layers: tuple[str, ...], k: int):
+    """``top`` over tmp_path/in prepared in-process (the job within reach), batches of 4."""
     from featviz.model.options import ModelRequest
     from featviz.run.plan import Plan, RunRequest, TopRequest
     from featviz.run.prepare import prepare
-    from featviz.sinks.manifest import RunTally
     from featviz.sinks.options import OutputRequest
 
-    _images(tmp_path / "in", 40, 5, [(36, 36)])
-    plan = Plan(
-        "top",
-        ModelRequest(f"{tiny_model_file}:build", weights="none", input_size=32, device="cpu"),
-        OutputRequest(tmp_path / "out", gallery=False),
-        TopRequest(layers=("features.0", "features.3"), k=2),
-        RunRequest((str(tmp_path / "in"),), batch_size=4),
+    return prepare(
+        Plan(
+            "top",
+            ModelRequest(f"{model_file}:build", weights="none", input_size=32, device="cpu"),
+            OutputRequest(tmp_path / "out", gallery=False),
+            TopRequest(layers=layers, k=k),
+            RunRequest((str(tmp_path / "in"),), batch_size=4),
+        )
     )
-    run = prepare(plan)
+
+
+def test_memory_is_k_times_channels(tmp_path, tiny_model_file) -> None:
+    from featviz.sinks.manifest import RunTally
+
+    _images(tmp_path / "in", 40, 5, [(36, 36)])
+    run = _prepared_top(tmp_path, tiny_model_file, ("features.0", "features.3"), k=2)
     tally = RunTally()
     for result in run.results():
         tally.add(result)
@@ -291,23 +298,12 @@ def test_winners_past_the_pixel_budget_are_decoded_again(
     """Winners' pixels are kept up to KEPT_PIXELS_BYTES (those examples need no second
     decode); the others are read again at the end, and one gone by then fails the run."""
     from featviz.errors import RunError
-    from featviz.model.options import ModelRequest
     from featviz.run.jobs import top
-    from featviz.run.plan import Plan, RunRequest, TopRequest
-    from featviz.run.prepare import prepare
     from featviz.sinks.manifest import RunTally
-    from featviz.sinks.options import OutputRequest
 
     monkeypatch.setattr(top, "KEPT_PIXELS_BYTES", 2 * 36 * 36 * 3)  # two of the images
     _images(tmp_path / "in", 12, 6, [(36, 36)])
-    plan = Plan(
-        "top",
-        ModelRequest(f"{tiny_model_file}:build", weights="none", input_size=32, device="cpu"),
-        OutputRequest(tmp_path / "out", gallery=False),
-        TopRequest(layers=("features.3",), k=2),
-        RunRequest((str(tmp_path / "in"),), batch_size=4),
-    )
-    run = prepare(plan)
+    run = _prepared_top(tmp_path, tiny_model_file, ("features.3",), k=2)
     tally = RunTally()
     for result in run.results():
         tally.add(result)
