@@ -72,9 +72,8 @@ class ChannelRanking:
 
     def add_maps(self, maps: torch.Tensor, images: np.ndarray, stat: Stat) -> None:
         """Merge one batch's (N, C, h, w) activations in, ``images`` (N,) the images' positions
-        in the run (int64): where the
-        maximum sits is looked up only for the images that get in, a few per batch once the
-        ranking has filled."""
+        in the run (int64): where the maximum sits is looked up only for the images that get
+        in, a few per batch once the ranking has filled."""
         import numpy as np
 
         scores = channel_scores(maps, stat).cpu().numpy().astype(np.float32, copy=False)

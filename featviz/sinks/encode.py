@@ -129,17 +129,22 @@ _ONE_LINE = json.JSONEncoder(ensure_ascii=False)
 _LAID_OUT_DEPTH = 2  # the levels given one member per line
 
 
+def json_line(value: Any) -> str:
+    """``value`` as JSON on one line, non-ASCII characters as they are (the C encoder, made
+    once: ``json.dumps`` builds a new encoder per call given any option)."""
+    return _ONE_LINE.encode(value)
+
+
 def _laid_out(value: Any, depth: int) -> str:
     inner, outer = "  " * (depth + 1), "  " * depth
     laid_out = depth < _LAID_OUT_DEPTH and bool(value)
     # A dict with keys that are not strings: json's own rules turn them into strings.
     if laid_out and isinstance(value, dict) and all(isinstance(key, str) for key in value):
         members = (
-            f"{inner}{_ONE_LINE.encode(key)}: {_laid_out(item, depth + 1)}"
-            for key, item in value.items()
+            f"{inner}{json_line(key)}: {_laid_out(item, depth + 1)}" for key, item in value.items()
         )
         return "{\n" + ",\n".join(members) + f"\n{outer}}}"
     if laid_out and isinstance(value, (list, tuple)):
         members = (f"{inner}{_laid_out(item, depth + 1)}" for item in value)
         return "[\n" + ",\n".join(members) + f"\n{outer}]"
-    return _ONE_LINE.encode(value)
+    return json_line(value)

@@ -27,6 +27,7 @@ from featviz.explainer.names import safe_name
 from featviz.features.top import merge_entries
 from featviz.inputs.shards import shard_of
 from featviz.sinks.artifacts import Artifact
+from featviz.sinks.encode import json_line
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -177,10 +178,6 @@ def ranking(
     }
 
 
-# One encoder for every entry: json.dumps builds a new one per call given any option.
-_ENTRY_JSON = json.JSONEncoder(ensure_ascii=False)
-
-
 def _document(ranked: dict[str, Any]) -> str:
     """The JSON text of a ``ranking``: one line per entry, so that it reads and diffs well."""
     fields = dict(ranked)
@@ -188,7 +185,7 @@ def _document(ranked: dict[str, Any]) -> str:
     lines = [f" {json.dumps(key)}: {json.dumps(value)}," for key, value in fields.items()]
     blocks = []
     for channel in channels:
-        ranked = ",\n".join(f"   {_ENTRY_JSON.encode(entry)}" for entry in channel["top"])
+        ranked = ",\n".join(f"   {json_line(entry)}" for entry in channel["top"])
         blocks.append(f'  {{"channel": {channel["channel"]}, "top": [\n{ranked}\n  ]}}')
     body = ",\n".join(blocks)
     return "{\n" + "\n".join(lines) + f'\n "channels": [\n{body}\n ]\n}}\n'
