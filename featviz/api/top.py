@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from featviz.features.top import Stat
     from featviz.inputs.discover import ImageSource
+    from featviz.render.examples import Example
 
 
 @dataclass(eq=False)
@@ -84,12 +85,12 @@ class TopExamples:
             )
         return self.rankings[layer]["channels"]
 
-    def _cell(self, entry: dict[str, Any], label: str, size: int) -> np.ndarray:
-        from featviz.render.examples import example_cell, fit
+    def _cell(self, entry: dict[str, Any], label: str, size: int) -> Example:
+        from featviz.render.examples import fit
         from featviz.run.jobs.top_outputs import reread
 
         image = reread(self.sources[entry["index"]], None)
-        return example_cell(fit(image, tuple(entry["box"]), size), tuple(entry["cell"]), label)
+        return fit(image, tuple(entry["box"]), size), tuple(entry["cell"]), label
 
     def _repr_png_(self) -> bytes:
         buffer = io.BytesIO()
@@ -141,6 +142,7 @@ def top(
     resolved.batch_size = batch_size_for(loaded, batch_size)
     job = make_job(model=loaded, sinks=None, max_pixels=None, skip_existing=False)
     run_pipeline(loaded, job, streamed(images), resolved.batch_size, resolved.layers)
+    job.settle()
     rankings = {
         name: ranking(job, name, job.ranked, job.ranking_entries(name)) for name in job.layers
     }

@@ -77,11 +77,15 @@ class LoadedModel:
             tensor if tensor.device == self.device else tensor.to(self.device, non_blocking=True)
             for tensor in tensors
         ]
-        stacked = torch.stack(moved)
+        if self.channels_last:
+            # Stacked as (N, h, w, 3), which is the channels-last memory: one copy, where a
+            # stack then a conversion copy twice (the decoders' images are (h, w, 3) in memory
+            # already, so each is copied whole).
+            stacked = torch.stack([tensor.permute(1, 2, 0) for tensor in moved]).permute(0, 3, 1, 2)
+        else:
+            stacked = torch.stack(moved)
         if stacked.dtype == torch.uint8:
             stacked = normalise(stacked, self.preprocessing)
-        if self.channels_last:
-            return stacked.contiguous(memory_format=torch.channels_last)
         return stacked
 
     @contextmanager

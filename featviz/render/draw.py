@@ -84,19 +84,27 @@ def tile(
     ``nrow`` is the number of cells per row (torchvision's make_grid naming), by default
     ceil(sqrt(C)). Unused cells at the end stay the separator colour.
     """
-
-    count, (height, width, _) = len(cells), cells[0].shape
-    per_row = nrow or math.ceil(math.sqrt(count))
-    rows = math.ceil(count / per_row)
-    grid = filled(
-        (rows * (height + padding) + padding, per_row * (width + padding) + padding),
-        SEPARATOR_RGB,
-    )
-    for index in range(count):
-        top = padding + (index // per_row) * (height + padding)
-        left = padding + (index % per_row) * (width + padding)
-        grid[top : top + height, left : left + width] = cells[index]
+    height, width = cells[0].shape[:2]
+    shape, places = grid_places(len(cells), (height, width), nrow=nrow, padding=padding)
+    grid = filled(shape, SEPARATOR_RGB)
+    for cell, (top, left) in zip(cells, places):
+        grid[top : top + height, left : left + width] = cell
     return grid
+
+
+def grid_places(
+    count: int, cell: tuple[int, int], *, nrow: int | None = None, padding: int = 1
+) -> tuple[tuple[int, int], list[tuple[int, int]]]:
+    """The (H, W) of ``tile``'s grid of ``count`` cells of (h, w) ``cell`` pixels, and where
+    each cell goes in it: (top, left), row by row."""
+    (height, width), per_row = cell, nrow or math.ceil(math.sqrt(count))
+    rows = math.ceil(count / per_row)
+    shape = (rows * (height + padding) + padding, per_row * (width + padding) + padding)
+    places = [
+        (padding + row * (height + padding), padding + column * (width + padding))
+        for row, column in (divmod(index, per_row) for index in range(count))
+    ]
+    return shape, places
 
 
 def filled(shape: tuple[int, int], rgb: tuple[int, int, int]) -> np.ndarray:

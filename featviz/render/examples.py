@@ -6,9 +6,9 @@ corner. A channel's sheet tiles its k examples best first, row by row; the overv
 channel's best example, labelled with the channel's number.
 
 A run draws thousands of examples (channels × k), so each step is cheap: a crop is scaled once
-(``fit``) however many channels an image wins with the same box, and labels are put together
-from glyphs drawn once per character (``_line``) rather than drawn whole, since scores are
-nearly all different.
+(``fit``) however many channels an image wins with the same box, examples are drawn straight
+into their sheet, and labels are put together from glyphs drawn once per character (``_line``),
+each label once however often it comes back.
 """
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from featviz.render.draw import SEPARATOR_RGB, filled, tile
+from featviz.render.draw import SEPARATOR_RGB, filled, grid_places, tile
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import numpy as np
 
 MARK_RGB = (255, 214, 0)  # the grid cell where the channel peaks
@@ -60,15 +62,32 @@ def fit(image: np.ndarray, box: Box, size: int) -> Fitted:
     return Fitted(out, box, scale, left, top)
 
 
-def example_cell(fitted: Fitted, cell: Box, label: str) -> np.ndarray:
-    """(size, size, 3) uint8: the ``fitted`` crop with the grid ``cell`` (in the image's
-    pixels) outlined and ``label`` written top-left."""
-    out = fitted.pixels.copy()
+Example = tuple[Fitted, Box, str]  # a crop, the grid cell to outline on it, its label
+
+
+def sheet(examples: Sequence[Example], size: int) -> np.ndarray:
+    """Examples best first in a near-square grid (RGB uint8): each crop with the grid cell
+    (in the image's pixels) outlined and its label written top-left. Each is drawn straight
+    into its place in the grid, not drawn then copied there: a run draws thousands."""
+    import numpy as np
+
+    if not examples:
+        return tile(np.zeros((1, size, size, 3), np.uint8), padding=2)
+    shape, places = grid_places(len(examples), (size, size), padding=2)
+    out = filled(shape, SEPARATOR_RGB)
+    for (fitted, cell, label), (top, left) in zip(examples, places):
+        _draw(out[top : top + size, left : left + size], fitted, cell, label)
+    return out
+
+
+def _draw(pixels: np.ndarray, fitted: Fitted, cell: Box, label: str) -> None:
+    """The ``fitted`` crop on ``pixels`` (its size), ``cell`` outlined, ``label`` stamped."""
+    pixels[...] = fitted.pixels
     x0, y0 = fitted.box[:2]
     cx0, cy0, cx1, cy1 = cell
     scale, left, top = fitted.scale, fitted.left, fitted.top
     _outline(
-        out,
+        pixels,
         (
             left + math.floor((cx0 - x0) * scale),
             top + math.floor((cy0 - y0) * scale),
@@ -76,15 +95,7 @@ def example_cell(fitted: Fitted, cell: Box, label: str) -> np.ndarray:
             top + math.ceil((cy1 - y0) * scale),
         ),
     )
-    _stamp(out, label)
-    return out
-
-
-def sheet(cells: list[np.ndarray], size: int) -> np.ndarray:
-    """One channel's examples, best first, in a near-square grid (RGB uint8)."""
-    import numpy as np
-
-    return tile(cells or np.zeros((1, size, size, 3), np.uint8), padding=2)
+    _stamp(pixels, label)
 
 
 def _outline(pixels: np.ndarray, box: Box) -> None:
@@ -99,20 +110,20 @@ def _outline(pixels: np.ndarray, box: Box) -> None:
 
 
 def _stamp(pixels: np.ndarray, text: str) -> None:
-    """``text`` on a black band at the top-left corner of ``pixels``, in place: the rows its
-    ink spans and two pixels of band around."""
-    line = _line(text, max(9, pixels.shape[0] // 7))
-    height, width = line.shape[0] + 4, line.shape[1] + 4
-    pixels[:height, :width] = _band(height, width)
-    rows, cols = min(line.shape[0], pixels.shape[0] - 2), min(line.shape[1], pixels.shape[1] - 2)
-    pixels[2 : 2 + rows, 2 : 2 + cols] = line[:rows, :cols]
+    """``text`` on a black band at the top-left corner of ``pixels``, in place, cut to it."""
+    label = _label(text, max(9, pixels.shape[0] // 7))
+    height, width = min(label.shape[0], pixels.shape[0]), min(label.shape[1], pixels.shape[1])
+    pixels[:height, :width] = label[:height, :width]
 
 
-@lru_cache(maxsize=256)
-def _band(height: int, width: int) -> np.ndarray:
-    """A label's background, made once per size: copied, it is 5× faster than painting
-    the colour pixel by pixel each time (thousands of labels a run). Read only."""
-    band = filled((height, width), LABEL_BACKGROUND)
+@lru_cache(maxsize=4096)
+def _label(text: str, size: int) -> np.ndarray:
+    """``text``'s line (the rows its ink spans) on a band two pixels wider all round. Made
+    once per text: scores are written with three digits, so a run's labels repeat (about 800
+    different ones among 3,840). Read only."""
+    line = _line(text, size)
+    band = filled((line.shape[0] + 4, line.shape[1] + 4), LABEL_BACKGROUND)
+    band[2:-2, 2:-2] = line
     band.flags.writeable = False
     return band
 

@@ -213,8 +213,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     """
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(temporary, _TEMPORARY_FLAGS, 0o666)
+        descriptor = _created(temporary)
     except OSError as exc:
         raise _write_failure(path, exc) from exc
     try:
@@ -227,6 +226,16 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def _created(temporary: Path) -> int:
+    """``temporary`` created exclusively, its folders first where missing: tried first without,
+    since a run writes thousands of files into a few folders."""
+    try:
+        return os.open(temporary, _TEMPORARY_FLAGS, 0o666)
+    except FileNotFoundError:
+        temporary.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(temporary, _TEMPORARY_FLAGS, 0o666)
 
 
 def _write_failure(path: Path, exc: OSError) -> RunError:

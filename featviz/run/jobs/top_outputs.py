@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
     from featviz.inputs.discover import ImageSource
     from featviz.inputs.shards import Shard
-    from featviz.render.examples import Fitted
+    from featviz.render.examples import Example, Fitted
     from featviz.run.jobs.top import TopJob
 
 Entries = list[list[dict[str, Any]]]  # per channel, its entries best first
@@ -216,30 +216,27 @@ def _crops(
 
 
 def _pictures(job: TopJob, layer: str, ranked: Entries, crops: Crops) -> Iterator[Artifact]:
-    """The sheet of each channel of ``layer`` (its examples labelled with their scores), then
-    the layer's overview (each channel's best, labelled with the channel)."""
-    from featviz.render.examples import example_cell, sheet
+    """The overview of ``layer`` (each channel's best, labelled with the channel), then the
+    sheet of each channel (its examples labelled with their scores): the largest picture
+    first, so that the writers encode it while the sheets are drawn."""
+    from featviz.render.examples import sheet
 
-    size, firsts = job.request.cell_size, []
-    for channel, top in zip(job.channels[layer], ranked):
-        fitted = [
-            (crops[entry["index"], tuple(entry["box"])], tuple(entry["cell"])) for entry in top
-        ]
-        examples = [
-            example_cell(crop, cell, f"{entry['score']:.3g}")
-            for (crop, cell), entry in zip(fitted, top)
-        ]
-        if fitted:
-            firsts.append(example_cell(*fitted[0], str(channel)))
+    size, channels = job.request.cell_size, job.channels[layer]
+
+    def example(entry: dict[str, Any], label: str) -> Example:
+        return crops[entry["index"], tuple(entry["box"])], tuple(entry["cell"]), label
+
+    firsts = [example(top[0], str(channel)) for channel, top in zip(channels, ranked) if top]
+    yield Artifact("top", "overview", layer, caption="every channel", pixels=sheet(firsts, size))
+    for channel, top in zip(channels, ranked):
         yield Artifact(
             "top",
             "examples",
             layer,
             target=f"{channel:04d}",
             caption=f"channel {channel}",
-            pixels=sheet(examples, size),
+            pixels=sheet([example(entry, f"{entry['score']:.3g}") for entry in top], size),
         )
-    yield Artifact("top", "overview", layer, caption="every channel", pixels=sheet(firsts, size))
 
 
 def reread(source: ImageSource, max_pixels: int | None) -> np.ndarray:
