@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from featviz.run.jobs.base import ImageJob
     from featviz.run.pipeline import Pipeline, PipelineConfig
     from featviz.run.plan import Plan, RunRequest
-    from featviz.sinks.artifacts import Artifact
+    from featviz.sinks.artifacts import RunOutput
     from featviz.sinks.manifest import RunTally
     from featviz.sinks.results import ImageResult
     from featviz.sinks.variants import Variant
@@ -88,17 +88,18 @@ class PreparedRun:
         outputs = self._write_run_outputs(self.job.run_outputs(tally.results))
         return self.job.sinks.close(RunEnd(tally, interrupted, outputs))
 
-    def _write_run_outputs(self, artifacts: Iterable[Artifact]) -> list[str]:
-        """Each of ``artifacts`` encoded and written on the writer threads as soon as the job
-        hands it over, while it draws the next (top's hundreds of sheets); the files written,
-        in the job's order. A failed write (a full disk) raises here, what is queued behind
-        it cancelled."""
+    def _write_run_outputs(self, artifacts: Iterable[RunOutput]) -> list[str]:
+        """Each of ``artifacts`` made (a function's, top's hundreds of sheets), encoded and
+        written on the writer threads as soon as the job hands it over; the files written, in
+        the job's order. A failed write (a full disk) raises here, what is queued behind it
+        cancelled."""
         from concurrent.futures import ThreadPoolExecutor
 
         from featviz.run.interrupts import shielded
         from featviz.sinks.artifacts import ImageOutputs
 
-        def write(artifact: Artifact) -> list[str]:
+        def write(output: RunOutput) -> list[str]:
+            artifact = output() if callable(output) else output
             outputs = ImageOutputs(None, self.model.name, None, [], [artifact])
             return self.job.sinks.write(outputs).outputs
 

@@ -7,6 +7,7 @@ the same pixels, so a PNG on disk and its TensorBoard image are the same picture
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Literal
@@ -94,6 +95,11 @@ class Artifact:
         else:
             Image.fromarray(self.pixels).save(buffer, "WEBP", quality=quality)
         return buffer.getvalue()
+
+
+# What a job's run outputs are made of: artifacts, or functions that make one, called on a
+# writer thread (top draws its hundreds of sheets there, beside their encoding).
+RunOutput = Artifact | Callable[[], Artifact]
 
 
 @dataclass

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from featviz.inputs.discover import ImageSource
     from featviz.model.load import LoadedModel
     from featviz.sinks import Sinks
-    from featviz.sinks.artifacts import Artifact, ImageOutputs
+    from featviz.sinks.artifacts import ImageOutputs, RunOutput
 
 
 def failure(item: LoadedImage, reason: str) -> Callable[[], ImageResult]:
@@ -46,7 +46,7 @@ class ImageJob:
     ) -> ImageResult:
         return self.sinks.write(outputs, rows)
 
-    def run_outputs(self, results: list[dict[str, Any]]) -> Iterable[Artifact]:
+    def run_outputs(self, results: list[dict[str, Any]]) -> Iterable[RunOutput]:
         """What the whole run produced besides each image's outputs (score's table and plot),
         from every image's result (``ImageResult.as_dict``); written when the run ends, each
         as soon as it comes (an iterator lets the first be written while the next is drawn)."""

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from featviz.layers.layouts import Layout
     from featviz.model.load import LoadedModel
     from featviz.run.plan import TopRequest
-    from featviz.sinks.artifacts import Artifact
+    from featviz.sinks.artifacts import RunOutput
 
 
 # The winners' decoded pixels are kept up to this many bytes, so that drawing their examples
@@ -268,7 +268,7 @@ class TopJob(ImageJob):
             channels.append(entries)
         return channels
 
-    def run_outputs(self, results: list[dict[str, Any]]) -> Iterable[Artifact]:
+    def run_outputs(self, results: list[dict[str, Any]]) -> Iterable[RunOutput]:
         from featviz.run.jobs import top_outputs
 
         self.settle()

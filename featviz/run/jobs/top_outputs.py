@@ -20,13 +20,14 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from featviz.errors import InputError, RunError, UsageError
 from featviz.explainer.names import safe_name
 from featviz.features.top import merge_entries
 from featviz.inputs.shards import shard_of
-from featviz.sinks.artifacts import Artifact
+from featviz.sinks.artifacts import Artifact, RunOutput
 from featviz.sinks.encode import json_line
 
 if TYPE_CHECKING:
@@ -49,11 +50,11 @@ def finals(
     entries_of: Callable[[str], Entries],
     sources: dict[int, ImageSource],
     kept: dict[int, np.ndarray] | None = None,
-) -> Iterator[Artifact]:
-    """Every layer's JSON ranking, channel sheets and overview, handed over one by one (each
-    is written while the next is drawn). Every crop is cut before the first, from the
-    winner's ``kept`` pixels or decoded again: a winner that cannot be read again fails the
-    run with nothing of it written."""
+) -> Iterator[RunOutput]:
+    """Every layer's JSON ranking, overview and channel sheets, the pictures to be drawn on
+    the writer threads. Every crop is cut before the first, from the winner's ``kept`` pixels
+    or decoded again: a winner that cannot be read again fails the run with nothing of it
+    written."""
     entries = {layer: entries_of(layer) for layer in job.layers}
     crops = _crops(job, entries, sources, kept or {})
     for layer in job.layers:
@@ -82,7 +83,7 @@ def partials(job: TopJob, shard: Shard, inputs: int) -> list[Artifact]:
     ]
 
 
-def merged(job: TopJob, sources: list[ImageSource]) -> Iterator[Artifact]:
+def merged(job: TopJob, sources: list[ImageSource]) -> Iterator[RunOutput]:
     """What one run over ``sources`` writes, from the partials of its N shards."""
     by_index = {source.index: source for source in sources}
     folder = job.sinks.files.layout.top_folder()
@@ -215,10 +216,10 @@ def _crops(
     return crops
 
 
-def _pictures(job: TopJob, layer: str, ranked: Entries, crops: Crops) -> Iterator[Artifact]:
+def _pictures(job: TopJob, layer: str, ranked: Entries, crops: Crops) -> Iterator[RunOutput]:
     """The overview of ``layer`` (each channel's best, labelled with the channel), then the
-    sheet of each channel (its examples labelled with their scores): the largest picture
-    first, so that the writers encode it while the sheets are drawn."""
+    sheet of each channel (its examples labelled with their scores), each to be drawn on a
+    writer thread: the largest first, so that it is encoded while the sheets are drawn."""
     from featviz.render.examples import sheet
 
     size, channels = job.request.cell_size, job.channels[layer]
@@ -226,10 +227,14 @@ def _pictures(job: TopJob, layer: str, ranked: Entries, crops: Crops) -> Iterato
     def example(entry: dict[str, Any], label: str) -> Example:
         return crops[entry["index"], tuple(entry["box"])], tuple(entry["cell"]), label
 
-    firsts = [example(top[0], str(channel)) for channel, top in zip(channels, ranked) if top]
-    yield Artifact("top", "overview", layer, caption="every channel", pixels=sheet(firsts, size))
-    for channel, top in zip(channels, ranked):
-        yield Artifact(
+    def overview() -> Artifact:
+        firsts = [example(top[0], str(channel)) for channel, top in zip(channels, ranked) if top]
+        return Artifact(
+            "top", "overview", layer, caption="every channel", pixels=sheet(firsts, size)
+        )
+
+    def examples(channel: int, top: list[dict[str, Any]]) -> Artifact:
+        return Artifact(
             "top",
             "examples",
             layer,
@@ -237,6 +242,10 @@ def _pictures(job: TopJob, layer: str, ranked: Entries, crops: Crops) -> Iterato
             caption=f"channel {channel}",
             pixels=sheet([example(entry, f"{entry['score']:.3g}") for entry in top], size),
         )
+
+    yield overview
+    for channel, top in zip(channels, ranked):
+        yield partial(examples, channel, top)
 
 
 def reread(source: ImageSource, max_pixels: int | None) -> np.ndarray:
