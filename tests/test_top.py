@@ -126,7 +126,11 @@ def _assert_equal(ranking: dict, expected: list, paths: list[Path]) -> None:
 
 
 def test_cnn_layer_equals_brute_force(tmp_path, tiny_model_file, monkeypatch) -> None:
+    from featviz.run.jobs import top
+
     monkeypatch.chdir(tmp_path)
+    # Batches of 3 ranked two at a time, and whenever the input size changes.
+    monkeypatch.setattr(top, "RANK_TOGETHER_IMAGES", 5)
     paths = [p.relative_to(tmp_path) for p in _images(tmp_path / "in", 11, 0, [(40, 30), (30, 44)])]
     spec = f"{tiny_model_file}:build"
     for stat in ("max", "mean"):

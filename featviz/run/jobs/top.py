@@ -1,11 +1,11 @@
 """``featviz top``: for every channel of the tapped layers, the k images that excite it most.
 
 Images stream through the pipeline like any command's; each batch runs one forward that stops
-at the deepest tapped layer, and its (N, C) scores are merged into each layer's
-``ChannelRanking`` (featviz.features.top) on the model's thread. Nothing per image is written,
-and only the images among some channel's k best are remembered (their source and how they were
-seen): memory is k × channels, not the dataset. When the run ends, the winners are decoded
-again and each layer's outputs written (featviz.run.jobs.top_outputs).
+at the deepest tapped layer, and the scores of a few batches at a time are merged into each
+layer's ``ChannelRanking`` (featviz.features.top) on the model's thread. Nothing per image is
+written, and only the images among some channel's k best are remembered (their source, how
+they were seen and, within a budget, their pixels): memory is k × channels, not the dataset.
+When the run ends, each layer's outputs are drawn and written (featviz.run.jobs.top_outputs).
 
 With ``--shard K/N`` a run writes only its partial rankings; ``--merge`` (the same command
 line, without ``--shard``) reads the N partials, checks that each covered all of its images,
