@@ -94,10 +94,13 @@ class TopJob(ImageJob):
     winners: dict[int, Seen] = field(init=False, default_factory=dict)
     kept_bytes: int = field(init=False, default=0)  # the winners' pixels held
     ranked: int = field(init=False, default=0)  # images ranked (not failed)
+    # Batches waiting to be ranked together: (images, activations by layer, input size).
+    unranked: list[tuple[list[LoadedImage], dict[str, Any], tuple[int, int]]] = field(
+        init=False, default_factory=list
+    )
 
     def __post_init__(self) -> None:
         self.rankings = self._empty_rankings()
-        self.unranked: list[tuple[list[LoadedImage], dict[str, Any], tuple[int, int]]] = []
 
     def _empty_rankings(self) -> dict[str, ChannelRanking]:
         return {
@@ -177,10 +180,10 @@ class TopJob(ImageJob):
             self.settle()
         self.unranked.append((batch, maps, input_hw))
         waiting = [item for items, _, _ in self.unranked for item in items]
-        held = sum(item.original.nbytes + item.tensor.nbytes for item in waiting) + sum(
+        waiting_bytes = sum(item.original.nbytes + item.tensor.nbytes for item in waiting) + sum(
             values.nbytes for _, maps, _ in self.unranked for values in maps.values()
         )
-        if len(waiting) >= RANK_TOGETHER_IMAGES or held >= RANK_TOGETHER_BYTES:
+        if len(waiting) >= RANK_TOGETHER_IMAGES or waiting_bytes >= RANK_TOGETHER_BYTES:
             self.settle()
 
     def settle(self) -> None:
