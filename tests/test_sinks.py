@@ -224,3 +224,30 @@ def test_no_gallery_writes_no_page_and_a_later_run_fills_the_thumbnails_in() -> 
     assert len(images) == 3  # the cam run's images too, from their records
     for output in images["in/1.png"]["outputs"]:
         assert Path("out", output[7]).is_file()  # made at the end from the PNGs on disk
+
+
+def test_pictures_encode_side_by_side(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two writer threads encode two pictures' PNGs at once, each once: neither waits for the
+    other (functools.cached_property, up to Python 3.11, held one lock per class)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from featviz.sinks.artifacts import Artifact
+
+    both_inside = threading.Barrier(2, timeout=10)
+    calls = []
+
+    def encode_png(pixels: np.ndarray) -> bytes:
+        calls.append(pixels.shape)
+        both_inside.wait()  # raises BrokenBarrierError if the other encode cannot start
+        return b"png of %d" % pixels.shape[0]
+
+    monkeypatch.setattr("featviz.sinks.encode.encode_png", encode_png)
+    pictures = [
+        Artifact("top", "overview", "layer", pixels=np.zeros((size, 2, 3), np.uint8))
+        for size in (1, 2)
+    ]
+    with ThreadPoolExecutor(2) as pool:
+        assert list(pool.map(lambda picture: picture.png, pictures)) == [b"png of 1", b"png of 2"]
+    assert [picture.png for picture in pictures] == [b"png of 1", b"png of 2"]
+    assert sorted(calls) == [(1, 2, 3), (2, 2, 3)]

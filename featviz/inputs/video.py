@@ -26,9 +26,9 @@ import itertools
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from featviz.cached import cached
 from featviz.errors import InputError, UsageError, first_line
 from featviz.inputs.decode import MAX_PIXELS_HINT
 from featviz.inputs.discover import ImageSource, printable
@@ -64,7 +64,7 @@ class Clip:
     times: tuple[float, ...]
     used: int
 
-    @cached_property
+    @cached
     def frames(self) -> np.ndarray:
         """(T, H, W, 3) uint8, the video's own pixels: converted from ``decoded`` when first
         asked for."""

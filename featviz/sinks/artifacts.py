@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import TYPE_CHECKING, Literal
+
+from featviz.cached import cached
 
 if TYPE_CHECKING:
     import numpy as np
@@ -67,7 +68,7 @@ class Artifact:
         ``--format`` asks (featviz.sinks.encode.encode_animation says why)."""
         return self.pixels is not None and self.pixels.ndim == 3 + (self.pixels.shape[-1] == 3)
 
-    @cached_property
+    @cached
     def png(self) -> bytes:
         """The picture as PNG, encoded once for every sink that wants it (the file layout and
         TensorBoard store the same bytes)."""
