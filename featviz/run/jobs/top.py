@@ -1,9 +1,10 @@
 """``featviz top``: for every channel of the tapped layers, the k images that excite it most.
 
 Images stream through the pipeline like any command's; each batch runs one forward that stops
-at the deepest tapped layer, and the scores of a few batches at a time are merged into each
-layer's ``ChannelRanking`` (featviz.features.top) on the model's thread. Nothing per image is
-written, and only the images among some channel's k best are remembered (their source, how
+at the deepest tapped layer on the model's thread, and its images' tasks on the writer threads
+(which have nothing else to write) merge the scores of a few batches at a time into each
+layer's ``ChannelRanking`` (featviz.features.top) while the next forwards run. Nothing per
+image is written, and only the images among some channel's k best are remembered (their source, how
 they were seen and, within a budget, their pixels): memory is k × channels, not the dataset.
 When the run ends, each layer's outputs are drawn and written (featviz.run.jobs.top_outputs).
 
@@ -14,9 +15,10 @@ and writes what one run over every image writes, byte for byte.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from functools import cached_property
+from functools import cached_property, partial
 from typing import TYPE_CHECKING, Any
 
 from featviz.errors import UsageError
@@ -30,7 +32,7 @@ from featviz.features.top import (
 )
 from featviz.inputs.loaded import LoadedImage
 from featviz.layers.taps import LayerTaps
-from featviz.run.jobs.base import ImageJob, failure
+from featviz.run.jobs.base import ImageJob
 from featviz.run.plan import Resolved
 from featviz.sinks.results import ImageResult
 
@@ -98,6 +100,8 @@ class TopJob(ImageJob):
     unranked: list[tuple[list[LoadedImage], dict[str, Any], tuple[int, int]]] = field(
         init=False, default_factory=list
     )
+    # Batches are ranked on the writer threads, one at a time (see process).
+    _lock: threading.Lock = field(init=False, default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         self.rankings = self._empty_rankings()
@@ -126,6 +130,8 @@ class TopJob(ImageJob):
         self._forget_losers(held_images(self.rankings.values()))
 
     def process(self, batch: list[LoadedImage]) -> list[Callable[[], ImageResult] | ImageResult]:
+        """The batch's forward, here on the model's thread; its ranking in its images' write
+        tasks, on a writer thread while the next batch's forward runs."""
         import torch
 
         inputs = self.model.batch([item.tensor for item in batch])
@@ -143,25 +149,40 @@ class TopJob(ImageJob):
                 taps.run(inputs)
         except RuntimeError as exc:
             raise model_failure(inputs, exc) from exc
-        input_hw = tuple(inputs.shape[-2:])
-        layouts = self._layouts
+        outputs = {name: taps.outputs[name] for name in self.layers}
+        forwarded = _Forwarded(batch, outputs, tuple(inputs.shape[-2:]))
+        return [partial(self._result, forwarded, i) for i in range(len(batch))]
+
+    def _result(self, forwarded: _Forwarded, i: int) -> ImageResult:
+        """Image ``i``'s result: ranked, or failed for activations that are not finite. The
+        first of a batch's tasks to run ranks the whole batch."""
+        with self._lock:
+            if forwarded.broken is None:
+                forwarded.broken = self._check_and_queue(forwarded)
+        item, reason = forwarded.batch[i], forwarded.broken.get(i)
+        if reason is None:  # ranked: it writes nothing of its own
+            return ImageResult(item.source)
+        return ImageResult(item.source, error=f"{item.source.display}: {reason}")
+
+    def _check_and_queue(self, forwarded: _Forwarded) -> dict[int, str]:
+        """Queue a forwarded batch's activations for ranking, without its images whose
+        activations are not finite: those, each with why."""
+        batch, input_hw, layouts = forwarded.batch, forwarded.input_hw, self._layouts
         maps, broken = {}, {}
-        for name in self.layers:
-            values = layouts[name].to_nchw(taps.outputs[name][: len(batch)], input_hw).float()
+        for name, output in forwarded.outputs.items():
+            values = layouts[name].to_nchw(output[: len(batch)], input_hw).float()
             if len(self.channels[name]) < values.shape[1]:  # --channels: a copy of those only
                 values = values[:, self.channels[name]]
             for i in not_finite(values).nonzero().flatten().tolist():
                 broken.setdefault(i, f"layer '{name}' has {nan_or_infinite(values[i])} activations")
             maps[name] = values
+        forwarded.outputs = {}  # held by the queue from here, in ``maps``
         kept = [i for i in range(len(batch)) if i not in broken]
         if broken and kept:
             maps = {name: values[kept] for name, values in maps.items()}
         if kept:
             self._queue([batch[i] for i in kept], maps, input_hw)
-        return [
-            failure(item, broken[i]) if i in broken else _ranked(item)
-            for i, item in enumerate(batch)
-        ]
+        return broken
 
     @cached_property
     def _taps(self) -> LayerTaps:
@@ -177,17 +198,21 @@ class TopJob(ImageJob):
         """Rank ``batch`` with the batches before it once enough have come (see
         RANK_TOGETHER_IMAGES)."""
         if self.unranked and self.unranked[0][2] != input_hw:
-            self.settle()
+            self._rank_waiting()
         self.unranked.append((batch, maps, input_hw))
         waiting = [item for items, _, _ in self.unranked for item in items]
         waiting_bytes = sum(item.original.nbytes + item.tensor.nbytes for item in waiting) + sum(
             values.nbytes for _, maps, _ in self.unranked for values in maps.values()
         )
         if len(waiting) >= RANK_TOGETHER_IMAGES or waiting_bytes >= RANK_TOGETHER_BYTES:
-            self.settle()
+            self._rank_waiting()
 
     def settle(self) -> None:
         """Rank the batches still waiting: before the rankings are read."""
+        with self._lock:
+            self._rank_waiting()
+
+    def _rank_waiting(self) -> None:
         import torch
 
         if not self.unranked:
@@ -284,9 +309,15 @@ class TopJob(ImageJob):
         return top_outputs.finals(self, self.ranked, self.ranking_entries, sources, kept)
 
 
-def _ranked(item: LoadedImage) -> ImageResult:
-    """A ranked image's result: it writes nothing of its own (its scores are in the rankings)."""
-    return ImageResult(item.source)
+@dataclass
+class _Forwarded:
+    """A batch after its forward: the tapped layers' outputs, until the batch is ranked; then
+    its images whose activations are not finite, each with why."""
+
+    batch: list[LoadedImage]
+    outputs: dict[str, Any]
+    input_hw: tuple[int, int]
+    broken: dict[int, str] | None = None
 
 
 def resolve_top(

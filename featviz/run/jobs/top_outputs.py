@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     from featviz.run.jobs.top import TopJob
 
 Entries = list[list[dict[str, Any]]]  # per channel, its entries best first
-Crops = dict[tuple[int, tuple[int, ...]], "Fitted"]  # (image, box) → its crop, scaled
 
 
 def finals(
@@ -52,8 +51,8 @@ def finals(
     kept: dict[int, np.ndarray] | None = None,
 ) -> Iterator[RunOutput]:
     """Every layer's JSON ranking, overview and channel sheets, the pictures to be drawn on
-    the writer threads. Every crop is cut before the first, from the winner's ``kept`` pixels
-    or decoded again: a winner that cannot be read again fails the run with nothing of it
+    the writer threads. Every winner's pixels are at hand before the first, ``kept`` or
+    decoded again: a winner that cannot be read again fails the run with nothing of it
     written."""
     entries = {layer: entries_of(layer) for layer in job.layers}
     crops = _crops(job, entries, sources, kept or {})
@@ -198,22 +197,33 @@ def _crops(
     sources: dict[int, ImageSource],
     kept: dict[int, np.ndarray],
 ) -> Crops:
-    """Every example's crop, by (image, box), scaled to the cell: each winning image read
-    once for every layer, each of its receptive fields scaled once however many channels it
-    wins with it."""
-    from featviz.render.examples import fit
+    """Every example's crop, by (image, box): each winning image's pixels at hand (from
+    ``kept``, or read again here, before anything is written), each crop scaled to the cell
+    when first drawn, on the writer threads."""
+    indices = {entry["index"] for ranked in entries.values() for top in ranked for entry in top}
+    images = {
+        index: kept[index] if index in kept else reread(sources[index], job.max_pixels)
+        for index in sorted(indices)
+    }
+    return Crops(images, job.request.cell_size)
 
-    boxes: dict[int, dict[tuple[int, ...], None]] = {}
-    for ranked in entries.values():
-        for top in ranked:
-            for entry in top:
-                boxes.setdefault(entry["index"], {})[tuple(entry["box"])] = None
-    crops = {}
-    for index in sorted(boxes):
-        image = kept[index] if index in kept else reread(sources[index], job.max_pixels)
-        for box in boxes[index]:
-            crops[index, box] = fit(image, box, job.request.cell_size)
-    return crops
+
+class Crops:
+    """The crops of the winning ``images``, by (image, box), each scaled to a ``size`` cell
+    once however many channels an image wins with the same box. Two writer threads wanting one
+    at the same moment may both scale it: the same pixels, one kept."""
+
+    def __init__(self, images: dict[int, np.ndarray], size: int) -> None:
+        self.images, self.size = images, size
+        self.fitted: dict[tuple[int, tuple[int, ...]], Fitted] = {}
+
+    def __call__(self, index: int, box: tuple[int, ...]) -> Fitted:
+        from featviz.render.examples import fit
+
+        fitted = self.fitted.get((index, box))
+        if fitted is None:
+            fitted = self.fitted[index, box] = fit(self.images[index], box, self.size)
+        return fitted
 
 
 def _pictures(job: TopJob, layer: str, ranked: Entries, crops: Crops) -> Iterator[RunOutput]:
@@ -225,7 +235,7 @@ def _pictures(job: TopJob, layer: str, ranked: Entries, crops: Crops) -> Iterato
     size, channels = job.request.cell_size, job.channels[layer]
 
     def example(entry: dict[str, Any], label: str) -> Example:
-        return crops[entry["index"], tuple(entry["box"])], tuple(entry["cell"]), label
+        return crops(entry["index"], tuple(entry["box"])), tuple(entry["cell"]), label
 
     def overview() -> Artifact:
         firsts = [example(top[0], str(channel)) for channel, top in zip(channels, ranked) if top]
