@@ -34,11 +34,12 @@ def load_image(
 
     Raises InputError when it cannot be used (the message names it)."""
     import numpy as np
+    import torch
 
     from featviz.errors import InputError
     from featviz.inputs.decode import decode
     from featviz.inputs.memory import picture
-    from featviz.inputs.preprocess import normalise, resized
+    from featviz.inputs.preprocess import normalise, resized, resized_shape
     from featviz.inputs.video import Clip, clip_tensor
 
     if source.problem is not None:  # an input argument that gave no image
@@ -51,9 +52,17 @@ def load_image(
         if source.image is not None
         else decode(source.path, max_pixels=max_pixels)
     )
-    pixels = resized(image, preprocessing)
+    if resized_shape(image.width, image.height, preprocessing) == (image.height, image.width):
+        # At the size the network sees already (resizing would copy it, the same bytes): its
+        # pixels converted once for both (a copy, writable to be shared), where each
+        # conversion holds the interpreter's lock.
+        original = np.array(image)
+        pixels = torch.from_numpy(original).permute(2, 0, 1)
+    else:
+        original = np.asarray(image)
+        pixels = resized(image, preprocessing)
     # On a GPU: bytes, page-locked, so that the batch's copy is one DMA of a quarter of the
     # floats' size that need not wait (the GPU normalises them); on a CPU: normalised here, in
     # the decode threads, beside the model's work rather than before it.
     pixels = pixels.pin_memory() if device.type == "cuda" else normalise(pixels, preprocessing)
-    return LoadedImage(source, np.asarray(image), pixels)
+    return LoadedImage(source, original, pixels)

@@ -27,6 +27,7 @@ from featviz.errors import InputError, RunError, UsageError
 from featviz.explainer.names import safe_name
 from featviz.features.top import merge_entries
 from featviz.inputs.shards import shard_of
+from featviz.render.examples import fit, sheet
 from featviz.sinks.artifacts import Artifact, RunOutput
 from featviz.sinks.encode import json_line
 
@@ -218,8 +219,6 @@ class Crops:
         self.fitted: dict[tuple[int, tuple[int, ...]], Fitted] = {}
 
     def __call__(self, index: int, box: tuple[int, ...]) -> Fitted:
-        from featviz.render.examples import fit
-
         fitted = self.fitted.get((index, box))
         if fitted is None:
             fitted = self.fitted[index, box] = fit(self.images[index], box, self.size)
@@ -230,8 +229,6 @@ def _pictures(job: TopJob, layer: str, ranked: Entries, crops: Crops) -> Iterato
     """The overview of ``layer`` (each channel's best, labelled with the channel), then the
     sheet of each channel (its examples labelled with their scores), each to be drawn on a
     writer thread: the largest first, so that it is encoded while the sheets are drawn."""
-    from featviz.render.examples import sheet
-
     size, channels = job.request.cell_size, job.channels[layer]
 
     def example(entry: dict[str, Any], label: str) -> Example:
