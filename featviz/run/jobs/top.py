@@ -4,8 +4,9 @@ Images stream through the pipeline like any command's; each batch runs one forwa
 at the deepest tapped layer on the model's thread, and its images' tasks on the writer threads
 (which have nothing else to write) merge the scores of a few batches at a time into each
 layer's ``ChannelRanking`` (featviz.features.top) while the next forwards run. Nothing per
-image is written, and only the images among some channel's k best are remembered (their source, how
-they were seen and, within a budget, their pixels): memory is k × channels, not the dataset.
+image is written, and only the images among some channel's k best are remembered (their
+source, how they were seen and, within a budget, their pixels): memory is k × channels, not
+the dataset.
 When the run ends, each layer's outputs are drawn and written (featviz.run.jobs.top_outputs).
 
 With ``--shard K/N`` a run writes only its partial rankings; ``--merge`` (the same command
