@@ -93,6 +93,21 @@ def test_non_finite_maps_and_activations_fail_that_image() -> None:
     assert not Path("grids/m.inf/bright").exists()
 
 
+def test_top_fails_an_image_whose_activations_are_not_finite_and_ranks_the_others() -> None:
+    result = invoke(
+        "top", "-m", "m.py:inf", "--input-size", "32", "-l", "features.0", "-k", "2",
+        "photos", "-o", "out",
+    )  # fmt: skip
+    assert result.exit_code == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == ["error: photos/bright.png: layer 'features.0' has NaN activations"]
+    ranking = json.loads(Path("out/top/m.inf/features.0.json").read_text())
+    assert ranking["images"] == 1
+    assert {entry["input"] for channel in ranking["channels"] for entry in channel["top"]} == {
+        "photos/dark.png"
+    }
+
+
 def test_a_labels_file_with_the_wrong_count_is_a_usage_error() -> None:
     Path("three.txt").write_text("a\nb\nc\n")
     Path("m.py").write_text(TINY_MODEL_SOURCE)
