@@ -196,3 +196,19 @@ def test_importing_featviz_imports_no_torch() -> None:
         text=True,
     )
     assert done.stdout.strip() == "False", done.stderr
+
+
+@pytest.mark.parametrize(
+    ("model", "options", "message"),
+    [
+        (42, {}, r"^expected a spec string or a torch\.nn\.Module, got int$"),
+        ("resnet18", {"labels": ["cat", "dog"]}, r"^labels as a list, mean and std are for a "),
+        ("resnet18", {"std": (1.0, 1.0, 1.0)}, r"^labels as a list, mean and std are for a "),
+        ("resnet18", {"clip_length": 8}, r"^clip_length and frame_rate are for a module "),
+    ],
+)
+def test_load_refuses_what_is_not_a_spec_and_a_module_s_options_with_a_spec(
+    model: object, options: dict, message: str
+) -> None:
+    with pytest.raises(UsageError, match=message):
+        featviz.load(model, weights="none", **options)

@@ -69,25 +69,7 @@ def load(
             resize=resize,
         )
         return load_model(request, source=source)
-    if not isinstance(model, str):
-        from featviz.errors import UsageError
-
-        raise UsageError(f"expected a spec string or a torch.nn.Module, got {type(model).__name__}")
-    if isinstance(labels, list) or mean is not None or std is not None:
-        from featviz.errors import UsageError
-
-        raise UsageError(
-            "labels as a list, mean and std are for a module you built",
-            hint="a spec's own preprocessing and names are used; pass labels as a file path",
-        )
-    if clip_length is not None or frame_rate is not None:
-        from featviz.errors import UsageError
-
-        raise UsageError(
-            "clip_length and frame_rate are for a module you built",
-            hint="a spec's video model takes its own clips (a factory file says CLIP_LENGTH "
-            "and FRAME_RATE beside the factory)",
-        )
+    _check_spec(model, labels, mean, std, clip_length, frame_rate)
     request = ModelRequest(
         spec=model,
         weights=weights,
@@ -101,6 +83,32 @@ def load(
         resize=resize,
     )
     return load_model(request)
+
+
+def _check_spec(
+    model: object,
+    labels: str | list[str] | None,
+    mean: tuple[float, float, float] | None,
+    std: tuple[float, float, float] | None,
+    clip_length: int | None,
+    frame_rate: float | None,
+) -> None:
+    """Refuse what is not a spec string, and the options that only a module takes."""
+    from featviz.errors import UsageError
+
+    if not isinstance(model, str):
+        raise UsageError(f"expected a spec string or a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(labels, list) or mean is not None or std is not None:
+        raise UsageError(
+            "labels as a list, mean and std are for a module you built",
+            hint="a spec's own preprocessing and names are used; pass labels as a file path",
+        )
+    if clip_length is not None or frame_rate is not None:
+        raise UsageError(
+            "clip_length and frame_rate are for a module you built",
+            hint="a spec's video model takes its own clips (a factory file says CLIP_LENGTH "
+            "and FRAME_RATE beside the factory)",
+        )
 
 
 def _sampling(clip_length: int | None, frame_rate: float | None) -> Sampling | None:
