@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -212,3 +213,16 @@ def test_load_refuses_what_is_not_a_spec_and_a_module_s_options_with_a_spec(
 ) -> None:
     with pytest.raises(UsageError, match=message):
         featviz.load(model, weights="none", **options)
+
+
+def test_a_head_that_scores_every_class_the_same_is_warned_of(photo: np.ndarray) -> None:
+    net = ScriptNet()
+    nn.init.zeros_(net.head.weight)
+    nn.init.zeros_(net.head.bias)
+    model = featviz.load(net, input_size=32)
+    with pytest.warns(UserWarning, match=r"^the model gives every class the same score on some"):
+        explanation = featviz.explain(model, photo, layer="body.2")
+    assert not explanation.heatmap.any()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a trained head's scores differ: no warning
+        featviz.explain(featviz.load(ScriptNet(), input_size=32), photo, layer="body.2")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from featviz.cam.registry import ALL, every_method, method_info
 from featviz.errors import InputError, UsageError, first_line
-from featviz.explainer.checks import model_failure, nan_or_infinite, not_finite
+from featviz.explainer.checks import model_failure, nan_or_infinite, not_finite, warn_if_flat
 from featviz.explainer.names import class_slug
 from featviz.explainer.predictions import Prediction
 from featviz.tasks.base import task_of
@@ -230,13 +230,8 @@ class Explainer:
         }
         outcome = task.latest if task else None  # what the task's hook saw of this forward
         boxes = outcome.boxes if outcome else None
-        flat = scores.shape[1] > 1 and bool((scores.amax(dim=1) == scores.amin(dim=1)).any())
-        if module is None and flat and boxes is None:
-            warnings.warn(
-                "the model gives every class the same score on some images (a zero-initialised "
-                "head, as torchvision's ViTs have with --weights none?): their maps are zeros",
-                stacklevel=1,
-            )
+        if module is None and boxes is None:
+            warn_if_flat(scores)
         # What ranks the targets and is shown beside them: the class probabilities, or what
         # the task's latest forward (this one) showed (a segmentation's pixel shares, a
         # detector's box scores).
@@ -262,12 +257,7 @@ class Explainer:
                 if wanted is not None and not wanted.any():
                     continue
                 for layer in self.layers_of(method):
-                    maps = _compute(method, context, layer, targets[:, column])
-                    if not method.info.pixel_level:  # those are at the input's frames already
-                        maps = self._frames(layer, maps)
-                    if task is not None and not method.info.pixel_level:
-                        # A pixel-level map already covers exactly the model's input.
-                        maps = task.align(maps)
+                    maps = self._maps(method, context, layer, targets[:, column], task)
                     for i in not_finite(maps).nonzero().flatten().tolist():
                         broken.setdefault(
                             i,
@@ -285,6 +275,23 @@ class Explainer:
                             entry = replace(entry, region=(regions[i] == entry.index).cpu())
                         per_image[i].append(entry)
         return Explained(context, targets, per_image, shown, broken, notes)
+
+    def _maps(
+        self,
+        method: Any,
+        context: CamContext,
+        layer: str,
+        targets: torch.Tensor,
+        task: Task | None,
+    ) -> torch.Tensor:
+        """``method``'s maps of ``targets`` at ``layer``, on the input's frames and aligned with
+        what the task shows (a pixel-level map covers exactly the model's input already)."""
+        maps = _compute(method, context, layer, targets)
+        if not method.info.pixel_level:
+            maps = self._frames(layer, maps)
+            if task is not None:
+                maps = task.align(maps)
+        return maps
 
     def _leave_out_inapplicable(self, context: CamContext, targets: torch.Tensor) -> None:
         """``--method all``, first batch: a method that says it cannot work on this model (a

@@ -1,9 +1,10 @@
 """A batch's failures, said per image: the model rejecting the input, scores or maps that are
-not finite.
+not finite; and scores that leave nothing to explain.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 from featviz.errors import InputError, first_line
@@ -41,3 +42,13 @@ def nan_or_infinite(values: torch.Tensor) -> str:
     import torch
 
     return "NaN" if bool(torch.isnan(values).any()) else "infinite"
+
+
+def warn_if_flat(scores: torch.Tensor) -> None:
+    """Warn when some image's (N, classes) scores are all the same: its maps would be zeros."""
+    if scores.shape[1] > 1 and bool((scores.amax(dim=1) == scores.amin(dim=1)).any()):
+        warnings.warn(
+            "the model gives every class the same score on some images (a zero-initialised "
+            "head, as torchvision's ViTs have with --weights none?): their maps are zeros",
+            stacklevel=1,
+        )
