@@ -6,8 +6,8 @@ at the deepest tapped layer on the model's thread, and its images' tasks on the 
 layer's ``ChannelRanking`` (featviz.features.top) while the next forwards run. Nothing per
 image is written, and only the images among some channel's k best are remembered (their
 source, how they were seen and, within a budget, their pixels): memory is k × channels, not
-the dataset.
-When the run ends, each layer's outputs are drawn and written (featviz.run.jobs.top_outputs).
+the dataset. When the run ends, each layer's outputs are drawn and written
+(featviz.run.jobs.top_outputs).
 
 With ``--shard K/N`` a run writes only its partial rankings; ``--merge`` (the same command
 line, without ``--shard``) reads the N partials, checks that each covered all of its images,
@@ -33,7 +33,7 @@ from featviz.features.top import (
 )
 from featviz.inputs.loaded import LoadedImage
 from featviz.layers.taps import LayerTaps
-from featviz.run.jobs.base import ImageJob
+from featviz.run.jobs.base import ImageJob, failure
 from featviz.run.plan import Resolved
 from featviz.sinks.results import ImageResult
 
@@ -163,7 +163,7 @@ class TopJob(ImageJob):
         item, reason = forwarded.batch[i], forwarded.broken.get(i)
         if reason is None:  # ranked: it writes nothing of its own
             return ImageResult(item.source)
-        return ImageResult(item.source, error=f"{item.source.display}: {reason}")
+        return failure(item, reason)()
 
     def _check_and_queue(self, forwarded: _Forwarded) -> dict[int, str]:
         """Queue a forwarded batch's activations for ranking, without its images whose
