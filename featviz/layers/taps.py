@@ -112,10 +112,13 @@ class LayerTaps:
                     tensor = tensor.detach().requires_grad_()
                 replacement = tensor.clone()
                 self.outputs[name] = tensor
+            elif self.stop_early and len(self.outputs.keys() | {name}) == len(self.layers):
+                # The output the forward stops at: nothing runs after it that could change it
+                # in place, so it is kept as it is, not copied.
+                self.outputs[name] = tensor
+                raise _StopForward
             else:
                 self.outputs[name] = tensor.clone()
-            if self.stop_early and len(self.outputs) == len(self.layers):
-                raise _StopForward
             return None if replacement is None else with_tapped(output, key, replacement)
 
         return hook

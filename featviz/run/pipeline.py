@@ -1,8 +1,10 @@
 """Streams any number of images through decode → batch → compute → render/write, overlapped.
 
 Reading the images' headers (what each will cost) and decoding them run in a small thread pool
-ahead of the model, off its thread; images whose resized tensors have the same shape are batched
-together (photos from one camera share a shape); the model work runs on the calling thread;
+ahead of the model, off its thread: one at a time until the model has to wait for a decode
+(featviz.run.lanes; decoders the model does not need only take cores from it). Images whose
+resized tensors have the same shape are batched together (photos from one camera share a
+shape); the model work runs on the calling thread;
 colour-mapping, PNG encoding and writing run in a second pool while the next batch computes.
 Every stage is bounded, so the number of images held in memory never exceeds ``max_in_flight``
 however long the input list is, and results are yielded as they complete.
@@ -19,19 +21,23 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from featviz.errors import FeatvizError, InputError
 from featviz.inputs.decode import declared_pixels
 from featviz.inputs.video import Clip
+from featviz.run.handovers import prompt_handovers
 from featviz.run.heap import return_freed_memory
 from featviz.run.interrupts import shielded
+from featviz.run.lanes import Lanes
 from featviz.run.plan import DEFAULT_MAX_MEMORY
 
 if TYPE_CHECKING:
     from featviz.inputs.discover import ImageSource
 from featviz.inputs.loaded import LoadedImage
 from featviz.sinks.results import ImageResult
+
+T = TypeVar("T")
 
 
 class Job(Protocol):
@@ -86,7 +92,7 @@ class PipelineConfig:
     an image larger than that on its own still runs, alone."""
 
     batch_size: int = 8
-    decode_workers: int = 2
+    decode_workers: int = 2  # the most decoding at once (see featviz.run.lanes)
     write_workers: int = 2
     max_memory: int = DEFAULT_MAX_MEMORY
     # The context each batch's model work runs in (autocast for --precision), and what runs
@@ -168,9 +174,11 @@ class Pipeline:
         config = self.config
         self.pending, self.exhausted = iter(self.sources), False
         with (
-            ThreadPoolExecutor(config.decode_workers, "featviz-decode") as self.decoder,
+            prompt_handovers(),
+            ThreadPoolExecutor(config.decode_workers, "featviz-decode") as decoders,
             ThreadPoolExecutor(config.write_workers, "featviz-write") as self.writer,
         ):
+            self.decoder = Lanes(decoders, config.decode_workers)
             try:
                 while True:
                     yield from self._read_ahead()
@@ -217,7 +225,7 @@ class Pipeline:
             and stats.in_flight < config.max_in_flight
         ):
             source, header = self.heads[0]
-            cost = BYTES_PER_PIXEL * header.result()
+            cost = BYTES_PER_PIXEL * self._waited(header).result()
             if not stats.admits(cost, config.max_memory):
                 return  # it waits until images in flight have been written
             self.heads.popleft()
@@ -231,7 +239,7 @@ class Pipeline:
         share one); a group that fills a batch goes to the model."""
         source, future = self.loads.popleft()
         try:
-            item = future.result()
+            item = self._waited(future).result()
         except InputError as exc:
             self.stats.leave(source)
             yield ImageResult(source, error=exc.message)
@@ -243,6 +251,13 @@ class Pipeline:
         elif sum(len(group) for group in groups.values()) >= 2 * size:
             # Many shapes, none filling a batch: free memory with the largest.
             yield from self._dispatch(groups.pop(_largest(groups)))
+
+    def _waited(self, decode: Future[T]) -> Future[T]:
+        """``decode``, about to be waited for: once the model has run, a decode it has to
+        wait for opens another lane of decoders."""
+        if self.stats.batches and not decode.done():
+            self.decoder.widen()
+        return decode
 
     def _dispatch(self, batch: list[LoadedImage]) -> Iterator[ImageResult]:
         """The model's work on ``batch``, here; its writes queued on the writer threads."""

@@ -95,6 +95,7 @@ class PreparedRun:
         cancelled."""
         from concurrent.futures import ThreadPoolExecutor
 
+        from featviz.run.handovers import prompt_handovers
         from featviz.run.interrupts import shielded
         from featviz.sinks.artifacts import ImageOutputs
 
@@ -103,15 +104,16 @@ class PreparedRun:
             outputs = ImageOutputs(None, self.model.name, None, [], [artifact])
             return self.job.sinks.write(outputs).outputs
 
-        pool = ThreadPoolExecutor(self.config.write_workers, "featviz-write")
-        try:
-            futures = []
-            for artifact in artifacts:
-                with shielded():  # a signal inside submit() would leave the pool's lock held
-                    futures.append(pool.submit(write, artifact))
-            return [path for future in futures for path in future.result()]
-        finally:
-            pool.shutdown(cancel_futures=True)
+        with prompt_handovers():
+            pool = ThreadPoolExecutor(self.config.write_workers, "featviz-write")
+            try:
+                futures = []
+                for artifact in artifacts:
+                    with shielded():  # a signal inside submit() would leave the pool's lock held
+                        futures.append(pool.submit(write, artifact))
+                return [path for future in futures for path in future.result()]
+            finally:
+                pool.shutdown(cancel_futures=True)
 
     def report(self, tally: RunTally) -> str | None:
         """The table the terminal shows after the images (score's summary), if any."""

@@ -103,7 +103,10 @@ RUN_OPTIONS: Declared = {
                 panel=INPUT_PANEL,
                 metavar="N",
                 show_default="one per core, 2 to 32",
-                help="Threads that decode, and threads that encode and write.",
+                help=(
+                    "Threads that decode (one at a time until the model waits for them), "
+                    "and threads that encode and write."
+                ),
             ),
         ],
         None,
