@@ -4,7 +4,7 @@ Decoding more images at once than the model needs only takes cores from it: on t
 the model's thread on one, a second decoder thread takes the other core's share of the
 interpreter's lock, wakes more often and leaves the model's forwards less of the machine. On
 ``featviz top`` over 2,000 small photos (the benchmark), one decoder at a time made the whole
-run 1.08× its forwards against 1.11× with two: the decoding CPU itself dropped by a sixth.
+run 1.08× its forwards against 1.11× with two, and its CPU beyond the forwards a sixth less.
 
 So the work goes down lanes: a lane is a task in the pool that takes the queue's next call,
 runs it, and goes on until the queue is empty. One lane runs at first; ``widen()`` opens
