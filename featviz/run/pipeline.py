@@ -256,7 +256,8 @@ class Pipeline:
         """``decode``, about to be waited for: once the model has run, a decode it has to
         wait for opens another lane of decoders."""
         if self.stats.batches and not decode.done():
-            self.decoder.widen()
+            with shielded():  # widening submits a lane to the pool, whose lock a signal would hold
+                self.decoder.widen()
         return decode
 
     def _dispatch(self, batch: list[LoadedImage]) -> Iterator[ImageResult]:
