@@ -431,21 +431,23 @@ def test_an_image_loads_as_resizing_gives_it_at_its_size_or_not(
     size: tuple[int, int], seen: tuple[int, int]
 ) -> None:
     """An image at the size the network sees is not resized (its pixels are converted once
-    for the original and the input): the same tensor and original as through the resize."""
+    for the original and the input): the same tensor and original as through the resize. The
+    tensor is the pixels, normalised later with its batch."""
     from pathlib import PurePath
 
     import torch
 
     from featviz.inputs.discover import ImageSource
     from featviz.inputs.loaded import load_image
-    from featviz.inputs.preprocess import Preprocessing, to_tensor
+    from featviz.inputs.preprocess import Preprocessing, resized
 
     pixels = np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
     path = save("photo.png", Image.fromarray(pixels))
     preprocessing = Preprocessing((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 96)
     source = ImageSource(path=path, relative=PurePath("photo"), display="photo.png")
     loaded = load_image(source, preprocessing, torch.device("cpu"), DEFAULT_MAX_PIXELS)
-    expected = to_tensor(Image.fromarray(pixels), preprocessing)
+    expected = resized(Image.fromarray(pixels), preprocessing)
+    assert loaded.tensor.dtype == expected.dtype == torch.uint8
     assert loaded.tensor.shape == expected.shape == (3, *seen)
     assert torch.equal(loaded.tensor, expected)
     assert np.array_equal(loaded.original, pixels)

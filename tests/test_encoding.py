@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +38,12 @@ def test_png_through_isal_and_through_zlib_decode_to_the_same_pixels(
     assert through_isal != through_zlib  # two different encoders really ran
     for data in (through_isal, through_zlib):
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), image)
-    raw = isal_zlib.decompress(through_isal[through_isal.index(b"IDAT") + 4 : -16])
+    start = through_isal.index(b"IDAT")
+    (length,) = struct.unpack(">I", through_isal[start - 4 : start])
+    chunk = through_isal[start : start + 4 + length]  # its type, then its data
+    (crc,) = struct.unpack(">I", through_isal[start + 4 + length : start + 8 + length])
+    assert crc == zlib.crc32(chunk)  # ISA-L's CRC-32 is zlib's
+    raw = isal_zlib.decompress(chunk[4:])
     assert len(raw) == shape[0] * (1 + int(np.prod(shape[1:])))  # one filter byte a row
 
 

@@ -37,7 +37,7 @@ IMAGES = 40
 SUMMARY = (
     r"(interrupted: )?(?P<done>\d+) done, (?P<failed>\d+) failed, 0 skipped"
     r"(, (?P<left>\d+) not done)? in \d+\.\d s "
-    r"\(\d+\.\d\d images/s\); outputs in out; manifest "
+    r"\((\d+\.\d\d images/s|\d+\.\d s/image)\); outputs in out; manifest "
 )
 
 
@@ -352,10 +352,10 @@ def test_a_bug_mid_run_still_writes_the_manifest_and_the_summary(
     real_process = CamJob.process
     batches = iter(range(IMAGES))
 
-    def failing_on_the_third_batch(self, batch):
+    def failing_on_the_third_batch(self, batch, inputs):
         if next(batches) == 2:
             raise ValueError("a bug")
-        return real_process(self, batch)
+        return real_process(self, batch, inputs)
 
     monkeypatch.setattr(CamJob, "process", failing_on_the_third_batch)
     result = CliRunner().invoke(

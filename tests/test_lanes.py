@@ -96,7 +96,10 @@ class _WaitedForJob:
             self.together.wait()
         return LoadedImage(source, np.zeros(1), np.zeros((3, 4, 4)))
 
-    def process(self, batch: list[LoadedImage]) -> list[ImageResult]:
+    def assemble(self, batch: list[LoadedImage]) -> None:
+        return None
+
+    def process(self, batch: list[LoadedImage], inputs: None) -> list[ImageResult]:
         return [ImageResult(item.source) for item in batch]
 
 

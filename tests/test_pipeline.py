@@ -39,7 +39,10 @@ class FakeJob:
             raise InputError(f"{number}: broken")
         return LoadedImage(source, np.zeros(1), np.zeros((3, 8, 8 + number % self.shapes)))
 
-    def process(self, batch: list[LoadedImage]):
+    def assemble(self, batch: list[LoadedImage]) -> None:
+        return None
+
+    def process(self, batch: list[LoadedImage], inputs: None):
         assert len({item.tensor.shape for item in batch}) == 1  # one shape per batch
         self.batches.append([item.source.path.name for item in batch])
         return [
@@ -66,6 +69,40 @@ def test_images_in_flight_stay_bounded_whatever_the_input_length(count: int) -> 
     assert stats.in_flight == 0
     assert stats.largest_batch == 4
     assert sum(len(b) for b in job.batches) == count
+
+
+class _AssemblyWatch(FakeJob):
+    """Every batch's input is its images' names, put together by ``assemble``; the model's
+    work on a batch waits (up to 10 s) until the next batch's input has been assembled."""
+
+    def __init__(self) -> None:
+        super().__init__(shapes=1)
+        self.assembled: list[threading.Event] = [threading.Event() for _ in range(6)]
+        self.threads: set[str] = set()
+        self.ahead: list[bool] = []
+
+    def assemble(self, batch: list[LoadedImage]) -> list[str]:
+        self.threads.add(threading.current_thread().name)
+        self.assembled[int(batch[0].source.path.name) // 4].set()
+        return [item.source.path.name for item in batch]
+
+    def process(self, batch: list[LoadedImage], inputs: list[str]):
+        assert inputs == [item.source.path.name for item in batch]
+        number = int(inputs[0]) // 4
+        if number + 1 < len(self.assembled):
+            self.ahead.append(self.assembled[number + 1].wait(timeout=10))
+        return super().process(batch, inputs)
+
+
+def test_the_next_batch_is_assembled_on_its_own_thread_while_one_runs() -> None:
+    """Stacking a batch's tensors (and moving them to a GPU) costs the model's thread about
+    a millisecond a batch: a thread of its own does it for batch n + 1 while batch n runs."""
+    job = _AssemblyWatch()
+    results = list(run(job, _sources(24), PipelineConfig(batch_size=4)))
+    assert sorted(int(r.source.path.name) for r in results) == list(range(24))
+    assert job.batches == [[str(n) for n in range(b, b + 4)] for b in range(0, 24, 4)]
+    assert job.ahead == [True] * 5
+    assert job.threads and job.threads == {"featviz-assemble_0"}
 
 
 def test_failed_loads_are_results_and_the_rest_goes_on() -> None:

@@ -378,23 +378,25 @@ def test_batches_in_any_order_rank_as_one_sort(seed: int) -> None:
 
 
 def test_receptive_field_is_the_architectures(tiny_model) -> None:
-    from featviz.features.receptive import receptive_extent
+    from featviz.features.receptive import receptive_extents
     from featviz.layers.trace import trace_model
 
     trace = trace_model(tiny_model, (1, 3, 32, 32))
     calls, layouts = trace.calls(), trace.layouts()
 
-    def extent(layer: str):
-        return receptive_extent(
-            tiny_model, layer, layouts[layer], (32, 32), calls=calls, device=torch.device("cpu")
-        )
+    def extent(*layers: str):
+        cpu = torch.device("cpu")
+        return receptive_extents(tiny_model, layers, layouts, (32, 32), calls=calls, device=cpu)
 
-    first = extent("features.0")  # 3 × 3 at stride 1: one pixel each side of the cell's 1
+    # 3 × 3 at stride 1: one pixel each side of the cell's 1
+    first = extent("features.0")["features.0"]
     assert (first.up, first.down, first.left, first.right) == (1.5, 1.5, 1.5, 1.5)
     # Then 3 × 3 at stride 2: cell 8 (pixels 16–17, centre 17) reads the first conv's 15–17,
     # which read pixels 14–18.
-    second = extent("features.2")
+    second = extent("features.2")["features.2"]
     assert (second.up, second.down, second.left, second.right) == (3.0, 2.0, 3.0, 2.0)
+    # Measured in one forward, each layer's is the same as on its own.
+    assert extent("features.0", "features.2") == {"features.0": first, "features.2": second}
 
 
 def _drawn_plainly(image: np.ndarray, entry: dict, label: str, size: int = 96) -> np.ndarray:

@@ -271,7 +271,10 @@ class _Holding:
     def load(self, source):
         return LoadedImage(source, source.image.frames, torch.zeros(1))
 
-    def process(self, batch):
+    def assemble(self, batch):
+        return None
+
+    def process(self, batch, inputs):
         return [lambda item=item: ImageResult(item.source) for item in batch]
 
 

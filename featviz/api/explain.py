@@ -23,6 +23,7 @@ from featviz.run.jobs.explaining import ExplainingJob
 
 if TYPE_CHECKING:
     import numpy as np
+    import torch
     from PIL import Image
 
     from featviz.explainer.batch import ExplainedMap
@@ -205,12 +206,14 @@ class _MapsInMemory(ExplainingJob):
 
     collected: dict[int, list[Explanation]]
 
-    def process(self, batch: list[LoadedImage]) -> list[Callable[[], ImageResult]]:
+    def process(
+        self, batch: list[LoadedImage], inputs: torch.Tensor
+    ) -> list[Callable[[], ImageResult]]:
         from featviz.run.jobs.base import failure
         from featviz.sinks.results import ImageResult
 
         explained = self.explainer.explain(
-            self.model.batch([item.tensor for item in batch]),
+            inputs,
             sizes=[item.original.shape[:2] for item in batch],
             ids=[item.source.index for item in batch],
         )

@@ -19,7 +19,7 @@ from featviz.features.top import Extent
 from featviz.layers.taps import LayerTaps
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
     import torch
     from torch import nn
@@ -30,32 +30,47 @@ PROBES = 3  # random inputs pooled
 WHOLE = 0.98  # a field covering this share of both sides is the whole input
 
 
-def receptive_extent(
+def receptive_extents(
     module: nn.Module,
-    layer: str,
-    layout: Layout,
+    layers: Sequence[str],
+    layouts: Mapping[str, Layout],
     input_hw: tuple[int, int],
     *,
     calls: Mapping[str, int],
     device: torch.device,
     seed: int = 0,
-) -> Extent | None:
-    """How far the receptive field of ``layer``'s centre cell reaches from the cell's centre
-    at an input of ``input_hw`` = (H, W) pixels; None when it covers the whole input."""
+) -> dict[str, Extent | None]:
+    """How far the receptive field of each layer's centre cell reaches from the cell's centre
+    at an input of ``input_hw`` = (H, W) pixels; None when it covers the whole input. One
+    forward to the deepest of ``layers``, then one gradient per layer."""
     import torch
 
     height, width = input_hw
     generator = torch.Generator().manual_seed(seed)
     probe = torch.randn(PROBES, 3, height, width, generator=generator).to(device)
     probe.requires_grad_(True)
-    taps = LayerTaps(module, [layer], calls=calls, stop_early=True)
+    taps = LayerTaps(module, list(layers), calls=calls, stop_early=True)
+    extents = {}
     with torch.enable_grad(), taps:
         taps.run(probe)
-        maps = layout.to_nchw(taps.outputs[layer], (height, width))
-        rows, cols = maps.shape[-2:]
-        row, col = rows // 2, cols // 2
-        (gradient,) = torch.autograd.grad(maps[:, :, row, col].float().sum(), probe)
-    reached = gradient.detach().abs().sum(dim=(0, 1)) > 0  # (H, W)
+        for i, layer in enumerate(layers):
+            maps = layouts[layer].to_nchw(taps.outputs[layer], input_hw)
+            rows, cols = maps.shape[-2:]
+            centre = maps[:, :, rows // 2, cols // 2].float().sum()
+            last = i == len(layers) - 1  # the graph is kept for the layers after
+            (gradient,) = torch.autograd.grad(centre, probe, retain_graph=not last)
+            extents[layer] = _extent(gradient.detach(), (rows, cols), input_hw)
+    return extents
+
+
+def _extent(
+    gradient: torch.Tensor, grid: tuple[int, int], input_hw: tuple[int, int]
+) -> Extent | None:
+    """The extent of the pixels whose ``gradient`` is not exactly zero around the centre cell
+    of a ``grid`` = (rows, cols) layer."""
+    (height, width), (rows, cols) = input_hw, grid
+    row, col = rows // 2, cols // 2
+    reached = gradient.abs().sum(dim=(0, 1)) > 0  # (H, W)
     ys, xs = reached.any(dim=1).nonzero().flatten(), reached.any(dim=0).nonzero().flatten()
     if ys.numel() == 0:
         return Extent(0.0, 0.0, 0.0, 0.0)

@@ -15,10 +15,10 @@ if TYPE_CHECKING:
 
 @dataclass
 class LoadedImage:
-    """A decoded input: the original pixels (H, W, 3) uint8 and the model's (3, h, w) input,
-    normalised, or for a GPU uint8 pixels at the size it sees (``LoadedModel.batch``
-    normalises them there). A video clip (featviz.inputs.video): its frames (T, H, W, 3) and
-    the (3, T, h, w) input, normalised."""
+    """A decoded input: the original pixels (H, W, 3) uint8 and the model's (3, h, w) input
+    as uint8 pixels at the size it sees (``LoadedModel.batch`` normalises a batch of them at
+    once). A video clip (featviz.inputs.video): its frames (T, H, W, 3) and the (3, T, h, w)
+    input, normalised."""
 
     source: ImageSource
     original: np.ndarray
@@ -29,8 +29,9 @@ class LoadedImage:
 def load_image(
     source: ImageSource, preprocessing: Preprocessing, device: torch.device, max_pixels: int
 ) -> LoadedImage:
-    """``source`` decoded (or taken from memory) and made the model's input: normalised here on
-    a CPU; on a GPU kept as bytes, page-locked, for the device to normalise.
+    """``source`` decoded (or taken from memory) and made the model's input: uint8 (3, h, w)
+    pixels at the network's size, normalised with the rest of their batch (a video clip's
+    frames: normalised floats already).
 
     Raises InputError when it cannot be used (the message names it)."""
     import numpy as np
@@ -39,7 +40,7 @@ def load_image(
     from featviz.errors import InputError
     from featviz.inputs.decode import decode
     from featviz.inputs.memory import picture
-    from featviz.inputs.preprocess import normalise, resized, resized_shape
+    from featviz.inputs.preprocess import resized, resized_shape
     from featviz.inputs.video import Clip, clip_tensor
 
     if source.problem is not None:  # an input argument that gave no image
@@ -61,8 +62,10 @@ def load_image(
     else:
         original = np.asarray(image)
         pixels = resized(image, preprocessing)
-    # On a GPU: bytes, page-locked, so that the batch's copy is one DMA of a quarter of the
-    # floats' size that need not wait (the GPU normalises them); on a CPU: normalised here, in
-    # the decode threads, beside the model's work rather than before it.
-    pixels = pixels.pin_memory() if device.type == "cuda" else normalise(pixels, preprocessing)
+    # Bytes, a quarter of the floats' size: a batch is normalised in one go as it is put
+    # together (LoadedModel.batch), four tensor operations where each image's own would take
+    # four more, each holding the interpreter's lock. On a GPU they are page-locked, so that
+    # the batch's copy is one DMA that need not wait, and the device normalises them.
+    if device.type == "cuda":
+        pixels = pixels.pin_memory()
     return LoadedImage(source, original, pixels)

@@ -64,8 +64,8 @@ class LoadedModel:
     def batch(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         """Stack (3, h, w) inputs (a video model's (3, T, h, w) clips) into the batch the model
         expects: on its device, in the memory layout of its weights. uint8 inputs are pixels
-        (a GPU run's images), normalised on the device after the copy; float inputs are
-        already normalised."""
+        (images), normalised on the device after the copy, the whole batch at once; float
+        inputs (video clips) are already normalised."""
         import torch
 
         from featviz.inputs.preprocess import normalise

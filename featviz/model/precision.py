@@ -17,7 +17,6 @@ from featviz.errors import UsageError
 if TYPE_CHECKING:
     import torch
 
-    from featviz.inputs.loaded import LoadedImage
     from featviz.model.load import LoadedModel
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -39,7 +38,7 @@ def autocast_for(precision: str, device: torch.device) -> Callable[[], AbstractC
 
 
 class PrecisionCheck:
-    """Called with the first batch, inside its autocast: top-1 classes at float32 against
+    """Called with the first batch's input, inside its autocast: top-1 classes at float32 against
     the run's precision; the outcome goes to ``notes`` (the summary) and to ``resolved``'s
     ``precision_check`` (the manifest's)."""
 
@@ -47,12 +46,11 @@ class PrecisionCheck:
         self.model, self.precision = model, precision
         self.notes, self.resolved = notes, resolved
 
-    def __call__(self, batch: list[LoadedImage]) -> None:
+    def __call__(self, inputs: torch.Tensor) -> None:
         import torch
 
         from featviz.layers.outputs import logits_of
 
-        inputs = self.model.batch([item.tensor for item in batch])
         with torch.no_grad():
             reduced = logits_of(self.model.module(inputs))[0].float().softmax(1)
             with torch.autocast(self.model.device.type, enabled=False):
@@ -60,11 +58,11 @@ class PrecisionCheck:
         changed = int((reduced.argmax(1) != exact.argmax(1)).sum())
         drift = float((reduced - exact).abs().max())
         self.resolved.precision_check = {
-            "images": len(batch),
+            "images": len(inputs),
             "top1_changed": changed,
             "max_probability_change": round(drift, 6),
         }
         self.notes.append(
-            f"--precision {self.precision}: the top-1 class of {changed} of {len(batch)} images "
+            f"--precision {self.precision}: the top-1 class of {changed} of {len(inputs)} images "
             f"of the first batch differs from fp32 (probabilities moved by {drift:.4f} at most)"
         )

@@ -4,14 +4,17 @@ Reading the images' headers (what each will cost) and decoding them run in a sma
 ahead of the model, off its thread: one at a time until the model has to wait for a decode
 (featviz.run.lanes; decoders the model does not need only take cores from it). Images whose
 resized tensors have the same shape are batched together (photos from one camera share a
-shape); the model work runs on the calling thread;
-colour-mapping, PNG encoding and writing run in a second pool while the next batch computes.
+shape), and a batch's input tensor is put together (stacked, moved to the model's device,
+normalised) on a thread of its own while the batch before it runs; the model work runs on the
+calling thread; colour-mapping, PNG encoding and writing run in a second pool while the next
+batch computes.
 Every stage is bounded, so the number of images held in memory never exceeds ``max_in_flight``
 however long the input list is, and results are yielded as they complete.
 
 The command-specific work lives in a ``Job`` (maps.MapsJob, cam_job.CamJob): it says how to
-recognise an image already done, and turns a batch of loaded images into one write task each
-(or its result, where it has nothing to write).
+recognise an image already done, how a batch's images become the model's input, and turns a
+batch of loaded images into one write task each (or its result, where it has nothing to
+write).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from featviz.errors import FeatvizError, InputError
 from featviz.inputs.decode import declared_pixels
@@ -45,8 +48,15 @@ class Job(Protocol):
 
     def load(self, source: ImageSource) -> LoadedImage: ...
 
-    def process(self, batch: list[LoadedImage]) -> list[Callable[[], ImageResult] | ImageResult]:
-        """One write task per image, or its result where it has nothing to write."""
+    def assemble(self, batch: list[LoadedImage]) -> Any:
+        """The batch's input as the model takes it: run on a thread of the pipeline's own
+        while the batch before runs."""
+
+    def process(
+        self, batch: list[LoadedImage], inputs: Any
+    ) -> list[Callable[[], ImageResult] | ImageResult]:
+        """The model's work on ``batch`` (``inputs`` its ``assemble``): one write task per
+        image, or its result where it has nothing to write."""
 
 
 @dataclass
@@ -96,15 +106,16 @@ class PipelineConfig:
     write_workers: int = 2
     max_memory: int = DEFAULT_MAX_MEMORY
     # The context each batch's model work runs in (autocast for --precision), and what runs
-    # first on the first batch (--check-precision).
+    # first on the first batch's input (--check-precision).
     compute: Callable[[], AbstractContextManager] = nullcontext
-    first_batch: Callable[[list[LoadedImage]], None] | None = None
+    first_batch: Callable[[Any], None] | None = None
 
     @property
     def max_in_flight(self) -> int:
-        """The most images held at once, decoded or being decoded, grouped, or being written:
-        enough for two batches to group while one is written and the decoders run ahead."""
-        return 3 * self.batch_size + self.decode_workers + self.write_workers
+        """The most images held at once, decoded or being decoded, grouped, assembled, or
+        being written: enough for a batch to run while the next is assembled, a third groups
+        and the decoders run a batch ahead."""
+        return 4 * self.batch_size + self.decode_workers + self.write_workers
 
 
 def run(
@@ -139,6 +150,8 @@ class Pipeline:
         self.heads: deque[tuple[ImageSource, Future[int]]] = deque()
         self.loads: deque[tuple[ImageSource, Future[LoadedImage]]] = deque()
         self.groups: dict[tuple[int, ...], list[LoadedImage]] = {}  # decoded, by tensor shape
+        # Full batches, each with its input being assembled, oldest first.
+        self.assembling: deque[tuple[list[LoadedImage], Future[Any]]] = deque()
         self.writes: deque[tuple[ImageSource, Future[ImageResult]]] = deque()
         self.started: dict[int, ImageSource] = {}  # id(source) → source, until reported
         self.stream: Iterator[ImageResult] | None = None
@@ -176,6 +189,7 @@ class Pipeline:
         with (
             prompt_handovers(),
             ThreadPoolExecutor(config.decode_workers, "featviz-decode") as decoders,
+            ThreadPoolExecutor(1, "featviz-assemble") as self.assembler,
             ThreadPoolExecutor(config.write_workers, "featviz-write") as self.writer,
         ):
             self.decoder = Lanes(decoders, config.decode_workers)
@@ -185,8 +199,10 @@ class Pipeline:
                     self._start_loads()
                     if self.loads:
                         yield from self._take_load()
-                    elif self.groups:  # nothing more to decode now (inputs done or the cap)
-                        yield from self._dispatch(self.groups.pop(_largest(self.groups)))
+                    elif self.assembling:  # nothing more to decode now (inputs done or the cap)
+                        yield from self._dispatch(*self.assembling.popleft())
+                    elif self.groups:
+                        yield from self._assemble(self.groups.pop(_largest(self.groups)))
                     elif self.writes:
                         yield from self._drain_writes(len(self.writes) - 1)
                     else:
@@ -196,7 +212,7 @@ class Pipeline:
                 # Interrupted, a fatal error or the consumer gone: drop work not started;
                 # running writes finish (they are atomic) while the pools shut down, and
                 # stop() collects them.
-                for _, queued in (*self.heads, *self.loads, *self.writes):
+                for _, queued in (*self.heads, *self.loads, *self.assembling, *self.writes):
                     queued.cancel()
                 raise
 
@@ -236,7 +252,7 @@ class Pipeline:
 
     def _take_load(self) -> Iterator[ImageResult]:
         """The oldest decode's image into the group of its shape (photos from one camera
-        share one); a group that fills a batch goes to the model."""
+        share one); a group that fills a batch is assembled for the model."""
         source, future = self.loads.popleft()
         try:
             item = self._waited(future).result()
@@ -247,10 +263,19 @@ class Pipeline:
         shape, size, groups = tuple(item.tensor.shape), self.config.batch_size, self.groups
         groups.setdefault(shape, []).append(item)
         if len(groups[shape]) >= size:
-            yield from self._dispatch(groups.pop(shape))
+            yield from self._assemble(groups.pop(shape))
         elif sum(len(group) for group in groups.values()) >= 2 * size:
             # Many shapes, none filling a batch: free memory with the largest.
-            yield from self._dispatch(groups.pop(_largest(groups)))
+            yield from self._assemble(groups.pop(_largest(groups)))
+
+    def _assemble(self, batch: list[LoadedImage]) -> Iterator[ImageResult]:
+        """Have ``batch``'s input put together; the batch before, whose input is ready by
+        now, goes to the model meanwhile. Its own thread, not a decoder: a slow decode queued
+        before it would hold the model up."""
+        with shielded():  # a signal inside submit() would leave the pool's lock held
+            self.assembling.append((batch, self.assembler.submit(self.job.assemble, batch)))
+        if len(self.assembling) > 1:
+            yield from self._dispatch(*self.assembling.popleft())
 
     def _waited(self, decode: Future[T]) -> Future[T]:
         """``decode``, about to be waited for: once the model has run, a decode it has to
@@ -260,16 +285,17 @@ class Pipeline:
                 self.decoder.widen()
         return decode
 
-    def _dispatch(self, batch: list[LoadedImage]) -> Iterator[ImageResult]:
+    def _dispatch(self, batch: list[LoadedImage], assembled: Future[Any]) -> Iterator[ImageResult]:
         """The model's work on ``batch``, here; its writes queued on the writer threads."""
         stats, config = self.stats, self.config
-        stats.batches += 1
-        stats.largest_batch = max(stats.largest_batch, len(batch))
         try:
+            inputs = self._waited(assembled).result()
+            stats.batches += 1
+            stats.largest_batch = max(stats.largest_batch, len(batch))
             with config.compute():
                 if stats.batches == 1 and config.first_batch is not None:
-                    config.first_batch(batch)
-                tasks = self.job.process(batch)
+                    config.first_batch(inputs)
+                tasks = self.job.process(batch, inputs)
         except InputError as exc:  # about the batch: name each image, as decode errors do
             for item in batch:
                 stats.leave(item.source)

@@ -10,6 +10,8 @@ from featviz.inputs.loaded import LoadedImage
 from featviz.sinks.results import ImageResult
 
 if TYPE_CHECKING:
+    import torch
+
     from featviz.inputs.discover import ImageSource
     from featviz.model.load import LoadedModel
     from featviz.sinks import Sinks
@@ -40,6 +42,10 @@ class ImageJob:
 
         limit = self.max_pixels or DEFAULT_MAX_PIXELS
         return load_image(source, self.model.preprocessing, self.model.device, limit)
+
+    def assemble(self, batch: list[LoadedImage]) -> torch.Tensor:
+        """The batch's input as the model takes it (see LoadedModel.batch)."""
+        return self.model.batch([item.tensor for item in batch])
 
     def deliver(
         self, outputs: ImageOutputs, rows: list[dict[str, Any]] | None = None

@@ -43,8 +43,9 @@ class CamJob(ExplainingJob):
             DeviceBlend(self.lut, self.request.alpha, device) if renders_on(device) else None
         )
 
-    def process(self, batch: list[LoadedImage]) -> list[Callable[[], ImageResult]]:
-        inputs = self.model.batch([item.tensor for item in batch])
+    def process(
+        self, batch: list[LoadedImage], inputs: torch.Tensor
+    ) -> list[Callable[[], ImageResult]]:
         explained = self.explainer.explain(
             inputs,
             sizes=[item.original.shape[:2] for item in batch],

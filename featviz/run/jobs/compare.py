@@ -21,6 +21,8 @@ from featviz.sinks.artifacts import Artifact, ImageOutputs
 from featviz.sinks.results import ImageResult
 
 if TYPE_CHECKING:
+    import torch
+
     from featviz.render.figures import Cell
     from featviz.run.plan import CompareRequest
 
@@ -35,9 +37,11 @@ class CompareJob(ExplainingJob):
         self.lut = colormap_lut(self.request.cmap)
         super().__post_init__()
 
-    def process(self, batch: list[LoadedImage]) -> list[Callable[[], ImageResult]]:
+    def process(
+        self, batch: list[LoadedImage], inputs: torch.Tensor
+    ) -> list[Callable[[], ImageResult]]:
         explained = self.explainer.explain(
-            self.model.batch([item.tensor for item in batch]),
+            inputs,
             sizes=[item.original.shape[:2] for item in batch],
             ids=[item.source.index for item in batch],
         )

@@ -50,10 +50,11 @@ class MapsJob(ImageJob):
 
         self.lut = colormap_lut(self.request.cmap)  # an unknown name fails before any image
 
-    def process(self, batch: list[LoadedImage]) -> list[Callable[[], ImageResult]]:
+    def process(
+        self, batch: list[LoadedImage], inputs: torch.Tensor
+    ) -> list[Callable[[], ImageResult]]:
         import torch
 
-        inputs = self.model.batch([item.tensor for item in batch])
         calls = self.model.trace.calls()
         taps = LayerTaps(self.model.module, self.layers, calls=calls, stop_early=True)
         try:

@@ -28,6 +28,8 @@ from featviz.sinks.artifacts import Artifact, ImageOutputs
 from featviz.sinks.results import ImageResult
 
 if TYPE_CHECKING:
+    import torch
+
     from featviz.run.plan import SanityRequest
 
 
@@ -51,8 +53,9 @@ class SanityJob(ExplainingJob):
         # (method, layer) → {step: [sum of spearman, count]}, filled on the model's thread.
         self.curves: dict[tuple[str, str], dict[int, list[float]]] = {}
 
-    def process(self, batch: list[LoadedImage]) -> list[Callable[[], ImageResult]]:
-        inputs = self.model.batch([item.tensor for item in batch])
+    def process(
+        self, batch: list[LoadedImage], inputs: torch.Tensor
+    ) -> list[Callable[[], ImageResult]]:
         ids = [item.source.index for item in batch]
         original = self.explainer.explain(inputs, ids=ids)
         keep = [i for i in range(len(batch)) if i not in original.broken]

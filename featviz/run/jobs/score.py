@@ -48,8 +48,9 @@ class ScoreJob(ExplainingJob):
         # on a common grid of fractions; filled on the model's thread, read at the end.
         self.curves: dict[tuple[str, str], list[Any]] = {}
 
-    def process(self, batch: list[LoadedImage]) -> list[Callable[[], ImageResult]]:
-        inputs = self.model.batch([item.tensor for item in batch])
+    def process(
+        self, batch: list[LoadedImage], inputs: torch.Tensor
+    ) -> list[Callable[[], ImageResult]]:
         explained = self.explainer.explain(inputs, ids=[item.source.index for item in batch])
         keep = [i for i in range(len(batch)) if i not in explained.broken]
         rows: dict[int, list[dict[str, Any]]] = {i: [] for i in keep}

@@ -39,6 +39,7 @@ from featviz.sinks.results import ImageResult
 
 if TYPE_CHECKING:
     import numpy as np
+    import torch
 
     from featviz.inputs.discover import ImageSource
     from featviz.inputs.shards import Shard
@@ -130,12 +131,13 @@ class TopJob(ImageJob):
         self.winners.update(partial.winners)
         self._forget_losers(held_images(self.rankings.values()))
 
-    def process(self, batch: list[LoadedImage]) -> list[Callable[[], ImageResult] | ImageResult]:
+    def process(
+        self, batch: list[LoadedImage], inputs: torch.Tensor
+    ) -> list[Callable[[], ImageResult] | ImageResult]:
         """The batch's forward, here on the model's thread; its ranking in its images' write
         tasks, on a writer thread while the next batch's forward runs."""
         import torch
 
-        inputs = self.model.batch([item.tensor for item in batch])
         if len(batch) < self.batch_size:
             # A short batch runs at the full size, padded: kernels pick their blocking by the
             # batch's shape, so this keeps every image's activations the same bits whichever
@@ -251,21 +253,17 @@ class TopJob(ImageJob):
                 self.kept_bytes -= lost.pixels.nbytes
 
     def _extents(self) -> dict[str, Extent | None]:
-        from featviz.features.receptive import receptive_extent
+        from featviz.features.receptive import receptive_extents
 
         size = self.model.preprocessing.input_size
-        layouts, calls = self.model.trace.layouts(), self.model.trace.calls()
-        return {
-            name: receptive_extent(
-                self.model.module,
-                name,
-                layouts[name],
-                (size, size),
-                calls=calls,
-                device=self.model.device,
-            )
-            for name in self.layers
-        }
+        return receptive_extents(
+            self.model.module,
+            self.layers,
+            self.model.trace.layouts(),
+            (size, size),
+            calls=self.model.trace.calls(),
+            device=self.model.device,
+        )
 
     def ranking_entries(self, layer: str) -> list[list[dict[str, Any]]]:
         """Per ranked channel of ``layer``, its entries best first: input, index (position in
