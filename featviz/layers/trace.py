@@ -65,9 +65,32 @@ def trace_model(model: nn.Module, input_shape: tuple[int, ...]) -> ModelTrace:
             hint="pass the size it was built for with --input-size",
         )
     step, wider = _probe(model, lead, height, width, mode, recording)
-    size_b = None if wider is None else (height, width + step)
-    shapes_b = {} if wider is None else {n: r.get("shape") for n, r in wider.records.items()}
+    task, classes = _task_of(output)
+    return ModelTrace(
+        layers=tuple(_layers(model, recording, wider, tuple(lead[:1]), (height, width), step)),
+        num_classes=classes,
+        input_hw=(height, width),
+        size_step=step,
+        attention_inputs=tuple(recording.attention_inputs),
+        task=task,
+        foldable=readers.pairs() if mode == "meta" else (),
+    )
+
+
+def _layers(
+    model: nn.Module,
+    recording: _Recording,
+    wider: _Recording | None,
+    batch: tuple[int, ...],
+    input_hw: tuple[int, int],
+    step: int | None,
+) -> list[LayerInfo]:
+    """Every module's LayerInfo in ``named_modules`` order (and each tensor of a dict output,
+    an FPN's levels, as ``name:key``), its layout told by its shapes at ``input_hw`` and, where
+    the model took it, at the input ``step`` pixels wider (``wider``'s)."""
     records = recording.records
+    size_b = None if wider is None else (input_hw[0], input_hw[1] + step)
+    shapes_b = {} if wider is None else {n: r.get("shape") for n, r in wider.records.items()}
     token_counts = {
         r["shape"][1]
         for r in records.values()
@@ -86,9 +109,9 @@ def trace_model(model: nn.Module, input_shape: tuple[int, ...]) -> ModelTrace:
         layout = None
         # Not a map of each image when its batch is another (MViT's pooling runs on
         # batch × heads): only outputs with the input's batch size are looked at.
-        if shape is not None and shape[:1] == tuple(lead[:1]):
+        if shape is not None and shape[:1] == batch:
             thw = record.get("thw") or (thw_of_count.get(shape[1]) if len(shape) == 3 else None)
-            layout = detect(shape, shapes_b.get(name), (height, width), size_b, token_counts, thw)
+            layout = detect(shape, shapes_b.get(name), input_hw, size_b, token_counts, thw)
         layers.append(
             LayerInfo(
                 name=name,
@@ -99,7 +122,7 @@ def trace_model(model: nn.Module, input_shape: tuple[int, ...]) -> ModelTrace:
                 order=record.get("order", -1),
                 pooled=record.get("pooled", False),
                 layout=layout,
-                grid=None if layout is None else layout.grid(shape, (height, width)),
+                grid=None if layout is None else layout.grid(shape, input_hw),
             )
         )
 
@@ -107,26 +130,21 @@ def trace_model(model: nn.Module, input_shape: tuple[int, ...]) -> ModelTrace:
         if not name:
             continue
         add(name, type(module).__name__, sum(p.numel() for p in module.parameters()))
-        # A dict output's tensors (an FPN's levels), each tappable as ``name:key``.
         for key in records.get(name, {}).get("entries", ()):
             add(f"{name}{ENTRY}{key}", f"{type(module).__name__}[{key!r}]", 0)
+    return layers
+
+
+def _task_of(output: Any) -> tuple[str | None, int | None]:
+    """The task the model's output shows (segmentation, detection or None: classification or
+    features) and its number of classes where the output's shape tells it."""
     segmentation = segmentation_logits(output)
     if segmentation is not None:
-        task, classes = "segmentation", segmentation.shape[1]
-    elif detections_of(output) is not None:
+        return "segmentation", segmentation.shape[1]
+    if detections_of(output) is not None:
         # Its classes are not in the output's shape: the weights' names (or --labels) tell.
-        task, classes = "detection", None
-    else:
-        task, classes = None, _classes_of(output)
-    return ModelTrace(
-        layers=tuple(layers),
-        num_classes=classes,
-        input_hw=(height, width),
-        size_step=step,
-        attention_inputs=tuple(recording.attention_inputs),
-        task=task,
-        foldable=readers.pairs() if mode == "meta" else (),
-    )
+        return "detection", None
+    return None, _classes_of(output)
 
 
 def _probe(
