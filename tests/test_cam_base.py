@@ -137,6 +137,7 @@ def test_non_tensor_outputs(tiny_model, as_dict, source):
     assert [str(w.message) for w in caught] == [
         f"the model returns a {kind}: featviz explains {source}"
     ]
+    assert caught[0].filename == __file__  # it points at the caller's line
     expected = tiny_model(x) * (0 if source == "output['aux']" else 1)
     torch.testing.assert_close(ctx.logits.detach(), expected)
 

@@ -292,26 +292,8 @@ def forward_for_cam(
             else:
                 with capture:
                     output = taps.run(x)
-    logits, source = logits_of(output)
-    if source != "output":
-        warnings.warn(
-            f"the model returns a {type(output).__name__}: featviz explains {source}",
-            stacklevel=2,
-        )
-    if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
-        raise RunError(
-            f"the model's {source} has shape {list(logits.shape)}; a CAM needs class scores of "
-            f"shape [N, classes] for N = {x.shape[0]} images"
-        )
-    for name in taps.layers:
-        if name not in taps.outputs:
-            raise RunError(f"layer '{name}' did not run during the forward pass")
-        if name not in layouts and taps.outputs[name].ndim != 4:
-            raise UsageError(
-                f"layer '{name}' has output shape {list(taps.outputs[name].shape)}; a CAM needs "
-                "feature maps or patch tokens",
-                hint="`featviz layers --model MODEL` lists the spatial layers",
-            )
+    logits = _class_scores(output, x.shape[0])
+    _check_maps(taps, layouts)
     return CamContext(
         model=model,
         inputs=x,
@@ -327,3 +309,34 @@ def forward_for_cam(
         input_gradients=input_gradients,
         relus=switch,
     )
+
+
+def _class_scores(output: Any, images: int) -> torch.Tensor:
+    """The (N, classes) scores in the model's ``output``; a warning says which part of it they
+    are when they are not the whole output (a tuple's, a dict's ``logits``)."""
+    logits, source = logits_of(output)
+    if source != "output":
+        warnings.warn(
+            f"the model returns a {type(output).__name__}: featviz explains {source}",
+            stacklevel=3,  # where forward_for_cam was called
+        )
+    if logits.ndim != 2 or logits.shape[0] != images:
+        raise RunError(
+            f"the model's {source} has shape {list(logits.shape)}; a CAM needs class scores of "
+            f"shape [N, classes] for N = {images} images"
+        )
+    return logits
+
+
+def _check_maps(taps: LayerTaps, layouts: Mapping[str, Layout]) -> None:
+    """Every tapped layer ran, and its output is maps: (N, C, h, w), or tokens its layout
+    turns into maps."""
+    for name in taps.layers:
+        if name not in taps.outputs:
+            raise RunError(f"layer '{name}' did not run during the forward pass")
+        if name not in layouts and taps.outputs[name].ndim != 4:
+            raise UsageError(
+                f"layer '{name}' has output shape {list(taps.outputs[name].shape)}; a CAM needs "
+                "feature maps or patch tokens",
+                hint="`featviz layers --model MODEL` lists the spatial layers",
+            )

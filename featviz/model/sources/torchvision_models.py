@@ -94,38 +94,8 @@ class TorchvisionSource:
                 hint=(f"{near}; " if near else "")
                 + "list them with `featviz models`, or pass your own as file.py:callable",
             )
-        builder = torchvision.models.get_model_builder(name)
-        kwargs: dict[str, Any] = {}
-        if request.num_classes is not None:
-            kwargs["num_classes"] = request.num_classes
         detector = name in detection_models()
-        if detector or name in segmentation_models():
-            # Its builder would fetch an ImageNet backbone by default: --weights none means
-            # nothing is downloaded, and pretrained weights hold the backbone's already.
-            kwargs["weights_backbone"] = None
-        weights_enum = None
-        if structure_only:
-            with parameters_on_meta():
-                model = builder(weights=None, **kwargs)
-            described = "none (structure only)"
-        elif request.checkpoint is not None:
-            state = read_state_dict(request.checkpoint)
-            with parameters_on_meta():
-                model = builder(weights=None, **kwargs)
-            load_into(model, state, f"checkpoint '{request.checkpoint}'")
-            described = str(request.checkpoint)
-        elif request.weights.lower() == "none":
-            model = builder(weights=None, **kwargs)
-            described = "none"
-        else:
-            weights_enum = _weights_enum(name, request.weights)
-            state = _pretrained_state(weights_enum)
-            model = _build_on_meta(
-                lambda: builder(weights=weights_enum, **kwargs), weights_enum, state
-            )
-            load_into(model, state, f"the {weights_enum} weights")
-            described = str(weights_enum.name)
-
+        model, described, weights_enum = _instantiated(request, structure_only, detector)
         meta_source = weights_enum or torchvision.models.get_model_weights(name).DEFAULT
         transforms = meta_source.transforms()
         if detector:
@@ -154,6 +124,41 @@ class TorchvisionSource:
             fixed_layout=video,
             clip=_clip_sampling(meta_source.meta) if video else None,
         )
+
+
+def _instantiated(
+    request: ModelRequest, structure_only: bool, detector: bool
+) -> tuple[nn.Module, str, Any]:
+    """The model ``request`` names: its structure alone (parameters on the meta device), or
+    with a checkpoint's weights, none, or torchvision's pretrained ones; those weights,
+    described; and the pretrained weights' enum (None for any other)."""
+    import torchvision
+
+    name = request.spec
+    builder = torchvision.models.get_model_builder(name)
+    kwargs: dict[str, Any] = {}
+    if request.num_classes is not None:
+        kwargs["num_classes"] = request.num_classes
+    if detector or name in segmentation_models():
+        # Its builder would fetch an ImageNet backbone by default: --weights none means
+        # nothing is downloaded, and pretrained weights hold the backbone's already.
+        kwargs["weights_backbone"] = None
+    if structure_only:
+        with parameters_on_meta():
+            return builder(weights=None, **kwargs), "none (structure only)", None
+    if request.checkpoint is not None:
+        state = read_state_dict(request.checkpoint)
+        with parameters_on_meta():
+            model = builder(weights=None, **kwargs)
+        load_into(model, state, f"checkpoint '{request.checkpoint}'")
+        return model, str(request.checkpoint), None
+    if request.weights.lower() == "none":
+        return builder(weights=None, **kwargs), "none", None
+    weights_enum = _weights_enum(name, request.weights)
+    state = _pretrained_state(weights_enum)
+    model = _build_on_meta(lambda: builder(weights=weights_enum, **kwargs), weights_enum, state)
+    load_into(model, state, f"the {weights_enum} weights")
+    return model, str(weights_enum.name), weights_enum
 
 
 def _clip_sampling(meta: dict[str, Any]) -> Sampling:
