@@ -31,7 +31,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from featviz.cli.app import app
-from featviz.inputs.discover import printable
+from featviz.inputs.printable import printable
 
 RED, GREEN, BLUE, BLACK, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (0, 0, 0), (255, 255, 255)
 NOT_UTF8 = os.fsdecode(b"caf\xe9.png")

@@ -10,7 +10,8 @@ from pathlib import Path, PurePath
 import pytest
 
 from featviz.errors import UsageError
-from featviz.inputs.discover import ImageSource, discover, printable
+from featviz.inputs.discover import ImageSource, discover
+from featviz.inputs.printable import printable
 
 
 @pytest.fixture(autouse=True)

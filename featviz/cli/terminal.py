@@ -37,7 +37,7 @@ def stream(run, report) -> None:
 
 def _consume(run, *, json_lines: bool, quiet: bool) -> None:
     from featviz.cli.text import image_line
-    from featviz.inputs.discover import printable
+    from featviz.inputs.printable import printable
     from featviz.sinks.manifest import RunTally
 
     tally = RunTally()

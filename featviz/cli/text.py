@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from featviz.inputs.discover import printable
+from featviz.inputs.printable import printable
 from featviz.layers.taps import ENTRY, split_entry
 
 if TYPE_CHECKING:

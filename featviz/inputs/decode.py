@@ -43,9 +43,9 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from featviz.errors import InputError, UsageError
-from featviz.inputs.discover import printable
 from featviz.inputs.headers import declared_size
 from featviz.inputs.limits import DEFAULT_MAX_PIXELS
+from featviz.inputs.printable import printable
 
 BACKGROUND: tuple[int, int, int] = (255, 255, 255)
 """What transparent pixels become: white, as browsers and image viewers show them."""

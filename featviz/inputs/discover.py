@@ -32,7 +32,7 @@ another's (``a.png`` beside a folder ``a/`` of images: the folder's images go to
 so the names featviz writes in an image's folder never meet an input's (featviz.inputs.names).
 ``relative`` keeps the bytes of Linux file names that are not UTF-8 (as
 Python's surrogate escapes), so outputs are written under the same bytes; ``display`` is the
-printable form for messages and JSON (see ``printable``).
+printable form for messages and JSON (featviz.inputs.printable).
 
 An input that yields no image — a missing path, a pattern matching nothing, a folder without
 images or one that cannot be listed — is not an error of the whole run: it comes out as an
@@ -58,36 +58,12 @@ from typing import Any, BinaryIO, TextIO
 from featviz.errors import UsageError, closest
 from featviz.inputs.kinds import IMAGES, VIDEOS, FileKind
 from featviz.inputs.names import ImageNames
+from featviz.inputs.printable import printable
 
 _KINDS = (IMAGES, VIDEOS)
 _GLOB_MAGIC = re.compile(r"[*?[]")
-# Characters that would break a one-line message or fool a terminal: C0/C1 controls, DEL, line
-# and paragraph separators, and bidirectional overrides ("Trojan source" file names).
-_UNPRINTABLE = {
-    code: (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
-    for code in itertools.chain(
-        range(0x20),
-        range(0x7F, 0xA0),
-        (0x200E, 0x200F, 0x2028, 0x2029),
-        range(0x202A, 0x202F),
-        range(0x2066, 0x206A),
-    )
-}
 # Enough names to find a typo's neighbour without stalling on a folder of a million files.
 _MAX_NAMES_FOR_SUGGESTION = 10_000
-
-
-def printable(path: str | os.PathLike[str]) -> str:
-    """``path`` as one printable line of valid UTF-8, for messages and JSON.
-
-    Bytes of a Linux file name that are not UTF-8 (held by Python as surrogate escapes, which
-    cannot be printed or JSON-encoded) become ``\\xe9``; control characters become ``\\x0a``.
-    """
-    try:
-        text = os.fsencode(path).decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:  # a lone surrogate that is not an escaped byte
-        text = os.fspath(path).encode("utf-8", "backslashreplace").decode("utf-8")
-    return text.translate(_UNPRINTABLE)
 
 
 OUTPUT_MARKER = ".featviz-output"

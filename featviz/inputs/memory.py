@@ -16,8 +16,9 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from featviz.errors import UsageError
-from featviz.inputs.discover import ImageSource, discover, printable
+from featviz.inputs.discover import ImageSource, discover
 from featviz.inputs.names import ImageNames
+from featviz.inputs.printable import printable
 
 
 def sources(images: Any) -> tuple[list[ImageSource], bool]:

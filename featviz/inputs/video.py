@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 from featviz.cached import cached
 from featviz.errors import InputError, UsageError, first_line
 from featviz.inputs.decode import MAX_PIXELS_HINT
-from featviz.inputs.discover import ImageSource, printable
+from featviz.inputs.discover import ImageSource
+from featviz.inputs.printable import printable
 
 if TYPE_CHECKING:
     import numpy as np

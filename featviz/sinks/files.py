@@ -114,7 +114,7 @@ class FileSink:
 
     def close(self, end: RunEnd) -> Path:
         """This run's manifest under runs/, and manifest.json: the same, listing every run."""
-        from featviz.inputs.discover import printable
+        from featviz.inputs.printable import printable
         from featviz.sinks.manifest import manifest
 
         record = self.run_record()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from featviz.inputs.discover import printable
+from featviz.inputs.printable import printable
 
 if TYPE_CHECKING:
     from featviz.inputs.discover import ImageSource

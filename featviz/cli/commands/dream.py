@@ -125,7 +125,7 @@ def _show(result: DreamResult, report: Report) -> None:
     import json
 
     from featviz.cli.text import dream_line
-    from featviz.inputs.discover import printable
+    from featviz.inputs.printable import printable
 
     for row, path in zip(result.rows, result.written):
         if report.json_lines:

@@ -165,7 +165,7 @@ def filters(
     Example: featviz filters -m alexnet -l features.0
     """
     with errors():
-        from featviz.inputs.discover import printable
+        from featviz.inputs.printable import printable
         from featviz.run.filters import render_filters
 
         request = FiltersRequest(
