@@ -289,7 +289,7 @@ class Pipeline:
         """The model's work on ``batch``, here; its writes queued on the writer threads."""
         stats, config = self.stats, self.config
         try:
-            inputs = self._waited(assembled).result()
+            inputs = assembled.result()  # its own thread: a wait here is not the decoders'
             stats.batches += 1
             stats.largest_batch = max(stats.largest_batch, len(batch))
             with config.compute():
