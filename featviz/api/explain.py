@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    from featviz.explainer.batch import ExplainedMap
+    from featviz.explainer.maps import ExplainedMap
     from featviz.inputs.loaded import LoadedImage
     from featviz.sinks.results import ImageResult
 

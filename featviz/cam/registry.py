@@ -48,7 +48,7 @@ class MethodInfo:
     class_name: str
     summary: str
     needs_gradients: bool
-    class_specific: bool
+    class_specific: bool = True
     needs_attention: bool = False
     pixel_level: bool = False
     signed: bool = False
@@ -59,36 +59,16 @@ _METHODS: dict[str, MethodInfo] = {}
 
 
 def register(
-    name: str,
-    *,
-    module: str,
-    class_name: str,
-    summary: str,
-    needs_gradients: bool,
-    class_specific: bool = True,
-    needs_attention: bool = False,
-    pixel_level: bool = False,
-    signed: bool = False,
-    random: bool = False,
+    name: str, *, module: str, class_name: str, summary: str, needs_gradients: bool, **flags: bool
 ) -> MethodInfo:
-    """Add a method; a name is registered once (a second registration is a bug, not an update)."""
+    """Add a method; ``flags`` are ``MethodInfo``'s optional ones (``class_specific``…). A name
+    is registered once (a second registration is a bug, not an update)."""
     if name in _METHODS:
         existing = _METHODS[name]
         raise ValueError(
             f"CAM method '{name}' is already registered ({existing.module}.{existing.class_name})"
         )
-    info = MethodInfo(
-        name,
-        module,
-        class_name,
-        summary,
-        needs_gradients,
-        class_specific,
-        needs_attention,
-        pixel_level,
-        signed,
-        random,
-    )
+    info = MethodInfo(name, module, class_name, summary, needs_gradients, **flags)
     _METHODS[name] = info
     return info
 

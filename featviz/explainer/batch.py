@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import warnings
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from featviz.cam.registry import ALL, every_method, method_info
+from featviz.cam.registry import ALL, every_method
 from featviz.errors import InputError, UsageError, first_line
 from featviz.explainer.checks import model_failure, nan_or_infinite, not_finite, warn_if_flat
-from featviz.explainer.names import class_slug
+from featviz.explainer.maps import Chosen, Explained, ExplainedMap
 from featviz.explainer.predictions import Prediction
 from featviz.tasks.base import task_of
 from featviz.tasks.detection import (
@@ -39,60 +38,7 @@ if TYPE_CHECKING:
     from featviz.tasks.base import Task
 
 
-ANY_CLASS = "all"  # the "class" of a class-agnostic method's map (eigencam, rollout)
-
-
 SHOWN_PREDICTIONS = 5
-
-
-@dataclass
-class ExplainedMap:
-    """One map of one image, at layer resolution (h, w), float32 on the CPU; of a video
-    layer, (t, h, w): its frames.
-
-    ``target``: the class slug (``281_tabby``; a detector's ``box1_18_dog``, its best box) or
-    ``all``; ``index`` the class (None for a class-agnostic map); ``caption`` how a person
-    reads it ("tabby 0.87"); ``probability`` the class's probability (a detector's box
-    score; None for a class-agnostic map).
-    """
-
-    method: str
-    layer: str
-    target: str
-    index: int | None
-    caption: str
-    layer_cam: torch.Tensor | None  # None for a fusion of layers, which has no single layer
-    # A segmentation model's pixels of this class, (h, w) bool at the model's input size.
-    region: torch.Tensor | None = None
-    # A detector's box(es) this map is of, x0 y0 x1 y1 in the original photo's pixels.
-    boxes: tuple[tuple[float, float, float, float], ...] = ()
-    probability: float | None = None
-
-    @property
-    def shown(self) -> torch.Tensor | None:
-        """The map that pictures and scores are made of: ``layer_cam``, or its absolute value
-        for a signed method (integrated gradients…), whose raw signed values ``layer_cam``
-        keeps (``--save-raw``)."""
-        if self.layer_cam is not None and method_info(self.method).signed:
-            return self.layer_cam.abs()
-        return self.layer_cam
-
-
-@dataclass
-class Explained:
-    """A batch explained: each image's maps and predictions, and the failed images' reasons.
-
-    ``targets`` (N, columns) the class indices explained; ``context`` the forward they came
-    from (for jobs that need more of it: activations, more forwards); ``notes`` why an image
-    has no target to explain (a detector's image without a box), by image.
-    """
-
-    context: CamContext
-    targets: torch.Tensor
-    maps: list[list[ExplainedMap]]
-    predictions: list[list[Prediction]]
-    broken: dict[int, str] = field(default_factory=dict)
-    notes: dict[int, str] = field(default_factory=dict)
 
 
 def _compute(method: Any, context: Any, layer: str, targets: torch.Tensor) -> torch.Tensor:
@@ -228,53 +174,67 @@ class Explainer:
             i: f"the model's scores are {nan_or_infinite(scores[i])}: there is nothing to explain"
             for i in not_finite(scores).nonzero().flatten().tolist()
         }
+        chosen, notes = self._chosen(inputs, scores, targets, sizes, task, warn=module is None)
+        if self.unprobed and chosen.targets.shape[1]:
+            self._leave_out_inapplicable(context, chosen.targets[:, 0])
+        per_image = self._every_map(context, chosen, task, broken)
+        return Explained(context, chosen.targets, per_image, chosen.shown, broken, notes)
+
+    def _chosen(
+        self,
+        inputs: torch.Tensor,
+        scores: torch.Tensor,
+        targets: torch.Tensor | None,
+        sizes: list[tuple[int, int]] | None,
+        task: Task | None,
+        *,
+        warn: bool,
+    ) -> tuple[Chosen, dict[int, str]]:
+        """The targets to explain, and why an image has none (a detector's image without a
+        box); ``warn`` whether flat scores are worth a warning (not on sanity's copies)."""
         outcome = task.latest if task else None  # what the task's hook saw of this forward
-        boxes = outcome.boxes if outcome else None
-        if module is None and boxes is None:
-            warn_if_flat(scores)
+        regions = outcome.regions if outcome else None
         # What ranks the targets and is shown beside them: the class probabilities, or what
         # the task's latest forward (this one) showed (a segmentation's pixel shares, a
         # detector's box scores).
         probabilities = outcome.shown if outcome else scores.softmax(dim=1)
-        n = len(inputs)
-        keep = None  # (N, columns): which targets are there to explain (a detector's boxes)
-        notes: dict[int, str] = {}
-        if boxes is not None:
-            sizes = sizes or [tuple(inputs.shape[-2:])] * n
-            targets, keep, shown = self._boxes(outcome, tuple(inputs.shape[-2:]), sizes)
-            note = nothing_found(self.min_score, [self.model.label(c) for c in self.classes])
-            notes = {i: note for i in range(n) if not keep[i].any()}
-        else:
+        if outcome is None or outcome.boxes is None:
+            if warn:
+                warn_if_flat(scores)
             targets, shown = self._classes(probabilities, targets)
-        if self.unprobed and targets.shape[1]:
-            self._leave_out_inapplicable(context, targets[:, 0])
-        regions = outcome.regions if outcome else None
+            return Chosen(targets, shown, probabilities, regions=regions), {}
+        input_hw = tuple(inputs.shape[-2:])
+        targets, keep, shown = self._boxes(outcome, input_hw, sizes or [input_hw] * len(inputs))
+        note = nothing_found(self.min_score, [self.model.label(c) for c in self.classes])
+        notes = {i: note for i in range(len(inputs)) if not keep[i].any()}
+        return Chosen(targets, shown, probabilities, keep, regions, detector=True), notes
+
+    def _every_map(
+        self, context: CamContext, chosen: Chosen, task: Task | None, broken: dict[int, str]
+    ) -> list[list[ExplainedMap]]:
+        """Each image's maps: every method's, of every layer and chosen target; an image whose
+        map is not finite gets its line in ``broken``."""
+        n = len(chosen.targets)
         per_image: list[list[ExplainedMap]] = [[] for _ in range(n)]
         for method in self.methods:
             class_specific = method.info.class_specific
-            for column in range(targets.shape[1] if class_specific else 1):
+            for column in range(chosen.targets.shape[1] if class_specific else 1):
+                keep = chosen.keep
                 wanted = keep[:, column] if keep is not None and class_specific else None
                 if wanted is not None and not wanted.any():
                     continue
                 for layer in self.layers_of(method):
-                    maps = self._maps(method, context, layer, targets[:, column], task)
+                    maps = self._maps(method, context, layer, chosen.targets[:, column], task)
                     for i in not_finite(maps).nonzero().flatten().tolist():
                         broken.setdefault(
                             i,
                             f"{method.name}'s map at layer '{layer}' is {nan_or_infinite(maps[i])}",
                         )
                     for i in range(n):
-                        if wanted is not None and not wanted[i]:
-                            continue
-                        index = int(targets[i, column])
-                        if boxes is not None:
-                            entry = self._box_entry(method, layer, maps[i], shown[i], column)
-                        else:
-                            entry = self._entry(method, layer, index, probabilities[i], maps[i])
-                        if regions is not None and entry.index is not None:
-                            entry = replace(entry, region=(regions[i] == entry.index).cpu())
-                        per_image[i].append(entry)
-        return Explained(context, targets, per_image, shown, broken, notes)
+                        if wanted is None or wanted[i]:
+                            entry = chosen.entry(self.model, method, layer, i, column, maps[i])
+                            per_image[i].append(entry)
+        return per_image
 
     def _maps(
         self,
@@ -353,18 +313,6 @@ class Explainer:
         ]
         return targets, keep, shown
 
-    def _entry(
-        self, method: Any, layer: str, index: int, probabilities: torch.Tensor, layer_cam: Any
-    ) -> ExplainedMap:
-        if not method.info.class_specific:
-            return ExplainedMap(method.name, layer, ANY_CLASS, None, "all classes", layer_cam)
-        target = class_slug(index, self.model.category(index))
-        probability = float(probabilities[index])
-        caption = f"{self.model.label(index)} {probability:.2f}"
-        return ExplainedMap(
-            method.name, layer, target, index, caption, layer_cam, probability=probability
-        )
-
     def _detections(
         self, outcome: Any, boxes: torch.Tensor, i: int, keep: torch.Tensor, ranks: torch.Tensor
     ) -> list[Prediction]:
@@ -378,30 +326,6 @@ class Explainer:
             )
             for rank in ranks[keep].tolist()
         ]
-
-    def _box_entry(
-        self, method: Any, layer: str, layer_cam: Any, detections: list[Prediction], place: int
-    ) -> ExplainedMap:
-        """A detector's map of its explained box number ``place`` (best first), or of
-        everything it sees for a class-agnostic method, with every box drawn."""
-        if not method.info.class_specific:
-            every = tuple(found.box for found in detections)
-            return ExplainedMap(
-                method.name, layer, ANY_CLASS, None, "all boxes", layer_cam, boxes=every
-            )
-        found = detections[place]
-        target = f"box{place + 1}_{class_slug(found.index, self.model.category(found.index))}"
-        caption = f"{found.label} {found.probability:.2f}"
-        return ExplainedMap(
-            method.name,
-            layer,
-            target,
-            found.index,
-            caption,
-            layer_cam,
-            boxes=(found.box,),
-            probability=found.probability,
-        )
 
 
 def _has_global_attention(model: LoadedModel) -> bool:

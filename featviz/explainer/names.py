@@ -6,11 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    pass
-
 
 # File systems take 255 bytes a name; a name leaves room for its suffixes (".heatmap.png").
 MAX_NAME_BYTES = 200

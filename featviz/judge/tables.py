@@ -4,10 +4,8 @@ standard error per method and layer; Spearman along the randomisation cascade).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    pass
 from featviz.render.text import _columns
 
 

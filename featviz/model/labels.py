@@ -5,12 +5,8 @@ number of classes the model outputs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from featviz.errors import UsageError
-
-if TYPE_CHECKING:
-    pass
 
 
 def _checked_categories(

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from featviz.explainer.batch import ExplainedMap
+from featviz.explainer.maps import ExplainedMap
 from featviz.explainer.predictions import Prediction
 from featviz.inputs.loaded import LoadedImage
 from featviz.run.jobs.base import failure
