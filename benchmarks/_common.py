@@ -159,7 +159,8 @@ def round_robin(
     log: Callable[[str], None] | None = None,
     helpers: Sequence[int] = (),
 ) -> dict[str, list[Run]]:
-    """Time every contender ``repeats`` times, round-robin; the kept Run of each repeat.
+    """Time every contender ``repeats`` times, round-robin, every other round in reverse order;
+    the kept Run of each repeat.
 
     Round-robin rather than one contender after the other: this machine is shared, and a burst
     of someone else's load then hits every contender alike instead of one of them. Each run
@@ -169,7 +170,10 @@ def round_robin(
     """
     runs: dict[str, list[Run]] = {name: [] for name in contenders}
     for repeat in range(repeats):
-        for name, function in contenders.items():
+        # Every other repeat in reverse order: a contender run right after another one (its
+        # files still being written back, the caches its own) is not always the same one.
+        order = list(contenders.items())
+        for name, function in order[:: -1 if repeat % 2 else 1]:
             for attempt in range(RETRIES + 1):
                 wait_for_quiet(QUIET)
                 with CpuMeter(helpers) as meter:
