@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -95,22 +96,31 @@ def test_the_same_bytes_as_a_plain_run(cluster, job, plain):
     assert (root / "ray" / "index.html").is_file()
 
 
-def test_top_on_ray_writes_the_plain_runs_files_byte_for_byte(cluster, job):
-    """Each actor ranks its chunks; the driver merges them into what one run writes."""
+@pytest.fixture(scope="module")
+def top_run(job) -> tuple[list[str], dict[Path, bytes]]:
+    """(the options of a top run over the same images, the files its plain run writes)."""
     root, _ = job
     options = ["top", "-m", f"{root / 'tiny.py'}:build", "--input-size", "64", "-q"]
     options += ["-l", "features.*", "-k", "3", "--batch-size", "4", str(root / "in")]
     assert cli(*options, "-o", root / "top-plain").exit_code == 0
+    written = top_files(root / "top-plain")
+    assert len(written) == 4 * 2 + (4 + 4 + 6 + 6)  # per layer a JSON, an overview
+    return options, written
+
+
+def top_files(out: Path) -> dict[Path, bytes]:
+    """Every file top wrote under ``out``/top, by its path there."""
+    folder = out / "top"
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_top_on_ray_writes_the_plain_runs_files_byte_for_byte(cluster, job, top_run):
+    """Each actor ranks its chunks; the driver merges them into what one run writes."""
+    root, _ = job
+    options, plain_files = top_run
     on_ray = cli(*options, "-o", root / "top-ray", "--ray", "local", "--ray-actors", "2")
     assert on_ray.exit_code == 0, on_ray.output
-    written = {}
-    for name in ("top-plain", "top-ray"):
-        folder = root / name / "top"
-        written[name] = {
-            p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()
-        }
-    assert len(written["top-plain"]) == 4 * 2 + (4 + 4 + 6 + 6)  # per layer a JSON, an overview
-    assert written["top-ray"] == written["top-plain"]
+    assert top_files(root / "top-ray") == plain_files
     assert listed_once(root / "top-ray")["counts"]["done"] == IMAGES
 
 
@@ -121,30 +131,53 @@ def _actor_running_a_chunk() -> psutil.Process | None:
     return None
 
 
-def test_an_actor_killed_mid_run_leaves_no_image_lost_or_twice(cluster, job, plain):
-    root, options = job
-    out = root / "killed"
+@contextlib.contextmanager
+def one_actor_killed_mid_run() -> Iterator[list[int]]:
+    """While the block runs a job on Ray, the first actor caught running a chunk is killed
+    (SIGKILL: no clean-up of any kind); the pids killed, checked to be one."""
     killed: list[int] = []
 
-    def kill_one_mid_run() -> None:
+    def kill_one() -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not killed:
             actor = _actor_running_a_chunk()
             if actor is not None:
                 with contextlib.suppress(psutil.NoSuchProcess):  # it ended meanwhile
-                    actor.kill()  # SIGKILL: no clean-up of any kind
+                    actor.kill()
                     killed.append(actor.pid)
             time.sleep(0.02)
 
-    killer = threading.Thread(target=kill_one_mid_run)
+    killer = threading.Thread(target=kill_one)
     killer.start()
-    result = cli(*options, "-o", out, "--ray", "local", "--ray-actors", "2")
-    killer.join()
+    try:
+        yield killed
+    finally:
+        killer.join()
     assert killed, "no actor was caught running a chunk"
+
+
+def test_an_actor_killed_mid_run_leaves_no_image_lost_or_twice(cluster, job, plain):
+    root, options = job
+    out = root / "killed"
+    with one_actor_killed_mid_run():
+        result = cli(*options, "-o", out, "--ray", "local", "--ray-actors", "2")
     assert result.exit_code == 0, result.output
     manifest = listed_once(out)
     assert manifest["counts"]["done"] == IMAGES
     assert pictures(out) == plain
+
+
+def test_top_with_an_actor_killed_mid_run_ranks_every_image_once(cluster, job, top_run):
+    """The killed actor's chunk is ranked again by another: the same files as a plain run,
+    whose JSON counts every image once."""
+    root, _ = job
+    options, plain_files = top_run
+    out = root / "top-killed"
+    with one_actor_killed_mid_run():
+        result = cli(*options, "-o", out, "--ray", "local", "--ray-actors", "2")
+    assert result.exit_code == 0, result.output
+    assert top_files(out) == plain_files
+    assert listed_once(out)["counts"]["done"] == IMAGES
 
 
 @pytest.fixture(scope="module")
