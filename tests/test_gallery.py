@@ -1,8 +1,10 @@
 """The gallery in a real browser: headless Chromium (Debian's ``chromium``; .ci/run installs it)
-opens ``index.html`` from disk, for a folder that two commands wrote 300 images into."""
+opens ``index.html`` from disk, for a folder that two commands wrote 300 images into, a video
+model's clip, and `featviz top`'s sheets."""
 
 from __future__ import annotations
 
+import io
 import re
 import shutil
 from pathlib import Path
@@ -204,3 +206,47 @@ def test_a_clips_animation_plays_in_its_card(browser, video_gallery: Path) -> No
         page.wait_for_timeout(110)
     page.close()
     assert len(shots) > 1 and problems == []
+
+
+@pytest.fixture(scope="module")
+def top_gallery(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`featviz top` of the tiny model over six photos: two channels of one layer, k = 2."""
+    root = tmp_path_factory.mktemp("top_gallery")
+    (root / "tiny_model.py").write_text(TINY_MODEL_SOURCE)
+    (root / "in").mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(6):
+        pixels = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / "in" / f"im{index}.png")
+    options = ["-m", f"{root / 'tiny_model.py'}:build", "--input-size", "32", "-q"]
+    options += ["-l", "features.2", "-k", "2", "--channels", "1,3"]
+    done = CliRunner().invoke(app, ["top", *options, "-o", str(root / "out"), str(root / "in")])
+    assert done.exit_code == 0, done.output
+    return root / "out"
+
+
+def test_tops_card_shows_every_sheet_and_opens_each_at_its_pixels(browser, top_gallery: Path):
+    """The layer's card: its overview, then each ranked channel's sheet; a click opens the
+    sheet, which the browser draws pixel for pixel as it is on disk."""
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    problems = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.goto((top_gallery / "index.html").as_uri())
+    assert page.locator("article.card h2").all_text_contents() == ["top: tiny_model features.2"]
+    captions = page.locator(".outputs a").evaluate_all(
+        "links => links.map(a => a.childNodes[1].textContent)"
+    )
+    assert captions == [
+        "top · features.2 · every channel",
+        "top · features.2 · channel 1",
+        "top · features.2 · channel 3",
+    ]
+    assert page.evaluate(RESOLVES) == []
+    with page.expect_navigation():
+        page.locator(".outputs a", has_text="channel 3").click()
+    sheet = top_gallery / "top" / "tiny_model" / "features.2" / "0003.png"
+    assert page.url == sheet.as_uri()
+    shown = Image.open(io.BytesIO(page.locator("img").screenshot())).convert("RGB")
+    assert np.array_equal(np.asarray(shown), np.asarray(Image.open(sheet).convert("RGB")))
+    page.close()
+    assert problems == []
