@@ -210,7 +210,8 @@ def test_a_clips_animation_plays_in_its_card(browser, video_gallery: Path) -> No
 
 @pytest.fixture(scope="module")
 def top_gallery(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`featviz top` of the tiny model over six photos: two channels of one layer, k = 2."""
+    """`featviz top` of the tiny model over six photos (two channels of one layer, k = 2),
+    and their maps by `featviz cam`, in one folder."""
     root = tmp_path_factory.mktemp("top_gallery")
     (root / "tiny_model.py").write_text(TINY_MODEL_SOURCE)
     (root / "in").mkdir()
@@ -222,16 +223,22 @@ def top_gallery(tmp_path_factory: pytest.TempPathFactory) -> Path:
     options += ["-l", "features.2", "-k", "2", "--channels", "1,3"]
     done = CliRunner().invoke(app, ["top", *options, "-o", str(root / "out"), str(root / "in")])
     assert done.exit_code == 0, done.output
+    cam = ["cam", *options[:5], "-o", str(root / "out"), str(root / "in")]
+    assert CliRunner().invoke(app, cam).exit_code == 0
     return root / "out"
 
 
 def test_tops_card_shows_every_sheet_and_opens_each_at_its_pixels(browser, top_gallery: Path):
-    """The layer's card: its overview, then each ranked channel's sheet; a click opens the
-    sheet, which the browser draws pixel for pixel as it is on disk."""
+    """The layer's card, counted apart from the images: its overview, then each ranked
+    channel's sheet; a click opens the sheet, which the browser draws pixel for pixel as it
+    is on disk."""
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     problems = []
     page.on("pageerror", lambda error: problems.append(str(error)))
     page.goto((top_gallery / "index.html").as_uri())
+    assert page.text_content("#count") == "6 of 6 images · 1 of 1 top layer"
+    page.select_option("#command", "top")
+    assert page.text_content("#count") == "0 of 6 images · 1 of 1 top layer"
     assert page.locator("article.card h2").all_text_contents() == ["top: tiny_model features.2"]
     captions = page.locator(".outputs a").evaluate_all(
         "links => links.map(a => a.childNodes[1].textContent)"

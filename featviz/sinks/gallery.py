@@ -278,6 +278,7 @@ def _top_cards(sink: GallerySink, root: Path) -> list[dict[str, Any]]:
             ]
             cards.append(
                 {
+                    "kind": "top",  # a layer's ranking, not an image: counted apart
                     "name": f"top: {model.name} {channels.name}",
                     "thumb": None,
                     "link": None,
