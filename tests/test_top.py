@@ -90,7 +90,9 @@ def _brute_force(
             with torch.no_grad():
                 loaded.module(x)
             out = seen.pop()[0]
-            if out.dim() == 2:  # tokens: class + 2 registers first, then a 4-pixel patch grid
+            if out.dim() == 1:  # one value per channel (a Linear's): a map of one position
+                out = out[:, None, None]
+            elif out.dim() == 2:  # tokens: class + 2 registers first, then a 4-pixel patch grid
                 h, w = x.shape[-2] // 4, x.shape[-1] // 4
                 out = out[3:].T.reshape(-1, h, w)
             elif channels_last:  # (h, w, C)
@@ -168,6 +170,40 @@ def test_channels_last_layer_equals_brute_force(tmp_path, monkeypatch) -> None:
     assert done.exit_code == 0, done.output
     expected = _brute_force("net.py:build", "stage", paths, 2, "max", 32, channels_last=True)
     _assert_equal(_ranking(tmp_path / "out", "stage"), expected, paths)
+
+
+def test_one_value_per_channel_layers_equal_brute_force(tmp_path, tiny_model_file, monkeypatch):
+    """A Linear's class scores and a global pool's features rank images by their value; each
+    example is its whole image, which is its grid cell too."""
+    monkeypatch.chdir(tmp_path)
+    paths = [p.relative_to(tmp_path) for p in _images(tmp_path / "in", 8, 7, [(40, 30), (30, 44)])]
+    spec = f"{tiny_model_file}:build"
+    for layer in ("fc", "pool"):
+        args = ["-m", spec, "--weights", "none", "--input-size", "32", "-l", layer, "-k", "3"]
+        done = _top([*args, "in", "-o", layer])
+        assert done.exit_code == 0, done.output
+        ranking = _ranking(tmp_path / layer, layer)
+        _assert_equal(ranking, _brute_force(spec, layer, paths, 3, "max", 32), paths)
+        for channel in ranking["channels"]:
+            for entry in channel["top"]:
+                width, height = Image.open(entry["input"]).size
+                assert entry["cell"] == entry["box"] == [0, 0, width, height]
+        [folder] = Path(layer, "top").iterdir()
+        sheet = np.asarray(Image.open(folder / layer / "0000.png"))
+        assert sheet.shape == (2 * (2 + 96) + 2, 2 * (2 + 96) + 2, 3)  # three images, 2 × 2
+
+
+def test_a_layer_with_nothing_to_rank_by_is_refused(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _images(tmp_path / "in", 2, 8, [(32, 32)])
+    args = ["-m", VIT_SPEC, "--weights", "none", "--input-size", "32", "in", "-o", "out"]
+    done = _top([*args, "-l", "blocks.0.attn.attn_drop"])
+    assert done.exit_code == 2
+    assert (
+        "Error: layer 'blocks.0.attn.attn_drop' (Dropout, no tensor output) has no feature maps, "
+        "patch tokens or one value per channel to rank images by" in done.output
+    )
+    assert not Path("out").exists()
 
 
 def test_shards_merged_equal_one_run_byte_for_byte(tmp_path, tiny_model_file, monkeypatch):

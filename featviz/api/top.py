@@ -110,7 +110,8 @@ def top(
 ) -> TopExamples:
     """For every channel of ``layer`` (names or globs), the ``k`` images of ``images`` that
     excite it most, by ``stat``: a channel's ``"max"`` over the layer's positions or its
-    ``"mean"``. ``channels``: which to rank (indices, or text as ``--channels`` takes:
+    ``"mean"`` (a layer with one value per channel, a Linear's or a global pool's, ranks
+    by that value). ``channels``: which to rank (indices, or text as ``--channels`` takes:
     ``"0-63"``, ``"3,7,40-47"``; default every one). ``images``: a folder or glob pattern (as
     the command line takes), or any iterable of paths, PIL images and uint8 arrays (read as
     the run goes: a generator over a million images is fine). ``model``: ``featviz.load``'s,

@@ -42,6 +42,17 @@ class LayerInfo:
             return False
         return self.grid[0] // self.layout.frames(self.shape) * self.grid[1] > 1
 
+    @property
+    def per_channel(self) -> bool:
+        """One value per channel and image: a Linear's (N, C) output (class scores, an
+        embedding) or a global pool's (N, C, 1, 1); what ``featviz top`` ranks images by as
+        it ranks them by a map's maximum."""
+        if self.shape is None:
+            return False
+        if self.layout is None:
+            return len(self.shape) == 2
+        return self.grid == (1, 1) and self.layout.frames(self.shape) == 1
+
 
 @dataclass(frozen=True)
 class ModelTrace:
@@ -185,20 +196,28 @@ def _detection_layer(usable: list[LayerInfo]) -> str:
     return [layer for layer in usable if layer.grid[0] * layer.grid[1] == coarsest][-1].name
 
 
-def resolve_layers(trace: ModelTrace, patterns: list[str], *, spatial_only: bool) -> list[str]:
+def resolve_layers(
+    trace: ModelTrace, patterns: list[str], *, spatial_only: bool, per_channel: bool = False
+) -> list[str]:
     """Turn names and glob patterns into module names, in execution order.
 
     ``*`` matches within one dotted segment (``layer4.*`` → ``layer4.0`` … ``layer4.2``), ``**``
     across segments. An exact name that is not spatial is refused when ``spatial_only``; layers a
     glob matches that are not spatial are left out silently (``features.*`` includes ReLUs and
     pools, which are spatial, but a glob over a classifier would catch Linear layers too).
+    ``per_channel``: layers with one value per channel (``LayerInfo.per_channel``) are
+    welcome too.
     """
+
+    def usable(info: LayerInfo) -> bool:
+        return not spatial_only or info.spatial or (per_channel and info.per_channel)
+
     chosen: list[str] = []
     for pattern in patterns:
         if pattern in trace.names:
             info = trace.get(pattern)
-            if spatial_only and not info.spatial:
-                raise _not_spatial(trace, info)
+            if not usable(info):
+                raise _not_spatial(trace, info, per_channel)
             chosen.append(pattern)
             continue
         if any(char in pattern for char in "*?["):
@@ -206,7 +225,7 @@ def resolve_layers(trace: ModelTrace, patterns: list[str], *, spatial_only: bool
             matches = [
                 layer.name
                 for layer in trace.layers
-                if regex.fullmatch(layer.name) and (layer.spatial or not spatial_only)
+                if regex.fullmatch(layer.name) and usable(layer)
             ]
             if matches:
                 chosen.extend(matches)
@@ -232,11 +251,14 @@ def _layers_hint(trace: ModelTrace, wrong: str) -> str:
     return f"{near}; list them all with {listing}" if near else f"list the layers with {listing}"
 
 
-def _not_spatial(trace: ModelTrace, info: LayerInfo) -> UsageError:
+def _not_spatial(trace: ModelTrace, info: LayerInfo, per_channel: bool = False) -> UsageError:
     shape = "no tensor output" if info.shape is None else f"output shape {list(info.shape)}"
     candidates = [layer.name for layer in trace.cam_candidates() if not layer.pooled][-3:]
+    if per_channel:
+        what = "no feature maps, patch tokens or one value per channel to rank images by"
+    else:
+        what = "no spatial output (feature maps or patch tokens) to draw"
     return UsageError(
-        f"layer '{info.name}' ({info.type_name}, {shape}) has no spatial output (feature maps "
-        "or patch tokens) to draw",
+        f"layer '{info.name}' ({info.type_name}, {shape}) has {what}",
         hint=f"try one of the last spatial layers: {', '.join(candidates)}",
     )

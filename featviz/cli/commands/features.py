@@ -76,7 +76,15 @@ class Stat(str, Enum):
 @shared_options(ignored={"skip_existing": "a ranking needs every image"})
 def top(
     run: RunRequest,
-    layer: Annotated[list[str], typer.Option("--layer", "-l", metavar="NAME", help=LAYER_HELP)],
+    layer: Annotated[
+        list[str],
+        typer.Option(
+            "--layer",
+            "-l",
+            metavar="NAME",
+            help=f"{LAYER_HELP} Feature maps, tokens, or one value per channel (fc, avgpool).",
+        ),
+    ],
     k: Annotated[int, typer.Option("-k", min=1, metavar="N", help="Images kept per channel.")] = 9,
     channels: Annotated[
         str | None,

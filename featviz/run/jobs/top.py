@@ -173,7 +173,11 @@ class TopJob(ImageJob):
         batch, input_hw, layouts = forwarded.batch, forwarded.input_hw, self._layouts
         maps, broken = {}, {}
         for name, output in forwarded.outputs.items():
-            values = layouts[name].to_nchw(output[: len(batch)], input_hw).float()
+            output = output[: len(batch)]
+            if name in layouts:
+                values = layouts[name].to_nchw(output, input_hw).float()
+            else:  # one value per channel (a Linear's): a map of one position
+                values = output[:, :, None, None].float()
             if len(self.channels[name]) < values.shape[1]:  # --channels: a copy of those only
                 values = values[:, self.channels[name]]
             for i in not_finite(values).nonzero().flatten().tolist():
@@ -253,17 +257,22 @@ class TopJob(ImageJob):
                 self.kept_bytes -= lost.pixels.nbytes
 
     def _extents(self) -> dict[str, Extent | None]:
+        """Each layer's receptive field; None (the whole image) for one value per channel."""
         from featviz.features.receptive import receptive_extents
 
-        size = self.model.preprocessing.input_size
-        return receptive_extents(
-            self.model.module,
-            self.layers,
-            self.model.trace.layouts(),
-            (size, size),
-            calls=self.model.trace.calls(),
-            device=self.model.device,
-        )
+        trace, size = self.model.trace, self.model.preprocessing.input_size
+        mapped = [name for name in self.layers if trace.get(name).spatial]
+        extents: dict[str, Extent | None] = dict.fromkeys(self.layers)
+        if mapped:
+            extents |= receptive_extents(
+                self.model.module,
+                mapped,
+                trace.layouts(),
+                (size, size),
+                calls=trace.calls(),
+                device=self.model.device,
+            )
+        return extents
 
     def ranking_entries(self, layer: str) -> list[list[dict[str, Any]]]:
         """Per ranked channel of ``layer``, its entries best first: input, index (position in
@@ -336,7 +345,7 @@ def resolve_top(
             "--merge combines the shards' partial results: it cannot go with --shard",
             hint="run the same command line with --merge in place of --shard K/N",
         )
-    layers = resolve_layers(loaded.trace, list(request.layers), spatial_only=True)
+    layers = resolve_layers(loaded.trace, list(request.layers), spatial_only=True, per_channel=True)
     channels = {name: _channels_of(loaded.trace.get(name), request.channels) for name in layers}
     merged = list(sources) if request.merge else None
     resolved = Resolved(layers)
@@ -357,7 +366,8 @@ def resolve_top(
 
 def _channels_of(info: LayerInfo, chosen: tuple[int, ...]) -> list[int]:
     """The channels of a layer that ``--channels`` names (all when none), checked."""
-    index = {"nchw": 1, "nhwc": 3, "tokens": 2}[info.layout.kind]
+    kind = info.layout.kind if info.layout is not None else "nchw"  # (N, C): as (N, C, 1, 1)
+    index = {"nchw": 1, "nhwc": 3, "tokens": 2}[kind]
     count = info.shape[index]
     outside = [channel for channel in chosen if channel >= count]
     if outside:
