@@ -84,3 +84,31 @@ def test_non_spatial_layer_explains_and_lists_candidates() -> None:
 def test_glob_matching_nothing_spatial_is_an_error() -> None:
     with pytest.raises(UsageError, match=r"no spatial layer matches 'classifier\.\*'"):
         resolve_layers(_trace("alexnet"), ["classifier.*"], spatial_only=True)
+
+
+def test_outputs_split_by_attention_head_are_not_maps() -> None:
+    """timm's ViT runs its queries and keys through q_norm and k_norm as (N, heads, T, d):
+    neither a map nor tokens, where the block around them gives tokens."""
+    trace = _trace("timm/vit_tiny_patch16_224")
+    assert trace.get("blocks.0.attn").spatial
+    for name in ("blocks.0.attn.q_norm", "blocks.0.attn.k_norm"):
+        info = trace.get(name)
+        assert info.shape == (1, 3, 197, 64) and info.layout is None and not info.spatial
+    assert resolve_layers(trace, ["blocks.0.attn.*"], spatial_only=True) == [
+        "blocks.0.attn.qkv",
+        "blocks.0.attn.norm",
+        "blocks.0.attn.proj",
+        "blocks.0.attn.proj_drop",
+    ]
+
+
+def test_top_also_takes_layers_with_one_value_per_channel() -> None:
+    trace = _trace("resnet18")
+    assert trace.get("fc").per_channel and trace.get("avgpool").per_channel
+    assert not trace.get("layer4").per_channel and not trace.get("layer4").pooled
+    chosen = resolve_layers(trace, ["layer4", "avgpool", "fc"], spatial_only=True, per_channel=True)
+    assert chosen == ["layer4", "avgpool", "fc"]
+    assert resolve_layers(trace, ["*"], spatial_only=True, per_channel=True)[-2:] == [
+        "avgpool",
+        "fc",
+    ]

@@ -28,8 +28,9 @@ model accepts one, at a wider input S × S' (``b``):
 - with one (models that accept a single size): 4-D (N, h, w, C) → nhwc when (h, w) has the
   input's aspect and (w, C) has not, else nchw;
   3-D: T − P is a square h² for a small prefix P, with S a multiple of h.
-A 4-D output whose last two sides both equal a token count of the same trace is an attention
-matrix (T × T), not a map. 5-D outputs are judged like 4-D ones on their last three sides
+A 4-D output whose third side equals a token count of the same trace is split by attention
+head, not a map: (N, heads, T, d) queries, keys or values (timm's ``q_norm``), or (N, heads,
+T, T) attention probabilities. 5-D outputs are judged like 4-D ones on their last three sides
 (their time side never grows with the width). An output that comes with its (t, h, w) is
 ``thw_tokens`` when it is (N, P + t·h·w, C), and no map otherwise (MViT's pooling layers
 return their tokens split by attention head).
@@ -166,8 +167,8 @@ def detect(
         prefix = a[1] - math.prod(thw) if len(a) == 3 else -1
         return Layout("thw_tokens", prefix, tuple(thw)) if 0 <= prefix <= MAX_PREFIX else None
     if len(a) == 4:
-        if a[2] == a[3] and a[3] in token_counts:
-            return None  # (N, heads, T, T): attention probabilities
+        if a[2] in token_counts:
+            return None  # (N, heads, T, d) per-head queries…, (N, heads, T, T) attention
         if b is not None and len(b) == 4 and a != b:
             if a[3] != b[3] and a[1] == b[1]:
                 return Layout("nchw")
