@@ -24,6 +24,7 @@ from featviz.features.objectives import (
     Objective,
     diversity_penalty,
     objective_values,
+    objectives_for,
     parse_channels,
 )
 from featviz.features.robustness import RandomViews, resample
@@ -128,6 +129,17 @@ def test_channel_objectives_rise_and_runs_repeat(tiny: str) -> None:
     # An objective's image does not depend on what else shares the batch.
     alone = dream(loaded, objectives[3:4], settings)
     assert np.abs(alone.pixels[0].astype(int) - first.pixels[3]).max() <= 2
+
+
+def test_layers_with_one_value_per_channel(tiny: str) -> None:
+    """A Linear's outputs (here the class scores) and a global pool's channels are dreamed
+    as maps of one position."""
+    loaded = featviz.load(tiny, input_size=24)
+    pooled = objectives_for(loaded, ["pool"], ["0-5"], neuron=False, targets=[])
+    assert [(o.layer, o.index) for o in pooled] == [("pool", c) for c in range(6)]
+    scores = [Objective("channel", c, "fc") for c in range(5)]
+    result = dream(loaded, scores, DreamSettings(steps=20, size=24))
+    assert np.all(result.values > result.start), (result.start, result.values)
 
 
 def test_diversity_pushes_copies_apart(tiny: str) -> None:

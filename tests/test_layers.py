@@ -120,6 +120,6 @@ def test_the_layers_table_says_what_each_layer_is_good_for() -> None:
     trace = _trace("resnet18")
     rows = {line.split()[0]: line for line in layer_table(trace, "layer4", 1).splitlines()[2:]}
     assert rows["layer4"].endswith("cam, ← default cam layer")
-    assert rows["avgpool"].endswith("top: one value per channel")
-    assert rows["fc"].endswith("top: one value per channel")
+    assert rows["avgpool"].endswith("top, dream: one value per channel")
+    assert rows["fc"].endswith("top, dream: one value per channel")
     assert rows["layer1.0.relu"].endswith("cam, runs 2× per forward: a tap keeps the last call")

@@ -64,7 +64,7 @@ def layer_table(trace: ModelTrace, default_layer: str | None, multiple: int | No
         if layer.spatial:
             notes.append("cam" + (" (pooled)" if layer.pooled else ""))
         elif layer.per_channel:
-            notes.append("top: one value per channel")
+            notes.append("top, dream: one value per channel")
         if layer.name == default_layer:
             why = " (the last attention's input)" if layer.name == attention_input else ""
             notes.append(f"← default cam layer{why}")

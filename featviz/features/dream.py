@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from featviz.features.objectives import Objective, diversity_penalty, objective_values
+from featviz.layers.layouts import as_maps
 
 if TYPE_CHECKING:
     import numpy as np
@@ -205,7 +206,7 @@ class _Forward:
         output = self.taps.run(x)
         layouts = self.loaded.trace.layouts()
         maps = {
-            name: layouts[name].to_nchw(self.taps.outputs[name], self.input_hw)
+            name: as_maps(layouts.get(name), self.taps.outputs[name], self.input_hw)
             for name in self.layers
         }
         return maps, None if output is None or not self.classes else logits_of(output)[0]

@@ -163,7 +163,7 @@ def objectives_for(
     kind: Kind = "neuron" if neuron else "channel"
     wanted = parse_channels(channels)
     found: list[Objective] = []
-    for layer in resolve_layers(loaded.trace, layers, spatial_only=True):
+    for layer in resolve_layers(loaded.trace, layers, spatial_only=True, per_channel=True):
         check_channels(layer, wanted, channel_count(loaded, layer))
         found.extend(Objective(kind, channel, layer) for channel in wanted)
     if targets and loaded.num_classes is None:
@@ -178,7 +178,7 @@ def objectives_for(
 
 
 def channel_count(loaded: LoadedModel, layer: str) -> int:
-    """The channels of ``layer``'s maps: dim 1 of an (N, C, h, w) output, the last dim of a
-    channels-last or token one."""
+    """The channels of ``layer``'s maps: dim 1 of an (N, C, h, w) or (N, C) output, the last
+    dim of a channels-last or token one."""
     info = loaded.trace.get(layer)
-    return info.shape[1] if info.layout.kind == "nchw" else info.shape[-1]
+    return info.shape[1] if info.layout is None or info.layout.kind == "nchw" else info.shape[-1]

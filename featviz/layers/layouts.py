@@ -139,6 +139,14 @@ class Layout:
             )
 
 
+def as_maps(layout: Layout | None, output: torch.Tensor, input_hw: tuple[int, int]) -> torch.Tensor:
+    """A tapped output as (N, C, h, w) maps: through its ``layout``; one value per channel
+    (N, C), a Linear's, which has none, as maps of one position (N, C, 1, 1)."""
+    if layout is None:
+        return output[:, :, None, None]
+    return layout.to_nchw(output, input_hw)
+
+
 def token_grid(count: int, input_hw: tuple[int, int]) -> tuple[int, int]:
     """The h × w = ``count`` grid whose aspect is closest to the input's (H, W)."""
     height, width = input_hw

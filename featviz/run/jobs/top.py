@@ -32,6 +32,7 @@ from featviz.features.top import (
     held_images,
 )
 from featviz.inputs.loaded import LoadedImage
+from featviz.layers.layouts import as_maps
 from featviz.layers.taps import LayerTaps
 from featviz.run.jobs.base import ImageJob, failure
 from featviz.run.plan import Resolved
@@ -173,11 +174,7 @@ class TopJob(ImageJob):
         batch, input_hw, layouts = forwarded.batch, forwarded.input_hw, self._layouts
         maps, broken = {}, {}
         for name, output in forwarded.outputs.items():
-            output = output[: len(batch)]
-            if name in layouts:
-                values = layouts[name].to_nchw(output, input_hw).float()
-            else:  # one value per channel (a Linear's): a map of one position
-                values = output[:, :, None, None].float()
+            values = as_maps(layouts.get(name), output[: len(batch)], input_hw).float()
             if len(self.channels[name]) < values.shape[1]:  # --channels: a copy of those only
                 values = values[:, self.channels[name]]
             for i in not_finite(values).nonzero().flatten().tolist():
