@@ -216,10 +216,10 @@ class Explainer:
         map is not finite gets its line in ``broken``."""
         n = len(chosen.targets)
         per_image: list[list[ExplainedMap]] = [[] for _ in range(n)]
+        keep = chosen.keep
         for method in self.methods:
             class_specific = method.info.class_specific
             for column in range(chosen.targets.shape[1] if class_specific else 1):
-                keep = chosen.keep
                 wanted = keep[:, column] if keep is not None and class_specific else None
                 if wanted is not None and not wanted.any():
                     continue

@@ -164,7 +164,7 @@ def objectives_for(
     wanted = parse_channels(channels)
     found: list[Objective] = []
     for layer in resolve_layers(loaded.trace, layers, spatial_only=True, per_channel=True):
-        check_channels(layer, wanted, channel_count(loaded, layer))
+        check_channels(layer, wanted, loaded.trace.get(layer).channels)
         found.extend(Objective(kind, channel, layer) for channel in wanted)
     if targets and loaded.num_classes is None:
         raise UsageError(
@@ -175,10 +175,3 @@ def objectives_for(
         index = resolve_target(text, loaded.categories, loaded.num_classes)
         found.append(Objective("class", index, label=loaded.category(index) or ""))
     return list(dict.fromkeys(found))
-
-
-def channel_count(loaded: LoadedModel, layer: str) -> int:
-    """The channels of ``layer``'s maps: dim 1 of an (N, C, h, w) or (N, C) output, the last
-    dim of a channels-last or token one."""
-    info = loaded.trace.get(layer)
-    return info.shape[1] if info.layout is None or info.layout.kind == "nchw" else info.shape[-1]

@@ -43,6 +43,14 @@ class LayerInfo:
         return self.grid[0] // self.layout.frames(self.shape) * self.grid[1] > 1
 
     @property
+    def channels(self) -> int:
+        """How many channels its maps have: dim 1 of an (N, C, …) output or of a Linear's
+        (N, C), the last dim of a channels-last or token one."""
+        if self.layout is None or self.layout.kind in ("nchw", "ncthw"):
+            return self.shape[1]
+        return self.shape[-1]
+
+    @property
     def per_channel(self) -> bool:
         """One value per channel and image: a Linear's (N, C) output (class scores, an
         embedding) or a global pool's (N, C, 1, 1); what ``featviz top`` ranks images by as

@@ -363,9 +363,7 @@ def resolve_top(
 
 def _channels_of(info: LayerInfo, chosen: tuple[int, ...]) -> list[int]:
     """The channels of a layer that ``--channels`` names (all when none), checked."""
-    kind = info.layout.kind if info.layout is not None else "nchw"  # (N, C): as (N, C, 1, 1)
-    index = {"nchw": 1, "nhwc": 3, "tokens": 2}[kind]
-    count = info.shape[index]
+    count = info.channels
     outside = [channel for channel in chosen if channel >= count]
     if outside:
         raise UsageError(
